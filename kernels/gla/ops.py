@@ -1,0 +1,78 @@
+"""Public gated-linear-attention ops: argument checks, then the Triton or PyTorch implementation.
+
+Signatures follow fla: q, k, g ``[B, T, H, K]``, v ``[B, T, H, V]``, g the log-space forget gate (<= 0) per key
+dimension, state ``[B, H, K, V]`` in fp32, ``scale`` defaulting to ``K ** -0.5``. Both return ``(o, final_state)``
+with ``final_state`` None unless ``output_final_state``.
+"""
+from __future__ import annotations
+
+import torch
+
+from .._dispatch import (
+    check_contiguous,
+    check_same_device,
+    check_tensor,
+    debug_checks_enabled,
+    select_backend,
+)
+from .chunk_torch import chunk_gla_torch, recurrent_gla_step_torch
+
+_HALF = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+def _check_gla_args(op, q, k, v, g, scale, initial_state, backend):
+    for name, x in (("q", q), ("k", k), ("v", v), ("g", g)):
+        check_tensor(op, name, x, ndim=4)
+        if x.dtype not in _HALF:
+            raise ValueError(f"{op}: `{name}` must be float16, bfloat16, float32 or float64, got {x.dtype}")
+    B, T, H, K = q.shape
+    if k.shape != q.shape:
+        raise ValueError(f"{op}: `k` must have the shape of `q` [B, T, H, K] = {tuple(q.shape)}, got {tuple(k.shape)}")
+    if g.shape != q.shape:
+        raise ValueError(f"{op}: `g` must have the shape of `q` [B, T, H, K] = {tuple(q.shape)}, got {tuple(g.shape)}")
+    if v.shape[:3] != q.shape[:3]:
+        raise ValueError(f"{op}: `v` must be [B, T, H, V] with B, T, H = {(B, T, H)} as in `q`, got {tuple(v.shape)}")
+    if T == 0:
+        raise ValueError(f"{op}: the sequence dimension (dim 1) of `q` is empty")
+    if not (q.dtype == k.dtype == v.dtype):
+        raise ValueError(f"{op}: `q`, `k`, `v` must share a dtype, got {q.dtype}, {k.dtype}, {v.dtype}")
+    if initial_state is not None:
+        check_tensor(op, "initial_state", initial_state, ndim=4)
+        want = (B, H, K, v.shape[-1])
+        if tuple(initial_state.shape) != want:
+            raise ValueError(f"{op}: `initial_state` must be [B, H, K, V] = {want}, got {tuple(initial_state.shape)}")
+    if scale is not None and not isinstance(scale, (int, float)):
+        raise ValueError(f"{op}: `scale` must be a Python number, got {type(scale).__name__}")
+    device = check_same_device(op, q=q, k=k, v=v, g=g, initial_state=initial_state)
+    chosen = select_backend(op, device, backend)
+    if chosen == "triton":
+        check_contiguous(op, q=q, k=k, v=v, g=g, initial_state=initial_state)
+    # A positive gate is checked where it costs no device synchronization (CPU), or under HF_SEQMODELS_DEBUG=1.
+    if device.type == "cpu" or debug_checks_enabled():
+        gmax = g.detach().max()
+        if bool(gmax > 0) or bool(torch.isnan(gmax)):
+            raise ValueError(f"{op}: `g` is a log-space forget gate and must be <= 0 everywhere (max is {float(gmax)})")
+    return chosen, (K ** -0.5 if scale is None else float(scale))
+
+
+def chunk_gla(q, k, v, g, scale=None, initial_state=None, output_final_state=False, backend=None):
+    """Chunkwise-parallel gated linear attention (training and prefill). Returns ``(o, final_state)``."""
+    chosen, scale = _check_gla_args("chunk_gla", q, k, v, g, scale, initial_state, backend)
+    if chosen == "triton":
+        from .chunk_triton import chunk_gla_triton
+
+        return chunk_gla_triton(q, k, v, g, scale, initial_state, output_final_state)
+    return chunk_gla_torch(q, k, v, g, scale, initial_state, output_final_state)
+
+
+def fused_recurrent_gla(q, k, v, g, scale=None, initial_state=None, output_final_state=False, backend=None):
+    """Token-by-token gated linear attention (decoding). Same signature and result as :func:`chunk_gla`."""
+    chosen, scale = _check_gla_args("fused_recurrent_gla", q, k, v, g, scale, initial_state, backend)
+    if chosen == "triton":
+        from .recurrent_triton import fused_recurrent_gla_triton
+
+        return fused_recurrent_gla_triton(q, k, v, g, scale, initial_state, output_final_state)
+    if q.shape[1] == 1:
+        return recurrent_gla_step_torch(q, k, v, g, scale, initial_state, output_final_state)
+    # On the CPU the chunked form computes the same recurrence, vectorized over time.
+    return chunk_gla_torch(q, k, v, g, scale, initial_state, output_final_state)

@@ -1,0 +1,30 @@
+import os
+import random
+
+import pytest
+import torch
+
+# The Triton kernels run in the interpreter where there is no GPU; this must be set before triton is imported.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+
+@pytest.fixture(autouse=True)
+def fresh_seed():
+    """Fresh random inputs each run; the seed is printed so a failure can be replayed (HF_SEQMODELS_SEED=...)."""
+    seed = int(os.environ.get("HF_SEQMODELS_SEED", random.randrange(2**31)))
+    torch.manual_seed(seed)
+    random.seed(seed)
+    print(f"seed={seed}")
+    yield seed
+
+
+def pytest_collection_modifyitems(config, items):
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU")
+    for item in items:
+        if "cuda" in item.keywords:
+            item.add_marker(skip)
