@@ -1,0 +1,30 @@
+"""The ``hf-seqmodels`` command. Each subcommand lives in its own module, which exposes ``add_parser(subparsers)``."""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+COMMAND_MODULES = [
+    "hf_seqmodels.demo",  # demo
+    "hf_seqmodels.bench",  # bench
+    "hf_seqmodels.evaluation.cli",  # eval mqar | eval ppl
+    "hf_seqmodels.linearize.cli",  # linearize
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="hf-seqmodels", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).add_parser(sub)
+    return parser
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

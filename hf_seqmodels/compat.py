@@ -1,0 +1,35 @@
+"""Every difference between supported transformers versions (5.17 .. newest 5.x) lives here.
+
+5.24 renamed the cache argument and output field ``past_key_values`` to ``cache``.
+"""
+from __future__ import annotations
+
+import transformers
+from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
+
+TRANSFORMERS_VERSION = tuple(int(p) for p in transformers.__version__.split(".")[:2])
+
+#: the name transformers uses for the cache, as a forward argument and as an output field
+CACHE_KWARG = "cache" if "cache" in CausalLMOutputWithPast.__dataclass_fields__ else "past_key_values"
+_CACHE_NAMES = ("cache", "past_key_values")
+
+
+def pop_cache(cache, kwargs: dict):
+    """The cache passed under either name (users and generate() of any supported version)."""
+    for name in _CACHE_NAMES:
+        value = kwargs.pop(name, None)
+        if cache is None:
+            cache = value
+    return cache
+
+
+def model_output(last_hidden_state, cache=None, hidden_states=None) -> BaseModelOutputWithPast:
+    return BaseModelOutputWithPast(last_hidden_state=last_hidden_state, hidden_states=hidden_states, **{CACHE_KWARG: cache})
+
+
+def causal_lm_output(loss, logits, cache=None, hidden_states=None) -> CausalLMOutputWithPast:
+    return CausalLMOutputWithPast(loss=loss, logits=logits, hidden_states=hidden_states, **{CACHE_KWARG: cache})
+
+
+def output_cache(output):
+    return getattr(output, CACHE_KWARG)

@@ -1,0 +1,21 @@
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers.models.llama.modeling_llama import LlamaRMSNorm as RMSNorm
+
+__all__ = ["RMSNorm", "GatedRMSNorm"]
+
+
+class GatedRMSNorm(nn.Module):
+    """RMSNorm of ``x`` times ``swish(gate)``: the output normalization of GLA-style mixers."""
+
+    def __init__(self, hidden_size: int, eps: float = 1e-6):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(hidden_size))
+        self.variance_epsilon = eps
+
+    def forward(self, x: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
+        dtype = x.dtype
+        x = x.float()
+        x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.variance_epsilon)
+        return (self.weight * x.to(dtype)) * F.silu(gate)
