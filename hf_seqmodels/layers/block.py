@@ -6,15 +6,23 @@ from .norm import RMSNorm
 
 
 class DecoderBlock(GradientCheckpointingLayer):
-    """Pre-norm residual block: ``x + mixer(norm(x))`` then ``x + mlp(norm(x))`` (SwiGLU MLP)."""
+    """Pre-norm residual block: ``x + mixer(norm(x))`` then ``x + mlp(norm(x))`` (SwiGLU MLP).
+
+    Norm and MLP names follow Llama's (``input_layernorm``, ``post_attention_layernorm``, ``mlp``); the token mixer is
+    registered under ``mixer_name`` (``"mixer"``; linearized Llama blocks use ``"self_attn"``).
+    """
+
+    mixer_name = "mixer"
 
     def __init__(self, config, mixer: nn.Module):
         super().__init__()
-        self.mixer_norm = RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
-        self.mixer = mixer
-        self.mlp_norm = RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
+        self.input_layernorm = RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
+        self.add_module(self.mixer_name, mixer)
+        self.post_attention_layernorm = RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
         self.mlp = LlamaMLP(config)
 
     def forward(self, hidden_states, attention_mask=None, cache=None, **kwargs):
-        hidden_states = hidden_states + self.mixer(self.mixer_norm(hidden_states), attention_mask=attention_mask, cache=cache, **kwargs)
-        return hidden_states + self.mlp(self.mlp_norm(hidden_states))
+        mixer = getattr(self, self.mixer_name)
+        residual = hidden_states
+        hidden_states = residual + mixer(self.input_layernorm(hidden_states), attention_mask=attention_mask, cache=cache, **kwargs)
+        return hidden_states + self.mlp(self.post_attention_layernorm(hidden_states))

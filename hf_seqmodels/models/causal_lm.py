@@ -82,17 +82,24 @@ class SeqPreTrainedModel(PreTrainedModel):
 
 
 class SeqModel(SeqPreTrainedModel):
-    """Embeddings, a stack of :class:`DecoderBlock` (mixer + MLP), final RMSNorm."""
+    """Embeddings, a stack of :class:`DecoderBlock` (mixer + MLP), final RMSNorm.
+
+    Subclasses define ``build_mixer(config, layer_idx)`` (or ``build_block`` for a different block). A mixer is
+    called as ``mixer(hidden_states, attention_mask=mask_or_None, cache=RecurrentCache_or_None, position_ids=...)``
+    where the mask is the 2-D padding mask of the current tokens (None when nothing is padded); it keeps its decode
+    state in the cache under its own ``layer_idx``. The model advances the cache's token count once per forward.
+    """
 
     def __init__(self, config):
         super().__init__(config)
         self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size, config.pad_token_id)
-        self.layers = nn.ModuleList(
-            [DecoderBlock(config, self.build_mixer(config, i)) for i in range(config.num_hidden_layers)]
-        )
+        self.layers = nn.ModuleList([self.build_block(config, i) for i in range(config.num_hidden_layers)])
         self.norm = RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
         self.gradient_checkpointing = False
         self.post_init()
+
+    def build_block(self, config, layer_idx: int) -> nn.Module:
+        return DecoderBlock(config, self.build_mixer(config, layer_idx))
 
     def build_mixer(self, config, layer_idx: int) -> nn.Module:
         raise TypeError(f"{type(self).__name__} must define build_mixer(config, layer_idx)")
