@@ -14,6 +14,8 @@ class GLAConfig(SeqModelConfig):
     """
 
     model_type = "hf_seqmodels_gla"
+    #: the documented default LoRA targets (PEFT ``LoraConfig(target_modules=...)``): the mixer's projections
+    lora_target_modules = ["q_proj", "k_proj", "v_proj", "g_proj", "o_proj"]
 
     def __init__(
         self,
