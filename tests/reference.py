@@ -14,3 +14,34 @@ def gla_loop(q, k, v, g, scale=None, initial_state=None):
         S = torch.exp(g[:, t]).unsqueeze(-1) * S + k[:, t].unsqueeze(-1) * v[:, t].unsqueeze(-2)
         outs.append(torch.einsum("bhk,bhkv->bhv", q[:, t] * scale, S))
     return torch.stack(outs, 1), S
+
+
+def swa_loop(q, k, v, window, sinks=None, scale=None, key_mask=None):
+    """Sliding-window softmax attention query by query in fp64 (differentiable). q [B, T, H, D]; k, v [B, L, Hkv, D]
+    (queries align with the last T keys); the query at absolute position t sees keys j with t - window < j <= t and
+    key_mask[b, j]; sinks [H] or [H, M] add exp(sink) to the denominator. A query seeing nothing outputs zeros."""
+    q, k, v = (x.double() for x in (q, k, v))
+    B, T, H, D = q.shape
+    L, Hkv = k.shape[1], k.shape[2]
+    scale = D ** -0.5 if scale is None else scale
+    rows = []
+    for b in range(B):
+        heads = []
+        for h in range(H):
+            kv_h = h // (H // Hkv)
+            sink = None if sinks is None else sinks.double()[h].reshape(-1)
+            outs = []
+            for i in range(T):
+                t = L - T + i
+                js = [j for j in range(max(0, t - window + 1), t + 1) if key_mask is None or bool(key_mask[b, j])]
+                logits = [q[b, i, h] @ k[b, j, kv_h] * scale for j in js]
+                if sink is not None:
+                    logits += list(sink)
+                if not js:
+                    outs.append(torch.zeros(D, dtype=torch.float64))
+                    continue
+                p = torch.softmax(torch.stack(logits), 0)[: len(js)]
+                outs.append((p[:, None] * v[b, js, kv_h]).sum(0))
+            heads.append(torch.stack(outs))
+        rows.append(torch.stack(heads, 1))
+    return torch.stack(rows)

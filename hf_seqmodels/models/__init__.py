@@ -2,10 +2,14 @@
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
 
 from .gla import GLAConfig, GLAForCausalLM, GLAModel
+from .liger import LigerConfig, LigerForCausalLM, LigerModel
+from .lizard import LizardConfig, LizardForCausalLM, LizardModel
 
 #: (config, base model, causal LM) for every architecture of the package
 ARCHITECTURES = [
     (GLAConfig, GLAModel, GLAForCausalLM),
+    (LigerConfig, LigerModel, LigerForCausalLM),
+    (LizardConfig, LizardModel, LizardForCausalLM),
 ]
 
 

@@ -72,6 +72,13 @@ class SeqPreTrainedModel(PreTrainedModel):
         if callable(init_extra):
             init_extra(self.config)
 
+    @classmethod
+    def from_pretrained(cls, *args, **kwargs):
+        # safetensors only: a folder or repo with nothing but pytorch_model.bin is refused rather than unpickled
+        # (pass use_safetensors=False to opt in to transformers' weights-only unpickling).
+        kwargs.setdefault("use_safetensors", True)
+        return super().from_pretrained(*args, **kwargs)
+
     def save_pretrained(self, save_directory, *args, **kwargs):
         from hf_seqmodels.hub import prepare_auto_map, write_hub_files
 

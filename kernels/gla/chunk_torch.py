@@ -26,7 +26,8 @@ def _to_chunks(x: torch.Tensor, dtype: torch.dtype, chunk: int) -> torch.Tensor:
     x = x.to(dtype).transpose(1, 2)
     if n * chunk != T:
         x = F.pad(x, (0, 0, 0, n * chunk - T))
-    return x.reshape(B, H, n, chunk, D)
+    # contiguous: an expanded gradient (stride 0, e.g. from ``o.sum()``) sends bmm down a very slow path
+    return x.reshape(B, H, n, chunk, D).contiguous()
 
 
 def _from_chunks(x: torch.Tensor, T: int) -> torch.Tensor:
