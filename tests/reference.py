@@ -45,3 +45,34 @@ def swa_loop(q, k, v, window, sinks=None, scale=None, key_mask=None):
             heads.append(torch.stack(outs))
         rows.append(torch.stack(heads, 1))
     return torch.stack(rows)
+
+
+def linear_scan_loop(a, b, initial_state=None, reverse=False):
+    """h_t = a_t * h_{t-1} + b_t over dim 1 of [B, T, D] (reverse: h_t = a_t * h_{t+1} + b_t), step by step in fp64."""
+    a, b = a.double(), b.double()
+    h = torch.zeros_like(b[:, 0]) if initial_state is None else initial_state.double()
+    out = [None] * b.shape[1]
+    for t in reversed(range(b.shape[1])) if reverse else range(b.shape[1]):
+        h = a[:, t] * h + b[:, t]
+        out[t] = h
+    return torch.stack(out, 1)
+
+
+def block2_scan_loop(A, b, initial_state=None, reverse=False):
+    """h_t = A_t @ h_{t-1} + b_t with A [B, T, D, 2, 2], b [B, T, D, 2], step by step in fp64."""
+    A, b = A.double(), b.double()
+    h = torch.zeros_like(b[:, 0]) if initial_state is None else initial_state.double()
+    out = [None] * b.shape[1]
+    for t in reversed(range(b.shape[1])) if reverse else range(b.shape[1]):
+        h = torch.einsum("bdij,bdj->bdi", A[:, t], h) + b[:, t]
+        out[t] = h
+    return torch.stack(out, 1)
+
+
+def recurrence_loop(step, x, params, h0):
+    """h_t = step(h_{t-1}, x_t, *params) one step at a time (step sees [B, 1, ...] slices); autograd flows through."""
+    h, out = h0, []
+    for t in range(x.shape[1]):
+        h = step(h.unsqueeze(1), x[:, t : t + 1], *params).squeeze(1)
+        out.append(h)
+    return torch.stack(out, 1)

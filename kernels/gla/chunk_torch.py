@@ -3,8 +3,8 @@
 Per head, with ``alpha_t = exp(g_t)`` (``g_t <= 0``, one gate per key dimension):
     S_t = diag(alpha_t) S_{t-1} + k_t^T v_t,    o_t = (scale * q_t) S_t.
 The sequence is cut into chunks of ``CHUNK`` tokens; inside a chunk ``G`` is the cumulative log-gate. Scores inside
-a chunk are built from 16-token sub-blocks: off-diagonal sub-blocks use the last log-gate of the key sub-block as a
-reference so every exponent is <= 0; the diagonal sub-blocks are computed offset by offset (16 vectorized steps
+a chunk are built from 8-token sub-blocks: off-diagonal sub-blocks use the last log-gate of the key sub-block as a
+reference so every exponent is <= 0; the diagonal sub-blocks are computed offset by offset (8 vectorized steps
 over the whole sequence), again with exponents <= 0. Chunks are linked through an fp32 state ``[K, V]``.
 Backward recomputes the chunk states instead of storing them.
 """
@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 CHUNK = 64
-SUB = 16
+SUB = 8
 
 
 def _to_chunks(x: torch.Tensor, dtype: torch.dtype, chunk: int) -> torch.Tensor:
@@ -70,28 +70,23 @@ class _SubBlocks:
             torch.diagonal(A, -d, -2, -1).add_(terms.sum(-1) * self.same_block[d])
         return A
 
-    def grad_left(self, dA, k):
-        """sum_{j<=t} dA[t,j] k[j] exp(G[t]-G[j]) -> [.., C, K] (the gradient of ``scores`` w.r.t. q)."""
-        dAb = dA.reshape(*dA.shape[:-2], self.nb, SUB, self.nb, SUB).transpose(-3, -2)  # [.., nb, nb, c, c]
-        kg = self._blocks(k) * self.key_scale
-        out = (torch.einsum("...ijcd,...jdk->...ijck", dAb, kg) * self.query_scale).sum(-3)
-        out = out.reshape(*k.shape[:-2], self.C, k.shape[-1])
-        for d in range(SUB):
-            w = torch.diagonal(dA, -d, -2, -1) * self.same_block[d]
-            out[..., d:, :] += w.unsqueeze(-1) * k[..., : self.C - d, :] * self._diag_decay(d)
-        return out
-
-    def grad_right(self, dA, q):
-        """sum_{t>=j} dA[t,j] q[t] exp(G[t]-G[j]) -> [.., C, K] (the gradient of ``scores`` w.r.t. k)."""
-        dAb = dA.reshape(*dA.shape[:-2], self.nb, SUB, self.nb, SUB).transpose(-3, -2)
+    def scores_and_grads(self, q, k, dA):
+        """``scores(q, k)`` and, for an upstream gradient dA, its gradients w.r.t. q and k (shared work)."""
+        C, lead = self.C, q.shape[:-2]
         qg = self._blocks(q).unsqueeze(-3) * self.query_scale
-        out = torch.einsum("...ijcd,...ijck->...jdk", dAb, qg) * self.key_scale
-        out = out.reshape(*q.shape[:-2], self.C, q.shape[-1])
-        C = self.C
+        kg = self._blocks(k) * self.key_scale
+        A = torch.einsum("...ijck,...jdk->...icjd", qg, kg).reshape(*lead, C, C)
+        dAb = dA.reshape(*lead, self.nb, SUB, self.nb, SUB).transpose(-3, -2)  # [.., nb, nb, c, c]
+        dq = (torch.einsum("...ijcd,...jdk->...ijck", dAb, kg) * self.query_scale).sum(-3).reshape(q.shape)
+        dk = (torch.einsum("...ijcd,...ijck->...jdk", dAb, qg) * self.key_scale).reshape(k.shape)
         for d in range(SUB):
-            w = torch.diagonal(dA, -d, -2, -1) * self.same_block[d]
-            out[..., : C - d, :] += w.unsqueeze(-1) * q[..., d:, :] * self._diag_decay(d)
-        return out
+            decay = self._diag_decay(d)
+            kd, qd = k[..., : C - d, :] * decay, q[..., d:, :] * decay
+            torch.diagonal(A, -d, -2, -1).add_((q[..., d:, :] * kd).sum(-1) * self.same_block[d])
+            w = (torch.diagonal(dA, -d, -2, -1) * self.same_block[d]).unsqueeze(-1)
+            dq[..., d:, :] += w * kd
+            dk[..., : C - d, :] += w * qd
+        return A, dq, dk
 
 
 def _chunk_states(kdec, v, decay, h0):
@@ -157,12 +152,11 @@ class ChunkGLAFunction(torch.autograd.Function):
             dS = decay[:, :, n, :, None] * dS + W[:, :, n]
         dh0 = dS
 
-        blocks = _SubBlocks(G)
-        A = blocks.scores(qc, kc)
         causal = torch.ones(chunk, chunk, dtype=torch.bool, device=q.device).tril()
         dA = (doc @ vc.transpose(-1, -2)) * causal
-        dq = blocks.grad_left(dA, kc) + torch.exp(G) * (doc @ states.transpose(-1, -2))
-        dk = blocks.grad_right(dA, qc) + torch.exp(Glast.unsqueeze(-2) - G) * (vc @ dstates.transpose(-1, -2))
+        A, dq, dk = _SubBlocks(G).scores_and_grads(qc, kc, dA)
+        dq = dq + torch.exp(G) * (doc @ states.transpose(-1, -2))
+        dk = dk + torch.exp(Glast.unsqueeze(-2) - G) * (vc @ dstates.transpose(-1, -2))
         dv = A.transpose(-1, -2) @ doc + kdec @ dstates
 
         dG = _from_chunks(qc * dq - kc * dk, T)  # [B, T, H, K]
