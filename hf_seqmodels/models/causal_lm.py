@@ -63,8 +63,6 @@ class SeqPreTrainedModel(PreTrainedModel):
     _skip_keys_device_placement = [CACHE_KWARG]
     _is_stateful = True  # recurrent state: no cache cropping (assisted/contrastive decoding)
     _supports_sdpa = True
-    #: files written beside the weights so ``trust_remote_code=True`` finds the classes (set by the subclasses)
-    _remote_code_module: str = ""
 
     def _init_weights(self, module):
         super()._init_weights(module)

@@ -6,7 +6,6 @@ from .configuration_gla import GLAConfig
 
 class GLAPreTrainedModel(SeqPreTrainedModel):
     config_class = GLAConfig
-    _remote_code_module = "gla"
 
 
 class GLAModel(SeqModel, GLAPreTrainedModel):
