@@ -231,8 +231,7 @@ class ParaRNNMixer(nn.Module):
         if config.cell not in CELLS:
             raise ValueError(f"ParaRNNConfig.cell must be one of {sorted(CELLS)} (register_cell adds more), got {config.cell!r}")
         self.layer_idx, self.num_heads, self.state_size = layer_idx, config.num_heads, state
-        self.mode = config.mode
-        self.newton = dict(tol=config.newton_tol, max_iter=config.newton_max_iter, on_fail=config.newton_on_fail)
+        self.config = config  # mode and Newton settings are read at call time: `model.config.mode = ...` applies
         self.conv = ShortConvolution(hidden, config.conv_size) if config.use_short_conv else None
         self.cell = CELLS[config.cell](hidden, state)
         self.g_proj = nn.Linear(hidden, state, bias=False)
@@ -250,7 +249,9 @@ class ParaRNNMixer(nn.Module):
             if cache is not None:
                 cache.set(idx, "conv", tail)
         h0 = cache.get(idx, "state") if cache is not None else None
-        out, states = self.cell(x, h0=h0, mask=mask, mode=self.mode, **self.newton)
+        c = self.config
+        out, states = self.cell(x, h0=h0, mask=mask, mode=c.mode, tol=c.newton_tol, max_iter=c.newton_max_iter,
+                                on_fail=c.newton_on_fail)
         if cache is not None:
             cache.set(idx, "state", states[:, -1])
         H = self.num_heads
