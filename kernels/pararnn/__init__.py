@@ -1,0 +1,3 @@
+from .newton import NewtonConvergenceError, NewtonInfo, newton_solve, sequential_solve
+
+__all__ = ["NewtonConvergenceError", "NewtonInfo", "newton_solve", "sequential_solve"]

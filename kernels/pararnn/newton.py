@@ -1,0 +1,286 @@
+"""Parallel-in-time solve of a nonlinear recurrence ``h_t = step(h_{t-1}, x_t)`` by Newton's method (ParaRNN).
+
+All ``T`` equations ``h_t - step(h_{t-1}, x_t) = 0`` form one system. Starting from ``h_t = step(0, x_t)``, each
+Newton iteration linearizes ``step`` at the current iterate and solves
+
+    dh_t = J_t dh_{t-1} + r_t,   r_t = step(h_{t-1}, x_t) - h_t,   J_t = d step / d h_{t-1}   (dh_{-1} = 0)
+
+with one parallel linear scan (``linear_scan`` for a diagonal Jacobian, ``block2_scan`` for 2x2 blocks), then sets
+``h <- h + dh``. After ``k`` iterations the first ``k`` steps are exact, so ``max_iter >= T`` always converges; for
+contractive cells a handful of iterations reach round-off.
+
+The cell is described by two callables, both vectorized over every leading dim (they are called on whole
+``[B, T, ...]`` tensors, and on ``[B, 1, ...]`` slices by the sequential solve):
+
+    step(h_prev, x, *params) -> h        # h_prev, h: [B, T, D] ("diagonal") or [B, T, D, 2] ("block2")
+    jac(h_prev, x, *params) -> J         # d h / d h_prev: [B, T, D] or [B, T, D, 2, 2], J[..., i, j] = dh_i/dh_prev_j
+
+``x`` is one tensor ``[B, T, ...]`` (pack several inputs into it, e.g. precomputed input projections ``[B, T, 3, D]``)
+and ``params`` a tuple of tensors the step uses (weights): pass them here rather than closing over them, so they get
+gradients. ``jac=None`` derives the Jacobian with autograd from ``step`` (one extra backward pass per iteration for
+"diagonal", two for "block2"); it is only right when the Jacobian really has the declared structure.
+
+Gradients (``newton_solve``) follow the adjoint method at the solution: one reverse scan
+``lambda_t = dL/dh_t + J_{t+1}^T lambda_{t+1}`` and one batched vector-Jacobian product of ``step`` over all ``t``
+for ``x`` and ``params``; ``dL/dh0 = J_0^T lambda_0``. No Newton iterate is kept for the backward.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import warnings
+
+import torch
+from torch.autograd.function import once_differentiable
+
+from ..scan import block2_scan, linear_scan
+
+STRUCTURES = ("diagonal", "block2")
+ON_FAIL = ("fallback", "raise")
+# Default convergence threshold on the relative residual, by state dtype.
+# The half-precision floors are ~1.5 ulp of an O(1) state (fp16 ~1.5e-3, bf16 ~1.2e-2).
+DEFAULT_TOL = {torch.float64: 1e-12, torch.float32: 1e-5, torch.float16: 5e-3, torch.bfloat16: 4e-2}
+
+
+class NewtonConvergenceError(RuntimeError):
+    """``newton_solve(..., on_fail="raise")`` did not reach ``tol`` within ``max_iter`` iterations."""
+
+
+@dataclasses.dataclass
+class NewtonInfo:
+    iterations: int  # Newton steps taken
+    residual: float  # max |step(h_{t-1}, x_t) - h_t| / max(1, max |h|) at the returned parallel iterate
+    converged: bool
+    fallback: bool  # the returned states come from the sequential solve
+
+
+def _state_dims(structure):
+    return 1 if structure == "diagonal" else 2  # dims after [B, T]
+
+
+def _shift(h, h0):
+    """[h0, h_0, ..., h_{T-2}]: the previous state of every step."""
+    first = torch.zeros_like(h[:, :1]) if h0 is None else h0.unsqueeze(1).to(h.dtype)
+    return torch.cat((first, h[:, :-1]), 1)
+
+
+def _call_step(step, h_prev, x, params):
+    h = step(h_prev, x, *params)
+    if not isinstance(h, torch.Tensor) or h.shape != h_prev.shape:
+        got = tuple(h.shape) if isinstance(h, torch.Tensor) else type(h).__name__
+        raise ValueError(
+            f"newton_solve: `step` must return a tensor shaped like h_prev {tuple(h_prev.shape)}, got {got}"
+        )
+    return h
+
+
+def _autograd_jac(step, structure, h_prev, x, params):
+    with torch.enable_grad():
+        hp = h_prev.detach().requires_grad_()
+        out = step(hp, x.detach(), *(p.detach() for p in params))
+        if structure == "diagonal":
+            return torch.autograd.grad(out, hp, torch.ones_like(out))[0]
+        rows = [
+            torch.autograd.grad(out[..., i], hp, torch.ones_like(out[..., i]), retain_graph=i == 0)[0] for i in range(2)
+        ]
+    return torch.stack(rows, -2)
+
+
+def _jacobian(cfg, h_prev, x, params):
+    if cfg.jac is None:
+        return _autograd_jac(cfg.step, cfg.structure, h_prev, x, params)
+    J = cfg.jac(h_prev, x, *params)
+    want = tuple(h_prev.shape) + ((2,) if cfg.structure == "block2" else ())
+    if not isinstance(J, torch.Tensor) or tuple(J.shape) != want:
+        got = tuple(J.shape) if isinstance(J, torch.Tensor) else type(J).__name__
+        raise ValueError(f"newton_solve: `jac` must return shape {want} for structure {cfg.structure!r}, got {got}")
+    return J.to(h_prev.dtype)
+
+
+def _scan(cfg, J, r, reverse=False):
+    fn = linear_scan if cfg.structure == "diagonal" else block2_scan
+    return fn(J, r, reverse=reverse, backend=cfg.backend)
+
+
+def _residual(h, f):
+    r, scale = torch.stack(((f - h).abs().max(), h.abs().max())).tolist()  # one device sync
+    return r / max(1.0, scale)
+
+
+def _sequential(step, x, params, h0, state_shape, dtype):
+    h = torch.zeros(state_shape, dtype=dtype, device=x.device) if h0 is None else h0.to(dtype)
+    out = []
+    for t in range(x.shape[1]):
+        h = _call_step(step, h.unsqueeze(1), x[:, t : t + 1], params).squeeze(1)
+        out.append(h)
+    return torch.stack(out, 1)
+
+
+@dataclasses.dataclass
+class _Config:
+    step: object
+    jac: object
+    structure: str
+    state_shape: tuple  # [B, D] or [B, D, 2]
+    tol: float | None
+    max_iter: int
+    on_fail: str
+    backend: str | None
+    info: NewtonInfo | None = None
+
+
+def _newton(cfg, x, h0, params):
+    T = x.shape[1]
+    dtype = torch.promote_types(x.dtype, h0.dtype) if h0 is not None else x.dtype
+    zeros = torch.zeros((cfg.state_shape[0], T, *cfg.state_shape[1:]), dtype=dtype, device=x.device)
+    h = _call_step(cfg.step, zeros, x, params)  # initial guess h_t = step(0, x_t)
+    tol = cfg.tol if cfg.tol is not None else DEFAULT_TOL.get(h.dtype, 1e-5)
+    it = 0
+    while True:
+        h_prev = _shift(h, h0)
+        f = _call_step(cfg.step, h_prev, x, params)
+        res = _residual(h, f)
+        if not math.isfinite(res) or res <= tol or it == cfg.max_iter:
+            break
+        h = h + _scan(cfg, _jacobian(cfg, h_prev, x, params), f - h)
+        it += 1
+    info = NewtonInfo(iterations=it, residual=res, converged=math.isfinite(res) and res <= tol, fallback=False)
+    if not info.converged:
+        msg = (
+            f"newton_solve: no convergence after {it} Newton iterations: relative residual {res:.3e} "
+            f"(tol {tol:.1e}, max_iter {cfg.max_iter})"
+        )
+        if cfg.on_fail == "raise":
+            raise NewtonConvergenceError(msg)
+        warnings.warn(msg + "; falling back to the sequential solve", RuntimeWarning, stacklevel=2)
+        h = _sequential(cfg.step, x, params, h0, cfg.state_shape, h.dtype)
+        info.fallback = True
+    return h, info
+
+
+class _NewtonFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, cfg, x, h0, *params):
+        h, cfg.info = _newton(cfg, x, h0, params)
+        ctx.cfg = cfg
+        ctx.save_for_backward(h, x, h0, *params)
+        return h
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, gh):
+        cfg = ctx.cfg
+        h, x, h0, *params = ctx.saved_tensors
+        need_x, need_h0, *need_p = ctx.needs_input_grad[1:]
+        h_prev = _shift(h, h0)
+        J = _jacobian(cfg, h_prev, x, params)
+        if cfg.structure == "block2":
+            J = J.transpose(-1, -2)
+        J_next = torch.cat((J[:, 1:], torch.zeros_like(J[:, :1])), 1)
+        lam = _scan(cfg, J_next, gh.to(h.dtype), reverse=True)
+
+        gx = gp = None
+        wanted = [need_x] + need_p
+        if any(wanted):
+            with torch.enable_grad():
+                xd = x.detach().requires_grad_(need_x)
+                pd = [p.detach().requires_grad_(n) for p, n in zip(params, need_p)]
+                out = cfg.step(h_prev, xd, *pd)
+                inputs = [t for t in [xd, *pd] if t.requires_grad]
+                grads = iter(torch.autograd.grad(out, inputs, lam, allow_unused=True))
+            gx = next(grads) if need_x else None
+            gp = [next(grads) if n else None for n in need_p]
+        else:
+            gp = [None] * len(params)
+        gh0 = None
+        if need_h0:
+            lam0 = lam[:, 0]
+            gh0 = J[:, 0] * lam0 if cfg.structure == "diagonal" else (J[:, 0] @ lam0.unsqueeze(-1)).squeeze(-1)
+            gh0 = gh0.to(h0.dtype)
+        return None, gx, gh0, *gp
+
+
+def _check_solve_args(op, step, jac, x, params, h0, state_size, structure):
+    if not callable(step):
+        raise ValueError(f"{op}: `step` must be callable step(h_prev, x, *params) -> h")
+    if jac is not None and not callable(jac):
+        raise ValueError(f"{op}: `jac` must be None or callable jac(h_prev, x, *params) -> J")
+    if structure not in STRUCTURES:
+        raise ValueError(f"{op}: `structure` must be one of {STRUCTURES}, got {structure!r}")
+    if not isinstance(x, torch.Tensor) or x.dim() < 2 or not x.is_floating_point():
+        raise ValueError(f"{op}: `x` must be a floating-point tensor [B, T, ...], got {getattr(x, 'shape', type(x))}")
+    if x.shape[1] == 0:
+        raise ValueError(f"{op}: the sequence dimension (dim 1) of `x` is empty")
+    if not isinstance(params, (tuple, list)) or not all(isinstance(p, torch.Tensor) for p in params):
+        raise ValueError(f"{op}: `params` must be a tuple of tensors")
+    tail = () if structure == "diagonal" else (2,)
+    if h0 is not None:
+        if not isinstance(h0, torch.Tensor) or h0.dim() != 2 + len(tail) or tuple(h0.shape[2:]) != tail:
+            want = "[B, D]" if structure == "diagonal" else "[B, D, 2]"
+            raise ValueError(f"{op}: `h0` must be {want} for structure {structure!r}, got {getattr(h0, 'shape', h0)}")
+        if h0.shape[0] != x.shape[0]:
+            raise ValueError(f"{op}: `h0` has batch {h0.shape[0]} but `x` has batch {x.shape[0]}")
+        if state_size is not None and h0.shape[1] != state_size:
+            raise ValueError(f"{op}: `h0` has {h0.shape[1]} units but `state_size` is {state_size}")
+        if h0.device != x.device:
+            raise ValueError(f"{op}: `h0` is on {h0.device} but `x` is on {x.device}")
+        return tuple(h0.shape)
+    if not isinstance(state_size, int) or state_size <= 0:
+        raise ValueError(f"{op}: pass `h0` or a positive int `state_size` (the number of units D), got {state_size!r}")
+    return (x.shape[0], state_size, *tail)
+
+
+def newton_solve(
+    step,
+    jac,
+    x,
+    params=(),
+    h0=None,
+    *,
+    state_size=None,
+    structure="diagonal",
+    tol=None,
+    max_iter=10,
+    on_fail="fallback",
+    backend=None,
+    return_info=False,
+):
+    """Solve ``h_t = step(h_{t-1}, x_t, *params)`` for all ``t`` at once with Newton's method.
+
+    Args:
+        step, jac: the cell and its Jacobian w.r.t. ``h_prev`` (see the module docstring); ``jac=None`` uses autograd.
+        x: ``[B, T, ...]`` inputs; ``params``: tuple of tensors passed to ``step``/``jac`` after ``x``.
+        h0: initial state ``[B, D]`` ("diagonal") or ``[B, D, 2]`` ("block2"); None means zeros, then ``state_size``
+            (D) is required.
+        tol: threshold on ``max|step(h_{t-1}, x_t) - h_t| / max(1, max|h|)``; default by state dtype (fp64 1e-12,
+            fp32 1e-5, fp16 5e-3, bf16 4e-2). The state dtype is that of ``step``'s output; in mixed precision
+            pass fp32 ``x``/``h0`` to solve in fp32 (the scans accumulate in fp32 anyway).
+        max_iter: most Newton iterations (each: one ``step``, one ``jac``, one scan); the residual is checked
+            before every iteration and after the last one.
+        on_fail: when the residual is above ``tol`` after ``max_iter`` iterations or not finite: ``"fallback"``
+            warns (RuntimeWarning) and returns the sequential solve; ``"raise"`` raises NewtonConvergenceError.
+        backend: scan backend (None/"auto", "torch", "triton").
+        return_info: also return a :class:`NewtonInfo`.
+
+    Returns ``h`` ``[B, T, D]`` / ``[B, T, D, 2]`` (dtype of ``step``'s output), differentiable w.r.t. ``x``,
+    ``params`` and ``h0`` through the adjoint backward.
+    """
+    op = "newton_solve"
+    state_shape = _check_solve_args(op, step, jac, x, params, h0, state_size, structure)
+    if not isinstance(max_iter, int) or max_iter < 0:
+        raise ValueError(f"{op}: `max_iter` must be a non-negative int, got {max_iter!r}")
+    if tol is not None and not (isinstance(tol, (int, float)) and tol > 0):
+        raise ValueError(f"{op}: `tol` must be a positive number or None, got {tol!r}")
+    if on_fail not in ON_FAIL:
+        raise ValueError(f"{op}: `on_fail` must be one of {ON_FAIL}, got {on_fail!r}")
+    cfg = _Config(step, jac, structure, state_shape, tol, max_iter, on_fail, backend)
+    h = _NewtonFunction.apply(cfg, x, h0, *params)
+    return (h, cfg.info) if return_info else h
+
+
+def sequential_solve(step, x, params=(), h0=None, *, state_size=None, structure="diagonal"):
+    """The same recurrence, one step at a time (``step`` on ``[B, 1, ...]`` slices): the slow reference and the
+    Newton fallback. Differentiable by plain autograd through the loop."""
+    state_shape = _check_solve_args("sequential_solve", step, None, x, params, h0, state_size, structure)
+    dtype = torch.promote_types(x.dtype, h0.dtype) if h0 is not None else x.dtype
+    return _sequential(step, x, tuple(params), h0, state_shape, dtype)
