@@ -5,5 +5,17 @@ Every op has a Triton kernel for CUDA tensors and a PyTorch implementation for a
 """
 from ._dispatch import select_backend
 from .gla import chunk_gla, fused_recurrent_gla
+from .pararnn import NewtonConvergenceError, NewtonInfo, newton_solve, sequential_solve
+from .scan import block2_scan, linear_scan
 
-__all__ = ["chunk_gla", "fused_recurrent_gla", "select_backend"]
+__all__ = [
+    "chunk_gla",
+    "fused_recurrent_gla",
+    "linear_scan",
+    "block2_scan",
+    "newton_solve",
+    "sequential_solve",
+    "NewtonInfo",
+    "NewtonConvergenceError",
+    "select_backend",
+]
