@@ -4,6 +4,7 @@ Every op has a Triton kernel for CUDA tensors and a PyTorch implementation for a
 ``HF_SEQMODELS_BACKEND=torch|triton`` forces one.
 """
 from ._dispatch import select_backend
+from .attention import sliding_window_attention, sliding_window_decode
 from .gla import chunk_gla, fused_recurrent_gla
 from .pararnn import NewtonConvergenceError, NewtonInfo, newton_solve, sequential_solve
 from .scan import block2_scan, linear_scan
@@ -17,5 +18,7 @@ __all__ = [
     "sequential_solve",
     "NewtonInfo",
     "NewtonConvergenceError",
+    "sliding_window_attention",
+    "sliding_window_decode",
     "select_backend",
 ]

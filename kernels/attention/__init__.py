@@ -1,0 +1,10 @@
+from .ops import sliding_window_attention, sliding_window_decode
+from .ring import ring_buffer_init, ring_buffer_ordered, ring_buffer_write
+
+__all__ = [
+    "sliding_window_attention",
+    "sliding_window_decode",
+    "ring_buffer_init",
+    "ring_buffer_ordered",
+    "ring_buffer_write",
+]
