@@ -1,4 +1,4 @@
-"""hf-seqmodels: efficient non-Transformer sequence models as a Hugging Face Transformers plugin.
+"""hf-seqmodels: efficient non-Transformer sequence models as a Transformers plugin.
 
 ``import hf_seqmodels`` registers every architecture with AutoConfig / AutoModel / AutoModelForCausalLM.
 """
@@ -7,7 +7,28 @@ __version__ = "0.1.0"
 from .cache import RecurrentCache
 from .models import ARCHITECTURES, register_auto_classes
 from .models.gla import GLAConfig, GLAForCausalLM, GLAModel
+from .models.liger import LigerConfig, LigerForCausalLM, LigerModel
+from .models.lizard import LizardConfig, LizardForCausalLM, LizardModel
+from .models.pararnn import ParaRNNConfig, ParaRNNForCausalLM, ParaRNNModel
 
 register_auto_classes()
 
-__all__ = ["RecurrentCache", "GLAConfig", "GLAModel", "GLAForCausalLM", "ARCHITECTURES"]
+from .linearize import linearize  # noqa: E402  (needs the registered classes)
+
+__all__ = [
+    "ARCHITECTURES",
+    "RecurrentCache",
+    "linearize",
+    "GLAConfig",
+    "GLAModel",
+    "GLAForCausalLM",
+    "LigerConfig",
+    "LigerModel",
+    "LigerForCausalLM",
+    "LizardConfig",
+    "LizardModel",
+    "LizardForCausalLM",
+    "ParaRNNConfig",
+    "ParaRNNModel",
+    "ParaRNNForCausalLM",
+]

@@ -4,12 +4,14 @@ from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
 from .gla import GLAConfig, GLAForCausalLM, GLAModel
 from .liger import LigerConfig, LigerForCausalLM, LigerModel
 from .lizard import LizardConfig, LizardForCausalLM, LizardModel
+from .pararnn import ParaRNNConfig, ParaRNNForCausalLM, ParaRNNModel
 
 #: (config, base model, causal LM) for every architecture of the package
 ARCHITECTURES = [
     (GLAConfig, GLAModel, GLAForCausalLM),
     (LigerConfig, LigerModel, LigerForCausalLM),
     (LizardConfig, LizardModel, LizardForCausalLM),
+    (ParaRNNConfig, ParaRNNModel, ParaRNNForCausalLM),
 ]
 
 

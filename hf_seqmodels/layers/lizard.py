@@ -1,0 +1,88 @@
+"""Lizard attention (arXiv 2507.09025): gated linear attention with learned Hedgehog feature maps and a learned
+scalar gate, plus sliding-window attention with learned "meta-memory" sink logits, mixed by a learned weight.
+
+Where the paper leaves a detail open, the choice made here (each covered by a test):
+- gate: one log-gate per head and position, ``g = logsigmoid(decay_proj(x)) / gate_logit_normalizer`` (a
+  ``Linear(hidden, H)`` with bias, weights ``N(0, 0.02)``, bias 0), shared by every feature dimension;
+- feature maps: ``phi(x) = [softmax(x W), softmax(-x W)]`` per head over the feature dimension, no bias, ``W``
+  initialized to the identity (``feature_dim = head_dim`` by default), applied to q and k before RoPE;
+- sinks: ``num_sinks`` logits per head (default 4) added to the window's softmax denominator, initialized to
+  ``sink_init`` (default -4, a negligible share, so the window branch starts as the teacher's local attention);
+- mixing: ``o = o_gla + window_weight[h] * o_window`` per head, ``window_weight`` initialized to 1;
+- attention transfer (stage 1) matches each layer's output after ``o_proj`` with an MSE, and passes the teacher's
+  output on to the next layer, so every layer learns from the teacher's inputs in one forward pass.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import initialization as init
+
+from .liger import LinearizedAttention
+
+
+class HedgehogFeatureMap(nn.Module):
+    """``phi(x) = [softmax(x W_h), softmax(-x W_h)]`` per head ``h``: [B, T, H, D] -> [B, T, H, 2F]."""
+
+    def __init__(self, num_heads: int, head_dim: int, feature_dim: int):
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(num_heads, head_dim, feature_dim))
+
+    def init_extra_weights(self, config=None):
+        H, D, Fd = self.weight.shape
+        eye = torch.eye(D, Fd, dtype=self.weight.dtype, device=self.weight.device)
+        init.copy_(self.weight, eye.expand(H, D, Fd))
+
+    def forward(self, x):
+        z = torch.einsum("bthd,hdf->bthf", x, self.weight.to(x.dtype))
+        return torch.cat([z.softmax(-1), (-z).softmax(-1)], dim=-1)
+
+
+class LizardAttention(LinearizedAttention):
+    def __init__(self, config, layer_idx: int):
+        super().__init__(config, layer_idx)
+        H, D = self.num_heads, self.head_dim
+        self.feature_dim = config.feature_dim or D
+        self.gate_logit_normalizer = float(config.gate_logit_normalizer)
+        self.gla_scale = config.gla_scale
+        self.sink_init = float(config.sink_init)
+        self.q_feature_map = HedgehogFeatureMap(H, D, self.feature_dim)
+        self.k_feature_map = HedgehogFeatureMap(self.num_kv_heads, D, self.feature_dim)
+        self.decay_proj = nn.Linear(config.hidden_size, H, bias=True)
+        self.sink_logits = nn.Parameter(torch.empty(H, config.num_sinks))
+        self.window_weight = nn.Parameter(torch.empty(H))
+        #: stage 1 (attention transfer): return the teacher's output and keep the MSE in ``transfer_loss``
+        self.attention_transfer = False
+        self.transfer_loss = None
+
+    def init_extra_weights(self, config=None):
+        init.constant_(self.sink_logits, self.sink_init)
+        init.ones_(self.window_weight)
+
+    def student(self, hidden_states, q, k, v, attention_mask, cache, position_ids):
+        B, T, _ = hidden_states.shape
+        g = F.logsigmoid(self.decay_proj(hidden_states).float()) / self.gate_logit_normalizer  # [B, T, H]
+        qf, kf = self.q_feature_map(q), self.expand_kv(self.k_feature_map(k))
+        g = g.unsqueeze(-1).expand(*qf.shape).contiguous()
+        o_gla = self.linear_attention(qf, kf, self.expand_kv(v), g, attention_mask, cache, self.gla_scale)
+        o_win = self.window_attention(q, k, v, attention_mask, cache, position_ids, sinks=self.sink_logits)
+        o = o_gla + self.window_weight.to(o_win.dtype)[:, None] * o_win
+        return self.o_proj(o.reshape(B, T, self.num_heads * self.head_dim))
+
+    def forward(self, hidden_states, attention_mask=None, cache=None, position_ids=None, **kwargs):
+        q, k, v = self.project(hidden_states)
+        if not self.attention_transfer:
+            return self.student(hidden_states, q, k, v, attention_mask, cache, position_ids)
+        T = hidden_states.shape[1]
+        with torch.no_grad():  # the teacher: Llama's causal softmax attention (a window as long as the input)
+            teacher = self.window_attention(q, k, v, attention_mask, None, position_ids, window=T)
+            teacher = self.o_proj(teacher.reshape(*hidden_states.shape[:2], -1))
+        out = self.student(hidden_states, q, k, v, attention_mask, None, position_ids)
+        err = (out.float() - teacher.float()).pow(2).mean(-1)
+        if attention_mask is not None:
+            w = attention_mask.to(err.dtype)
+            self.transfer_loss = (err * w).sum() / w.sum().clamp_min(1)
+        else:
+            self.transfer_loss = err.mean()
+        return teacher

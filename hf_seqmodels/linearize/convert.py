@@ -1,0 +1,158 @@
+"""Turn a pretrained Llama into a linearized model (Liger or Lizard) with the same weights."""
+from __future__ import annotations
+
+import os
+
+import torch
+
+from hf_seqmodels.models.liger import LigerConfig, LigerForCausalLM
+from hf_seqmodels.models.liger.configuration_liger import LLAMA_FIELDS
+from hf_seqmodels.models.lizard import LizardConfig, LizardForCausalLM
+
+#: method -> (config class, model class, options the method accepts, description for the model card)
+METHODS = {
+    "liger": (
+        LigerConfig,
+        LigerForCausalLM,
+        ("window_size", "gla_weight", "gate_logit_normalizer", "gla_scale"),
+        "Liger (arXiv 2503.01496): gated linear attention with the gate and feature maps taken from the pretrained "
+        "projections, mixed 50/50 with sliding-window softmax attention; no new parameters",
+    ),
+    "lizard": (
+        LizardConfig,
+        LizardForCausalLM,
+        ("window_size", "feature_dim", "num_sinks", "sink_init", "gate_logit_normalizer", "gla_scale"),
+        "Lizard (arXiv 2507.09025): gated linear attention with learned Hedgehog feature maps and gate, plus "
+        "sliding-window attention with learned sink logits and a learned mixing weight",
+    ),
+}
+LLAMA_MODEL_TYPES = ("llama",)
+
+
+def check_method(method, options: dict) -> None:
+    if method not in METHODS:
+        raise ValueError(f"linearize: unknown method {method!r}; expected one of {sorted(METHODS)}")
+    allowed = METHODS[method][2]
+    unknown = sorted(set(options) - set(allowed))
+    if unknown:
+        raise ValueError(f"linearize: unknown option(s) {unknown} for method {method!r}; accepted: {list(allowed)}")
+    window = options.get("window_size", 1)
+    if isinstance(window, bool) or not isinstance(window, int) or window <= 0:
+        raise ValueError(f"linearize: window_size must be a positive int (keys a query sees, itself included), got {window!r}")
+
+
+_GGUF_SCALAR_SIZES = {0: 1, 1: 1, 2: 2, 3: 2, 4: 4, 5: 4, 6: 4, 7: 1, 10: 8, 11: 8, 12: 8}  # GGUF value type -> bytes
+_GGUF_STRING, _GGUF_ARRAY = 8, 9
+
+
+def gguf_architecture(path: str) -> str:
+    """The ``general.architecture`` of a GGUF file, read from the metadata at its start (no tensor data; gguf's
+    own reader parses every field, the 49k-entry vocabulary included, which takes about a minute)."""
+    import struct
+
+    def skip(f, kind):
+        if kind == _GGUF_STRING:
+            f.seek(struct.unpack("<Q", f.read(8))[0], 1)
+        elif kind == _GGUF_ARRAY:
+            item, n = struct.unpack("<IQ", f.read(12))
+            if item in _GGUF_SCALAR_SIZES:
+                f.seek(n * _GGUF_SCALAR_SIZES[item], 1)
+            else:
+                for _ in range(n):
+                    skip(f, item)
+        elif kind in _GGUF_SCALAR_SIZES:
+            f.seek(_GGUF_SCALAR_SIZES[kind], 1)
+        else:
+            raise ValueError(f"{path}: not a readable GGUF file (unknown metadata type {kind})")
+
+    with open(path, "rb") as f:
+        if f.read(4) != b"GGUF":
+            raise ValueError(f"{path}: not a GGUF file (no GGUF magic number)")
+        version, _, n_kv = struct.unpack("<IQQ", f.read(20))
+        if version < 2:
+            raise ValueError(f"{path}: GGUF version {version} is not supported (2 or later expected)")
+        for _ in range(n_kv):
+            key = f.read(struct.unpack("<Q", f.read(8))[0]).decode("utf-8", "replace")
+            kind = struct.unpack("<I", f.read(4))[0]
+            if key == "general.architecture" and kind == _GGUF_STRING:
+                return f.read(struct.unpack("<Q", f.read(8))[0]).decode()
+            skip(f, kind)
+    raise ValueError(f"{path}: no general.architecture in the GGUF metadata")
+
+
+def load_llama(path, gguf_file: str | None = None, dtype=torch.float32):
+    """Load a Llama causal LM from a safetensors folder (or Hub id) or a GGUF file in ``path``, after checking from the
+    config / GGUF metadata alone that it is a Llama. A GGUF model comes back dequantized to ``dtype``."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    if gguf_file is not None:
+        full = gguf_file if os.path.isabs(gguf_file) else os.path.join(path, gguf_file)
+        if not os.path.isfile(full):
+            raise ValueError(f"linearize: gguf_file {full!r} does not exist")
+        arch = gguf_architecture(full)
+        if arch not in LLAMA_MODEL_TYPES:
+            raise ValueError(f"linearize: the GGUF file {full!r} holds a {arch!r} model; only Llama-family ({LLAMA_MODEL_TYPES}) can be linearized")
+    else:
+        config = AutoConfig.from_pretrained(path)
+        if config.model_type not in LLAMA_MODEL_TYPES:
+            raise ValueError(
+                f"linearize: {path!r} is a {config.model_type!r} model; only Llama-family decoders "
+                f"(model_type in {LLAMA_MODEL_TYPES}) can be linearized"
+            )
+    model = AutoModelForCausalLM.from_pretrained(path, gguf_file=gguf_file, dtype=dtype)
+    if gguf_file is not None:  # record which file of the folder it came from (the base model of a conversion)
+        model.config.name_or_path = f"{os.fspath(path)}/{os.path.basename(gguf_file)}"
+    return model
+
+
+def check_llama(model) -> None:
+    from transformers import LlamaForCausalLM
+
+    model_type = getattr(getattr(model, "config", None), "model_type", None)
+    if not isinstance(model, LlamaForCausalLM) or model_type not in LLAMA_MODEL_TYPES:
+        raise ValueError(
+            f"linearize: `model` must be a Llama-family decoder (LlamaForCausalLM, model_type in {LLAMA_MODEL_TYPES}), "
+            f"got {type(model).__name__} (model_type {model_type!r})"
+        )
+
+
+def linearize(model, method: str = "liger", *, gguf_file: str | None = None, base_model: str | None = None, **options):
+    """Convert a Llama (a ``LlamaForCausalLM``, or a path loaded with :func:`load_llama`) into a linearized model.
+
+    Args:
+        model: a ``LlamaForCausalLM`` or a path (safetensors folder / Hub id, or the folder of ``gguf_file``).
+        method: ``"liger"`` or ``"lizard"``.
+        gguf_file: with a path, the GGUF file to load.
+        base_model: name recorded as the base model (default: the Llama's ``name_or_path``).
+        **options: config fields of the method. Liger: ``window_size`` (64), ``gla_weight`` (0.5; 0 = window only),
+            ``gate_logit_normalizer`` (16), ``gla_scale`` (None: ``head_dim ** -0.5``). Lizard: ``window_size``
+            (128), ``feature_dim`` (head_dim), ``num_sinks`` (4), ``sink_init`` (-4), ``gate_logit_normalizer`` (16),
+            ``gla_scale``.
+
+    Returns a plain (not quantized, savable) ``LigerForCausalLM`` / ``LizardForCausalLM`` in the Llama's dtype and
+    device, in eval mode, holding the Llama's weights under the same names. Liger adds no parameters; Lizard's new
+    ones (feature maps, gate, sinks, mixing weight) are freshly initialized and learned by :func:`attention_transfer`.
+    Every argument is checked before any weight is loaded or copied.
+    """
+    check_method(method, options)
+    if isinstance(model, (str, os.PathLike)):
+        path = os.fspath(model)
+        base_model = base_model or (f"{path}/{gguf_file}" if gguf_file else path)
+        model = load_llama(path, gguf_file=gguf_file)
+    elif gguf_file is not None:
+        raise ValueError("linearize: gguf_file is only used when `model` is a path")
+    check_llama(model)
+    config_class, model_class, _, description = METHODS[method]
+    llama_config = model.config
+    fields = {name: getattr(llama_config, name) for name in LLAMA_FIELDS if hasattr(llama_config, name)}
+    base_model = base_model or llama_config.name_or_path or None
+    card = {"base_model": base_model, "method": description}
+    config = config_class(**fields, **options, base_model_name_or_path=base_model, card_data=card)
+    param = next(model.parameters())
+    new = model_class(config)
+    state = model.state_dict()
+    missing, unexpected = new.load_state_dict(state, strict=False)
+    extra = {n for n, _ in new.named_parameters()} - set(state)
+    if unexpected or set(missing) - extra:
+        raise RuntimeError(f"linearize: weights do not map onto {model_class.__name__}: missing {missing}, unexpected {unexpected}")
+    return new.to(device=param.device, dtype=param.dtype).eval()
