@@ -2,7 +2,7 @@
 peers a user would pick instead, in the same process.
 
     python3 -m pip install --no-deps --no-build-isolation -e .   # once: provides hf_seqmodels.kernels
-    python3 benchmarks/gpu_suite.py [--sections gla_check,gla_bench] [--out DIR]
+    python3 benchmarks/gpu_suite.py [--sections gla_check,pararnn_check,pararnn_bench] [--out DIR]
 
 Prints a table per section and writes ``gpu_suite.json`` and ``gpu_suite.png`` to ``--out`` (default ``$OUT``, else
 ``./out``). Sections live in ``SECTIONS``: a new one is a function ``(args) -> dict`` registered with
@@ -250,6 +250,245 @@ def gla_bench(args):
 
 
 # ---------------------------------------------------------------------------------------------------------------
+# ParaRNN: the fused Newton kernel against the PyTorch path (values and gradients)
+
+PARARNN_CHECK_CASES = [  # B, T, D, dtype, h0, mask
+    (2, 1000, 96, torch.float32, True, False),
+    (3, 333, 80, torch.float32, True, True),
+    (2, 500, 64, torch.float64, True, True),
+    (2, 2048, 256, torch.bfloat16, False, False),
+    (4, 1, 64, torch.float32, True, False),
+]
+PARARNN_TINY_CASES = [(2, 9, 5, torch.float32, True, True)]  # for a run in the Triton interpreter
+_PARARNN_TOL = {torch.float32: 1e-4, torch.float64: 1e-10, torch.bfloat16: 3e-2}
+
+
+def _pararnn_inputs(cell, B, T, D, dtype, h0, mask, device):
+    u = torch.randn(B, T, 3, D, device=device)
+    a = torch.randn(3 if cell == "gru" else 5, D, device=device)
+    a = a * (0.5 / a.norm(dim=-1, keepdim=True))  # the paper's init: each row's norm 0.5
+    s0 = torch.randn(B, D, *(() if cell == "gru" else (2,)), device=device) if h0 else None
+    m = None
+    if mask:
+        m = torch.ones(B, T, device=device)
+        m[0, : T // 3] = 0
+    return [x.to(dtype) if x is not None else None for x in (u, a, s0)] + [m]
+
+
+def _pararnn_grads(fn, inputs, weight):
+    leaves = [x.detach().clone().requires_grad_() if x is not None else None for x in inputs[:3]]
+    h = fn(*leaves, inputs[3])
+    (h.double() * weight).sum().backward()
+    return [h.detach()] + [x.grad for x in leaves if x is not None]
+
+
+def pararnn_check_rows(cases, device="cuda"):
+    """Fused Triton solve (values, du, da, dh0) vs the PyTorch path in fp64 on the same inputs, then the fallback
+    (max_iter=0: the sequential kernel) and the cells' dispatch. Returns (rows, ok)."""
+    import warnings
+
+    from hf_seqmodels.kernels.pararnn import fused_newton_gru, fused_newton_lstm
+    from hf_seqmodels.layers.pararnn import ParaGRUCell, ParaLSTMCell
+
+    rows, ok = [], True
+    for cell, fn, cls in (("gru", fused_newton_gru, ParaGRUCell), ("lstm", fused_newton_lstm, ParaLSTMCell)):
+        for B, T, D, dtype, h0, mask in cases:
+            row = dict(cell=cell, shape=f"B{B} T{T} D{D}", dtype=str(dtype).replace("torch.", ""), h0=h0, mask=mask)
+            try:
+                inputs = _pararnn_inputs(cell, B, T, D, dtype, h0, mask, device)
+                weight = torch.randn(B, T, D, *(() if cell == "gru" else (2,)), dtype=torch.float64, device=device)
+                info = fn(*inputs, backend="triton", on_fail="raise", return_info=True)[1]
+                got = _pararnn_grads(lambda *x: fn(*x, backend="triton", on_fail="raise"), inputs, weight)
+                ref_inputs = [x.double() if x is not None else None for x in inputs]
+                ref = _pararnn_grads(lambda *x: fn(*x, backend="torch", on_fail="raise"), ref_inputs, weight)
+                names = ["h", "du", "da"] + (["dh0"] if h0 else [])
+                errs = {n: _rel_err(g, r) for n, g, r in zip(names, got, ref)}
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", RuntimeWarning)
+                    fallback = fn(*inputs, backend="triton", max_iter=0)
+                errs["fallback_h"] = _rel_err(fallback, ref[0])
+                worst = max(errs.values())
+                row.update(errs, iters=info.iterations, worst=worst, ok=worst < _PARARNN_TOL[dtype])
+            except Exception as e:  # report and carry on
+                traceback.print_exc()
+                row.update(ok=False, error=repr(e))
+            ok &= bool(row["ok"])
+            rows.append(row)
+        # the cell dispatches to the fused kernel on CUDA (parallel mode) and matches its sequential mode
+        row = dict(cell=cell, shape="cell B2 T64 D16", dtype="float32", mask=True)
+        try:
+            layer = cls(8, 16).to(device)
+            x = torch.randn(2, 64, 8, device=device)
+            m = torch.ones(2, 64, device=device)
+            m[1, :20] = 0
+            with torch.no_grad():
+                par, seq = layer(x, mask=m)[0], layer(x, mask=m, mode="sequential")[0]
+            fused_used = layer._fused(layer.input_projection(x)) is not None
+            err = _rel_err(par, seq)
+            row.update(h=err, worst=err, fused_used=fused_used, ok=err < 1e-4 and (fused_used or device != "cuda"))
+        except Exception as e:
+            traceback.print_exc()
+            row.update(ok=False, error=repr(e))
+        ok &= bool(row["ok"])
+        rows.append(row)
+    return rows, ok
+
+
+@section("pararnn_check")
+def pararnn_check(args):
+    rows, ok = pararnn_check_rows(PARARNN_CHECK_CASES)
+    print_table("ParaRNN fused Triton Newton vs PyTorch path in fp64 (max abs error / max |ref|)", rows,
+                ["cell", "shape", "dtype", "h0", "mask", "iters", "h", "du", "da", "dh0", "fallback_h", "fused_used",
+                 "ok"])
+    return {"ok": ok, "rows": rows}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# ParaRNN: timings beside cuDNN GRU/LSTM and a sequential loop
+
+
+def pararnn_methods(cell, B, T, H, dtype, device="cuda", backend=None):
+    """name -> (forward, forward+backward or None, leaves) for one ParaGRU/ParaLSTM layer (input projection
+    included) solved by the fused kernel, by the generic Newton solver, step by step ("loop", forward only), and the
+    same-size cuDNN torch.nn.GRU/LSTM."""
+    from hf_seqmodels.kernels.pararnn import fused_newton_gru, fused_newton_lstm, newton_solve, sequential_solve
+    from hf_seqmodels.layers.pararnn import ParaGRUCell, ParaLSTMCell
+
+    layer = (ParaGRUCell if cell == "gru" else ParaLSTMCell)(H, H).to(device=device, dtype=dtype)
+    fused_fn = fused_newton_gru if cell == "gru" else fused_newton_lstm
+    x = torch.randn(B, T, H, device=device, dtype=dtype, requires_grad=True)
+    do = torch.randn(B, T, H, device=device, dtype=dtype)
+    leaves = (x, *layer.parameters())
+    solve_kw = dict(state_size=H, structure=layer.structure)
+
+    def fused():
+        return layer.output(fused_fn(layer.input_projection(x), layer.a, backend=backend))
+
+    def generic():
+        u = layer.input_projection(x)
+        return layer.output(newton_solve(layer.step, layer.jacobian, u, (layer.a,), **solve_kw))
+
+    def loop():
+        return layer.output(sequential_solve(layer.step, layer.input_projection(x), (layer.a,), **solve_kw))
+
+    rnn = (torch.nn.GRU if cell == "gru" else torch.nn.LSTM)(H, H, batch_first=True).to(device=device, dtype=dtype)
+
+    def cudnn():
+        return rnn(x)[0]
+
+    return {
+        "fused": (fused, lambda: fused().backward(do), leaves),
+        "generic": (generic, lambda: generic().backward(do), leaves),
+        "cudnn": (cudnn, lambda: cudnn().backward(do), (x, *rnn.parameters())),
+        "loop": (loop, None, ()),
+    }
+
+
+def _time_capped(fn, reps=3, budget_s=4.0):
+    """Median ms of up to ``reps`` runs after one warm-up, stopping once ``budget_s`` is spent (slow loops)."""
+    fn()
+    torch.cuda.synchronize()
+    times, t_end = [], time.perf_counter() + budget_s
+    while len(times) < reps and (not times or time.perf_counter() < t_end):
+        t0 = time.perf_counter()
+        fn()
+        torch.cuda.synchronize()
+        times.append((time.perf_counter() - t0) * 1e3)
+    return sorted(times)[len(times) // 2]
+
+
+@section("pararnn_bench")
+def pararnn_bench(args):
+    from hf_seqmodels.kernels.pararnn import fused_newton_gru, fused_newton_lstm
+
+    H, dt = args.pararnn_hidden, torch.bfloat16
+    rows, ok, first_call = [], True, {}
+    for cell in ("gru", "lstm"):
+        for B, T in args.pararnn_shapes:
+            methods = pararnn_methods(cell, B, T, H, dt)
+            if cell not in first_call:  # the first fused forward+backward compiles its kernels
+                t0 = time.perf_counter()
+                methods["fused"][1]()
+                torch.cuda.synchronize()
+                first_call[cell] = time.perf_counter() - t0
+            fn = fused_newton_gru if cell == "gru" else fused_newton_lstm
+            u = torch.randn(B, T, 3, H, device="cuda", dtype=dt)
+            a = torch.randn(3 if cell == "gru" else 5, H, device="cuda")
+            a = (a * (0.5 / a.norm(dim=-1, keepdim=True))).to(dt)
+            iters = fn(u, a, return_info=True)[1].iterations
+            for mode in ("fwd", "fwd+bwd"):
+                row = dict(cell=cell, shape=f"B{B} T{T} H{H}", T=T, mode=mode, fused_iters=iters)
+                for name, (fwd, fwd_bwd, leaves) in methods.items():
+                    try:
+                        if mode == "fwd":
+                            with torch.no_grad():
+                                row[f"{name}_ms"] = _time_capped(fwd) if name == "loop" else _bench(fwd)
+                        elif fwd_bwd is not None:
+                            row[f"{name}_ms"] = _bench(fwd_bwd, leaves)
+                    except Exception:
+                        traceback.print_exc()
+                        ok = ok and name != "fused"
+                f = row.get("fused_ms")
+                for name in ("loop", "cudnn", "generic"):
+                    if f and row.get(f"{name}_ms"):
+                        row[f"{name}/fused"] = row[f"{name}_ms"] / f
+                rows.append(row)
+            del methods, u, a
+            torch.cuda.empty_cache()
+    tile_rows = _pararnn_tile_sweep(args, H, dt) if args.pararnn_tiles else []
+    compile_s = ", ".join(f"{c} {s:.1f} s" for c, s in first_call.items())
+    print_table(f"ParaRNN layer (input projection + solve), bf16, median ms; speedups = other/fused "
+                f"(first fused fwd+bwd, compiling: {compile_s})", rows,
+                ["cell", "shape", "mode", "fused_ms", "generic_ms", "cudnn_ms", "loop_ms", "loop/fused",
+                 "cudnn/fused", "generic/fused", "fused_iters"])
+
+    def plot(axes):
+        for ax, mode in zip(axes, ("fwd", "fwd+bwd")):
+            sel = [r for r in rows if r["mode"] == mode]
+            names = [n for n in ("fused", "generic", "cudnn", "loop") if any(r.get(f"{n}_ms") for r in sel)]
+            width = 0.8 / max(1, len(names))
+            for i, n in enumerate(names):
+                ax.bar([j + i * width for j in range(len(sel))], [r.get(f"{n}_ms") or 0 for r in sel], width, label=n)
+            ax.set_xticks([j + width * (len(names) - 1) / 2 for j in range(len(sel))],
+                          [f"{r['cell']} T{r['T']}" for r in sel])
+            ax.set_yscale("log")
+            ax.set_ylabel("ms (median)")
+            ax.set_title(f"ParaRNN H{H} bf16, {mode}")
+            ax.legend()
+
+    return {"ok": ok, "rows": rows, "tile_rows": tile_rows, "first_call_s": first_call, "plot": plot, "panels": 2}
+
+
+def _pararnn_tile_sweep(args, H, dt):
+    """Fused fwd+bwd time per (BLOCK_T, BLOCK_D) at the first --pararnn-shapes entry (each new pair compiles)."""
+    from hf_seqmodels.kernels.pararnn import fused_triton
+
+    saved = dict(fused_triton.MAX_BLOCK_T), fused_triton.MAX_BLOCK_D
+    B, T = args.pararnn_shapes[0]
+    rows = []
+    try:
+        for cell in ("gru", "lstm"):
+            fwd, fwd_bwd, leaves = pararnn_methods(cell, B, T, H, dt)["fused"]
+            for bt, bd in args.pararnn_tiles:
+                fused_triton.MAX_BLOCK_T[cell], fused_triton.MAX_BLOCK_D = bt, bd
+                row = dict(cell=cell, shape=f"B{B} T{T} H{H}", tiles=f"{bt}x{bd}")
+                try:
+                    with torch.no_grad():
+                        row["fwd_ms"] = _bench(fwd)
+                    row["fwd+bwd_ms"] = _bench(fwd_bwd, leaves)
+                except Exception as e:
+                    traceback.print_exc()
+                    row["error"] = repr(e)
+                rows.append(row)
+    finally:
+        fused_triton.MAX_BLOCK_T.update(saved[0])
+        fused_triton.MAX_BLOCK_D = saved[1]
+    print_table("ParaRNN fused kernel by tile size (BLOCK_T x BLOCK_D), bf16, median ms", rows,
+                ["cell", "shape", "tiles", "fwd_ms", "fwd+bwd_ms", "error"])
+    return rows
+
+
+# ---------------------------------------------------------------------------------------------------------------
 
 
 def parse_args(argv=None):
@@ -260,12 +499,20 @@ def parse_args(argv=None):
                    help="directory for gpu_suite.json and gpu_suite.png (default: $OUT if set, else ./out)")
     p.add_argument("--gla-shapes", default="8x2048,2x8192,1x32768",
                    help="BxT pairs for gla_bench (H16 D128 bf16), default 8x2048,2x8192,1x32768")
+    p.add_argument("--pararnn-shapes", default="8x2048,8x8192",
+                   help="BxT pairs for pararnn_bench (bf16, hidden --pararnn-hidden), default 8x2048,8x8192")
+    p.add_argument("--pararnn-hidden", type=int, default=1024, help="hidden size for pararnn_bench (default 1024)")
+    p.add_argument("--pararnn-tiles", default="",
+                   help="optional BLOCK_TxBLOCK_D pairs (e.g. 32x32,64x32,128x16) to time the fused kernels with in\n"
+                        "pararnn_bench, at the first --pararnn-shapes entry (default: none, the built-in tiles)")
     args = p.parse_args(argv)
     args.sections = [s for s in args.sections.split(",") if s]
     unknown = [s for s in args.sections if s not in SECTIONS]
     if unknown:
         p.error(f"unknown sections {unknown}; known: {list(SECTIONS)}")
     args.gla_shapes = [tuple(int(x) for x in s.split("x")) for s in args.gla_shapes.split(",") if s]
+    args.pararnn_shapes = [tuple(int(x) for x in s.split("x")) for s in args.pararnn_shapes.split(",") if s]
+    args.pararnn_tiles = [tuple(int(x) for x in s.split("x")) for s in args.pararnn_tiles.split(",") if s]
     return args
 
 

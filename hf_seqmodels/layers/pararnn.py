@@ -21,7 +21,8 @@ import torch
 from torch import nn
 from transformers import initialization as init
 
-from hf_seqmodels.kernels.pararnn import newton_solve, sequential_solve
+from hf_seqmodels.kernels import select_backend
+from hf_seqmodels.kernels.pararnn import fused_newton_gru, fused_newton_lstm, newton_solve, sequential_solve
 
 MODES = ("parallel", "sequential")
 
@@ -46,6 +47,10 @@ class ParallelRNNCell(nn.Module):
 
     jacobian = None  # optional closed form: jacobian(h_prev, u, *params) -> [.., D] or [.., D, 2, 2]
 
+    # Built-in cells: a fused Triton solver for exactly their step, fused(u, *params, h0, mask, tol=, max_iter=,
+    # on_fail=, return_info=True) -> (h, NewtonInfo). Used for mode="parallel" when Triton is the selected backend.
+    fused_solver = None
+
     def output(self, h: torch.Tensor) -> torch.Tensor:
         """What the layer emits from the state (``[.., D]``); block2 cells emit component 1 by default."""
         return h if self.structure == "diagonal" else h[..., 1]
@@ -69,11 +74,27 @@ class ParallelRNNCell(nn.Module):
             return torch.ones_like(J)
         return torch.eye(2, dtype=J.dtype, device=J.device).expand_as(J)
 
+    def _fused(self, u):
+        """The class's fused solver when it applies: Triton selected for ``u``'s device (CUDA, unless
+        ``HF_SEQMODELS_BACKEND=torch``) and ``step``/``jacobian``/``recurrent_params`` not overridden below it."""
+        owner = next(c for c in type(self).__mro__ if "fused_solver" in vars(c))
+        if owner.fused_solver is None or select_backend("ParaRNN fused solver", u.device) != "triton":
+            return None
+        if any(getattr(type(self), n) is not getattr(owner, n) for n in ("step", "jacobian", "recurrent_params")):
+            return None
+        return owner.fused_solver
+
     def forward(self, x, h0=None, mask=None, mode="parallel", tol=None, max_iter=10, on_fail="fallback", return_info=False):
         """x ``[B, T, input_size]`` -> (outputs ``[B, T, D]``, states ``[B, T, D(, 2)]``), optionally Newton info."""
         if mode not in MODES:
             raise ValueError(f"{type(self).__name__}: mode must be one of {MODES}, got {mode!r}")
         u = self.input_projection(x)
+        fused = self._fused(u) if mode == "parallel" and x.shape[1] > 1 else None
+        if fused is not None:
+            h, info = fused(u, *self.recurrent_params(), h0, mask, tol=tol, max_iter=max_iter, on_fail=on_fail,
+                            return_info=True)
+            out = self.output(h)
+            return (out, h, info) if return_info else (out, h)
         step, jac = self.step, self.jacobian
         if mask is not None:
             u = torch.cat([u, mask[:, :, None, None].to(u.dtype).expand(-1, -1, 1, u.shape[-1])], dim=-2)
@@ -127,6 +148,7 @@ class ParaGRUCell(GatedDiagonalCell):
 
     structure = "diagonal"
     num_gates = 3  # z, r, c
+    fused_solver = fused_newton_gru
 
     def step(self, h, u, a):
         z = torch.sigmoid(a[0] * h + u[..., 0, :])
@@ -152,6 +174,7 @@ class ParaLSTMCell(GatedDiagonalCell):
     structure = "block2"
     num_gates = 3  # f, z, o
     num_diagonals = 5  # recurrent a_f, a_z, a_o; peepholes p_f, p_o
+    fused_solver = fused_newton_lstm
 
     def _gates(self, state, u, a):
         c_prev, h = state[..., 0], state[..., 1]
