@@ -1,0 +1,85 @@
+"""Tiny configs for the integration tests, and the fixtures that parametrize over them.
+
+Every test that takes the ``tiny_config`` fixture runs once per entry of ``TINY_CONFIGS``; the slower tests (Trainer,
+PEFT, DDP) take ``train_config`` and run once per entry of ``TRAIN_CONFIGS``. To cover a new architecture, add its
+tiny configs here: nothing else in tests/integration names an architecture.
+
+Helpers shared by the test modules live in ``integration_utils.py`` (a test module cannot reliably import a
+``conftest`` module: several directories have one). ``ddp_train.py`` imports this file as a plain module.
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from hf_seqmodels import GLAConfig, LigerConfig, LizardConfig, ParaRNNConfig
+
+# initializer_range 0.2 (not 0.02) gives peaked next-token distributions, so greedy/beam comparisons are not
+# decided by float-rounding near-ties; pad 0, bos 1, eos 2 (inputs avoid them where it matters).
+_TINY = dict(num_hidden_layers=2, initializer_range=0.2, pad_token_id=0, bos_token_id=1, eos_token_id=2)
+
+
+def _tiny(config_class, defaults):
+    return lambda **kw: config_class(**{**_TINY, **defaults, **kw})
+
+
+# Linearized Llamas: grouped-query heads (4 query, 2 key/value) and a window shorter than the test inputs, so the
+# decoding ring buffer wraps around.
+_LLAMA = dict(vocab_size=128, hidden_size=32, intermediate_size=64, num_attention_heads=4, num_key_value_heads=2)
+
+
+#: name -> factory(**overrides) returning a tiny config; together they cover every architecture and its options
+TINY_CONFIGS = {
+    "gla": _tiny(GLAConfig, dict(vocab_size=128, hidden_size=32, num_heads=2, use_short_conv=False, tie_word_embeddings=False)),
+    "gla-conv-tied": _tiny(
+        GLAConfig, dict(vocab_size=256, hidden_size=64, num_heads=4, use_short_conv=True, conv_size=4, tie_word_embeddings=True)
+    ),
+    "paragru": _tiny(ParaRNNConfig, dict(cell="gru", vocab_size=128, hidden_size=32, num_heads=2, use_short_conv=True)),
+    "paralstm-tied": _tiny(
+        ParaRNNConfig,
+        dict(cell="lstm", vocab_size=128, hidden_size=32, num_heads=1, use_short_conv=False, tie_word_embeddings=True),
+    ),
+    "liger": _tiny(LigerConfig, dict(**_LLAMA, window_size=5, tie_word_embeddings=True)),
+    "lizard": _tiny(LizardConfig, dict(**_LLAMA, window_size=4, num_sinks=2)),
+}
+
+#: one tiny config per architecture for the slower tests (Trainer, PEFT, DDP); their vocab is forced to 256 (bytes)
+TRAIN_CONFIGS = ["gla-conv-tied", "paralstm-tied", "liger", "lizard"]
+TEXT_VOCAB = 256
+
+
+def train_config_for(name: str):
+    return TINY_CONFIGS[name](vocab_size=TEXT_VOCAB)
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models run fastest on one thread, and far faster than on two when the machine is busy (spinning OpenMP
+    workers); restored afterwards so tests elsewhere keep their setting."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def pytest_generate_tests(metafunc):
+    if "tiny_name" in metafunc.fixturenames:
+        metafunc.parametrize("tiny_name", list(TINY_CONFIGS))
+    if "train_name" in metafunc.fixturenames:
+        metafunc.parametrize("train_name", TRAIN_CONFIGS)
+
+
+@pytest.fixture
+def tiny_configs():
+    """All of ``TINY_CONFIGS`` (for a test that covers every tiny config in one go)."""
+    return dict(TINY_CONFIGS)
+
+
+@pytest.fixture
+def tiny_config(tiny_name):
+    return TINY_CONFIGS[tiny_name]()
+
+
+@pytest.fixture
+def train_config(train_name):
+    return train_config_for(train_name)

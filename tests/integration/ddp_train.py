@@ -1,0 +1,70 @@
+"""A short Trainer fine-tune that ``test_ddp.py`` runs twice on the same global batches: alone (one process, the whole
+batch) and under ``torchrun --nproc_per_node 2`` (gloo on the CPU, half the batch per process).
+
+    python ddp_train.py --config gla-conv-tied --out DIR [--steps 5 --global-batch 8]
+    python -m torch.distributed.run --standalone --nproc_per_node 2 ddp_train.py --config ... --out DIR
+
+Data order is fixed (sequential sampler; accelerate hands process i the batches i, i+2, ... of size batch/2, so a
+global step covers the same examples as one process's step). SGD, not Adam: Adam's update is blind to the scale of
+the gradient, so gradients summed instead of averaged across processes would go unnoticed. Rank 0 writes
+``log.json`` (losses, grad norms) and the final weights (``final/``).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import torch  # noqa: E402
+from transformers import Trainer, TrainingArguments  # noqa: E402
+
+from conftest import train_config_for  # noqa: E402
+from integration_utils import ByteBlocks, build_lm  # noqa: E402
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--config", required=True)
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--global-batch", type=int, default=8)
+    parser.add_argument("--block", type=int, default=64)
+    parser.add_argument("--lr", type=float, default=0.5)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if args.global_batch % world:
+        raise SystemExit(f"--global-batch {args.global_batch} is not divisible by the world size {world}")
+    torch.manual_seed(args.seed)  # the same initial weights in every process (DDP also broadcasts rank 0's)
+    config = train_config_for(args.config)
+    config.initializer_range = 0.02
+    model = build_lm(config).train()
+    data = ByteBlocks(args.block, args.steps * args.global_batch)
+
+    out = Path(args.out)
+    targs = TrainingArguments(
+        output_dir=str(out / "run"), max_steps=args.steps, per_device_train_batch_size=args.global_batch // world,
+        optim="sgd", learning_rate=args.lr, lr_scheduler_type="constant", warmup_steps=0, weight_decay=0.0,
+        max_grad_norm=1e9,  # the norm is computed and logged, never clips
+        logging_steps=1, save_strategy="no", report_to="none", use_cpu=True,
+        ddp_backend="gloo" if world > 1 else None,
+        train_sampling_strategy="sequential", seed=args.seed, dataloader_num_workers=0, disable_tqdm=True,
+        label_names=["labels"],
+    )
+    trainer = Trainer(model=model, args=targs, train_dataset=data)
+    trainer.train()
+    if trainer.is_world_process_zero():
+        logs = [h for h in trainer.state.log_history if "loss" in h]
+        report = dict(world_size=targs.world_size, per_device=targs.per_device_train_batch_size,
+                      losses=[h["loss"] for h in logs], grad_norms=[h.get("grad_norm") for h in logs])
+        (out / "log.json").write_text(json.dumps(report))
+        trainer.save_model(str(out / "final"))
+
+
+if __name__ == "__main__":
+    main()

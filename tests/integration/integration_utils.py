@@ -1,0 +1,115 @@
+"""Helpers shared by the integration tests (architecture-agnostic)."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import hf_seqmodels
+
+HERE = Path(__file__).resolve().parent
+REPO_ROOT = HERE.parents[1]
+
+
+def classes_for(config):
+    """(config class, base model class, causal-LM class) registered for this config's architecture."""
+    for entry in hf_seqmodels.ARCHITECTURES:
+        if type(config) is entry[0]:
+            return entry
+    raise LookupError(f"{type(config).__name__} is not in hf_seqmodels.ARCHITECTURES")
+
+
+def build_lm(config, perturb: bool = False):
+    """A causal LM of the config's architecture in eval mode. ``perturb`` adds noise to every parameter (norm
+    weights and biases too), so a weight that is silently re-initialized instead of loaded cannot go unnoticed."""
+    model = classes_for(config)[2](config).eval()
+    if perturb:
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(torch.randn_like(p) * 0.05)
+    return model
+
+
+def random_ids(config, *shape):
+    """Token ids that avoid the special tokens 0..2 (pad/bos/eos of the tiny configs)."""
+    return torch.randint(3, config.vocab_size, shape)
+
+
+# -- real text at byte level (no tokenizer download) --------------------------------------------------------------
+def text_bytes() -> bytes:
+    from pydoc_data.topics import topics
+
+    return "\n\n".join(topics[k] for k in sorted(topics)).encode("utf-8")
+
+
+class ByteBlocks(torch.utils.data.Dataset):
+    """Consecutive, non-overlapping ``block_size``-byte windows of the pydoc topics text (vocab 256), in order."""
+
+    def __init__(self, block_size: int, num_blocks: int, offset: int = 0):
+        data = torch.frombuffer(bytearray(text_bytes()), dtype=torch.uint8).long()
+        need = offset + block_size * num_blocks
+        if need > data.numel():
+            raise ValueError(f"the text has {data.numel()} bytes, {need} needed")
+        self.blocks = data[offset:need].view(num_blocks, block_size)
+
+    def __len__(self):
+        return self.blocks.shape[0]
+
+    def __getitem__(self, i):
+        ids = self.blocks[i]
+        return {"input_ids": ids, "labels": ids.clone()}
+
+
+# -- fresh Python processes ----------------------------------------------------------------------------------------
+def clean_env(**extra) -> dict:
+    """The environment for a child process: offline, no seed override, one BLAS thread per process."""
+    env = {k: v for k, v in os.environ.items() if k not in ("HF_SEQMODELS_SEED", "PYTHONPATH")}
+    env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", TOKENIZERS_PARALLELISM="false", PYTHONDONTWRITEBYTECODE="1")
+    env.update({k: str(v) for k, v in extra.items()})
+    return env
+
+
+def run_python(args, cwd, timeout=300, **env_extra):
+    """Run ``sys.executable *args`` in ``cwd``; fail the test with the child's output when it fails."""
+    proc = subprocess.run([sys.executable, *map(str, args)], cwd=cwd, env=clean_env(**env_extra), capture_output=True,
+                          text=True, timeout=timeout)
+    if proc.returncode != 0:
+        pytest.fail(f"subprocess {args} failed (rc={proc.returncode}):\n--- stdout\n{proc.stdout[-4000:]}\n"
+                    f"--- stderr\n{proc.stderr[-8000:]}")
+    return proc
+
+
+# -- comparisons ---------------------------------------------------------------------------------------------------
+#: Two float32 computations of the same logits by different routes (chunked vs step-by-step, padded vs alone, other
+#: matmul shapes) differ by rounding that the network amplifies (a head output near zero is scaled up by its RMSNorm):
+#: typically ~1e-6, rarely ~1e-4 of the logits' scale. Any algorithmic error (state, conv tail, mask, reorder) shows
+#: up at >= 1e-2 of the scale. Tolerances are relative to the largest reference logit.
+LOGIT_REL_TOL = 5e-4
+
+
+def assert_logits_close(actual, expected, msg=""):
+    scale = float(expected.abs().max())
+    diff = float((actual - expected).abs().max())
+    assert actual.shape == expected.shape, (actual.shape, expected.shape, msg)
+    assert diff <= LOGIT_REL_TOL * scale, f"{msg}: max |diff| {diff:.3g} > {LOGIT_REL_TOL} x logit scale {scale:.3g}"
+
+
+def assert_same_greedy(tokens, ref_tokens, ref_step_logits, tie_rel=2 * LOGIT_REL_TOL):
+    """Greedy continuations ``[B, N]`` are equal, except that where the reference's top-2 logits are within float
+    error of a tie (``tie_rel`` x the logit scale) the two may diverge from that step on."""
+    assert tokens.shape == ref_tokens.shape, (tokens.shape, ref_tokens.shape)
+    for b in range(tokens.shape[0]):
+        diff = (tokens[b] != ref_tokens[b]).nonzero()
+        if diff.numel() == 0:
+            continue
+        t = int(diff[0])
+        top2 = ref_step_logits[t][b].float().topk(2).values
+        tie_margin = tie_rel * float(ref_step_logits[t][b].abs().max())
+        assert float(top2[0] - top2[1]) < tie_margin, (
+            f"row {b}: greedy tokens differ at step {t} ({tokens[b].tolist()} vs {ref_tokens[b].tolist()}) where the "
+            f"reference's top-2 logit margin is {float(top2[0] - top2[1]):.3g} (not a tie)"
+        )

@@ -1,0 +1,72 @@
+"""Data-parallel training on the CPU: 2 processes (torchrun, gloo) == 1 process on the same global batches; and
+``_no_split_modules`` keeps every block whole when accelerate places a model over several devices."""
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from integration_utils import HERE, build_lm, clean_env
+
+pytest.importorskip("accelerate")
+
+
+def test_two_process_ddp_matches_one_process(train_name, tmp_path):
+    script = HERE / "ddp_train.py"
+    common = [str(script), "--config", train_name, "--steps", "5", "--global-batch", "8"]
+    commands = {
+        1: [sys.executable, *common, "--out", str(tmp_path / "one")],
+        2: [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", *common,
+            "--out", str(tmp_path / "two")],
+    }
+    # both runs at once: each spends most of its time starting Python and importing torch/transformers
+    procs = {n: subprocess.Popen(cmd, cwd=tmp_path, env=clean_env(), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                 stderr=subprocess.STDOUT, text=True) for n, cmd in commands.items()}
+    for n, proc in procs.items():
+        output, _ = proc.communicate(timeout=300)
+        assert proc.returncode == 0, f"{n}-process run failed:\n{output[-8000:]}"
+
+    one = json.loads((tmp_path / "one" / "log.json").read_text())
+    two = json.loads((tmp_path / "two" / "log.json").read_text())
+    assert (one["world_size"], one["per_device"]) == (1, 8)
+    assert (two["world_size"], two["per_device"]) == (2, 4)
+    assert len(one["losses"]) == len(two["losses"]) == 5
+    # the run trains (so later losses depend on how the earlier updates were combined)
+    assert one["losses"][-1] < one["losses"][0] - 0.5, one["losses"]
+    # the loss of every step: averaged over the two halves == over the whole batch
+    torch.testing.assert_close(torch.tensor(two["losses"]), torch.tensor(one["losses"]), rtol=1e-5, atol=1e-5)
+    # the gradient norm of every step: gradients are averaged, not summed, across processes
+    torch.testing.assert_close(torch.tensor(two["grad_norms"]), torch.tensor(one["grad_norms"]), rtol=1e-4, atol=1e-6)
+
+    w1 = load_file(str(tmp_path / "one" / "final" / "model.safetensors"))
+    w2 = load_file(str(tmp_path / "two" / "final" / "model.safetensors"))
+    assert set(w1) == set(w2)
+    for k in w1:
+        torch.testing.assert_close(w2[k], w1[k], rtol=1e-4, atol=1e-5, msg=k)
+
+
+def test_no_split_modules_keep_blocks_whole(tiny_config):
+    from accelerate import infer_auto_device_map
+    from accelerate.utils import compute_module_sizes
+
+    model = build_lm(tiny_config)
+    block_classes = {type(b).__name__ for b in model.model.layers}
+    assert block_classes <= set(model._no_split_modules), (block_classes, model._no_split_modules)
+
+    # Place the model over a "cpu" budget of 30%..90% of its size and "disk": with _no_split_modules no block is
+    # ever cut in two; without it, some of the same budgets cut a block (so the check can fail).
+    total = compute_module_sizes(model)[""]
+    in_a_block = re.compile(r"^model\.layers\.\d+\.")
+    cut_without = 0
+    for fraction in (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9):
+        budget = {"cpu": int(total * fraction), "disk": 10 * total}
+        device_map = infer_auto_device_map(model, max_memory=budget, no_split_module_classes=model._no_split_modules)
+        assert not [name for name in device_map if in_a_block.match(name)], (fraction, device_map)
+        unconstrained = infer_auto_device_map(model, max_memory=budget, no_split_module_classes=[])
+        cut_without += any(in_a_block.match(name) for name in unconstrained)
+    assert cut_without, "no budget cuts a block even without _no_split_modules: the check proved nothing"
