@@ -18,6 +18,8 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
+from .cli_types import positive_int, positive_list
+
 MODES = ("fwd", "fwd+bwd")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -330,30 +332,6 @@ for _cell in ("gru", "lstm"):
 # Command line
 
 
-def _int_list(name):
-    def parse(text):
-        try:
-            values = [int(x) for x in text.split(",") if x.strip()]
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{name} must be comma-separated integers, got {text!r}") from None
-        if not values or any(v < 1 for v in values):
-            raise argparse.ArgumentTypeError(f"{name} must be positive integers, got {text!r}")
-        return values
-    return parse
-
-
-def _positive_int(name):
-    def parse(text):
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{name} must be an integer, got {text!r}") from None
-        if value < 1:
-            raise argparse.ArgumentTypeError(f"{name} must be >= 1, got {value}")
-        return value
-    return parse
-
-
 def add_parser(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser(
         "bench", help="time our ops against the peers (SDPA, a token loop, ...) over sequence lengths",
@@ -361,23 +339,23 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     )
     p.add_argument("--section", default="gla", help=f"what to benchmark: one of {sorted(SECTIONS)}")
     p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
-    p.add_argument("--seq-lens", type=_int_list("--seq-lens"), default=None,
+    p.add_argument("--seq-lens", type=positive_list(int, "--seq-lens"), default=None,
                    help="comma-separated lengths (default: the section's, 256..16384 doubling)")
-    p.add_argument("--batch", type=_positive_int("--batch"), default=1)
-    p.add_argument("--heads", type=_positive_int("--heads"), default=4)
-    p.add_argument("--head-dim", type=_positive_int("--head-dim"), default=64)
-    p.add_argument("--hidden-size", type=_positive_int("--hidden-size"), default=256,
+    p.add_argument("--batch", type=positive_int("--batch"), default=1)
+    p.add_argument("--heads", type=positive_int("--heads"), default=4)
+    p.add_argument("--head-dim", type=positive_int("--head-dim"), default=64)
+    p.add_argument("--hidden-size", type=positive_int("--hidden-size"), default=256,
                    help="state and input size of the ParaRNN sections")
     p.add_argument("--dtype", choices=sorted(DTYPES), default="float32")
     p.add_argument("--backend", choices=("auto", "torch", "triton"), default="auto", help="our kernels' backend")
-    p.add_argument("--repeats", type=_positive_int("--repeats"), default=5,
+    p.add_argument("--repeats", type=positive_int("--repeats"), default=5,
                    help="timed calls per configuration (at most)")
     p.add_argument("--max-seconds", type=float, default=5.0,
                    help="skip a method at lengths where one call takes (or is predicted to take) longer than this; "
                         "calls near it get fewer repeats")
     p.add_argument("--modes", default="fwd,fwd+bwd", help="comma-separated subset of fwd,fwd+bwd")
     p.add_argument("--quick", action="store_true", help="short lengths, 2 repeats: a smoke run")
-    p.add_argument("--threads", type=_positive_int("--threads"), default=None,
+    p.add_argument("--threads", type=positive_int("--threads"), default=None,
                    help="torch CPU threads (default: torch's own choice)")
     p.add_argument("--out", default="bench_out", help="folder for the JSON and PNG")
     p.add_argument("--no-progress", action="store_true", help="no tqdm bar")

@@ -21,6 +21,16 @@ def fresh_seed():
     yield seed
 
 
+@pytest.fixture
+def one_thread():
+    """Tiny models run fastest on one thread, and far faster than on two when the machine is busy (spinning OpenMP
+    workers); restored afterwards so tests elsewhere keep their setting."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def pytest_collection_modifyitems(config, items):
     if torch.cuda.is_available():
         return

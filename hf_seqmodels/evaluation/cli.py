@@ -6,32 +6,8 @@ import json
 import time
 from pathlib import Path
 
+from ..cli_types import positive_int, positive_list
 from .mqar import MQAR_CONFIGS, ZOOLOGY_PAIRS
-
-
-def _list(kind, name):
-    def parse(text):
-        try:
-            values = [kind(x) for x in text.split(",") if x.strip()]
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{name} must be a comma-separated list of {kind.__name__}, "
-                                             f"got {text!r}") from None
-        if not values or any(v <= 0 for v in values):
-            raise argparse.ArgumentTypeError(f"{name} must hold positive values, got {text!r}")
-        return values
-    return parse
-
-
-def _positive_int(name):
-    def parse(text):
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{name} must be an integer, got {text!r}") from None
-        if value < 1:
-            raise argparse.ArgumentTypeError(f"{name} must be >= 1, got {value}")
-        return value
-    return parse
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -47,19 +23,19 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     m.add_argument("--config", default="gla",
                    help=f"one of {sorted(MQAR_CONFIGS)} or a path to a config json (used as is: its own width, "
                         "depth and vocabulary)")
-    m.add_argument("--d-model", type=_list(int, "--d-model"), default=[64], help="comma-separated widths")
-    m.add_argument("--layers", type=_positive_int("--layers"), default=2)
-    m.add_argument("--heads", type=_positive_int("--heads"), default=1)
-    m.add_argument("--vocab-size", type=_positive_int("--vocab-size"), default=8192)
-    m.add_argument("--lens", type=_list(int, "--lens"), default=[64, 128, 256], help="sequence lengths L")
-    m.add_argument("--pairs", type=_list(int, "--pairs"), default=None,
+    m.add_argument("--d-model", type=positive_list(int, "--d-model"), default=[64], help="comma-separated widths")
+    m.add_argument("--layers", type=positive_int("--layers"), default=2)
+    m.add_argument("--heads", type=positive_int("--heads"), default=1)
+    m.add_argument("--vocab-size", type=positive_int("--vocab-size"), default=8192)
+    m.add_argument("--lens", type=positive_list(int, "--lens"), default=[64, 128, 256], help="sequence lengths L")
+    m.add_argument("--pairs", type=positive_list(int, "--pairs"), default=None,
                    help=f"key-value pairs K, one per length (default: Zoology's {ZOOLOGY_PAIRS})")
-    m.add_argument("--lrs", type=_list(float, "--lrs"), default=[1e-4, 4.6e-4, 2.2e-3, 1e-2],
+    m.add_argument("--lrs", type=positive_list(float, "--lrs"), default=[1e-4, 4.6e-4, 2.2e-3, 1e-2],
                    help="learning rates (Zoology: logspace(-4, -2, 4))")
-    m.add_argument("--num-train", type=_positive_int("--num-train"), default=20000)
-    m.add_argument("--num-test", type=_positive_int("--num-test"), default=1000)
-    m.add_argument("--epochs", type=_positive_int("--epochs"), default=4)
-    m.add_argument("--batch-size", type=_positive_int("--batch-size"), default=64)
+    m.add_argument("--num-train", type=positive_int("--num-train"), default=20000)
+    m.add_argument("--num-test", type=positive_int("--num-test"), default=1000)
+    m.add_argument("--epochs", type=positive_int("--epochs"), default=4)
+    m.add_argument("--batch-size", type=positive_int("--batch-size"), default=64)
     m.add_argument("--device", default="cpu")
     m.add_argument("--seed", type=int, default=0)
     m.add_argument("--out", default=None, help="also write the results to this JSON file")
@@ -71,9 +47,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     q.add_argument("--model", required=True, help="model folder (its tokenizer is loaded from the same folder)")
     q.add_argument("--text", required=True, help="UTF-8 text file")
     q.add_argument("--gguf-file", default=None, help="GGUF file inside the model folder")
-    q.add_argument("--context", type=_positive_int("--context"), default=512)
-    q.add_argument("--stride", type=_positive_int("--stride"), default=None, help="default: context // 2")
-    q.add_argument("--max-tokens", type=_positive_int("--max-tokens"), default=None)
+    q.add_argument("--context", type=positive_int("--context"), default=512)
+    q.add_argument("--stride", type=positive_int("--stride"), default=None, help="default: context // 2")
+    q.add_argument("--max-tokens", type=positive_int("--max-tokens"), default=None)
     q.add_argument("--device", default="cpu")
     q.add_argument("--no-progress", action="store_true")
     q.set_defaults(func=run_ppl)

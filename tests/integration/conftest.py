@@ -53,13 +53,8 @@ def train_config_for(name: str):
 
 
 @pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models run fastest on one thread, and far faster than on two when the machine is busy (spinning OpenMP
-    workers); restored afterwards so tests elsewhere keep their setting."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
+def _tiny_models_on_one_thread(one_thread):
     yield
-    torch.set_num_threads(before)
 
 
 def pytest_generate_tests(metafunc):

@@ -5,28 +5,15 @@ import os
 
 import pytest
 import torch
-from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
+from transformers import AutoModelForCausalLM
 
 import hf_seqmodels  # noqa: F401  (registers the architectures)
 from hf_seqmodels.cache import RecurrentCache
 from hf_seqmodels.linearize import add_lora, finetune, linearize, load_llama
 from hf_seqmodels.models.liger import LigerConfig, LigerForCausalLM
+from tiny_llama import tiny_llama
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models run fastest on one thread (no OpenMP workers spinning on a busy machine)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-def tiny_llama(**kw):
-    config = dict(vocab_size=96, hidden_size=48, intermediate_size=96, num_hidden_layers=2, num_attention_heads=6,
-                  num_key_value_heads=2, initializer_range=0.2, tie_word_embeddings=False)
-    config.update(kw)
-    return LlamaForCausalLM(LlamaConfig(**config)).eval()
 
 
 def left_padded(B, T, vocab, pad=(3, 0)):

@@ -1,7 +1,7 @@
 """Lizard: conversion (Llama weights + new parameters), decoding with the cache, attention transfer, LoRA, save/load."""
 import pytest
 import torch
-from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
+from transformers import AutoModelForCausalLM
 
 import hf_seqmodels  # noqa: F401
 from hf_seqmodels.cache import RecurrentCache
@@ -9,24 +9,13 @@ from hf_seqmodels.layers.lizard import HedgehogFeatureMap, LizardAttention
 from hf_seqmodels.linearize import add_lora, attention_transfer, finetune, linearize
 from hf_seqmodels.linearize.train import TRANSFER_PARAMETERS
 from hf_seqmodels.models.lizard import LizardConfig, LizardForCausalLM
+from tiny_llama import tiny_llama as shared_tiny_llama
 
 NEW_PARAMETERS = {"q_feature_map.weight", "k_feature_map.weight", "decay_proj.weight", "decay_proj.bias", "sink_logits", "window_weight"}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models run fastest on one thread (no OpenMP workers spinning on a busy machine)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-def tiny_llama(**kw):
-    config = dict(vocab_size=96, hidden_size=48, intermediate_size=96, num_hidden_layers=2, num_attention_heads=6,
-                  num_key_value_heads=2, initializer_range=0.2, tie_word_embeddings=True)
-    config.update(kw)
-    return LlamaForCausalLM(LlamaConfig(**config)).eval()
+def tiny_llama(**overrides):
+    return shared_tiny_llama(**{"tie_word_embeddings": True, **overrides})
 
 
 def test_llama_weights_plus_documented_new_parameters():
