@@ -92,6 +92,7 @@ def test_mqar_config_names_and_errors(tmp_path):
     llama = make_mqar_config("llama", 64, 2, 300)
     assert gla.vocab_size == llama.vocab_size == 300 and gla.hidden_size == llama.hidden_size == 64
     assert gla.intermediate_size == llama.intermediate_size
+    assert gla.tie_word_embeddings and llama.tie_word_embeddings  # as in Zoology
     gla.to_json_file(tmp_path / "config.json")
     loaded = make_mqar_config(str(tmp_path / "config.json"))
     assert type(loaded) is type(gla) and loaded.hidden_size == 64
@@ -105,6 +106,7 @@ def test_mqar_config_names_and_errors(tmp_path):
 def test_mqar_pararnn_configs(name, cell):
     config = make_mqar_config(name, 64, 2, 300)
     assert config.cell == cell and config.hidden_size == 64 and config.num_hidden_layers == 2
+    assert config.tie_word_embeddings
     assert config.intermediate_size == make_mqar_config("llama", 64, 2, 300).intermediate_size
     history = []
     acc = train_and_score(make_mqar_config(name, 16, 1, 32), 16, 2, 32, 16, 1e-3, 1, 16, progress=False,
@@ -120,12 +122,12 @@ def test_train_and_score_learns():
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # tiny ops: one thread is faster, and far faster on a busy machine
     try:
-        acc = train_and_score(config, 16, 2, 4096, 512, 3e-3, 3, 32, progress=False, seed=0, history=history)
+        acc = train_and_score(config, 16, 2, 4096, 512, 3e-3, 5, 32, progress=False, seed=0, history=history)
     finally:
         torch.set_num_threads(threads)
     assert 0.0 <= acc <= 1.0
     assert sum(history[-20:]) / 20 < 0.2 * sum(history[:20]) / 20
-    assert acc > 0.75
+    assert acc > 0.9  # seeds 0-3 all score >= 0.999 here
 
 
 def test_train_and_score_gla_runs_and_bad_args():

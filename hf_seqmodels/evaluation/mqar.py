@@ -111,7 +111,7 @@ def _gla_config(d_model, layers, vocab_size, heads=1):
 
     # short convolutions as in Zoology's GLA baseline (they let one layer see the previous token)
     return GLAConfig(vocab_size=vocab_size, hidden_size=d_model, num_hidden_layers=layers, num_heads=heads,
-                     use_short_conv=True, bos_token_id=None, eos_token_id=None)
+                     use_short_conv=True, tie_word_embeddings=True, bos_token_id=None, eos_token_id=None)
 
 
 def _pararnn_config(cell):
@@ -120,7 +120,8 @@ def _pararnn_config(cell):
 
         # the paper's LM block: short convolution, cell, gated RMSNorm, projection, MLP
         return ParaRNNConfig(cell=cell, vocab_size=vocab_size, hidden_size=d_model, num_hidden_layers=layers,
-                             num_heads=heads, use_short_conv=True, bos_token_id=None, eos_token_id=None)
+                             num_heads=heads, use_short_conv=True, tie_word_embeddings=True, bos_token_id=None,
+                             eos_token_id=None)
 
     return factory
 
@@ -134,11 +135,13 @@ def _llama_config(d_model, layers, vocab_size, heads=1):
     mlp = SeqModelConfig(hidden_size=d_model).intermediate_size
     return LlamaConfig(vocab_size=vocab_size, hidden_size=d_model, num_hidden_layers=layers,
                        num_attention_heads=heads, num_key_value_heads=heads, intermediate_size=mlp,
-                       max_position_embeddings=4096, bos_token_id=None, eos_token_id=None,
+                       max_position_embeddings=4096, tie_word_embeddings=True, bos_token_id=None, eos_token_id=None,
                        attn_implementation="sdpa")
 
 
-#: config name -> factory(d_model, layers, vocab_size, heads) returning a config for AutoModelForCausalLM
+#: config name -> factory(d_model, layers, vocab_size, heads) returning a config for AutoModelForCausalLM. All tie the
+#: input and output embeddings, as Zoology's models do: untied, the output layer must learn every one of the V/2
+#: values on its own, and at a CPU budget (600 steps, d 64, L 64) a Llama scored 0.002 untied against 0.17 tied.
 MQAR_CONFIGS = {
     "gla": _gla_config,
     "paragru": _pararnn_config("gru"),
