@@ -1,7 +1,6 @@
 """Gated Linear Attention token mixer (Yang et al., 2023), on the shared kernels."""
 from __future__ import annotations
 
-import torch
 import torch.nn.functional as F
 from torch import nn
 

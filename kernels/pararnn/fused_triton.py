@@ -34,8 +34,6 @@ of ``u``, ``a`` and ``h0`` (as the cells' step gives it), and the default ``tol`
 """
 from __future__ import annotations
 
-import math
-import warnings
 
 import torch
 import triton
@@ -44,7 +42,7 @@ from torch.autograd.function import once_differentiable
 
 from .._dispatch import check_same_device, check_tensor, compute_dtype, select_backend
 from ..scan.scan_triton import _affine2_combine, _affine_combine, _last_row
-from .newton import DEFAULT_TOL, ON_FAIL, NewtonConvergenceError, NewtonInfo, newton_solve
+from .newton import DEFAULT_TOL, ON_FAIL, check_convergence, newton_solve
 
 CELLS = ("gru", "lstm")
 NUM_DIAGONALS = {"gru": 3, "lstm": 5}
@@ -527,18 +525,10 @@ def _fused_forward(cfg, u, a, h0, mask):
     newton_kernel[grid](u, a, h0_arg, mask_arg, h, stats, T, D, float(tol), cfg.max_iter, BLOCK_T=block_t, **common)
     res_abs, scale, iters = stats.amax(dim=(0, 1)).tolist()  # the one device sync
     res = res_abs / max(1.0, scale)
-    it = int(iters)
-    info = NewtonInfo(iterations=it, residual=res, converged=math.isfinite(res) and res <= tol, fallback=False)
-    if not info.converged:
-        msg = (
-            f"{cfg.op}: no convergence after {it} Newton iterations: relative residual {res:.3e} "
-            f"(tol {tol:.1e}, max_iter {cfg.max_iter})"
-        )
-        if cfg.on_fail == "raise":
-            raise NewtonConvergenceError(msg)
-        warnings.warn(msg + "; falling back to the sequential solve", RuntimeWarning, stacklevel=4)
-        sequential_kernel[grid](u, a, h0_arg, mask_arg, h, T, D, **common)
-        info.fallback = True
+    info, _ = check_convergence(
+        cfg.op, int(iters), res, tol, cfg.max_iter, cfg.on_fail,
+        lambda: sequential_kernel[grid](u, a, h0_arg, mask_arg, h, T, D, **common), stacklevel=4,
+    )  # the sequential kernel overwrites h in place
     return h, info
 
 

@@ -116,6 +116,24 @@ def _sequential(step, x, params, h0, state_shape, dtype):
     return torch.stack(out, 1)
 
 
+def check_convergence(op, iterations, residual, tol, max_iter, on_fail, sequential, stacklevel):
+    """The outcome of a Newton solve: (NewtonInfo, None) when the relative residual reached ``tol``; otherwise raise
+    NewtonConvergenceError (``on_fail="raise"``) or warn and return (info, ``sequential()``), the fallback's result."""
+    info = NewtonInfo(iterations=iterations, residual=residual,
+                      converged=math.isfinite(residual) and residual <= tol, fallback=False)
+    if info.converged:
+        return info, None
+    msg = (
+        f"{op}: no convergence after {iterations} Newton iterations: relative residual {residual:.3e} "
+        f"(tol {tol:.1e}, max_iter {max_iter})"
+    )
+    if on_fail == "raise":
+        raise NewtonConvergenceError(msg)
+    warnings.warn(msg + "; falling back to the sequential solve", RuntimeWarning, stacklevel=stacklevel + 1)
+    info.fallback = True
+    return info, sequential()
+
+
 @dataclasses.dataclass
 class _Config:
     step: object
@@ -144,18 +162,11 @@ def _newton(cfg, x, h0, params):
             break
         h = h + _scan(cfg, _jacobian(cfg, h_prev, x, params), f - h)
         it += 1
-    info = NewtonInfo(iterations=it, residual=res, converged=math.isfinite(res) and res <= tol, fallback=False)
-    if not info.converged:
-        msg = (
-            f"newton_solve: no convergence after {it} Newton iterations: relative residual {res:.3e} "
-            f"(tol {tol:.1e}, max_iter {cfg.max_iter})"
-        )
-        if cfg.on_fail == "raise":
-            raise NewtonConvergenceError(msg)
-        warnings.warn(msg + "; falling back to the sequential solve", RuntimeWarning, stacklevel=2)
-        h = _sequential(cfg.step, x, params, h0, cfg.state_shape, h.dtype)
-        info.fallback = True
-    return h, info
+    info, h_sequential = check_convergence(
+        "newton_solve", it, res, tol, cfg.max_iter, cfg.on_fail,
+        lambda: _sequential(cfg.step, x, params, h0, cfg.state_shape, h.dtype), stacklevel=2,
+    )
+    return (h if h_sequential is None else h_sequential), info
 
 
 class _NewtonFunction(torch.autograd.Function):

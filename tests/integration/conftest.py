@@ -10,7 +10,6 @@ Helpers shared by the test modules live in ``integration_utils.py`` (a test modu
 from __future__ import annotations
 
 import pytest
-import torch
 
 from hf_seqmodels import GLAConfig, LigerConfig, LizardConfig, ParaRNNConfig
 
