@@ -46,10 +46,13 @@ class _SubBlocks:
         Gb = G.reshape(*lead, self.nb, SUB, K)
         ref = Gb[..., -1, :]  # [.., nb, K]: log-gate at the end of each sub-block
         self.key_scale = torch.exp(ref.unsqueeze(-2) - Gb)  # [.., nb(J), c, K], exponent <= 0
-        diff = Gb.unsqueeze(-3) - ref.unsqueeze(-3).unsqueeze(-2)  # [.., nb(I), nb(J), c, K]: G_I - ref_J
+        # query_scale[I, J] = exp(G_I - ref_J) for I > J, factored through ref_{I-1} (both exponents <= 0): the
+        # exps run on [nb, c, K] and [nb, nb, K] tensors instead of the [nb, nb, c, K] product
+        prev_ref = torch.cat((torch.zeros_like(ref[..., :1, :]), ref[..., :-1, :]), -2)  # [.., nb(I), K]
         later = torch.ones(self.nb, self.nb, dtype=torch.bool, device=G.device).tril(-1)  # I > J
-        diff = diff.masked_fill(~later[:, :, None, None], float("-inf"))  # mask before exp
-        self.query_scale = torch.exp(diff)  # [.., nb, nb, c, K], zero where J >= I
+        between = (prev_ref.unsqueeze(-2) - ref.unsqueeze(-3)).masked_fill(~later[:, :, None], float("-inf"))
+        within = torch.exp(Gb - prev_ref.unsqueeze(-2))  # [.., nb(I), c, K]
+        self.query_scale = within.unsqueeze(-3) * torch.exp(between).unsqueeze(-2)  # [.., nb, nb, c, K], 0 if J >= I
         pos = torch.arange(C, device=G.device) % SUB
         self.same_block = [(pos[d:] >= d).to(G.dtype) for d in range(SUB)]  # row t keeps offset d if t-d in its block
 
