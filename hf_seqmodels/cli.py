@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 COMMAND_MODULES = [
@@ -22,8 +23,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
-    return int(args.func(args) or 0)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except ValueError as err:  # bad input (our convention): the message, not a traceback
+        if os.environ.get("HF_SEQMODELS_DEBUG") == "1":
+            raise
+        parser.exit(2, f"hf-seqmodels {args.command}: error: {err}\n")
 
 
 if __name__ == "__main__":

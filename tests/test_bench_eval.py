@@ -281,3 +281,12 @@ def test_eval_ppl_command(tmp_path, capsys):
     assert 1.0 < value < 1000
     with pytest.raises(ValueError, match="--text"):
         _run(eval_cli, ["eval", "ppl", "--model", str(tmp_path / "m"), "--text", str(tmp_path / "missing.txt")])
+
+
+def test_command_line_reports_bad_input_without_a_traceback(capsys):
+    from hf_seqmodels.cli import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["eval", "mqar", "--config", "no-such-model"])
+    assert exit_info.value.code == 2
+    assert "hf-seqmodels eval: error: `config` must be one of" in capsys.readouterr().err
