@@ -5,13 +5,14 @@
 __version__ = "0.1.0"
 
 from .cache import RecurrentCache
-from .models import ARCHITECTURES, register_auto_classes
+from .models import ARCHITECTURES, register_auto_classes, register_peft_targets
 from .models.gla import GLAConfig, GLAForCausalLM, GLAModel
 from .models.liger import LigerConfig, LigerForCausalLM, LigerModel
 from .models.lizard import LizardConfig, LizardForCausalLM, LizardModel
 from .models.pararnn import ParaRNNConfig, ParaRNNForCausalLM, ParaRNNModel
 
 register_auto_classes()
+register_peft_targets()
 
 from .linearize import linearize  # noqa: E402  (needs the registered classes)
 

@@ -1,4 +1,6 @@
-"""Registration of every architecture with the Auto classes, in one place."""
+"""Registration of every architecture with the Auto classes (and PEFT's default LoRA targets), in one place."""
+import importlib.util
+
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
 
 from .gla import GLAConfig, GLAForCausalLM, GLAModel
@@ -20,3 +22,14 @@ def register_auto_classes() -> None:
         AutoConfig.register(config_class.model_type, config_class, exist_ok=True)
         AutoModel.register(config_class, model_class, exist_ok=True)
         AutoModelForCausalLM.register(config_class, lm_class, exist_ok=True)
+
+
+def register_peft_targets() -> None:
+    """Make ``LoraConfig()`` without ``target_modules`` adapt each architecture's documented targets
+    (``config_class.lora_target_modules``), as PEFT does for the architectures it knows. Skipped without peft."""
+    if importlib.util.find_spec("peft") is None:
+        return
+    from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING as targets
+
+    for config_class, _, _ in ARCHITECTURES:
+        targets.setdefault(config_class.model_type, list(config_class.lora_target_modules))

@@ -112,3 +112,14 @@ def test_peft_lora_train_save_reload_merge(train_config, tmp_path, fresh_seed):
         assert type(merged) is classes_for(train_config)[2]
         assert not [n for n, _ in merged.named_modules() if "lora" in n.lower()]
         torch.testing.assert_close(merged(ids).logits, adapted, atol=1e-5, rtol=1e-4)
+
+
+def test_peft_default_targets_are_the_documented_ones(tiny_config):
+    """``LoraConfig()`` without ``target_modules`` adapts the config class's documented targets."""
+    from peft import LoraConfig, get_peft_model
+    from peft.tuners.lora import LoraLayer
+
+    model = get_peft_model(build_lm(tiny_config), LoraConfig(r=2, task_type="CAUSAL_LM"))
+    wrapped = [n for n, m in model.named_modules() if isinstance(m, LoraLayer)]
+    assert {n.split(".")[-1] for n in wrapped} == set(type(tiny_config).lora_target_modules)
+    assert len(wrapped) == len(type(tiny_config).lora_target_modules) * tiny_config.num_hidden_layers
