@@ -1,5 +1,6 @@
 """The Trainer and LoRA examples run as a user would run them (a few steps each), in a fresh process.
 (examples/custom_pararnn_cell.py runs in tests/models/test_pararnn.py.)"""
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -8,7 +9,10 @@ EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
 
 def run_example(name, *args):
-    proc = subprocess.run([sys.executable, str(EXAMPLES / name), *args], capture_output=True, text=True, timeout=600)
+    # one thread: tiny models, and OpenMP workers spinning on a busy machine slow them down by orders of magnitude
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, str(EXAMPLES / name), *args], capture_output=True, text=True, timeout=600,
+                          env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return proc.stdout
 
