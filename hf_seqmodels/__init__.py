@@ -7,6 +7,7 @@ __version__ = "0.1.0"
 from .cache import RecurrentCache
 from .models import ARCHITECTURES, register_auto_classes, register_peft_targets
 from .models.gla import GLAConfig, GLAForCausalLM, GLAModel
+from .models.hnet import ByteTokenizer, HNetCompressionCallback, HNetConfig, HNetForCausalLM, HNetModel, hnet_parameter_groups
 from .models.liger import LigerConfig, LigerForCausalLM, LigerModel
 from .models.lizard import LizardConfig, LizardForCausalLM, LizardModel
 from .models.pararnn import ParaRNNConfig, ParaRNNForCausalLM, ParaRNNModel
@@ -23,6 +24,12 @@ __all__ = [
     "GLAConfig",
     "GLAModel",
     "GLAForCausalLM",
+    "HNetConfig",
+    "HNetModel",
+    "HNetForCausalLM",
+    "ByteTokenizer",
+    "HNetCompressionCallback",
+    "hnet_parameter_groups",
     "LigerConfig",
     "LigerModel",
     "LigerForCausalLM",

@@ -76,3 +76,58 @@ def recurrence_loop(step, x, params, h0):
         h = step(h.unsqueeze(1), x[:, t : t + 1], *params).squeeze(1)
         out.append(h)
     return torch.stack(out, 1)
+
+
+def mamba2_loop(u, w, n_groups, head_dim, d_state, d_conv, eps, time_step_limit=(0.0, float("inf"))):
+    """Mamba-2 mixer token by token in fp64, from the weight tensors alone (transformers' names, in ``w``):
+    in_proj -> (z, xBC, dt); causal depthwise conv + SiLU on xBC -> (x, B, C); dt = softplus(dt + dt_bias) clamped;
+    S_t = exp(dt A) S_{t-1} + B_t^T (dt x_t) per head, y_t = C_t S_t + D x_t; y * silu(z), RMS per group, norm
+    weight; out_proj. u [B, T, hidden]. Returns (out [B, T, hidden], final state [B, H, d_state, head_dim])."""
+    u = u.double()
+    w = {name: (t.double() if t is not None else None) for name, t in w.items()}
+    Bsz, T, _ = u.shape
+    H = w["A_log"].shape[0]
+    d_inner, N, G = H * head_dim, d_state, n_groups
+    conv_dim = d_inner + 2 * G * N
+    proj = u @ w["in_proj.weight"].T
+    if w.get("in_proj.bias") is not None:
+        proj = proj + w["in_proj.bias"]
+    z, xBC, dt_raw = proj[..., :d_inner], proj[..., d_inner : d_inner + conv_dim], proj[..., d_inner + conv_dim :]
+    cw = w["conv1d.weight"][:, 0, :]  # [conv_dim, d_conv]
+    conv_out = []
+    for t in range(T):
+        acc = torch.zeros(Bsz, conv_dim, dtype=torch.float64)
+        if w.get("conv1d.bias") is not None:
+            acc = acc + w["conv1d.bias"]
+        for j in range(d_conv):  # tap j reads the input d_conv-1-j steps back
+            s = t - (d_conv - 1) + j
+            if s >= 0:
+                acc = acc + cw[:, j] * xBC[:, s]
+        conv_out.append(acc * torch.sigmoid(acc))
+    xBC = torch.stack(conv_out, 1)
+    x = xBC[..., :d_inner].reshape(Bsz, T, H, head_dim)
+    Bm = xBC[..., d_inner : d_inner + G * N].reshape(Bsz, T, G, N)
+    Cm = xBC[..., d_inner + G * N :].reshape(Bsz, T, G, N)
+    dt = torch.log1p(torch.exp(dt_raw + w["dt_bias"])).clamp(time_step_limit[0], time_step_limit[1])
+    A = -torch.exp(w["A_log"])
+    per_group = H // G
+    S = torch.zeros(Bsz, H, N, head_dim, dtype=torch.float64)
+    ys = []
+    for t in range(T):
+        heads, new_S = [], []
+        for h in range(H):
+            grp = h // per_group
+            decay = torch.exp(dt[:, t, h] * A[h])[:, None, None]
+            Sh = decay * S[:, h] + Bm[:, t, grp][:, :, None] * (dt[:, t, h, None] * x[:, t, h])[:, None, :]
+            new_S.append(Sh)
+            heads.append(torch.einsum("bn,bnp->bp", Cm[:, t, grp], Sh) + w["D"][h] * x[:, t, h])
+        S = torch.stack(new_S, 1)
+        ys.append(torch.stack(heads, 1).reshape(Bsz, d_inner))
+    y = torch.stack(ys, 1) * (z * torch.sigmoid(z))
+    yg = y.reshape(Bsz, T, G, d_inner // G)
+    yg = yg / torch.sqrt((yg * yg).mean(-1, keepdim=True) + eps)
+    y = yg.reshape(Bsz, T, d_inner) * w["norm.weight"]
+    out = y @ w["out_proj.weight"].T
+    if w.get("out_proj.bias") is not None:
+        out = out + w["out_proj.bias"]
+    return out, S

@@ -9,20 +9,26 @@ class DecoderBlock(GradientCheckpointingLayer):
     """Pre-norm residual block: ``x + mixer(norm(x))`` then ``x + mlp(norm(x))`` (SwiGLU MLP).
 
     Norm and MLP names follow Llama's (``input_layernorm``, ``post_attention_layernorm``, ``mlp``); the token mixer is
-    registered under ``mixer_name`` (``"mixer"``; linearized Llama blocks use ``"self_attn"``).
+    registered under ``mixer_name`` (``"mixer"``; linearized Llama blocks use ``"self_attn"``). ``use_mlp=False``
+    gives a mixer-only block (H-Net's lowercase layers).
     """
 
     mixer_name = "mixer"
 
-    def __init__(self, config, mixer: nn.Module):
+    def __init__(self, config, mixer: nn.Module, use_mlp: bool = True):
         super().__init__()
         self.input_layernorm = RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
         self.add_module(self.mixer_name, mixer)
-        self.post_attention_layernorm = RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
-        self.mlp = LlamaMLP(config)
+        if use_mlp:
+            self.post_attention_layernorm = RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
+            self.mlp = LlamaMLP(config)
+        else:
+            self.mlp = None
 
     def forward(self, hidden_states, attention_mask=None, cache=None, **kwargs):
         mixer = getattr(self, self.mixer_name)
         residual = hidden_states
         hidden_states = residual + mixer(self.input_layernorm(hidden_states), attention_mask=attention_mask, cache=cache, **kwargs)
+        if self.mlp is None:
+            return hidden_states
         return hidden_states + self.mlp(self.post_attention_layernorm(hidden_states))

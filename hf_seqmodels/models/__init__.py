@@ -4,6 +4,8 @@ import importlib.util
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
 
 from .gla import GLAConfig, GLAForCausalLM, GLAModel
+from .hnet import HNetConfig, HNetForCausalLM, HNetModel
+from .hnet.tokenization_byte import register_byte_tokenizer
 from .liger import LigerConfig, LigerForCausalLM, LigerModel
 from .lizard import LizardConfig, LizardForCausalLM, LizardModel
 from .pararnn import ParaRNNConfig, ParaRNNForCausalLM, ParaRNNModel
@@ -14,6 +16,7 @@ ARCHITECTURES = [
     (LigerConfig, LigerModel, LigerForCausalLM),
     (LizardConfig, LizardModel, LizardForCausalLM),
     (ParaRNNConfig, ParaRNNModel, ParaRNNForCausalLM),
+    (HNetConfig, HNetModel, HNetForCausalLM),
 ]
 
 
@@ -22,6 +25,7 @@ def register_auto_classes() -> None:
         AutoConfig.register(config_class.model_type, config_class, exist_ok=True)
         AutoModel.register(config_class, model_class, exist_ok=True)
         AutoModelForCausalLM.register(config_class, lm_class, exist_ok=True)
+    register_byte_tokenizer(HNetConfig)
 
 
 def register_peft_targets() -> None:

@@ -145,6 +145,8 @@ class SeqModel(SeqPreTrainedModel):
         if not use_cache:
             cache = None
         mask = _padding_mask(attention_mask, B, T)
+        if output_hidden_states is None:
+            output_hidden_states = self.config.output_hidden_states
 
         hidden_states = inputs_embeds
         all_hidden = [] if output_hidden_states else None
@@ -157,7 +159,13 @@ class SeqModel(SeqPreTrainedModel):
             all_hidden.append(hidden_states)
         if cache is not None:
             cache.advance(T)
-        return model_output(hidden_states, cache, tuple(all_hidden) if all_hidden is not None else None)
+        out = model_output(hidden_states, cache, tuple(all_hidden) if all_hidden is not None else None)
+        return out if _return_dict(return_dict, self.config) else out.to_tuple()
+
+
+def _return_dict(return_dict, config) -> bool:
+    """``return_dict=False`` (or ``config.return_dict = False``) returns tuples, as transformers' own models do."""
+    return config.use_return_dict if return_dict is None else bool(return_dict)
 
 
 def _padding_mask(attention_mask, batch_size: int, seq_len: int):
@@ -226,6 +234,7 @@ class SeqForCausalLM(SeqPreTrainedModel, GenerationMixin):
             inputs_embeds=inputs_embeds,
             use_cache=use_cache,
             output_hidden_states=output_hidden_states,
+            return_dict=True,
         )
         hidden_states = outputs.last_hidden_state
         if isinstance(logits_to_keep, int) and logits_to_keep > 0:
@@ -236,4 +245,5 @@ class SeqForCausalLM(SeqPreTrainedModel, GenerationMixin):
         loss = None
         if labels is not None:
             loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.vocab_size, **kwargs)
-        return causal_lm_output(loss, logits, getattr(outputs, CACHE_KWARG), outputs.hidden_states)
+        out = causal_lm_output(loss, logits, getattr(outputs, CACHE_KWARG), outputs.hidden_states)
+        return out if _return_dict(return_dict, self.config) else out.to_tuple()

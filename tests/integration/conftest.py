@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import pytest
 
-from hf_seqmodels import GLAConfig, LigerConfig, LizardConfig, ParaRNNConfig
+from hf_seqmodels import GLAConfig, HNetConfig, LigerConfig, LizardConfig, ParaRNNConfig
 
 # initializer_range 0.2 (not 0.02) gives peaked next-token distributions, so greedy/beam comparisons are not
 # decided by float-rounding near-ties; pad 0, bos 1, eos 2 (inputs avoid them where it matters).
@@ -27,6 +27,17 @@ def _tiny(config_class, defaults):
 _LLAMA = dict(vocab_size=128, hidden_size=32, intermediate_size=64, num_attention_heads=4, num_key_value_heads=2)
 
 
+# H-Net: vocab 256 (bytes, pad/bos/eos 253/254/255); Mamba-2 encoder/decoder, attention + GLA inside; a window shorter
+# than the test inputs on the outer attention layer.
+_HNET = dict(d_model=[32, 48], d_intermediate=[64, 96], ssm_cfg={"d_state": 8, "head_dim": 16},
+             attn_cfg={"num_heads": [2, 2], "rotary_emb_dim": [8, 8], "window_size": [5, -1]}, gla_cfg={"num_heads": 2},
+             initializer_range=0.2, vocab_size=256)
+
+
+def _hnet(layout, **defaults):
+    return lambda **kw: HNetConfig(**{**_HNET, "arch_layout": layout, **defaults, **kw})
+
+
 #: name -> factory(**overrides) returning a tiny config; together they cover every architecture and its options
 TINY_CONFIGS = {
     "gla": _tiny(GLAConfig, dict(vocab_size=128, hidden_size=32, num_heads=2, use_short_conv=False, tie_word_embeddings=False)),
@@ -40,10 +51,14 @@ TINY_CONFIGS = {
     ),
     "liger": _tiny(LigerConfig, dict(**_LLAMA, window_size=5, tie_word_embeddings=True)),
     "lizard": _tiny(LizardConfig, dict(**_LLAMA, window_size=4, num_sinks=2)),
+    "hnet": _hnet(["m1", ["T1g1"], "M1"]),
+    "hnet-2stage-word": _hnet(["t1", ["m1", ["T1"], "m1"], "m1"], d_model=[32, 48, 64], d_intermediate=[64, 96, 128],
+                              attn_cfg={"num_heads": [2, 2, 2], "rotary_emb_dim": [8, 8, 8], "window_size": [5, 5, -1]},
+                              boundary_router="word", tie_word_embeddings=True),
 }
 
 #: one tiny config per architecture for the slower tests (Trainer, PEFT, DDP); their vocab is forced to 256 (bytes)
-TRAIN_CONFIGS = ["gla-conv-tied", "paralstm-tied", "liger", "lizard"]
+TRAIN_CONFIGS = ["gla-conv-tied", "paralstm-tied", "liger", "lizard", "hnet"]
 TEXT_VOCAB = 256
 
 

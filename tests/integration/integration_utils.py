@@ -35,8 +35,17 @@ def build_lm(config, perturb: bool = False):
 
 
 def random_ids(config, *shape):
-    """Token ids that avoid the special tokens 0..2 (pad/bos/eos of the tiny configs)."""
-    return torch.randint(3, config.vocab_size, shape)
+    """Token ids that avoid the special tokens (0..2 of the tiny configs; 253..255 of the byte models)."""
+    special = {config.pad_token_id, config.bos_token_id, config.eos_token_id} - {None}
+    hi = min([config.vocab_size] + [s for s in special if s > 2])
+    return torch.randint(3, hi, shape)
+
+
+def blocks_of(model):
+    """The residual blocks of a model (``model.model.layers`` for stacked models, every block of an H-Net's stages)."""
+    from hf_seqmodels.layers.block import DecoderBlock
+
+    return [m for m in model.modules() if isinstance(m, DecoderBlock)]
 
 
 # -- real text at byte level (no tokenizer download) --------------------------------------------------------------

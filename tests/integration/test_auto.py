@@ -14,7 +14,7 @@ import torch
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
 
 import hf_seqmodels
-from integration_utils import REPO_ROOT, classes_for, clean_env, random_ids, run_python
+from integration_utils import REPO_ROOT, build_lm, classes_for, clean_env, random_ids, run_python
 
 PREFIX = "hf_seqmodels_"
 
@@ -160,3 +160,21 @@ def test_kernels_are_a_subpackage_and_no_top_level_kernels_module(fresh_process)
     for path in found:
         assert not any(path.startswith(o) for o in ours), f"a top-level `kernels` module of ours is importable: {out}"
     assert out["ours"].endswith("__init__.py")
+
+
+def test_return_dict_false_and_config_output_hidden_states(tiny_config):
+    """Tuples for ``return_dict=False`` (or ``config.return_dict = False``) and hidden states when the config asks."""
+    lm = build_lm(tiny_config)
+    ids = random_ids(tiny_config, 2, 7)
+    with torch.no_grad():
+        full = lm(ids, labels=ids, use_cache=False)
+        loss, logits = lm(ids, labels=ids, use_cache=False, return_dict=False)[:2]
+        torch.testing.assert_close(loss, full.loss)
+        torch.testing.assert_close(logits, full.logits)
+        lm.config.return_dict = False
+        assert isinstance(lm(ids, use_cache=False), tuple)
+        assert isinstance(lm.model(ids, use_cache=False), tuple)
+        lm.config.return_dict = True
+        lm.config.output_hidden_states = True
+        out = lm(ids, use_cache=False)
+    assert out.hidden_states is not None and out.hidden_states[-1].shape[:2] == (2, 7)

@@ -1,0 +1,114 @@
+"""Does the suite catch bugs that are consistent with themselves? Apply each mutation to a copy of the package, run
+the tests that should catch it, and report caught / MISSED. Not part of CI (each mutation runs a test selection).
+
+    python benchmarks/mutation_check.py                 # every mutation
+    python benchmarks/mutation_check.py --only hnet     # those whose name contains "hnet"
+
+The copy is importable without installing it: ``kernels/`` is copied to ``hf_seqmodels/kernels`` and the copy goes
+first on PYTHONPATH (an editable install's finder comes after the path).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+#: name, file, text to replace (must occur exactly once), replacement, tests that should fail
+MUTATIONS = [
+    ("paragru-update-convention", "hf_seqmodels/layers/pararnn.py", "(1 - z) * h + z * c", "z * h + (1 - z) * c",
+     "tests/models/test_pararnn.py"),
+    ("gla-layer-q-k-swapped", "hf_seqmodels/layers/gla.py", "o, final = op(q, k, v, g,", "o, final = op(k, q, v, g,",
+     "tests/models tests/layers"),
+    ("liger-gate-sign", "hf_seqmodels/layers/liger.py", "g = F.logsigmoid(k.float())", "g = F.logsigmoid(-k.float())",
+     "tests/models/test_liger.py"),
+    ("hnet-router-previous-token", "hf_seqmodels/layers/hnet.py", "cos = (torch.cat([prev_q, q[:, :-1]], 1) * k).sum(-1)",
+     "cos = (q * k).sum(-1)", "tests/models/test_hnet.py"),
+    ("hnet-boundary-threshold", "hf_seqmodels/layers/hnet.py", "return p, (p > 0.5) & valid", "return p, (p > 0.4) & valid",
+     "tests/models/test_hnet.py"),
+    ("hnet-ema-swapped", "hf_seqmodels/layers/hnet.py", "a = (1 - P)[..., None]", "a = P[..., None]",
+     "tests/models/test_hnet.py"),
+    ("hnet-upsample-off-by-one", "hf_seqmodels/layers/hnet.py", "index = torch.where(c > 0, M - counts[:, None] + c,",
+     "index = torch.where(c > 0, M - counts[:, None] + c - 1,", "tests/models/test_hnet.py"),
+    ("hnet-no-residual", "hf_seqmodels/models/hnet/modeling_hnet.py",
+     "out = (up * StraightThrough.apply(confidence)[..., None] + residual)", "out = (up * StraightThrough.apply(confidence)[..., None])",
+     "tests/models/test_hnet.py"),
+    ("hnet-ratio-loss-terms", "hf_seqmodels/layers/hnet.py",
+     "per_row = N / (N - 1) * ((N - 1) * frac * prob + (1 - frac) * (1 - prob))",
+     "per_row = N / (N - 1) * ((N - 1) * frac * prob + (1 - frac) * prob)", "tests/models/test_hnet.py"),
+    ("hnet-decode-no-restore", "hf_seqmodels/models/hnet/modeling_hnet.py", "            _restore_rows(cache, keep, mask[:, 0])",
+     "            pass", "tests/models/test_hnet.py"),
+    ("attention-rotary-position", "hf_seqmodels/layers/attention.py", "pos = count[:, None] + valid.long().cumsum(1) - 1",
+     "pos = count[:, None] + valid.long().cumsum(1)", "tests/models/test_hnet.py"),
+    ("attention-window-off-by-one", "hf_seqmodels/layers/attention.py", "allowed &= qp - kp < self.window",
+     "allowed &= qp - kp <= self.window", "tests/models/test_hnet.py"),
+]
+
+
+def make_copy(dest: Path) -> None:
+    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=ROOT, capture_output=True, text=True,
+                           check=True).stdout.split()
+    for f in files:
+        src = ROOT / f
+        if src.is_file():
+            target = dest / f
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, target)
+    shutil.copytree(dest / "kernels", dest / "hf_seqmodels" / "kernels")
+    shutil.copytree(dest / "model_cards", dest / "hf_seqmodels" / "model_cards")
+
+
+def run_tests(copy: Path, selection: str, timeout: int) -> tuple[bool, float]:
+    env = dict(os.environ, PYTHONPATH=str(copy), PYTHONDONTWRITEBYTECODE="1")
+    start = time.time()
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", *selection.split()],
+                          cwd=copy, env=env, capture_output=True, text=True, timeout=timeout)
+    return proc.returncode == 0, time.time() - start
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--only", default="", help="run the mutations whose name contains this")
+    parser.add_argument("--timeout", type=int, default=900, help="seconds per test run")
+    parser.add_argument("--json", default=None, help="write the results here")
+    args = parser.parse_args()
+    chosen = [m for m in MUTATIONS if args.only in m[0]]
+    results = []
+    with tempfile.TemporaryDirectory() as tmp:
+        copy = Path(tmp) / "repo"
+        make_copy(copy)
+        ok, secs = run_tests(copy, " ".join(sorted({m[4] for m in chosen})), args.timeout)
+        if not ok:
+            print("the unmutated suite fails in the copy: fix that first")
+            return 1
+        for name, rel, old, new, selection in chosen:
+            path = copy / ("hf_seqmodels/kernels/" + rel[len("kernels/"):] if rel.startswith("kernels/") else rel)
+            text = path.read_text()
+            if text.count(old) != 1:
+                print(f"{name}: the text to mutate occurs {text.count(old)} times in {rel}; skipped")
+                results.append(dict(name=name, status="stale"))
+                continue
+            path.write_text(text.replace(old, new))
+            try:
+                passed, secs = run_tests(copy, selection, args.timeout)
+            finally:
+                path.write_text(text)
+            status = "MISSED" if passed else "caught"
+            print(f"{status:7s} {name}  ({selection}, {secs:.0f} s)", flush=True)
+            results.append(dict(name=name, status=status, tests=selection, seconds=round(secs, 1)))
+    caught = sum(r["status"] == "caught" for r in results)
+    print(f"\n{caught} of {len(results)} mutations caught")
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=1))
+    return 0 if caught == len(results) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

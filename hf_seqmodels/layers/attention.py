@@ -1,0 +1,97 @@
+"""Causal multi-head softmax attention with (partial) rotary embeddings and an optional sliding window, for stacks
+whose rows advance at different speeds (H-Net's inner stages step only on chunk boundaries).
+
+Positions are counted per row from the padding mask, not taken from the token index: a row's ``n``-th real token
+has position ``n - 1`` whatever padding precedes it, so a left-padded row, or a compressed H-Net row gathered to
+the right, computes exactly what it computes alone. A query at position ``t`` sees the keys at positions ``j`` with
+``t - window < j <= t`` of its own row (``window=None``: all of them).
+
+Decoding state in the :class:`~hf_seqmodels.cache.RecurrentCache` under ``layer_idx``: ``attn_k`` / ``attn_v``
+``[B, H, L, D]``, ``attn_pos`` ``[B, L]`` (the keys' positions, -1 for padding) and ``attn_count`` ``[B]`` (real tokens
+seen). Every call appends its keys for all rows (padding ones at position -1, never attended); keys that no future
+query can see any more (outside every row's window) are dropped from the front, so a windowed layer keeps
+O(window) keys. Cached tensors are replaced, never written in place.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import LlamaConfig
+from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding, apply_rotary_pos_emb
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(
+        self,
+        hidden_size: int,
+        num_heads: int,
+        rotary_dim: int | None = None,
+        window: int | None = None,
+        rope_theta: float = 10000.0,
+        layer_idx: int = 0,
+    ):
+        super().__init__()
+        if hidden_size % num_heads:
+            raise ValueError(f"CausalSelfAttention: hidden_size ({hidden_size}) must be divisible by num_heads ({num_heads})")
+        self.num_heads, self.head_dim = num_heads, hidden_size // num_heads
+        rotary_dim = self.head_dim if rotary_dim is None else rotary_dim
+        if rotary_dim % 2 or not 0 <= rotary_dim <= self.head_dim:
+            raise ValueError(f"CausalSelfAttention: rotary_dim must be even and in [0, head_dim={self.head_dim}], got {rotary_dim}")
+        if window is not None and window < 1:
+            raise ValueError(f"CausalSelfAttention: window must be None (global) or >= 1 keys, got {window}")
+        self.rotary_dim, self.window, self.layer_idx = rotary_dim, window, layer_idx
+        self.q_proj = nn.Linear(hidden_size, hidden_size, bias=False)
+        self.k_proj = nn.Linear(hidden_size, hidden_size, bias=False)
+        self.v_proj = nn.Linear(hidden_size, hidden_size, bias=False)
+        self.o_proj = nn.Linear(hidden_size, hidden_size, bias=False)
+        self.rotary_emb = None
+        if rotary_dim:
+            rope = LlamaConfig(hidden_size=hidden_size, num_attention_heads=num_heads, head_dim=rotary_dim, rope_theta=rope_theta)
+            self.rotary_emb = LlamaRotaryEmbedding(rope)  # buffers only, not in the state dict
+
+    def _rotate(self, q, k, positions):
+        if self.rotary_emb is None:
+            return q, k
+        cos, sin = self.rotary_emb(q, positions.clamp(min=0))
+        r = self.rotary_dim
+        qr, kr = apply_rotary_pos_emb(q[..., :r], k[..., :r], cos, sin, unsqueeze_dim=1)
+        return torch.cat([qr, q[..., r:]], -1), torch.cat([kr, k[..., r:]], -1)
+
+    def forward(self, hidden_states, attention_mask=None, cache=None, **kwargs):
+        B, T, _ = hidden_states.shape
+        H, D, idx = self.num_heads, self.head_dim, self.layer_idx
+        valid = torch.ones(B, T, dtype=torch.bool, device=hidden_states.device) if attention_mask is None else attention_mask[:, -T:].bool()
+        count = cache.get(idx, "attn_count") if cache is not None else None
+        if count is None:
+            count = torch.zeros(B, dtype=torch.long, device=hidden_states.device)
+        pos = count[:, None] + valid.long().cumsum(1) - 1
+        pos = torch.where(valid, pos, torch.full_like(pos, -1))
+
+        q, k, v = (p(hidden_states).view(B, T, H, D).transpose(1, 2) for p in (self.q_proj, self.k_proj, self.v_proj))
+        q, k = self._rotate(q, k, pos)
+        kpos = pos
+        if cache is not None:
+            past_k = cache.get(idx, "attn_k")
+            if past_k is not None:
+                k = torch.cat([past_k, k], 2)
+                v = torch.cat([cache.get(idx, "attn_v"), v], 2)
+                kpos = torch.cat([cache.get(idx, "attn_pos"), pos], 1)
+        qp, kp = pos[:, :, None], kpos[:, None, :]
+        allowed = (kp >= 0) & (kp <= qp)
+        if self.window is not None:
+            allowed &= qp - kp < self.window
+        allowed |= ~valid[:, :, None]  # padding queries attend to anything (their outputs are ignored), never to nothing
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed[:, None])
+        out = out.masked_fill(~valid[:, None, :, None], 0.0)
+
+        if cache is not None:
+            new_count = count + valid.long().sum(1)
+            if self.window is not None:  # drop the leading keys that no row's future queries can see
+                horizon = (new_count - self.window)[:, None]
+                dead = (kpos < 0) | (kpos < horizon)
+                keep_from = int(dead.long().cumprod(1).sum(1).min())
+                k, v, kpos = k[:, :, keep_from:], v[:, :, keep_from:], kpos[:, keep_from:]
+            cache.set(idx, "attn_k", k), cache.set(idx, "attn_v", v), cache.set(idx, "attn_pos", kpos)
+            cache.set(idx, "attn_count", new_count)
+        return self.o_proj(out.transpose(1, 2).reshape(B, T, H * D))
