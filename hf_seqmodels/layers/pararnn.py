@@ -15,6 +15,7 @@ verifies that a cell's Jacobian has the structure it declares.
 """
 from __future__ import annotations
 
+import copy
 import math
 
 import torch
@@ -212,8 +213,8 @@ def register_cell(name: str, cell_class: type[ParallelRNNCell]) -> None:
 
 def check_jacobian_structure(cell: ParallelRNNCell, batch: int = 2, seq_len: int = 3, atol: float = 1e-8) -> None:
     """Raise ValueError if ``cell``'s full autograd Jacobian (fp64, random state) is not of the declared structure,
-    or if its closed-form ``jacobian`` disagrees with autograd."""
-    cell = cell.double()
+    or if its closed-form ``jacobian`` disagrees with autograd. Checks a float64 copy: ``cell`` is left as it is."""
+    cell = copy.deepcopy(cell).double()
     D = cell.state_size
     shape = (batch, seq_len, D) + ((2,) if cell.structure == "block2" else ())
     h = torch.randn(shape, dtype=torch.float64)

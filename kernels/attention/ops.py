@@ -68,7 +68,8 @@ def sliding_window_attention(q, k, v, window: int, sinks=None, scale=None, key_m
         if key_mask.dtype != torch.bool or tuple(key_mask.shape) != (B, L):
             raise ValueError(f"{op}: `key_mask` must be a bool tensor [B, L] = {(B, L)}, got {key_mask.dtype} {tuple(key_mask.shape)}")
     check_same_device(op, q=q, k=k, v=v, sinks=sinks, key_mask=key_mask)
-    return sliding_window_attention_torch(q, k, v, window, sinks, scale, key_mask)
+    # a query never sees more than the L keys there are: the same result, with O(T x min(window, L)) memory
+    return sliding_window_attention_torch(q, k, v, min(window, L), sinks, scale, key_mask)
 
 
 def sliding_window_decode(q, k_cache, v_cache, cache_mask, sinks=None, scale=None):

@@ -6,6 +6,9 @@ with ``final_state`` None unless ``output_final_state``.
 """
 from __future__ import annotations
 
+import sys
+import warnings
+
 import torch
 
 from .._dispatch import (
@@ -47,17 +50,34 @@ def _check_gla_args(op, q, k, v, g, scale, initial_state, backend):
     chosen = select_backend(op, device, backend)
     if chosen == "triton":
         check_contiguous(op, q=q, k=k, v=v, g=g, initial_state=initial_state)
-    # A positive gate is checked where it costs no device synchronization (CPU), or under HF_SEQMODELS_DEBUG=1.
-    if device.type == "cpu" or debug_checks_enabled():
-        gmax = g.detach().max()
-        if bool(gmax > 0) or bool(torch.isnan(gmax)):
+    # The gate is checked where it costs no device synchronization (CPU), or under HF_SEQMODELS_DEBUG=1; never on
+    # meta tensors or while torch.compile traces.
+    tracing = torch.compiler.is_compiling() if hasattr(torch, "compiler") else False
+    if (device.type == "cpu" or debug_checks_enabled()) and g.device.type != "meta" and not tracing and g.numel():
+        gd = g.detach()
+        if bool(torch.isnan(gd).any()):
+            raise ValueError(f"{op}: `g` contains NaN (the log forget gate; NaN activations upstream?)")
+        gmax, gmin = gd.max(), gd.min()
+        if bool(gmax > 0):
             raise ValueError(f"{op}: `g` is a log-space forget gate and must be <= 0 everywhere (max is {float(gmax)})")
+        if bool(torch.isinf(gmin)):
+            raise ValueError(
+                f"{op}: `g` contains -inf (a gate of exactly 0, e.g. log(0)); the chunked form needs finite log gates: "
+                "clamp it (e.g. g.clamp(min=-1e4) resets the state just as well)"
+            )
     return chosen, (K ** -0.5 if scale is None else float(scale))
 
 
 def chunk_gla(q, k, v, g, scale=None, initial_state=None, output_final_state=False, backend=None):
     """Chunkwise-parallel gated linear attention (training and prefill). Returns ``(o, final_state)``."""
     chosen, scale = _check_gla_args("chunk_gla", q, k, v, g, scale, initial_state, backend)
+    T, H = q.shape[1], q.shape[2]
+    # as fla: shorter than the head count usually means a head-first tensor (our own layers know their layout)
+    if 1 < T < H and not sys._getframe(1).f_globals.get("__name__", "").startswith("hf_seqmodels."):
+        warnings.warn(
+            f"chunk_gla: got T={T} < H={H}: the layout is [B, T, H, K] (time before heads); a head-first "
+            "[B, H, T, K] input would be computed silently wrong. Transpose it if so.", stacklevel=2,
+        )
     if chosen == "triton":
         from .chunk_triton import chunk_gla_triton
 

@@ -33,6 +33,9 @@ class GLAConfig(SeqModelConfig):
         self.expand_v = expand_v
         self.gate_low_rank_dim = gate_low_rank_dim
         self.gate_logit_normalizer = gate_logit_normalizer
+        if not isinstance(gate_logit_normalizer, (int, float)) or not gate_logit_normalizer > 0:
+            raise ValueError(f"{type(self).__name__}.gate_logit_normalizer must be a number > 0 (log gates are "
+                             f"logsigmoid(.) / gate_logit_normalizer), got {gate_logit_normalizer!r}")
         self.use_short_conv = use_short_conv
         self.conv_size = conv_size
         super().__init__(**kwargs)

@@ -54,6 +54,9 @@ class LinearizedLlamaConfig(SeqModelConfig):
         self.attention_bias = attention_bias
         self.window_size = window_size
         self.gate_logit_normalizer = gate_logit_normalizer
+        if not isinstance(gate_logit_normalizer, (int, float)) or not gate_logit_normalizer > 0:
+            raise ValueError(f"{type(self).__name__}.gate_logit_normalizer must be a number > 0 (log gates are "
+                             f"logsigmoid(.) / gate_logit_normalizer), got {gate_logit_normalizer!r}")
         self.gla_scale = gla_scale
         self.base_model_name_or_path = base_model_name_or_path
         self.card_data = dict(card_data or {})
