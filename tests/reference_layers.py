@@ -86,3 +86,43 @@ def liger_attention_loop(attn, x, rope_theta=10000.0):
                 swa[t, h] = sum(p[i] * vh[lo + i, h] for i in range(len(p)))
         out = out + (1 - attn.gla_weight) * swa
     return out.reshape(T, H * D) @ w(attn.o_proj).T + b(attn.o_proj)
+
+
+def lizard_attention_loop(attn, x, rope_theta=10000.0):
+    """Lizard attention on one row ``x [T, d]``: ``GLA(phi_q, phi_k, v, g) + window_weight[h] * SWA_sinks(RoPE q,
+    RoPE k, v)`` with Hedgehog maps ``phi(x) = [softmax(x W_h), softmax(-x W_h)]``, one log gate per head and
+    position ``logsigmoid(x W_g + b) / normalizer`` shared by the features, and sink logits adding ``exp(s)`` to the
+    window's softmax denominator."""
+    x = x.double()
+    T = x.shape[0]
+    H, Hkv, D = attn.num_heads, attn.num_kv_heads, attn.head_dim
+    w = lambda m: m.weight.double()  # noqa: E731
+    b = lambda m: 0 if m.bias is None else m.bias.double()  # noqa: E731
+    q = (x @ w(attn.q_proj).T + b(attn.q_proj)).view(T, H, D)
+    k = (x @ w(attn.k_proj).T + b(attn.k_proj)).view(T, Hkv, D)
+    v = (x @ w(attn.v_proj).T + b(attn.v_proj)).view(T, Hkv, D)
+    group = H // Hkv
+
+    def hedgehog(z, W):
+        proj = torch.einsum("thd,hdf->thf", z, W.double())
+        return torch.cat([proj.softmax(-1), (-proj).softmax(-1)], -1)
+
+    phi_q = hedgehog(q, attn.q_feature_map.weight)
+    phi_k = hedgehog(k, attn.k_feature_map.weight).repeat_interleave(group, 1)
+    vh = v.repeat_interleave(group, 1)
+    g = torch.nn.functional.logsigmoid(x @ w(attn.decay_proj).T + b(attn.decay_proj)) / attn.gate_logit_normalizer
+    g = g[..., None].expand(T, H, phi_q.shape[-1])
+    scale = phi_q.shape[-1] ** -0.5 if attn.gla_scale is None else attn.gla_scale
+    o_gla = _gla_recurrence(phi_q, phi_k, vh, g, scale)
+    pos = torch.arange(T)
+    qr, kr = rotary_loop(q, pos, D, rope_theta), rotary_loop(k.repeat_interleave(group, 1), pos, D, rope_theta)
+    sinks = attn.sink_logits.double()
+    o_win = torch.zeros(T, H, D, dtype=torch.float64)
+    for t in range(T):
+        lo = max(0, t - attn.window_size + 1)
+        for h in range(H):
+            logits = torch.stack([qr[t, h] @ kr[j, h] / math.sqrt(D) for j in range(lo, t + 1)])
+            weights = torch.exp(logits) / (torch.exp(logits).sum() + torch.exp(sinks[h]).sum())
+            o_win[t, h] = sum(weights[i] * vh[lo + i, h] for i in range(len(weights)))
+    o = o_gla + attn.window_weight.double()[None, :, None] * o_win
+    return o.reshape(T, H * D) @ w(attn.o_proj).T + b(attn.o_proj)

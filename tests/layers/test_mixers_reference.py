@@ -42,3 +42,24 @@ def test_liger_attention_matches_reference(window, gla_weight, bias):
         ref = liger_attention_loop(attn, x[b], theta)
         # transformers' rotary tables are float32 (~1e-7); a wrong sign, swap or window is O(1)
         torch.testing.assert_close(out[b], ref, rtol=0, atol=1e-5 * float(ref.detach().abs().max()))
+
+
+@pytest.mark.parametrize("window,num_sinks", [(1, 2), (6, 4), (90, 1)])
+def test_lizard_attention_matches_reference(window, num_sinks):
+    from hf_seqmodels.layers.lizard import LizardAttention
+    from hf_seqmodels.models.lizard import LizardConfig
+    from reference_layers import lizard_attention_loop
+
+    config = LizardConfig(vocab_size=32, hidden_size=48, intermediate_size=64, num_hidden_layers=1, num_attention_heads=6,
+                          num_key_value_heads=2, window_size=window, num_sinks=num_sinks, feature_dim=5)
+    attn = randomize(LizardAttention(config, 0)).double()
+    with torch.no_grad():
+        attn.sink_logits.copy_(torch.randn_like(attn.sink_logits))  # O(1) sinks: they matter
+        attn.window_weight.copy_(torch.rand_like(attn.window_weight) * 2)
+    T = 67
+    x = torch.randn(2, T, 48, dtype=torch.float64)
+    with torch.no_grad():
+        out = attn(x)
+        for b in range(2):
+            ref = lizard_attention_loop(attn, x[b], float(config.rope_parameters["rope_theta"]))
+            torch.testing.assert_close(out[b], ref, rtol=0, atol=1e-5 * float(ref.abs().max()))
