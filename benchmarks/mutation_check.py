@@ -52,8 +52,12 @@ MUTATIONS = [
      "per_row = N / (N - 1) * ((N - 1) * frac * prob + (1 - frac) * prob)", "tests/models/test_hnet.py"),
     ("hnet-decode-no-restore", "hf_seqmodels/models/hnet/modeling_hnet.py", "            _restore_rows(cache, keep, mask[:, 0])",
      "            pass", "tests/models/test_hnet.py"),
-    ("attention-rotary-position", "hf_seqmodels/layers/attention.py", "pos = count[:, None] + valid.long().cumsum(1) - 1",
-     "pos = count[:, None] + valid.long().cumsum(1)", "tests/models/test_hnet.py"),
+    # (a constant shift of all positions would be no bug: rotary scores depend on position differences only)
+    ("attention-rotary-direction", "hf_seqmodels/layers/attention.py",
+     "apply_rotary_pos_emb(q[..., :r], k[..., :r], cos, sin, unsqueeze_dim=1)",
+     "apply_rotary_pos_emb(q[..., :r], k[..., :r], cos, -sin, unsqueeze_dim=1)", "tests/models/test_hnet.py"),
+    ("attention-padding-visible", "hf_seqmodels/layers/attention.py", "allowed = (kp >= 0) & (kp <= qp)",
+     "allowed = kp <= qp", "tests/models/test_hnet.py"),
     ("attention-window-off-by-one", "hf_seqmodels/layers/attention.py", "allowed &= qp - kp < self.window",
      "allowed &= qp - kp <= self.window", "tests/models/test_hnet.py"),
 ]
