@@ -21,10 +21,13 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 
-#: name, file, text to replace (must occur exactly once), replacement, tests that should fail
+#: name, file, text to replace (each must occur exactly once), replacement, tests that should fail; a mutation may
+#: change several places at once (tuples), so that it stays consistent with itself (e.g. a step and its Jacobian)
 MUTATIONS = [
-    ("paragru-update-convention", "hf_seqmodels/layers/pararnn.py", "(1 - z) * h + z * c", "z * h + (1 - z) * c",
-     "tests/models/test_pararnn.py"),
+    ("paragru-update-convention", "hf_seqmodels/layers/pararnn.py",
+     ("return (1 - z) * h + z * c", "return (1 - z) + (c - h) * dz + z * dc"),
+     ("return z * h + (1 - z) * c", "return z + (h - c) * dz + (1 - z) * dc"),
+     "tests/models/test_pararnn.py tests/layers/test_mixers_reference.py"),
     ("gla-layer-q-k-swapped", "hf_seqmodels/layers/gla.py", "o, final = op(q, k, v, g,", "o, final = op(k, q, v, g,",
      "tests/layers/test_mixers_reference.py"),
     ("liger-gate-sign", "hf_seqmodels/layers/liger.py", "g = F.logsigmoid(k.float())", "g = F.logsigmoid(-k.float())",
@@ -102,11 +105,16 @@ def main() -> int:
         for name, rel, old, new, selection in chosen:
             path = copy / ("hf_seqmodels/kernels/" + rel[len("kernels/"):] if rel.startswith("kernels/") else rel)
             text = path.read_text()
-            if text.count(old) != 1:
-                print(f"{name}: the text to mutate occurs {text.count(old)} times in {rel}; skipped")
+            olds, news = (old, new) if isinstance(old, tuple) else ((old,), (new,))
+            counts = [text.count(o) for o in olds]
+            if counts != [1] * len(olds):
+                print(f"{name}: the texts to mutate occur {counts} times in {rel}; skipped")
                 results.append(dict(name=name, status="stale"))
                 continue
-            path.write_text(text.replace(old, new))
+            mutated = text
+            for o, n in zip(olds, news):
+                mutated = mutated.replace(o, n)
+            path.write_text(mutated)
             try:
                 passed, secs = run_tests(copy, selection, args.timeout)
             finally:

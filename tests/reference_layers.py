@@ -126,3 +126,40 @@ def lizard_attention_loop(attn, x, rope_theta=10000.0):
             o_win[t, h] = sum(weights[i] * vh[lo + i, h] for i in range(len(weights)))
     o = o_gla + attn.window_weight.double()[None, :, None] * o_win
     return o.reshape(T, H * D) @ w(attn.o_proj).T + b(attn.o_proj)
+
+
+def _sig(x):
+    return 1 / (1 + torch.exp(-x))
+
+
+def paragru_loop(cell, x):
+    """ParaGRU (ParaRNN paper) step by step from the cell's weights, ``x [T, d]``: ``in_proj`` rows are the input
+    terms of (z, r, c), ``a`` rows the diagonals (a_z, a_r, a_c). Returns the states ``[T, D]``."""
+    W, bias, a = cell.in_proj.weight.double(), cell.in_proj.bias.double(), cell.a.double()
+    D = cell.state_size
+    h, out = torch.zeros(D, dtype=torch.float64), []
+    for t in range(x.shape[0]):
+        u = W @ x[t].double() + bias
+        z = _sig(a[0] * h + u[:D])
+        r = _sig(a[1] * h + u[D : 2 * D])
+        c = torch.tanh(a[2] * (h * r) + u[2 * D :])
+        h = (1 - z) * h + z * c
+        out.append(h)
+    return torch.stack(out)
+
+
+def paralstm_loop(cell, x):
+    """ParaLSTM (coupled input-forget gate, peepholes) step by step: ``in_proj`` rows the input terms of (f, z, o),
+    ``a`` rows (a_f, a_z, a_o, p_f, p_o). Returns the states ``[T, D, 2]`` as ``[c, h]``."""
+    W, bias, a = cell.in_proj.weight.double(), cell.in_proj.bias.double(), cell.a.double()
+    D = cell.state_size
+    c, h, out = torch.zeros(D, dtype=torch.float64), torch.zeros(D, dtype=torch.float64), []
+    for t in range(x.shape[0]):
+        u = W @ x[t].double() + bias
+        f = _sig(a[0] * h + u[:D] + a[3] * c)
+        z = torch.tanh(a[1] * h + u[D : 2 * D])
+        c = f * c + (1 - f) * z
+        o = _sig(a[2] * h + u[2 * D :] + a[4] * c)
+        h = o * torch.tanh(c)
+        out.append(torch.stack([c, h], -1))
+    return torch.stack(out)
