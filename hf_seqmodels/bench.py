@@ -7,6 +7,7 @@ Sections live in ``SECTIONS`` (``--section``). A section turns the parsed argume
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import math
 import statistics
@@ -390,6 +391,8 @@ def run_bench(args: argparse.Namespace) -> int:
         import os
 
         os.environ["HF_SEQMODELS_BACKEND"] = args.backend
+    if importlib.util.find_spec("matplotlib") is None:  # checked before the work, not after it
+        raise ValueError("the benchmark's plot needs matplotlib: pip install 'hf-seqmodels[plot]'")
     torch.manual_seed(0)
     title = section.describe(args)
     records = run_section(section, args, device, progress=not args.no_progress)

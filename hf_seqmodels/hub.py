@@ -12,12 +12,9 @@ _HEADER = '"""Loads hf-seqmodels classes for `trust_remote_code=True`; needs `pi
 
 
 def _classes_for(model):
-    from hf_seqmodels.models import ARCHITECTURES
+    from hf_seqmodels.registry import classes_for_config
 
-    for config_class, model_class, lm_class in ARCHITECTURES:
-        if isinstance(model.config, config_class) and type(model.config) is config_class:
-            return config_class, model_class, lm_class
-    raise ValueError(f"{type(model.config).__name__} is not a registered hf-seqmodels architecture")
+    return classes_for_config(model.config)
 
 
 def prepare_auto_map(model) -> None:

@@ -3,6 +3,8 @@ import importlib.util
 
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
 
+from hf_seqmodels.registry import ARCHITECTURES, register_architecture
+
 from .gla import GLAConfig, GLAForCausalLM, GLAModel
 from .hnet import HNetConfig, HNetForCausalLM, HNetModel
 from .hnet.tokenization_byte import register_byte_tokenizer
@@ -10,14 +12,14 @@ from .liger import LigerConfig, LigerForCausalLM, LigerModel
 from .lizard import LizardConfig, LizardForCausalLM, LizardModel
 from .pararnn import ParaRNNConfig, ParaRNNForCausalLM, ParaRNNModel
 
-#: (config, base model, causal LM) for every architecture of the package
-ARCHITECTURES = [
+for _entry in (
     (GLAConfig, GLAModel, GLAForCausalLM),
     (LigerConfig, LigerModel, LigerForCausalLM),
     (LizardConfig, LizardModel, LizardForCausalLM),
     (ParaRNNConfig, ParaRNNModel, ParaRNNForCausalLM),
     (HNetConfig, HNetModel, HNetForCausalLM),
-]
+):
+    register_architecture(*_entry)
 
 
 def register_auto_classes() -> None:

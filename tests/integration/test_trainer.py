@@ -10,8 +10,6 @@ from transformers import AutoModelForCausalLM, Trainer, TrainingArguments
 
 from integration_utils import ByteBlocks, build_lm, classes_for
 
-peft = pytest.importorskip("peft")
-
 UNIFORM_LOSS = math.log(256)  # cross-entropy of guessing bytes uniformly: where a fresh (0.02-init) model starts
 
 
@@ -61,6 +59,7 @@ def test_trainer_fine_tune_lowers_the_loss_on_real_text(train_config, tmp_path, 
 
 @pytest.mark.filterwarnings("ignore:.*gradient_checkpointing.*deprecated:FutureWarning")  # peft on transformers 5.24
 def test_peft_lora_train_save_reload_merge(train_config, tmp_path, fresh_seed):
+    pytest.importorskip("peft")
     from peft import LoraConfig, PeftModel, get_peft_model
     from peft.tuners.lora import LoraLayer
 
@@ -116,6 +115,7 @@ def test_peft_lora_train_save_reload_merge(train_config, tmp_path, fresh_seed):
 
 def test_peft_default_targets_are_the_documented_ones(tiny_config):
     """``LoraConfig()`` without ``target_modules`` adapts the config class's documented targets."""
+    pytest.importorskip("peft")
     from peft import LoraConfig, get_peft_model
     from peft.tuners.lora import LoraLayer
 

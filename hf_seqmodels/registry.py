@@ -1,0 +1,23 @@
+"""The leaf registry of architectures: ``(config class, base model class, causal-LM class)`` triples.
+
+``hf_seqmodels.models`` fills it; code that needs every architecture (the Hub files, the Auto-class registration)
+reads it. It imports nothing of the package, so no module depends on the registry of its own subclasses.
+"""
+from __future__ import annotations
+
+#: (config, base model, causal LM) for every registered architecture, in registration order
+ARCHITECTURES: list[tuple[type, type, type]] = []
+
+
+def register_architecture(config_class: type, model_class: type, lm_class: type) -> None:
+    entry = (config_class, model_class, lm_class)
+    if entry not in ARCHITECTURES:
+        ARCHITECTURES.append(entry)
+
+
+def classes_for_config(config) -> tuple[type, type, type]:
+    """The registered triple of ``config``'s exact class (a subclass of a registered config is not a match)."""
+    for entry in ARCHITECTURES:
+        if type(config) is entry[0]:
+            return entry
+    raise ValueError(f"{type(config).__name__} is not a registered hf-seqmodels architecture")
