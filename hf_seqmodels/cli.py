@@ -11,6 +11,7 @@ COMMAND_MODULES = [
     "hf_seqmodels.bench",  # bench
     "hf_seqmodels.evaluation.cli",  # eval mqar | eval ppl
     "hf_seqmodels.linearize.cli",  # linearize
+    "hf_seqmodels.hnet_cli",  # hnet-chunks
 ]
 
 

@@ -165,7 +165,7 @@ class SeqModel(SeqPreTrainedModel):
 
 def _return_dict(return_dict, config) -> bool:
     """``return_dict=False`` (or ``config.return_dict = False``) returns tuples, as transformers' own models do."""
-    return config.use_return_dict if return_dict is None else bool(return_dict)
+    return bool(getattr(config, "return_dict", True)) if return_dict is None else bool(return_dict)
 
 
 def _padding_mask(attention_mask, batch_size: int, seq_len: int):
