@@ -228,6 +228,9 @@ def build_memory_index(texts, levels=3, branching=16, embedder=None, window=1024
     if not windows:
         raise ValueError("build_memory_index: no texts")
     x = emb_obj.embed(windows, progress=progress).float()
+    # Identical windows are clustered once: the balancing cap would otherwise split copies of one point over
+    # clusters with the same centroid, and routing (nearest centroid) would never reach all but one of them.
+    x = torch.unique(x, dim=0)
     gen = torch.Generator().manual_seed(seed)
     centroids, valid = [], []
     members = [torch.arange(x.shape[0])]  # members of each node of the previous level

@@ -135,3 +135,12 @@ def test_minilm_embedder_offline():
     idx = build_memory_index(corpus(2), levels=1, branching=2, embedder=emb, progress=False)
     assert idx.route(["def f(x): return x"]).shape == (1, 1)
     assert json.loads(json.dumps(idx.to_json()))["embedder"]["dim"] == 384
+
+
+def test_repeated_texts_do_not_leave_unreachable_clusters():
+    """Copies of one text are clustered once: the balancing cap cannot split them over clusters with one centroid
+    (routing could only ever reach one of those)."""
+    texts = ["alpha beta gamma"] * 30 + [f"text number {i} about topic {i * 7}" for i in range(34)]
+    index = build_memory_index(texts, levels=1, branching=4, progress=False)
+    hits = torch.bincount(index.route(texts)[:, 0], minlength=4)
+    assert bool((hits[index.valid[0]] > 0).all()), (hits, index.valid[0])
