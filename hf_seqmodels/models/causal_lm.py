@@ -70,6 +70,22 @@ class SeqPreTrainedModel(PreTrainedModel):
         if callable(init_extra):
             init_extra(self.config)
 
+    def new_cache(self) -> RecurrentCache:
+        """An empty cache with one slot per layer (an architecture with other slots overrides this)."""
+        return RecurrentCache(self.config.num_hidden_layers)
+
+    def resolve_cache(self, cache, use_cache):
+        """The cache this forward uses: the one passed, a new one, or None (``use_cache`` off, or gradient
+        checkpointing in training, which recomputes blocks and must not advance a state twice)."""
+        use_cache = use_cache if use_cache is not None else (self.config.use_cache and not self.training)
+        if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
+            use_cache = False
+        if cache is not None and not isinstance(cache, RecurrentCache):
+            raise ValueError(f"`{CACHE_KWARG}` must be a hf_seqmodels RecurrentCache, got {type(cache).__name__}")
+        if not use_cache:
+            return None
+        return self.new_cache() if cache is None else cache
+
     @classmethod
     def from_pretrained(cls, *args, **kwargs):
         # safetensors only: a folder or repo with nothing but pytorch_model.bin is refused rather than unpickled
@@ -135,15 +151,7 @@ class SeqModel(SeqPreTrainedModel):
                 raise ValueError(f"`input_ids` must be [batch, seq_len], got shape {tuple(input_ids.shape)}")
             inputs_embeds = self.embed_tokens(input_ids)
         B, T, _ = inputs_embeds.shape
-        use_cache = use_cache if use_cache is not None else (self.config.use_cache and not self.training)
-        if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
-            use_cache = False
-        if use_cache and cache is None:
-            cache = RecurrentCache(self.config.num_hidden_layers)
-        if cache is not None and not isinstance(cache, RecurrentCache):
-            raise ValueError(f"`{CACHE_KWARG}` must be a hf_seqmodels RecurrentCache, got {type(cache).__name__}")
-        if not use_cache:
-            cache = None
+        cache = self.resolve_cache(cache, use_cache)
         mask = _padding_mask(attention_mask, B, T)
         if output_hidden_states is None:
             output_hidden_states = self.config.output_hidden_states
@@ -207,7 +215,7 @@ class SeqForCausalLM(SeqPreTrainedModel, GenerationMixin):
     def _prepare_cache_for_generation(self, generation_config, model_kwargs, *args, **kwargs):
         cache = pop_cache(None, model_kwargs)
         if cache is None and generation_config.use_cache is not False:
-            cache = RecurrentCache(self.config.num_hidden_layers)
+            cache = self.model.new_cache()
         if cache is not None:
             model_kwargs[CACHE_KWARG] = cache
 

@@ -319,15 +319,7 @@ class HNetModel(HNetPreTrainedModel):
                                  f"[{int(input_ids.min())}, {int(input_ids.max())}]")
             inputs_embeds = self.embeddings(input_ids)
         B, T, _ = inputs_embeds.shape
-        use_cache = use_cache if use_cache is not None else (self.config.use_cache and not self.training)
-        if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
-            use_cache = False
-        if use_cache and cache is None:
-            cache = self.new_cache()
-        if cache is not None and not isinstance(cache, RecurrentCache):
-            raise ValueError(f"`{CACHE_KWARG}` must be a hf_seqmodels RecurrentCache, got {type(cache).__name__}")
-        if not use_cache:
-            cache = None
+        cache = self.resolve_cache(cache, use_cache)
         mask = _padding_mask(attention_mask, B, T)
         mask = None if mask is None else mask.bool()
 
@@ -374,13 +366,6 @@ class HNetForCausalLM(SeqForCausalLM, HNetPreTrainedModel):
 
     def set_input_embeddings(self, value):
         self.model.embeddings = value
-
-    def _prepare_cache_for_generation(self, generation_config, model_kwargs, *args, **kwargs):
-        cache = pop_cache(None, model_kwargs)
-        if cache is None and generation_config.use_cache is not False:
-            cache = self.model.new_cache()
-        if cache is not None:
-            model_kwargs[CACHE_KWARG] = cache
 
     def forward(self, input_ids=None, attention_mask=None, position_ids=None, cache=None, inputs_embeds=None, labels=None,
                 use_cache=None, output_hidden_states=None, return_dict=None, logits_to_keep=0, **kwargs):

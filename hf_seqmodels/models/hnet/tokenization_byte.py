@@ -171,8 +171,9 @@ class ByteTokenizer(PreTrainedTokenizer):
         """As for any tokenizer, plus: ``add_bos_token`` / ``add_eos_token`` in tokenizer_config.json (the base class
         drops them), no load-time facts (``is_local``), ``auto_map`` pointing at the loader file
         ``tokenization_hf_seqmodels.py`` written beside it."""
-        if push_to_hub:
-            raise NotImplementedError("ByteTokenizer.save_pretrained(push_to_hub=True): use tokenizer.push_to_hub(repo_id)")
+        # push_to_hub: save here, then upload through the mixin (which saves again into a temporary folder)
+        hub_kwargs = {k: kwargs.pop(k) for k in ("repo_id", "commit_message", "private", "token", "create_pr", "revision")
+                      if k in kwargs}
         # A class loaded with trust_remote_code is marked for an auto class; the base class would then copy this
         # module's source into the folder. The loader file below replaces that.
         self._auto_class = None
@@ -198,6 +199,9 @@ class ByteTokenizer(PreTrainedTokenizer):
         loader = os.path.join(save_directory, TOKENIZER_FILE)
         with open(loader, "w", encoding="utf-8") as f:
             f.write(_loader_source())
+        if push_to_hub:
+            repo_id = hub_kwargs.pop("repo_id", None) or os.path.basename(os.path.normpath(str(save_directory)))
+            self.push_to_hub(repo_id, **hub_kwargs)
         return tuple(files) + (loader,)
 
 
