@@ -380,3 +380,20 @@ def test_trainer_logs_compression_and_uses_stage_groups(tmp_path):
     assert len(logs) == 3
     for h in logs:
         assert 0 < h["boundary_fraction_0"] <= 1 and h["ratio_loss"] > 0, h
+
+
+def test_pararnn_and_gla_letters_build_any_stage_and_decode():
+    """``r`` ParaGRU, ``l`` ParaLSTM and ``g`` GLA as encoder, main network and decoder: cached == full forward."""
+    config = tiny(arch_layout=["r1", ["l1G1"], "g1"], gla_cfg={"num_heads": 2})
+    model = randomize(HNetForCausalLM(config).eval())
+    kinds = {type(b.mixer).__name__ for b in model.model.backbone.encoder.layers}
+    kinds |= {type(b.mixer).__name__ for b in model.model.backbone.main_network.main_network.layers}
+    assert kinds == {"ParaRNNMixer", "GatedLinearAttention"}
+    assert [b.mixer.cell.structure for b in model.model.backbone.main_network.main_network.layers[:1]] == ["block2"]
+    x = ids(2, 15)
+    with torch.no_grad():
+        full = model(x, use_cache=False).logits
+        cache = model.model.new_cache()
+        steps = [model(x[:, :5], cache=cache, use_cache=True).logits]
+        steps += [model(x[:, t : t + 1], cache=cache, use_cache=True).logits for t in range(5, 15)]
+    assert float((torch.cat(steps, 1) - full).abs().max()) < 1e-5 * float(full.abs().max())
