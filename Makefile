@@ -5,8 +5,16 @@ VENV_OLD := .venv-tf517
 PY := $(VENV)/bin/python
 PY_OLD := $(VENV_OLD)/bin/python
 PIP_FLAGS := -q --disable-pip-version-check
+# transformers' own generic model tests (tests/test_modeling_common.py, tests/test_configuration_common.py) come from
+# its sdist on PyPI, for the versions CI pins; only the sdist's tests/ tree is kept, in $(TF_TESTS)/<version>/tests
+# (git-ignored). tests/transformers_common runs them (and is skipped, with the reason, where they are absent).
+TF_TESTS := .transformers-tests
+TF_VERSION := $(shell sed -n 's/^transformers==//p' constraints.txt)
+TF_VERSION_OLD := $(shell sed -n 's/^transformers==//p' constraints-oldest.txt)
+TF_TESTS_NEW := $(TF_TESTS)/$(TF_VERSION)/tests/__init__.py
+TF_TESTS_OLD := $(TF_TESTS)/$(TF_VERSION_OLD)/tests/__init__.py
 
-.PHONY: install install-oldest demo test test-fast bench clean
+.PHONY: install install-oldest transformers-tests demo test test-fast bench clean
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -25,20 +33,33 @@ $(VENV_OLD)/.installed: pyproject.toml constraints-oldest.txt
 install: $(VENV)/.installed
 install-oldest: $(VENV_OLD)/.installed
 
+# Fetched once per version (the target is the last file written; a failed fetch leaves only a .partial folder).
+# pip prepares the sdist's metadata, so this takes ~30 s; the sdist itself is deleted after extraction.
+$(TF_TESTS)/%/tests/__init__.py: | $(VENV)/.installed
+	rm -rf $(TF_TESTS)/$*.partial $(TF_TESTS)/$*
+	mkdir -p $(TF_TESTS)/$*.partial
+	$(PY) -m pip download $(PIP_FLAGS) --no-deps --no-binary :all: transformers==$* -d $(TF_TESTS)/$*.partial
+	tar -xzf $(TF_TESTS)/$*.partial/transformers-$*.tar.gz --no-same-owner -C $(TF_TESTS)/$*.partial --strip-components=1 transformers-$*/tests
+	rm -f $(TF_TESTS)/$*.partial/transformers-$*.tar.gz
+	touch $(TF_TESTS)/$*.partial/tests/__init__.py
+	mv $(TF_TESTS)/$*.partial $(TF_TESTS)/$*
+
+transformers-tests: $(TF_TESTS_NEW) $(TF_TESTS_OLD)
+
 demo: install
 	$(VENV)/bin/hf-seqmodels demo
 
-test: install install-oldest
+test: install install-oldest transformers-tests
 	$(PY) -m pytest -q tests
-	@echo "== integration tests against the oldest supported transformers =="
+	@echo "== integration and transformers' own model tests against the oldest supported transformers =="
 	$(PY_OLD) -c "import transformers; print('transformers', transformers.__version__)"
-	$(PY_OLD) -m pytest -q tests/integration -m "not slow"
+	$(PY_OLD) -m pytest -q tests/integration tests/transformers_common -m "not slow"
 
-test-fast: install
+test-fast: install $(TF_TESTS_NEW)
 	$(PY) -m pytest -q tests -m "not slow"
 
 bench: install
 	$(VENV)/bin/hf-seqmodels bench
 
 clean:
-	rm -rf $(VENV) $(VENV_OLD) *.egg-info
+	rm -rf $(VENV) $(VENV_OLD) $(TF_TESTS) *.egg-info

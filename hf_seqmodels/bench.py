@@ -19,7 +19,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from .cli_types import positive_int, positive_list
+from .cli_types import HelpFormatter, check_output_folder, device, positive_float, positive_int, positive_list
 
 MODES = ("fwd", "fwd+bwd")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -125,12 +125,20 @@ def _fmt_time(rec: dict | None) -> str:
     return f"{s * 1e3:.2f} ms" if s < 10 else f"{s:.1f} s"
 
 
+def speedup_text(ours_s: float, peer_s: float) -> str:
+    """``"2.10x faster"`` / ``"1.52x slower"`` / ``"same"``: how our time compares with the peer's."""
+    ratio = peer_s / ours_s
+    if abs(ratio - 1) < 0.005:
+        return "same"
+    return f"{ratio:.2f}x faster" if ratio > 1 else f"{1 / ratio:.2f}x slower"
+
+
 def format_table(records: list[dict], ours: str, peers: list[str]) -> str:
-    """A text table per mode: one row per T, a column per method (medians), then ours-vs-peer speedups
-    (``peer time / our time``: above 1 means ours is faster)."""
+    """A text table per mode: one row per T, a column per method (medians), then one column per peer saying how
+    ours compares with it: ``"<ours> vs <peer>"`` holding ``"2.10x faster"`` or ``"1.52x slower"``."""
     by_key = {(r["mode"], r["T"], r["method"]): r for r in records}
     modes = [m for m in MODES if any(r["mode"] == m for r in records)]
-    header = ["mode", "T", ours, *peers, *(f"{p}/{ours}" for p in peers)]
+    header = ["mode", "T", ours, *peers, *(f"{ours} vs {p}" for p in peers)]
     rows = []
     for mode in modes:
         for T in sorted({r["T"] for r in records if r["mode"] == mode}):
@@ -140,7 +148,7 @@ def format_table(records: list[dict], ours: str, peers: list[str]) -> str:
             for p in peers:
                 other = by_key.get((mode, T, p))
                 ok = mine and other and "median_s" in mine and "median_s" in other
-                row.append(f"{other['median_s'] / mine['median_s']:.2f}x" if ok else "-")
+                row.append(speedup_text(mine["median_s"], other["median_s"]) if ok else "-")
             rows.append(row)
     widths = [max(len(x) for x in col) for col in zip(header, *rows)]
     line = lambda cells: "| " + " | ".join(c.ljust(w) for c, w in zip(cells, widths)) + " |"  # noqa: E731
@@ -336,22 +344,25 @@ for _cell in ("gru", "lstm"):
 def add_parser(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser(
         "bench", help="time our ops against the peers (SDPA, a token loop, ...) over sequence lengths",
-        description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        description="Time our ops beside the peers a user would pick instead (causal SDPA, a token-by-token loop, "
+                    "torch.nn.GRU/LSTM), over sequence lengths; print a table with how much faster or slower ours is "
+                    "than each peer, and write a JSON file and a PNG plot to --out.",
+        formatter_class=HelpFormatter,
     )
     p.add_argument("--section", default="gla", help=f"what to benchmark: one of {sorted(SECTIONS)}")
-    p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
+    p.add_argument("--device", type=device("--device"), default="cpu", help="torch device, e.g. cpu or cuda")
     p.add_argument("--seq-lens", type=positive_list(int, "--seq-lens"), default=None,
                    help="comma-separated lengths (default: the section's, 256..16384 doubling)")
-    p.add_argument("--batch", type=positive_int("--batch"), default=1)
-    p.add_argument("--heads", type=positive_int("--heads"), default=4)
-    p.add_argument("--head-dim", type=positive_int("--head-dim"), default=64)
+    p.add_argument("--batch", type=positive_int("--batch"), default=1, help="batch size")
+    p.add_argument("--heads", type=positive_int("--heads"), default=4, help="heads (gla section)")
+    p.add_argument("--head-dim", type=positive_int("--head-dim"), default=64, help="key/value size per head (gla section)")
     p.add_argument("--hidden-size", type=positive_int("--hidden-size"), default=256,
                    help="state and input size of the ParaRNN sections")
-    p.add_argument("--dtype", choices=sorted(DTYPES), default="float32")
+    p.add_argument("--dtype", choices=sorted(DTYPES), default="float32", help="inputs' and weights' dtype")
     p.add_argument("--backend", choices=("auto", "torch", "triton"), default="auto", help="our kernels' backend")
     p.add_argument("--repeats", type=positive_int("--repeats"), default=5,
                    help="timed calls per configuration (at most)")
-    p.add_argument("--max-seconds", type=float, default=5.0,
+    p.add_argument("--max-seconds", type=positive_float("--max-seconds"), default=5.0,
                    help="skip a method at lengths where one call takes (or is predicted to take) longer than this; "
                         "calls near it get fewer repeats")
     p.add_argument("--modes", default="fwd,fwd+bwd", help="comma-separated subset of fwd,fwd+bwd")
@@ -391,6 +402,7 @@ def run_bench(args: argparse.Namespace) -> int:
         import os
 
         os.environ["HF_SEQMODELS_BACKEND"] = args.backend
+    check_output_folder("--out", args.out)  # before the timing, not at the final write
     if importlib.util.find_spec("matplotlib") is None:  # checked before the work, not after it
         raise ValueError("the benchmark's plot needs matplotlib: pip install 'hf-seqmodels[plot]'")
     torch.manual_seed(0)
@@ -398,7 +410,8 @@ def run_bench(args: argparse.Namespace) -> int:
     records = run_section(section, args, device, progress=not args.no_progress)
     methods = list(dict.fromkeys(r["method"] for r in records))
     machine = machine_description(device)
-    print(f"\n{title}\n{machine}, torch {torch.__version__}, medians of {args.repeats}\n")
+    print(f"\n{title}\n{machine}, torch {torch.__version__}, medians of {args.repeats}; "
+          f"\"{methods[0]} vs X\": how much faster (or slower) {methods[0]} is than X\n")
     print_table(records, methods[0], methods[1:])
     out = Path(args.out)
     meta = {"section": section.name, "title": title, "machine": machine, "torch": torch.__version__,

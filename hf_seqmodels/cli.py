@@ -1,10 +1,16 @@
-"""The ``hf-seqmodels`` command. Each subcommand lives in its own module, which exposes ``add_parser(subparsers)``."""
+"""The ``hf-seqmodels`` command: train a demo, benchmark the kernels, evaluate, linearize a Llama, show H-Net chunks.
+
+Run ``hf-seqmodels COMMAND --help`` for a command's flags and their defaults. Each subcommand lives in its own
+module, which exposes ``add_parser(subparsers)``. ``HF_SEQMODELS_DEBUG=1`` shows the traceback of an input error.
+"""
 from __future__ import annotations
 
 import argparse
 import importlib
 import os
 import sys
+
+from .cli_types import HelpFormatter
 
 COMMAND_MODULES = [
     "hf_seqmodels.demo",  # demo
@@ -15,11 +21,45 @@ COMMAND_MODULES = [
 ]
 
 
+def package_version() -> str:
+    try:
+        from importlib.metadata import version
+
+        return version("hf-seqmodels")
+    except Exception:  # noqa: BLE001  (not installed: a source checkout)
+        from . import __version__
+
+        return __version__
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="hf-seqmodels", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser = argparse.ArgumentParser(prog="hf-seqmodels", description=__doc__, formatter_class=HelpFormatter)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {package_version()}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in COMMAND_MODULES:
         importlib.import_module(name).add_parser(sub)
+    for choice in sub.choices.values():  # every subcommand (and sub-subcommand) lists its defaults
+        _use_formatter(choice)
+    return parser
+
+
+def _use_formatter(parser: argparse.ArgumentParser) -> None:
+    if parser.formatter_class in (argparse.HelpFormatter, argparse.RawDescriptionHelpFormatter,
+                                  argparse.ArgumentDefaultsHelpFormatter):
+        parser.formatter_class = HelpFormatter
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for child in action.choices.values():
+                _use_formatter(child)
+
+
+def _subparser(parser: argparse.ArgumentParser, args: argparse.Namespace) -> argparse.ArgumentParser:
+    """The parser of the command that ran (its usage line goes with the error)."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            name = getattr(args, action.dest, None)
+            if name in action.choices:
+                return _subparser(action.choices[name], args)
     return parser
 
 
@@ -28,10 +68,13 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except ValueError as err:  # bad input (our convention): the message, not a traceback
+    except (ValueError, OSError) as err:  # bad input (our convention): the message, not a traceback
         if os.environ.get("HF_SEQMODELS_DEBUG") == "1":
             raise
-        parser.exit(2, f"hf-seqmodels {args.command}: error: {err}\n")
+        if isinstance(err, OSError) and not isinstance(err, (FileNotFoundError, PermissionError, IsADirectoryError,
+                                                              NotADirectoryError)) and err.errno is not None:
+            raise  # a real I/O failure (disk full...): keep the traceback
+        _subparser(parser, args).error(str(err))  # usage, "hf-seqmodels CMD: error: ...", exit status 2
 
 
 if __name__ == "__main__":

@@ -23,7 +23,7 @@ _ESCAPES = {"\n": "\\n", "\t": "\\t", "\r": "\\r"}
 def add_parser(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser(
         "hnet-chunks", help="picture of how a saved H-Net chunks a text, per stage",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=_formatter(),
         description="Run a text through a saved H-Net and draw its characters coloured by chunk, one row per stage "
                     "(stage 0: chunks of bytes; stage 1: chunks of stage-0 chunks, mapped back onto the bytes). "
                     "Also prints the chunks as text and the boundary fraction per stage.",
@@ -36,9 +36,21 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--out", default="chunks.png", help="PNG to write ('' for none)")
     p.add_argument("--html", default=None, help="also write an HTML page with coloured spans")
     p.add_argument("--width", type=_positive("--width"), default=80, help="characters per line in the PNG")
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--device", type=_device, default="cpu", help="torch device (cpu, cuda, ...)")
     p.set_defaults(func=run_chunks)
     return p
+
+
+def _formatter():
+    from .cli_types import HelpFormatter
+
+    return HelpFormatter
+
+
+def _device(text):
+    from .cli_types import device
+
+    return device("--device")(text)
 
 
 def _positive(flag):
@@ -255,6 +267,11 @@ def run_chunks(args: argparse.Namespace) -> int:
         text = args.text
     if not text:
         raise ValueError("--text is empty: give some text to chunk")
+    from .cli_types import check_output_file
+
+    for flag, path in (("--out", args.out), ("--html", args.html)):
+        if path:
+            check_output_file(flag, path)  # before the model runs
     model, tokenizer = load_model_and_tokenizer(args.model, args.device)
     chars, stages, n_bytes = chunk_text(model, tokenizer, text, args.device)
     title = f"H-Net chunks: {os.path.basename(os.path.normpath(args.model))} ({len(stages)} stage(s))"

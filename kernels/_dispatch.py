@@ -52,7 +52,7 @@ def select_backend(op: str, device: torch.device, backend: str | None = None) ->
 
 def check_tensor(op: str, name: str, x, ndim: int | None = None, floating: bool = True) -> None:
     if not isinstance(x, torch.Tensor):
-        raise ValueError(f"{op}: `{name}` must be a torch.Tensor, got {type(x).__name__}")
+        raise TypeError(f"{op}: `{name}` must be a torch.Tensor, got {type(x).__name__}")
     if ndim is not None and x.dim() != ndim:
         raise ValueError(f"{op}: `{name}` must have {ndim} dimensions, got shape {tuple(x.shape)}")
     if floating and not x.is_floating_point():

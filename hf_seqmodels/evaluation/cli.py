@@ -1,4 +1,5 @@
-"""``hf-seqmodels eval mqar`` (Zoology's recall benchmark) and ``hf-seqmodels eval ppl`` (sliding-window perplexity)."""
+"""``hf-seqmodels eval mqar`` (Zoology's recall benchmark), ``eval state-tracking`` (parity, cycle navigation, modular
+arithmetic, A5) and ``eval ppl`` (sliding-window perplexity)."""
 from __future__ import annotations
 
 import argparse
@@ -6,17 +7,33 @@ import json
 import time
 from pathlib import Path
 
-from ..cli_types import positive_int, positive_list
+from ..cli_types import (HelpFormatter, bounded_int, check_model_folder, check_output_file, device, existing_file,
+                         non_negative_int, positive_int, positive_list)
 from .mqar import MQAR_CONFIGS, ZOOLOGY_PAIRS
+from .state_tracking import MODELS, TASKS
+
+
+def _seeds(text: str) -> list[int]:
+    try:
+        seeds = [int(v) for v in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--seeds must be comma-separated integers, got {text!r}") from None
+    if any(v < 0 for v in seeds):
+        raise argparse.ArgumentTypeError(f"--seeds must be >= 0, got {text!r}")
+    return seeds
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
-    p = subparsers.add_parser("eval", help="evaluations: MQAR recall, perplexity")
-    sub = p.add_subparsers(dest="eval_command", required=True)
+    p = subparsers.add_parser("eval", help="evaluations: MQAR recall, state tracking, perplexity", formatter_class=HelpFormatter,
+                              description="Evaluations: `eval mqar` (Zoology's multi-query associative recall), "
+                                          "`eval state-tracking` (parity, cycle navigation, modular arithmetic, A5) "
+                                          "and `eval ppl` (sliding-window perplexity of a saved model on a text "
+                                          "file).")
+    sub = p.add_subparsers(dest="eval_command", required=True, metavar="EVAL")
 
     m = sub.add_parser(
         "mqar", help="train and score on Zoology's multi-query associative recall",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
         description="Train a fresh model per (d_model, L, K, lr) on MQAR and print the test accuracy at the query "
                     "positions, best over the learning rates. Zoology: 100k train / 3k test, 64 epochs, vocab 8192.",
     )
@@ -24,34 +41,66 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                    help=f"one of {sorted(MQAR_CONFIGS)} or a path to a config json (used as is: its own width, "
                         "depth and vocabulary)")
     m.add_argument("--d-model", type=positive_list(int, "--d-model"), default=[64], help="comma-separated widths")
-    m.add_argument("--layers", type=positive_int("--layers"), default=2)
-    m.add_argument("--heads", type=positive_int("--heads"), default=1)
-    m.add_argument("--vocab-size", type=positive_int("--vocab-size"), default=8192)
+    m.add_argument("--layers", type=positive_int("--layers"), default=2, help="blocks per model")
+    m.add_argument("--heads", type=positive_int("--heads"), default=1, help="heads per mixer")
+    m.add_argument("--vocab-size", type=positive_int("--vocab-size"), default=8192, help="MQAR vocabulary")
     m.add_argument("--lens", type=positive_list(int, "--lens"), default=[64, 128, 256], help="sequence lengths L")
     m.add_argument("--pairs", type=positive_list(int, "--pairs"), default=None,
                    help=f"key-value pairs K, one per length (default: Zoology's {ZOOLOGY_PAIRS})")
     m.add_argument("--lrs", type=positive_list(float, "--lrs"), default=[1e-4, 4.6e-4, 2.2e-3, 1e-2],
                    help="learning rates (Zoology: logspace(-4, -2, 4))")
-    m.add_argument("--num-train", type=positive_int("--num-train"), default=20000)
-    m.add_argument("--num-test", type=positive_int("--num-test"), default=1000)
-    m.add_argument("--epochs", type=positive_int("--epochs"), default=4)
-    m.add_argument("--batch-size", type=positive_int("--batch-size"), default=64)
-    m.add_argument("--device", default="cpu")
-    m.add_argument("--seed", type=int, default=0)
+    m.add_argument("--num-train", type=positive_int("--num-train"), default=20000, help="training examples")
+    m.add_argument("--num-test", type=positive_int("--num-test"), default=1000, help="test examples")
+    m.add_argument("--epochs", type=positive_int("--epochs"), default=4, help="passes over the training examples")
+    m.add_argument("--batch-size", type=positive_int("--batch-size"), default=64, help="examples per step")
+    m.add_argument("--device", type=device("--device"), default="cpu", help="torch device (cpu, cuda, ...)")
+    m.add_argument("--seed", type=non_negative_int("--seed"), default=0, help="random seed (data and init)")
     m.add_argument("--out", default=None, help="also write the results to this JSON file")
-    m.add_argument("--no-progress", action="store_true")
+    m.add_argument("--no-progress", action="store_true", help="no progress bars")
     m.set_defaults(func=run_mqar)
 
+    s = sub.add_parser(
+        "state-tracking", help="train from scratch on a state-tracking task, score per length",
+        formatter_class=HelpFormatter,
+        description="Train a fresh model on parity, cycle navigation, modular arithmetic or the A5 word problem "
+                    "(hf_seqmodels/evaluation/state_tracking.py documents the generators) at one length, and score "
+                    "the final-state accuracy at that length and longer ones, for every learning rate and seed.",
+    )
+    s.add_argument("--task", required=True, choices=sorted(TASKS), help="the automaton to track")
+    s.add_argument("--config", default="paragru",
+                   help=f"one of {list(MODELS)} (dense-*: torch.nn.GRU/LSTM) or a path to a config json")
+    s.add_argument("--length", type=positive_int("--length"), default=32, help="trained sequence length")
+    s.add_argument("--test-lengths", type=positive_list(int, "--test-lengths"), default=None,
+                   help="comma-separated lengths to score (default: 1x, 2x and 4x the trained length)")
+    s.add_argument("--steps", type=positive_int("--steps"), default=1000, help="training steps (fresh batches)")
+    s.add_argument("--batch-size", type=positive_int("--batch-size"), default=64, help="sequences per step")
+    s.add_argument("--lrs", type=positive_list(float, "--lrs"), default=[3e-3], help="learning rates (a sweep)")
+    s.add_argument("--seeds", type=_seeds, default=[0],
+                   help="comma-separated seeds (init and data)")
+    s.add_argument("--d-model", type=positive_int("--d-model"), default=64, help="width")
+    s.add_argument("--layers", type=positive_int("--layers"), default=1, help="blocks (recurrent layers)")
+    s.add_argument("--num-test", type=positive_int("--num-test"), default=512, help="held-out sequences per length")
+    s.add_argument("--device", type=device("--device"), default="cpu", help="torch device (cpu, cuda, ...)")
+    s.add_argument("--out", default=None, help="also write the results to this JSON file")
+    s.add_argument("--no-progress", action="store_true", help="no progress bars")
+    s.set_defaults(func=run_state_tracking)
+
     q = sub.add_parser("ppl", help="sliding-window perplexity of a saved model on a text file",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    q.add_argument("--model", required=True, help="model folder (its tokenizer is loaded from the same folder)")
-    q.add_argument("--text", required=True, help="UTF-8 text file")
-    q.add_argument("--gguf-file", default=None, help="GGUF file inside the model folder")
-    q.add_argument("--context", type=positive_int("--context"), default=512)
-    q.add_argument("--stride", type=positive_int("--stride"), default=None, help="default: context // 2")
-    q.add_argument("--max-tokens", type=positive_int("--max-tokens"), default=None)
-    q.add_argument("--device", default="cpu")
-    q.add_argument("--no-progress", action="store_true")
+                       description="Sliding-window perplexity (the strided evaluation of the Hugging Face guide) of "
+                                   "any causal LM folder, GGUF file or Hub id, with its own tokenizer, on a UTF-8 "
+                                   "text file. Every token but the first is scored once.",
+                       formatter_class=HelpFormatter)
+    q.add_argument("--model", required=True,
+                   help="model folder or Hub id (its tokenizer is loaded from the same place)")
+    q.add_argument("--text", required=True, type=existing_file("--text"), help="UTF-8 text file to score")
+    q.add_argument("--gguf-file", default=None, help="GGUF file inside the model folder (or an absolute path)")
+    q.add_argument("--context", type=bounded_int("--context", 2), default=512, help="tokens per window")
+    q.add_argument("--stride", type=positive_int("--stride"), default=None,
+                   help="tokens between window starts, at most --context (default: context // 2)")
+    q.add_argument("--max-tokens", type=bounded_int("--max-tokens", 2), default=None,
+                   help="score only the text's first tokens (default: all of them)")
+    q.add_argument("--device", type=device("--device"), default="cpu", help="torch device (cpu, cuda, ...)")
+    q.add_argument("--no-progress", action="store_true", help="no progress bar")
     q.set_defaults(func=run_ppl)
     return p
 
@@ -59,6 +108,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 def run_mqar(args: argparse.Namespace) -> int:
     from .mqar import make_mqar_config, train_and_score
 
+    if args.out:
+        check_output_file("--out", args.out)  # before the training, not at the final write
     if args.pairs is None:
         missing = [L for L in args.lens if L not in ZOOLOGY_PAIRS]
         if missing:
@@ -100,6 +151,31 @@ def run_mqar(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_state_tracking(args: argparse.Namespace) -> int:
+    from .state_tracking import sweep
+
+    if args.out:
+        check_output_file("--out", args.out)
+    results = sweep(args.task, [args.config], args.lrs, args.seeds, out=args.out, train_length=args.length,
+                    test_lengths=args.test_lengths, steps=args.steps, batch_size=args.batch_size,
+                    d_model=args.d_model, layers=args.layers, num_test=args.num_test, device=args.device,
+                    progress=not args.no_progress)
+    lengths = list(results[0]["accuracy"])
+    print(f"\n{args.task}, trained at length {args.length}, {args.steps} steps x batch {args.batch_size}; "
+          "final-state accuracy (all labelled positions in brackets)\n")
+    print("| config | lr | seed | " + " | ".join(f"L={k}" for k in lengths) + " | Newton it/solve (fallbacks) |")
+    print("|---|---|---|" + "---|" * len(lengths) + "---|")
+    for r in results:
+        nw = r.get("newton")
+        nw = f"{nw['mean_iterations']:.2f} ({nw['fallbacks']})" if nw and nw["solves"] else "-"
+        print(f"| {r['config']} | {r['lr']:g} | {r['seed']} | "
+              + " | ".join(f"{r['accuracy'][k]['last']:.3f} ({r['accuracy'][k]['all']:.3f})" for k in lengths)
+              + f" | {nw} |")
+    if args.out:
+        print(f"\nwrote {args.out}")
+    return 0
+
+
 def run_ppl(args: argparse.Namespace) -> int:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -108,14 +184,19 @@ def run_ppl(args: argparse.Namespace) -> int:
 
     from .perplexity import perplexity
 
-    if not Path(args.model).is_dir():
-        raise ValueError(f"--model must be a model folder, got {args.model!r}")
+    # every check before anything is loaded
+    if args.stride is not None and args.stride > args.context:
+        raise ValueError(f"--stride {args.stride} must be at most --context {args.context}")
     if not Path(args.text).is_file():
         raise ValueError(f"--text must be a text file, got {args.text!r}")
+    check_model_folder("--model", args.model, args.gguf_file)
+    try:
+        text = Path(args.text).read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise ValueError(f"--text {args.text!r} is not UTF-8 text ({err})") from None
     kw = {"gguf_file": args.gguf_file} if args.gguf_file else {}
     tokenizer = AutoTokenizer.from_pretrained(args.model, **kw)
     model = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.float32, **kw).to(args.device)
-    text = Path(args.text).read_text(encoding="utf-8")
     ppl = perplexity(model, tokenizer, text, context=args.context, stride=args.stride, max_tokens=args.max_tokens,
                      progress=not args.no_progress)
     print(f"perplexity {ppl:.3f} ({args.model}, {args.text}, context {args.context})")

@@ -26,7 +26,9 @@ _ROWS_PER_BLOCK = 2048  # bounds the [rows, V/2] scratch used to draw distinct k
 
 
 def _check_positive(name, value):
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise TypeError(f"`{name}` must be a positive integer, got {type(value).__name__} {value!r}")
+    if value < 1:
         raise ValueError(f"`{name}` must be a positive integer, got {value!r}")
 
 
@@ -225,7 +227,9 @@ def train_and_score(
     for name, value in (("L", L), ("K", K), ("num_train", num_train), ("num_test", num_test), ("epochs", epochs),
                         ("batch_size", batch_size)):
         _check_positive(name, value)
-    if not (isinstance(lr, (int, float)) and lr > 0):
+    if isinstance(lr, bool) or not isinstance(lr, (int, float)):
+        raise TypeError(f"`lr` must be a positive number, got {type(lr).__name__} {lr!r}")
+    if not lr > 0:
         raise ValueError(f"`lr` must be a positive number, got {lr!r}")
     device = torch.device(device)
     if isinstance(config_or_model, PretrainedConfig):
@@ -234,7 +238,7 @@ def train_and_score(
     elif isinstance(config_or_model, torch.nn.Module):
         model = config_or_model
     else:
-        raise ValueError(f"`config_or_model` must be a transformers config or a model, got "
+        raise TypeError(f"`config_or_model` must be a transformers config or a model, got "
                          f"{type(config_or_model).__name__}")
     model.to(device)
     vocab = model.config.vocab_size

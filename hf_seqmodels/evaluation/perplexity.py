@@ -6,6 +6,8 @@ import math
 import torch
 import torch.nn.functional as F
 
+from hf_seqmodels.layers.checks import check_int
+
 
 @torch.no_grad()
 def perplexity(model, tokenizer, text: str, context: int = 512, stride: int | None = None,
@@ -19,14 +21,13 @@ def perplexity(model, tokenizer, text: str, context: int = 512, stride: int | No
     from tqdm.auto import tqdm
 
     if not isinstance(text, str):
-        raise ValueError(f"`text` must be a string, got {type(text).__name__}")
-    if not isinstance(context, int) or context < 2:
-        raise ValueError(f"`context` must be an integer >= 2, got {context!r}")
+        raise TypeError(f"`text` must be a string, got {type(text).__name__}")
+    check_int("", "`context`", context, minimum=2)
     stride = context // 2 if stride is None else stride
-    if not isinstance(stride, int) or not 1 <= stride <= context:
+    check_int("", "`stride`", stride)
+    if stride > context:
         raise ValueError(f"`stride` must be an integer in [1, context={context}], got {stride!r}")
-    if max_tokens is not None and (not isinstance(max_tokens, int) or max_tokens < 2):
-        raise ValueError(f"`max_tokens` must be an integer >= 2, got {max_tokens!r}")
+    check_int("", "`max_tokens`", max_tokens, minimum=2, allow_none=True)
 
     ids = tokenizer(text, return_tensors="pt").input_ids[0]
     if max_tokens is not None:

@@ -20,6 +20,8 @@ from torch import nn
 from transformers import LlamaConfig
 from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding, apply_rotary_pos_emb
 
+from .checks import check_int
+
 
 class CausalSelfAttention(nn.Module):
     def __init__(
@@ -32,14 +34,16 @@ class CausalSelfAttention(nn.Module):
         layer_idx: int = 0,
     ):
         super().__init__()
+        check_int("CausalSelfAttention", "hidden_size", hidden_size)
+        check_int("CausalSelfAttention", "num_heads", num_heads)
+        check_int("CausalSelfAttention", "rotary_dim", rotary_dim, minimum=0, allow_none=True)
+        check_int("CausalSelfAttention", "window", window, allow_none=True)
         if hidden_size % num_heads:
             raise ValueError(f"CausalSelfAttention: hidden_size ({hidden_size}) must be divisible by num_heads ({num_heads})")
         self.num_heads, self.head_dim = num_heads, hidden_size // num_heads
         rotary_dim = self.head_dim if rotary_dim is None else rotary_dim
         if rotary_dim % 2 or not 0 <= rotary_dim <= self.head_dim:
             raise ValueError(f"CausalSelfAttention: rotary_dim must be even and in [0, head_dim={self.head_dim}], got {rotary_dim}")
-        if window is not None and window < 1:
-            raise ValueError(f"CausalSelfAttention: window must be None (global) or >= 1 keys, got {window}")
         self.rotary_dim, self.window, self.layer_idx = rotary_dim, window, layer_idx
         self.q_proj = nn.Linear(hidden_size, hidden_size, bias=False)
         self.k_proj = nn.Linear(hidden_size, hidden_size, bias=False)
@@ -50,6 +54,14 @@ class CausalSelfAttention(nn.Module):
             rope = LlamaConfig(hidden_size=hidden_size, num_attention_heads=num_heads, head_dim=rotary_dim, rope_theta=rope_theta)
             self.rotary_emb = LlamaRotaryEmbedding(rope)  # buffers only, not in the state dict
 
+    @classmethod
+    def from_config(cls, config, layer_idx: int = 0) -> "CausalSelfAttention":
+        """Build from a config with Llama's field names: ``hidden_size``, ``num_attention_heads``, optional
+        ``rotary_dim`` (default: the head size), ``sliding_window`` (None: global) and ``rope_theta``."""
+        return cls(config.hidden_size, config.num_attention_heads, rotary_dim=getattr(config, "rotary_dim", None),
+                   window=getattr(config, "sliding_window", None), rope_theta=getattr(config, "rope_theta", 10000.0),
+                   layer_idx=layer_idx)
+
     def _rotate(self, q, k, positions):
         if self.rotary_emb is None:
             return q, k
@@ -59,6 +71,9 @@ class CausalSelfAttention(nn.Module):
         return torch.cat([qr, q[..., r:]], -1), torch.cat([kr, k[..., r:]], -1)
 
     def forward(self, hidden_states, attention_mask=None, cache=None, **kwargs):
+        """hidden_states ``[B, T, hidden_size]`` -> ``[B, T, hidden_size]`` (same dtype; padded positions 0 before
+        ``o_proj``). ``attention_mask`` ``[B, >= T]`` (1 = token, last T columns used); ``cache``: a RecurrentCache
+        (``attn_k``/``attn_v`` ``[B, H, L, D]``, ``attn_pos`` ``[B, L]``, ``attn_count`` ``[B]``)."""
         B, T, _ = hidden_states.shape
         H, D, idx = self.num_heads, self.head_dim, self.layer_idx
         valid = torch.ones(B, T, dtype=torch.bool, device=hidden_states.device) if attention_mask is None else attention_mask[:, -T:].bool()

@@ -26,6 +26,8 @@ class DecoderBlock(GradientCheckpointingLayer):
             self.mlp = None
 
     def forward(self, hidden_states, attention_mask=None, cache=None, **kwargs):
+        """hidden_states ``[B, T, hidden_size]`` -> ``[B, T, hidden_size]`` (same dtype); ``attention_mask``,
+        ``cache`` and ``kwargs`` (``position_ids``, ``cu_seqlens``) go to the mixer."""
         mixer = getattr(self, self.mixer_name)
         residual = hidden_states
         hidden_states = residual + mixer(self.input_layernorm(hidden_states), attention_mask=attention_mask, cache=cache, **kwargs)

@@ -13,10 +13,12 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
+from transformers import LlamaConfig
 from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding, apply_rotary_pos_emb
 
 from hf_seqmodels.kernels import chunk_gla, fused_recurrent_gla
 from hf_seqmodels.kernels.attention import (
+    check_window,
     ring_buffer_init,
     ring_buffer_ordered,
     ring_buffer_write,
@@ -25,6 +27,16 @@ from hf_seqmodels.kernels.attention import (
 )
 
 from .block import DecoderBlock
+from .checks import check_int, check_number
+
+
+def check_liger_options(where: str, gla_weight, gate_logit_normalizer, gla_scale) -> None:
+    """The one check of the linear branch's settings (LigerAttention, LizardAttention and their configs):
+    ``gla_weight`` in [0, 1] (None: not used, Lizard), ``gate_logit_normalizer`` > 0, ``gla_scale`` > 0 or None."""
+    if gla_weight is not None:
+        check_number(where, "gla_weight", gla_weight, positive=False, minimum=0.0, maximum=1.0)
+    check_number(where, "gate_logit_normalizer", gate_logit_normalizer)  # log gates: logsigmoid(.) / it
+    check_number(where, "gla_scale", gla_scale, allow_none=True)
 
 
 class LinearizedDecoderBlock(DecoderBlock):
@@ -36,19 +48,60 @@ class LinearizedDecoderBlock(DecoderBlock):
 class LinearizedAttention(nn.Module):
     """Llama's attention projections plus the two branches; subclasses say how the branches are fed and mixed."""
 
-    def __init__(self, config, layer_idx: int):
+    supports_packed = True  # honours cu_seqlens (packed sequences, batch 1)
+
+    def __init__(
+        self,
+        hidden_size: int,
+        num_heads: int,
+        num_kv_heads: int | None = None,
+        head_dim: int | None = None,
+        window_size: int = 64,
+        attention_bias: bool = False,
+        rope_parameters: dict | None = None,
+        max_position_embeddings: int = 2048,
+        layer_idx: int = 0,
+    ):
         super().__init__()
+        where = type(self).__name__
+        check_int(where, "hidden_size", hidden_size)
+        check_int(where, "num_heads", num_heads)
+        check_int(where, "num_kv_heads", num_kv_heads, allow_none=True)
+        check_int(where, "head_dim", head_dim, allow_none=True)
+        check_window(where, window_size, "window_size")
+        num_kv_heads = num_heads if num_kv_heads is None else num_kv_heads
+        if num_heads % num_kv_heads:
+            raise ValueError(f"{where}: num_heads ({num_heads}) must be a multiple of num_kv_heads ({num_kv_heads})")
         self.layer_idx = layer_idx
-        self.num_heads = config.num_attention_heads
-        self.num_kv_heads = config.num_key_value_heads
-        self.head_dim = config.head_dim
-        self.window_size = config.window_size
-        bias = config.attention_bias
-        self.q_proj = nn.Linear(config.hidden_size, self.num_heads * self.head_dim, bias=bias)
-        self.k_proj = nn.Linear(config.hidden_size, self.num_kv_heads * self.head_dim, bias=bias)
-        self.v_proj = nn.Linear(config.hidden_size, self.num_kv_heads * self.head_dim, bias=bias)
-        self.o_proj = nn.Linear(self.num_heads * self.head_dim, config.hidden_size, bias=bias)
-        self.rotary_emb = LlamaRotaryEmbedding(config)  # buffers only, not in the state dict
+        self.num_heads, self.num_kv_heads = num_heads, num_kv_heads
+        self.head_dim = head_dim or hidden_size // num_heads
+        self.window_size = window_size
+        bias = attention_bias
+        self.q_proj = nn.Linear(hidden_size, self.num_heads * self.head_dim, bias=bias)
+        self.k_proj = nn.Linear(hidden_size, self.num_kv_heads * self.head_dim, bias=bias)
+        self.v_proj = nn.Linear(hidden_size, self.num_kv_heads * self.head_dim, bias=bias)
+        self.o_proj = nn.Linear(self.num_heads * self.head_dim, hidden_size, bias=bias)
+        rope = LlamaConfig(
+            hidden_size=hidden_size, num_attention_heads=num_heads, num_key_value_heads=num_kv_heads,
+            head_dim=self.head_dim, max_position_embeddings=max_position_embeddings,
+            rope_parameters=dict(rope_parameters or {"rope_type": "default", "rope_theta": 10000.0}),
+        )
+        self.rotary_emb = LlamaRotaryEmbedding(rope)  # buffers only, not in the state dict
+
+    @classmethod
+    def config_kwargs(cls, config) -> dict:
+        """This mixer's keyword arguments from a :class:`LinearizedLlamaConfig` (Llama's field names)."""
+        return dict(
+            hidden_size=config.hidden_size, num_heads=config.num_attention_heads,
+            num_kv_heads=config.num_key_value_heads, head_dim=config.head_dim, window_size=config.window_size,
+            attention_bias=config.attention_bias, rope_parameters=config.rope_parameters,
+            max_position_embeddings=config.max_position_embeddings,
+        )
+
+    @classmethod
+    def from_config(cls, config, layer_idx: int = 0):
+        """Build from a LigerConfig / LizardConfig (or any config with their field names)."""
+        return cls(**cls.config_kwargs(config), layer_idx=layer_idx)
 
     def project(self, x):
         B, T, _ = x.shape
@@ -62,8 +115,9 @@ class LinearizedAttention(nn.Module):
         groups = self.num_heads // self.num_kv_heads
         return x if groups == 1 else x.repeat_interleave(groups, dim=2)
 
-    def window_attention(self, q, k, v, mask, cache, position_ids, sinks=None, window=None):
-        """Softmax attention over the last ``window`` keys with RoPE. q [B, T, H, D]; k, v [B, T, Hkv, D]."""
+    def window_attention(self, q, k, v, mask, cache, position_ids, sinks=None, window=None, cu_seqlens=None):
+        """Softmax attention over the last ``window`` keys with RoPE. q [B, T, H, D]; k, v [B, T, Hkv, D].
+        ``cu_seqlens``: packed sequences (batch 1, no cache): no query sees a key of another sequence."""
         B, T = q.shape[:2]
         window = window or self.window_size
         seen = cache.seen_tokens if cache is not None else 0
@@ -73,7 +127,10 @@ class LinearizedAttention(nn.Module):
         q, k = apply_rotary_pos_emb(q, k, cos, sin, unsqueeze_dim=2)
         valid = torch.ones(B, T, dtype=torch.bool, device=q.device) if mask is None else mask.bool()
         if cache is None:
-            return sliding_window_attention(q, k, v, window, sinks=sinks, key_mask=None if mask is None else valid)
+            return sliding_window_attention(q, k, v, window, sinks=sinks, key_mask=None if mask is None else valid,
+                                            cu_seqlens=cu_seqlens)
+        if cu_seqlens is not None:
+            raise ValueError(f"{type(self).__name__}: packed sequences (cu_seqlens) cannot be used with a cache")
         idx = self.layer_idx
         buf = [cache.get(idx, n) for n in ("swa_k", "swa_v", "swa_mask")]
         if buf[0] is None:
@@ -92,7 +149,7 @@ class LinearizedAttention(nn.Module):
         cache.set(idx, "swa_k", kb), cache.set(idx, "swa_v", vb), cache.set(idx, "swa_mask", mb)
         return o
 
-    def linear_attention(self, q, k, v, g, mask, cache, scale):
+    def linear_attention(self, q, k, v, g, mask, cache, scale, cu_seqlens=None):
         """Gated linear attention over all heads: q, k, g [B, T, H, K] (features, log-gates), v [B, T, H, D].
         Padding tokens get zero keys and no decay, so they leave the state as it was."""
         if mask is not None:
@@ -100,7 +157,8 @@ class LinearizedAttention(nn.Module):
             k, g = k * keep, g * keep.to(g.dtype)
         state = cache.get(self.layer_idx, "gla_state") if cache is not None else None
         op = fused_recurrent_gla if (state is not None and q.shape[1] == 1) else chunk_gla
-        o, final = op(q, k, v, g, scale=scale, initial_state=state, output_final_state=cache is not None)
+        o, final = op(q, k, v, g, scale=scale, initial_state=state, output_final_state=cache is not None,
+                      cu_seqlens=cu_seqlens)
         if cache is not None:
             cache.set(self.layer_idx, "gla_state", final)
         return o
@@ -115,13 +173,25 @@ class LigerAttention(LinearizedAttention):
     (the GLA branch is skipped), ``gla_weight = 1`` the GLA-only one.
     """
 
-    def __init__(self, config, layer_idx: int):
-        super().__init__(config, layer_idx)
-        self.gla_weight = float(config.gla_weight)
-        self.gate_logit_normalizer = float(config.gate_logit_normalizer)
-        self.gla_scale = config.gla_scale
+    def __init__(self, hidden_size: int, num_heads: int, *, gla_weight: float = 0.5,
+                 gate_logit_normalizer: float = 16.0, gla_scale: float | None = None, **kwargs):
+        """Keyword arguments: those of :class:`LinearizedAttention` plus ``gla_weight`` (in [0, 1]),
+        ``gate_logit_normalizer`` (> 0) and ``gla_scale`` (None: ``head_dim ** -0.5``)."""
+        super().__init__(hidden_size, num_heads, **kwargs)
+        check_liger_options("LigerAttention", gla_weight, gate_logit_normalizer, gla_scale)
+        self.gla_weight = float(gla_weight)
+        self.gate_logit_normalizer = float(gate_logit_normalizer)
+        self.gla_scale = gla_scale
+
+    @classmethod
+    def config_kwargs(cls, config) -> dict:
+        return dict(super().config_kwargs(config), gla_weight=config.gla_weight,
+                    gate_logit_normalizer=config.gate_logit_normalizer, gla_scale=config.gla_scale)
 
     def forward(self, hidden_states, attention_mask=None, cache=None, position_ids=None, **kwargs):
+        """hidden_states ``[B, T, hidden_size]`` -> ``[B, T, hidden_size]`` (same dtype). ``attention_mask``
+        ``[B, T]`` (1 = token) or None; ``cache``: a RecurrentCache (``gla_state``, window ring buffer);
+        ``position_ids`` ``[B, T]`` (None: counted from the cache); ``cu_seqlens`` (kwargs): packed sequences."""
         B, T, _ = hidden_states.shape
         q, k, v = self.project(hidden_states)
         o = 0
@@ -129,9 +199,11 @@ class LigerAttention(LinearizedAttention):
             g = F.logsigmoid(k.float()) / self.gate_logit_normalizer
             qf, kf = q.float().softmax(-1).to(q.dtype), k.float().softmax(-1).to(k.dtype)
             o_gla = self.linear_attention(
-                qf, self.expand_kv(kf), self.expand_kv(v), self.expand_kv(g), attention_mask, cache, self.gla_scale
+                qf, self.expand_kv(kf), self.expand_kv(v), self.expand_kv(g), attention_mask, cache, self.gla_scale,
+                cu_seqlens=kwargs.get("cu_seqlens"),
             )
             o = self.gla_weight * o_gla
         if self.gla_weight != 1:
-            o = o + (1 - self.gla_weight) * self.window_attention(q, k, v, attention_mask, cache, position_ids)
+            o = o + (1 - self.gla_weight) * self.window_attention(q, k, v, attention_mask, cache, position_ids,
+                                                                  cu_seqlens=kwargs.get("cu_seqlens"))
         return self.o_proj(o.reshape(B, T, self.num_heads * self.head_dim))

@@ -19,7 +19,16 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import initialization as init
 
-from .liger import LinearizedAttention
+from .checks import check_int, check_number
+from .liger import LinearizedAttention, check_liger_options
+
+
+def check_lizard_options(where: str, feature_dim, num_sinks, sink_init) -> None:
+    """The one check of Lizard's own settings (LizardAttention, LizardConfig): ``feature_dim`` an int >= 1 or None,
+    ``num_sinks`` an int >= 0, ``sink_init`` a number."""
+    check_int(where, "feature_dim", feature_dim, allow_none=True)
+    check_int(where, "num_sinks", num_sinks, minimum=0)
+    check_number(where, "sink_init", sink_init, positive=False)
 
 
 class HedgehogFeatureMap(nn.Module):
@@ -35,50 +44,68 @@ class HedgehogFeatureMap(nn.Module):
         init.copy_(self.weight, eye.expand(H, D, Fd))
 
     def forward(self, x):
+        """x ``[B, T, H, head_dim]`` -> ``[B, T, H, 2 * feature_dim]`` (x's dtype; rows of softmaxes, sum 2)."""
         z = torch.einsum("bthd,hdf->bthf", x, self.weight.to(x.dtype))
         return torch.cat([z.softmax(-1), (-z).softmax(-1)], dim=-1)
 
 
 class LizardAttention(LinearizedAttention):
-    def __init__(self, config, layer_idx: int):
-        super().__init__(config, layer_idx)
+    def __init__(self, hidden_size: int, num_heads: int, *, feature_dim: int | None = None, num_sinks: int = 4,
+                 sink_init: float = -4.0, gate_logit_normalizer: float = 16.0, gla_scale: float | None = None,
+                 **kwargs):
+        """Keyword arguments: those of :class:`LinearizedAttention` plus ``feature_dim`` (None: ``head_dim``),
+        ``num_sinks`` (>= 0), ``sink_init``, ``gate_logit_normalizer`` (> 0) and ``gla_scale``."""
+        super().__init__(hidden_size, num_heads, **kwargs)
+        check_lizard_options("LizardAttention", feature_dim, num_sinks, sink_init)
+        check_liger_options("LizardAttention", None, gate_logit_normalizer, gla_scale)
         H, D = self.num_heads, self.head_dim
-        self.feature_dim = config.feature_dim or D
-        self.gate_logit_normalizer = float(config.gate_logit_normalizer)
-        self.gla_scale = config.gla_scale
-        self.sink_init = float(config.sink_init)
+        self.feature_dim = feature_dim or D
+        self.gate_logit_normalizer = float(gate_logit_normalizer)
+        self.gla_scale = gla_scale
+        self.sink_init = float(sink_init)
         self.q_feature_map = HedgehogFeatureMap(H, D, self.feature_dim)
         self.k_feature_map = HedgehogFeatureMap(self.num_kv_heads, D, self.feature_dim)
-        self.decay_proj = nn.Linear(config.hidden_size, H, bias=True)
-        self.sink_logits = nn.Parameter(torch.empty(H, config.num_sinks))
+        self.decay_proj = nn.Linear(hidden_size, H, bias=True)
+        self.sink_logits = nn.Parameter(torch.empty(H, num_sinks))
         self.window_weight = nn.Parameter(torch.empty(H))
         #: stage 1 (attention transfer): return the teacher's output and keep the MSE in ``transfer_loss``
         self.attention_transfer = False
         self.transfer_loss = None
 
+    @classmethod
+    def config_kwargs(cls, config) -> dict:
+        return dict(super().config_kwargs(config), feature_dim=config.feature_dim, num_sinks=config.num_sinks,
+                    sink_init=config.sink_init, gate_logit_normalizer=config.gate_logit_normalizer,
+                    gla_scale=config.gla_scale)
+
     def init_extra_weights(self, config=None):
         init.constant_(self.sink_logits, self.sink_init)
         init.ones_(self.window_weight)
 
-    def student(self, hidden_states, q, k, v, attention_mask, cache, position_ids):
+    def student(self, hidden_states, q, k, v, attention_mask, cache, position_ids, cu_seqlens=None):
         B, T, _ = hidden_states.shape
         g = F.logsigmoid(self.decay_proj(hidden_states).float()) / self.gate_logit_normalizer  # [B, T, H]
         qf, kf = self.q_feature_map(q), self.expand_kv(self.k_feature_map(k))
         g = g.unsqueeze(-1).expand(*qf.shape).contiguous()
-        o_gla = self.linear_attention(qf, kf, self.expand_kv(v), g, attention_mask, cache, self.gla_scale)
-        o_win = self.window_attention(q, k, v, attention_mask, cache, position_ids, sinks=self.sink_logits)
+        o_gla = self.linear_attention(qf, kf, self.expand_kv(v), g, attention_mask, cache, self.gla_scale, cu_seqlens)
+        o_win = self.window_attention(q, k, v, attention_mask, cache, position_ids, sinks=self.sink_logits,
+                                      cu_seqlens=cu_seqlens)
         o = o_gla + self.window_weight.to(o_win.dtype)[:, None] * o_win
         return self.o_proj(o.reshape(B, T, self.num_heads * self.head_dim))
 
     def forward(self, hidden_states, attention_mask=None, cache=None, position_ids=None, **kwargs):
+        """hidden_states ``[B, T, hidden_size]`` -> ``[B, T, hidden_size]`` (same dtype); with
+        ``attention_transfer`` on, the teacher's output, the student's MSE in ``transfer_loss`` (fp32 scalar).
+        ``attention_mask`` ``[B, T]`` (1 = token) or None; ``cache``: a RecurrentCache; ``position_ids`` ``[B, T]``."""
         q, k, v = self.project(hidden_states)
+        cu_seqlens = kwargs.get("cu_seqlens")
         if not self.attention_transfer:
-            return self.student(hidden_states, q, k, v, attention_mask, cache, position_ids)
+            return self.student(hidden_states, q, k, v, attention_mask, cache, position_ids, cu_seqlens)
         T = hidden_states.shape[1]
         with torch.no_grad():  # the teacher: Llama's causal softmax attention (a window as long as the input)
-            teacher = self.window_attention(q, k, v, attention_mask, None, position_ids, window=T)
+            teacher = self.window_attention(q, k, v, attention_mask, None, position_ids, window=T, cu_seqlens=cu_seqlens)
             teacher = self.o_proj(teacher.reshape(*hidden_states.shape[:2], -1))
-        out = self.student(hidden_states, q, k, v, attention_mask, None, position_ids)
+        out = self.student(hidden_states, q, k, v, attention_mask, None, position_ids, cu_seqlens)
         err = (out.float() - teacher.float()).pow(2).mean(-1)
         if attention_mask is not None:
             w = attention_mask.to(err.dtype)

@@ -46,6 +46,8 @@ from transformers import initialization as init
 
 from hf_seqmodels.kernels import chunk_gla, fused_recurrent_gla
 
+from .checks import check_int, check_number
+
 
 class Mamba2GatedRMSNorm(nn.Module):
     """``weight * rmsnorm(x * silu(z))`` with the mean square taken per group of ``group_size`` channels, in fp32
@@ -57,6 +59,7 @@ class Mamba2GatedRMSNorm(nn.Module):
         self.group_size, self.variance_epsilon = group_size, eps
 
     def forward(self, x: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
+        """x, gate ``[..., hidden_size]`` -> ``[..., hidden_size]`` in fp32 (fp64 for fp64 input)."""
         dt = torch.float64 if x.dtype == torch.float64 else torch.float32
         h = x.to(dt) * F.silu(gate.to(dt))
         hg = h.unflatten(-1, (-1, self.group_size))
@@ -65,8 +68,7 @@ class Mamba2GatedRMSNorm(nn.Module):
 
 
 def _positive_int(name, value):
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"Mamba2Mixer: `{name}` must be a positive integer, got {value!r}")
+    check_int("Mamba2Mixer", name, value)
 
 
 class Mamba2Mixer(nn.Module):
@@ -103,8 +105,7 @@ class Mamba2Mixer(nn.Module):
         for name, value in (("hidden_size", hidden_size), ("d_state", d_state), ("head_dim", head_dim),
                             ("n_groups", n_groups), ("d_conv", d_conv), ("chunk_size", chunk_size)):
             _positive_int(name, value)
-        if not isinstance(expand, (int, float)) or isinstance(expand, bool) or expand <= 0:
-            raise ValueError(f"Mamba2Mixer: `expand` must be a positive number, got {expand!r}")
+        check_number("Mamba2Mixer", "expand", expand)
         d_inner = int(expand * hidden_size)
         if d_inner != expand * hidden_size or d_inner % head_dim:
             raise ValueError(
@@ -144,6 +145,17 @@ class Mamba2Mixer(nn.Module):
         self.norm = Mamba2GatedRMSNorm(d_inner, group_size=d_inner // n_groups, eps=norm_eps)
         self.out_proj = nn.Linear(d_inner, hidden_size, bias=proj_bias)
         self.init_extra_weights()
+
+    @classmethod
+    def from_config(cls, config, layer_idx: int = 0) -> "Mamba2Mixer":
+        """Build from a transformers ``Mamba2Config`` (or any config with its field names)."""
+        return cls(
+            config.hidden_size, d_state=config.state_size, expand=config.expand, head_dim=config.head_dim,
+            n_groups=config.n_groups, d_conv=config.conv_kernel, chunk_size=config.chunk_size,
+            norm_eps=config.layer_norm_epsilon, conv_bias=config.use_conv_bias, proj_bias=config.use_bias,
+            dt_min=config.time_step_min, dt_max=config.time_step_max, dt_init_floor=config.time_step_floor,
+            time_step_limit=tuple(config.time_step_limit), layer_idx=layer_idx,
+        )
 
     def init_extra_weights(self, config=None):
         """transformers' Mamba-2 init: ``A = 1..H`` (``A_log = log A``), ``D = 1``, ``dt_bias = softplus^-1(dt)``
@@ -185,6 +197,9 @@ class Mamba2Mixer(nn.Module):
         return F.silu(y).transpose(1, 2), new_tail
 
     def forward(self, hidden_states, attention_mask=None, cache=None, **kwargs):
+        """hidden_states ``[B, T, hidden_size]`` (any float dtype; the SSM runs in fp32, fp64 for fp64 input) ->
+        ``[B, T, hidden_size]`` in the input dtype. ``attention_mask`` ``[B, >= T]`` (1 = token, last T columns
+        used); ``cache``: a RecurrentCache (``conv`` and ``ssm_state`` under ``layer_idx``)."""
         Bsz, T, _ = hidden_states.shape
         H, P, N, G = self.num_heads, self.head_dim, self.d_state, self.n_groups
         mask = None

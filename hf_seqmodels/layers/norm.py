@@ -15,6 +15,8 @@ class GatedRMSNorm(nn.Module):
         self.variance_epsilon = eps
 
     def forward(self, x: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
+        """x, gate ``[..., hidden_size]`` (any float dtype; normalized in fp32 at least) -> ``[..., hidden_size]``
+        in ``x``'s dtype."""
         dtype = x.dtype
         x = x.to(torch.promote_types(dtype, torch.float32))
         x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.variance_epsilon)

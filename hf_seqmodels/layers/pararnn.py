@@ -11,7 +11,12 @@ A cell only says how one step goes. Subclass :class:`ParallelRNNCell` and write
 
 The cell then trains in parallel (``mode="parallel"``: Newton iterations solved with parallel scans, adjoint
 backward) or step by step (``mode="sequential"``); both give the same result. :func:`check_jacobian_structure`
-verifies that a cell's Jacobian has the structure it declares.
+verifies that a cell's Jacobian has the structure it declares (and a closed-form ``jacobian`` matches autograd);
+``register_cell`` and a cell class's first parallel forward run it once (:func:`verify_cell`). The built-in cells'
+maths live in ``hf_seqmodels.kernels.pararnn.cells``, shared with the fused solver's PyTorch path.
+
+Mixers here take keyword arguments and have a ``from_config(config, layer_idx)`` classmethod (the convention of
+every mixer in ``hf_seqmodels.layers``).
 """
 from __future__ import annotations
 
@@ -23,25 +28,51 @@ from torch import nn
 from transformers import initialization as init
 
 from hf_seqmodels.kernels import select_backend
+from hf_seqmodels.kernels.pararnn import cells, check_newton_options
 from hf_seqmodels.kernels.pararnn import fused_newton_gru, fused_newton_lstm, newton_solve, sequential_solve
+from hf_seqmodels.kernels.pararnn.newton import STRUCTURES
+
+from .checks import check_choice, check_int
 
 MODES = ("parallel", "sequential")
+
+
+def check_mode(where: str, mode, name: str = "mode") -> None:
+    """The one check of a ParaRNN solve mode (cells, mixer, ``ParaRNNConfig``)."""
+    check_choice(where, name, mode, MODES)
+
+
+def pararnn_shape(where: str, hidden_size, state_size, num_heads) -> None:
+    """The one check of a ParaRNN mixer's shape (mixer, ``ParaRNNConfig``): positive sizes, ``num_heads`` (groups
+    of the output norm) dividing ``state_size``."""
+    check_int(where, "hidden_size", hidden_size)
+    check_int(where, "state_size", state_size)
+    check_int(where, "num_heads", num_heads)
+    if state_size % num_heads:
+        raise ValueError(f"{where}: state_size ({state_size}) must be divisible by num_heads ({num_heads})")
 
 
 class ParallelRNNCell(nn.Module):
     structure = "diagonal"
     num_gates = 1
 
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if cls.structure not in STRUCTURES:  # refused when the class is defined, not at its first forward
+            raise ValueError(f"{cls.__name__}.structure must be one of {STRUCTURES}, got {cls.structure!r}")
+
     def __init__(self, input_size: int, state_size: int):
         super().__init__()
+        check_int(type(self).__name__, "input_size", input_size)
+        check_int(type(self).__name__, "state_size", state_size)
         self.input_size, self.state_size = input_size, state_size
 
     # -- what a cell defines -------------------------------------------------------------------------------------
     def input_projection(self, x: torch.Tensor) -> torch.Tensor:
-        raise TypeError(f"{type(self).__name__} must define input_projection(x) -> [B, T, G, D]")
+        raise NotImplementedError(f"{type(self).__name__} must define input_projection(x) -> [B, T, G, D]")
 
     def step(self, h_prev, u, *params):
-        raise TypeError(f"{type(self).__name__} must define step(h_prev, u, *params) -> h")
+        raise NotImplementedError(f"{type(self).__name__} must define step(h_prev, u, *params) -> h")
 
     def recurrent_params(self) -> tuple:
         return ()
@@ -85,12 +116,16 @@ class ParallelRNNCell(nn.Module):
             return None
         return owner.fused_solver
 
-    def forward(self, x, h0=None, mask=None, mode="parallel", tol=None, max_iter=10, on_fail="fallback", return_info=False):
-        """x ``[B, T, input_size]`` -> (outputs ``[B, T, D]``, states ``[B, T, D(, 2)]``), optionally Newton info."""
-        if mode not in MODES:
-            raise ValueError(f"{type(self).__name__}: mode must be one of {MODES}, got {mode!r}")
+    def forward(self, x, h0=None, mask=None, mode="parallel", tol=None, max_iter=10, on_fail="fallback", return_info=False,
+                cu_seqlens=None):
+        """x ``[B, T, input_size]`` -> (outputs ``[B, T, D]``, states ``[B, T, D(, 2)]``), optionally Newton info.
+        ``cu_seqlens``: offsets of packed sequences (batch 1), each solved from its own ``h0`` row (``[N, D(, 2)]``)."""
+        check_mode(type(self).__name__, mode)
+        if mode == "parallel" and x.shape[1] > 1:
+            verify_cell(self)  # once per class: structure and closed-form Jacobian, on a tiny fp64 copy
         u = self.input_projection(x)
-        fused = self._fused(u) if mode == "parallel" and x.shape[1] > 1 else None
+        # the fused solvers know no sequence boundaries: packed input takes the generic Newton path (scans reset)
+        fused = self._fused(u) if mode == "parallel" and x.shape[1] > 1 and cu_seqlens is None else None
         if fused is not None:
             h, info = fused(u, *self.recurrent_params(), h0, mask, tol=tol, max_iter=max_iter, on_fail=on_fail,
                             return_info=True)
@@ -104,10 +139,11 @@ class ParallelRNNCell(nn.Module):
         params = self.recurrent_params()
         info = None
         if mode == "sequential" or x.shape[1] == 1:
-            h = sequential_solve(step, u, params, h0, state_size=self.state_size, structure=self.structure)
+            h = sequential_solve(step, u, params, h0, state_size=self.state_size, structure=self.structure,
+                                 cu_seqlens=cu_seqlens)
         else:
             h, info = newton_solve(step, jac, u, params, h0, state_size=self.state_size, structure=self.structure,
-                                   tol=tol, max_iter=max_iter, on_fail=on_fail, return_info=True)
+                                   tol=tol, max_iter=max_iter, on_fail=on_fail, return_info=True, cu_seqlens=cu_seqlens)
         out = self.output(h)
         return (out, h, info) if return_info else (out, h)
 
@@ -118,14 +154,27 @@ def _xavier_diag(size: int, clip: float = 0.5) -> torch.Tensor:
     return w * (clip / w.norm()).clamp(max=1.0)  # tensor ops only: this also runs on the meta device
 
 
+#: how the diagonal recurrent weights ``a`` start: ``"xavier_clipped"`` (Xavier-normal, each vector's norm clipped to
+#: 0.5, as the paper describes) or ``"xlstm"`` (the reference library's default: N(0, (2 / sqrt(5 D))^2) per element)
+RECURRENT_INITS = ("xavier_clipped", "xlstm")
+
+
 class GatedDiagonalCell(ParallelRNNCell):
     """Shared parts of the paper's cells: one input projection for all gates (Kaiming-uniform, zero bias) and
     diagonal weights ``a`` ``[num_diagonals, D]`` (recurrent and peephole; Xavier-normal, norm clipped to 0.5)."""
 
     num_diagonals = 3
 
-    def __init__(self, input_size, state_size):
+    def __init__(self, input_size, state_size, recurrent_init: str = "xavier_clipped",
+                 recurrent_clip: float | None = None):
         super().__init__(input_size, state_size)
+        if recurrent_init not in RECURRENT_INITS:
+            raise ValueError(f"{type(self).__name__}: recurrent_init must be one of {RECURRENT_INITS}, got "
+                             f"{recurrent_init!r}")
+        if recurrent_clip is not None and not (isinstance(recurrent_clip, (int, float)) and recurrent_clip > 0):
+            raise ValueError(f"{type(self).__name__}: recurrent_clip must be None or a number > 0, got "
+                             f"{recurrent_clip!r}")
+        self.recurrent_init, self.recurrent_clip = recurrent_init, recurrent_clip
         self.in_proj = nn.Linear(input_size, self.num_gates * state_size, bias=True)
         self.a = nn.Parameter(torch.zeros(self.num_diagonals, state_size))
         self.init_extra_weights()
@@ -134,13 +183,19 @@ class GatedDiagonalCell(ParallelRNNCell):
         # transformers.initialization skips tensors already loaded from a checkpoint
         init.kaiming_uniform_(self.in_proj.weight, a=math.sqrt(5))
         init.zeros_(self.in_proj.bias)
-        init.copy_(self.a, torch.stack([_xavier_diag(self.state_size) for _ in range(self.num_diagonals)]))
+        D = self.state_size
+        if self.recurrent_init == "xlstm":
+            a = torch.randn(self.num_diagonals, D) * (2 / math.sqrt(5 * D))
+        else:
+            a = torch.stack([_xavier_diag(D) for _ in range(self.num_diagonals)])
+        init.copy_(self.a, a)
 
     def input_projection(self, x):
         return self.in_proj(x).unflatten(-1, (self.num_gates, self.state_size))
 
     def recurrent_params(self):
-        return (self.a,)
+        # recurrent_clip: |a| <= clip elementwise in every step (the paper's synthetic-task constraint)
+        return (self.a,) if self.recurrent_clip is None else (self.a.clamp(-self.recurrent_clip, self.recurrent_clip),)
 
 
 class ParaGRUCell(GatedDiagonalCell):
@@ -152,19 +207,10 @@ class ParaGRUCell(GatedDiagonalCell):
     fused_solver = fused_newton_gru
 
     def step(self, h, u, a):
-        z = torch.sigmoid(a[0] * h + u[..., 0, :])
-        r = torch.sigmoid(a[1] * h + u[..., 1, :])
-        c = torch.tanh(a[2] * (h * r) + u[..., 2, :])
-        return (1 - z) * h + z * c
+        return cells.gru_step(h, u, a)
 
     def jacobian(self, h, u, a):
-        z = torch.sigmoid(a[0] * h + u[..., 0, :])
-        r = torch.sigmoid(a[1] * h + u[..., 1, :])
-        c = torch.tanh(a[2] * (h * r) + u[..., 2, :])
-        dz = z * (1 - z) * a[0]
-        dr = r * (1 - r) * a[1]
-        dc = (1 - c * c) * a[2] * (r + h * dr)
-        return (1 - z) + (c - h) * dz + z * dc
+        return cells.gru_jacobian(h, u, a)
 
 
 class ParaLSTMCell(GatedDiagonalCell):
@@ -177,37 +223,78 @@ class ParaLSTMCell(GatedDiagonalCell):
     num_diagonals = 5  # recurrent a_f, a_z, a_o; peepholes p_f, p_o
     fused_solver = fused_newton_lstm
 
-    def _gates(self, state, u, a):
-        c_prev, h = state[..., 0], state[..., 1]
-        f = torch.sigmoid(a[0] * h + u[..., 0, :] + a[3] * c_prev)
-        z = torch.tanh(a[1] * h + u[..., 1, :])
-        c = f * c_prev + (1 - f) * z
-        o = torch.sigmoid(a[2] * h + u[..., 2, :] + a[4] * c)
-        return c_prev, h, f, z, c, o
-
     def step(self, state, u, a):
-        _, _, _, _, c, o = self._gates(state, u, a)
-        return torch.stack([c, o * torch.tanh(c)], -1)
+        return cells.lstm_step(state, u, a)
 
     def jacobian(self, state, u, a):
-        c_prev, h, f, z, c, o = self._gates(state, u, a)
-        p = a[3:]
-        df = f * (1 - f)
-        dc_dc, dc_dh = f + (c_prev - z) * df * p[0], (c_prev - z) * df * a[0] + (1 - f) * (1 - z * z) * a[1]
-        do = o * (1 - o)
-        tc = torch.tanh(c)
-        dh_dc = do * p[1] * dc_dc * tc + o * (1 - tc * tc) * dc_dc
-        dh_dh = do * (a[2] + p[1] * dc_dh) * tc + o * (1 - tc * tc) * dc_dh
-        return torch.stack([torch.stack([dc_dc, dc_dh], -1), torch.stack([dh_dc, dh_dh], -1)], -2)
+        return cells.lstm_jacobian(state, u, a)
 
 
 CELLS: dict[str, type[ParallelRNNCell]] = {"gru": ParaGRUCell, "lstm": ParaLSTMCell}
 
 
-def register_cell(name: str, cell_class: type[ParallelRNNCell]) -> None:
-    """Make a user cell available as ``ParaRNNConfig(cell=name)`` (register it before loading such a model)."""
+BUILTIN_CELLS = tuple(CELLS)
+_VERIFIED: set[type] = set()  # cell classes whose structure and closed-form Jacobian were checked
+
+
+def check_cell_name(where: str, name, registered: bool = False) -> None:
+    """A cell name is a str; with ``registered``, one of :data:`CELLS` (``register_cell`` adds more)."""
+    if not isinstance(name, str):
+        raise TypeError(f"{where}.cell must be a str (a name in {sorted(CELLS)} or given to register_cell), got "
+                        f"{type(name).__name__} {name!r}")
+    if registered and name not in CELLS:
+        raise ValueError(f"{where}.cell must be one of {sorted(CELLS)} (register_cell adds more), got {name!r}")
+
+
+@torch.compiler.disable  # a one-off Python check: never traced into a compiled graph
+def verify_cell(cell: "ParallelRNNCell | type[ParallelRNNCell]") -> None:
+    """Check once per cell class that ``step`` has the Jacobian structure the class declares and that a closed-form
+    ``jacobian`` matches autograd (:func:`check_jacobian_structure` on a tiny fp64 instance with random O(1)
+    weights, the global RNG left as it was). Raises ValueError naming the cell, its structure and what differs.
+    ``register_cell`` calls it; so does a cell's first parallel forward (built-in and unregistered cells)."""
+    cls = cell if isinstance(cell, type) else type(cell)
+    if cls in _VERIFIED:
+        return
+    # random probe weights and states on the CPU (also when a model is built on the meta device); the caller's RNG
+    # stream untouched
+    with torch.random.fork_rng(devices=[]), torch.device("cpu"):
+        try:
+            probe = cls(3, 4)  # the (input_size, state_size) constructor the mixer uses
+        except Exception:
+            if isinstance(cell, type):
+                raise
+            probe = copy.deepcopy(cell)  # a cell with another constructor: check a copy of this one
+        probe = probe.to("cpu", torch.float64)
+        with torch.no_grad():
+            for p in probe.parameters():
+                p.copy_(torch.randn_like(p) * 0.5)
+        check_jacobian_structure(probe, batch=1, seq_len=2)
+    _VERIFIED.add(cls)
+
+
+def register_cell(name: str, cell_class: type[ParallelRNNCell], *, overwrite: bool = False) -> None:
+    """Make a user cell available as ``ParaRNNConfig(cell=name)`` (register it before loading such a model).
+
+    The cell is checked first (:func:`verify_cell`): its step must have the declared Jacobian structure and a
+    closed-form ``jacobian`` must match autograd, otherwise Newton's solve would train with wrong gradients.
+    Built-in names (``"gru"``, ``"lstm"``) cannot be replaced; another class under a registered name needs
+    ``overwrite=True``."""
+    if not isinstance(name, str):
+        raise TypeError(f"register_cell: `name` must be a str, got {type(name).__name__} {name!r}")
+    if not name:
+        raise ValueError("register_cell: `name` must be a non-empty str")
     if not (isinstance(cell_class, type) and issubclass(cell_class, ParallelRNNCell)):
-        raise ValueError(f"register_cell: `cell_class` must subclass ParallelRNNCell, got {cell_class!r}")
+        raise TypeError(f"register_cell: `cell_class` must be a subclass of ParallelRNNCell, got {cell_class!r}")
+    if name in BUILTIN_CELLS and CELLS[name] is not cell_class:
+        raise ValueError(f"register_cell: {name!r} is a built-in cell ({CELLS[name].__name__}) and cannot be "
+                         f"replaced; register {cell_class.__name__} under another name")
+    # a class redefined under the same module and name (a re-run notebook cell or script) replaces its old self
+    redefined = name in CELLS and (CELLS[name].__module__, CELLS[name].__qualname__) == (
+        cell_class.__module__, cell_class.__qualname__)
+    if name in CELLS and CELLS[name] is not cell_class and not (overwrite or redefined):
+        raise ValueError(f"register_cell: {name!r} is already registered to {CELLS[name].__name__}; pass "
+                         f"overwrite=True to replace it with {cell_class.__name__}")
+    verify_cell(cell_class)
     CELLS[name] = cell_class
 
 
@@ -221,24 +308,50 @@ def check_jacobian_structure(cell: ParallelRNNCell, batch: int = 2, seq_len: int
     u = cell.input_projection(torch.randn(batch, seq_len, cell.input_size, dtype=torch.float64)).detach()
     params = tuple(p.detach() for p in cell.recurrent_params())
     per = 1 if cell.structure == "diagonal" else 2
+    name, structure = type(cell).__name__, cell.structure
+    out = cell.step(h, u, *params)
+    if not isinstance(out, torch.Tensor) or out.shape != h.shape:
+        got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise ValueError(f"{name} (structure {structure!r}): step must return a state shaped like h_prev "
+                         f"{tuple(h.shape)}, got {got}")
     full = torch.autograd.functional.jacobian(lambda s: cell.step(s, u, *params), h)  # shape + shape
     n = batch * seq_len * D * per
     full = full.reshape(n, n)
     block = torch.block_diag(*[torch.ones(per, per, dtype=torch.bool)] * (batch * seq_len * D))
-    leak = full.masked_fill(block, 0).abs().max().item()
+    off = full.masked_fill(block, 0).abs()
+    leak = off.max().item()
     if leak > atol:
+        i, j = divmod(int(off.argmax()), n)  # flat indices over (batch, time, unit[, component])
+        (ri, ui), (rj, uj) = divmod(i // per, D), divmod(j // per, D)  # (batch*time row, unit)
+        where = f"d h[unit {ui}] / d h_prev[unit {uj}]"
+        if ri != rj:
+            where = "a dependence across time steps or batch rows (step must act on each [.., D] row alone)"
         raise ValueError(
-            f"{type(cell).__name__} declares a {cell.structure!r} Jacobian but d step/d h_prev has off-structure "
-            f"entries up to {leak:.3e}: a unit's next state depends on other units' previous state"
+            f"{name} declares a {structure!r} Jacobian but its step mixes units: off-structure entry {where} = "
+            f"{leak:.3e} (must be 0 "
+            f"for {structure!r}: each unit's next state may depend only on its own previous state"
+            + ("" if per == 1 else ", its 2 components") + "). Declare the right structure or fix step."
         )
     if cell.jacobian is not None:
         blocks = full.reshape(batch * seq_len * D, per, batch * seq_len * D, per).diagonal(dim1=0, dim2=2)
         auto = blocks.permute(2, 0, 1).reshape(*shape[:3], per, per)
         auto = auto[..., 0, 0] if per == 1 else auto
         closed = cell.jacobian(h, u, *params)
-        err = (closed - auto).abs().max().item()
-        if err > 1e-6:
-            raise ValueError(f"{type(cell).__name__}.jacobian differs from autograd by {err:.3e}")
+        if not isinstance(closed, torch.Tensor) or closed.shape != auto.shape:
+            got = tuple(closed.shape) if isinstance(closed, torch.Tensor) else type(closed).__name__
+            raise ValueError(f"{name}.jacobian (structure {structure!r}) must return shape {tuple(auto.shape)}, "
+                             f"got {got}")
+        diff = (closed - auto).abs()
+        err = diff.max().item()
+        if not err <= 1e-6:  # NaN fails too
+            k = int(diff.flatten().argmax())
+            unit = (k // (per * per)) % D
+            raise ValueError(
+                f"{name}.jacobian (structure {structure!r}) differs from autograd's d step / d h_prev by {err:.3e} "
+                f"(unit {unit}: closed form {closed.flatten()[k].item():.6g}, autograd "
+                f"{auto.flatten()[k].item():.6g}); "
+                f"fix jacobian or drop it (jacobian = None uses autograd)"
+            )
 
 
 class ParaRNNMixer(nn.Module):
@@ -246,36 +359,93 @@ class ParaRNNMixer(nn.Module):
     output projection. Training solves the recurrence in parallel (Newton); decoding runs one cell step per token
     from the state kept in the cache."""
 
-    def __init__(self, config, layer_idx: int):
+    supports_packed = True  # honours cu_seqlens (packed sequences, batch 1)
+
+    def __init__(
+        self,
+        hidden_size: int,
+        state_size: int | None = None,
+        cell: str = "gru",
+        num_heads: int = 1,
+        use_short_conv: bool = True,
+        conv_size: int = 4,
+        mode: str = "parallel",
+        newton_tol: float | None = None,
+        newton_max_iter: int = 10,
+        newton_on_fail: str = "fallback",
+        norm_eps: float = 1e-6,
+        conv_init: str = "identity",
+        recurrent_init: str = "xavier_clipped",
+        recurrent_clip: float | None = None,
+        layer_idx: int = 0,
+    ):
         super().__init__()
         from .conv import ShortConvolution
         from .norm import GatedRMSNorm
 
-        hidden, state = config.hidden_size, config.state_size
-        if config.cell not in CELLS:
-            raise ValueError(f"ParaRNNConfig.cell must be one of {sorted(CELLS)} (register_cell adds more), got {config.cell!r}")
-        self.layer_idx, self.num_heads, self.state_size = layer_idx, config.num_heads, state
-        self.config = config  # mode and Newton settings are read at call time: `model.config.mode = ...` applies
-        self.conv = ShortConvolution(hidden, config.conv_size) if config.use_short_conv else None
-        self.cell = CELLS[config.cell](hidden, state)
+        hidden = hidden_size
+        state = hidden if state_size is None else state_size
+        pararnn_shape("ParaRNNMixer", hidden, state, num_heads)
+        check_cell_name("ParaRNNMixer", cell, registered=True)
+        self.layer_idx, self.num_heads, self.state_size = layer_idx, num_heads, state
+        self.configure_solver(mode, newton_tol, newton_max_iter, newton_on_fail)
+        self.conv = ShortConvolution(hidden, conv_size, init=conv_init) if use_short_conv else None
+        cell_class = CELLS[cell]
+        if issubclass(cell_class, GatedDiagonalCell):
+            self.cell = cell_class(hidden, state, recurrent_init=recurrent_init, recurrent_clip=recurrent_clip)
+        else:  # a user cell: (input_size, state_size)
+            self.cell = cell_class(hidden, state)
+        # checked here rather than at the first forward: a check inside a gradient-checkpointed forward would
+        # save tensors that the recomputation does not
+        verify_cell(self.cell)
         self.g_proj = nn.Linear(hidden, state, bias=False)
-        self.g_norm = GatedRMSNorm(state // config.num_heads, eps=config.rms_norm_eps)
+        self.g_norm = GatedRMSNorm(state // num_heads, eps=norm_eps)
         self.o_proj = nn.Linear(state, hidden, bias=False)
 
+    @classmethod
+    def from_config(cls, config, layer_idx: int = 0) -> "ParaRNNMixer":
+        """Build from a config with ParaRNNConfig's field names (``hidden_size``, ``state_size``, ``cell``, ...,
+        ``newton_on_fail``, ``rms_norm_eps``)."""
+        return cls(
+            hidden_size=config.hidden_size, state_size=config.state_size, cell=config.cell,
+            num_heads=config.num_heads, use_short_conv=config.use_short_conv, conv_size=config.conv_size,
+            mode=config.mode, newton_tol=config.newton_tol, newton_max_iter=config.newton_max_iter,
+            newton_on_fail=config.newton_on_fail, norm_eps=config.rms_norm_eps,
+            conv_init=getattr(config, "conv_init", "normal"),  # configs saved before the field: their init
+            recurrent_init=getattr(config, "recurrent_init", "xavier_clipped"),
+            recurrent_clip=getattr(config, "recurrent_clip", None), layer_idx=layer_idx,
+        )
+
+    def configure_solver(self, mode: str, newton_tol: float | None, newton_max_iter: int, newton_on_fail: str) -> None:
+        """Set how the recurrence is solved (checked here, where the values enter): ``mode`` ``"parallel"`` or
+        ``"sequential"``, Newton ``tol`` (None: by dtype), ``max_iter`` and ``on_fail``. ``ParaRNNModel`` calls this
+        from its config before every forward, so ``model.config.mode = ...`` applies."""
+        check_mode("ParaRNNMixer", mode)
+        check_newton_options("ParaRNNMixer", newton_tol, newton_max_iter, newton_on_fail, prefix="newton_")
+        self.mode, self.newton_tol = mode, newton_tol
+        self.newton_max_iter, self.newton_on_fail = newton_max_iter, newton_on_fail
+
     def forward(self, hidden_states, attention_mask=None, cache=None, **kwargs):
+        """hidden_states ``[B, T, hidden_size]`` -> ``[B, T, hidden_size]`` (same dtype; the cell runs in its
+        parameters' dtype). ``attention_mask`` ``[B, >= T]`` (1 = token, last T columns used); ``cache``: a
+        RecurrentCache (``state`` ``[B, D(, 2)]`` and ``conv`` tail under ``layer_idx``); ``cu_seqlens`` (kwargs)."""
         B, T, _ = hidden_states.shape
         x, idx = hidden_states, self.layer_idx
+        cu_seqlens = kwargs.get("cu_seqlens")  # packed sequences (batch 1): no state or conv tap crosses a start
+        if cu_seqlens is not None and cache is not None:
+            raise ValueError("ParaRNNMixer: packed sequences (cu_seqlens) cannot be used with a cache")
         mask = attention_mask[:, -T:] if attention_mask is not None else None
         if mask is not None:
             x = x * mask[..., None].to(x.dtype)
         if self.conv is not None:
-            x, tail = self.conv(x, cache.get(idx, "conv") if cache is not None else None)
+            x, tail = self.conv(x, cache.get(idx, "conv") if cache is not None else None, cu_seqlens=cu_seqlens)
             if cache is not None:
                 cache.set(idx, "conv", tail)
         h0 = cache.get(idx, "state") if cache is not None else None
-        c = self.config
-        out, states = self.cell(x, h0=h0, mask=mask, mode=c.mode, tol=c.newton_tol, max_iter=c.newton_max_iter,
-                                on_fail=c.newton_on_fail)
+        # newton_info: the last parallel solve's NewtonInfo (iterations, fallback), None for sequential solves
+        out, states, self.newton_info = self.cell(x, h0=h0, mask=mask, mode=self.mode, tol=self.newton_tol,
+                                                  max_iter=self.newton_max_iter, on_fail=self.newton_on_fail,
+                                                  return_info=True, cu_seqlens=cu_seqlens)
         if cache is not None:
             cache.set(idx, "state", states[:, -1])
         H = self.num_heads

@@ -18,6 +18,8 @@ from functools import lru_cache
 
 import torch
 
+from .checks import check_int
+
 __all__ = ["DEFAULT_SPECIAL_IDS", "word_boundaries", "word_boundary_state", "word_boundary_step"]
 
 #: ByteTokenizer's PAD, BOS, EOS: the bytes that never occur in valid UTF-8
@@ -47,8 +49,7 @@ def _class_table(special_ids: tuple, device: torch.device) -> torch.Tensor:
 
 
 def _check(max_chunk_bytes, special_ids) -> tuple:
-    if isinstance(max_chunk_bytes, bool) or not isinstance(max_chunk_bytes, int) or max_chunk_bytes < 1:
-        raise ValueError(f"max_chunk_bytes must be an int >= 1, got {max_chunk_bytes!r}")
+    check_int("", "max_chunk_bytes", max_chunk_bytes)
     special_ids = tuple(int(s) for s in special_ids)
     if any(not 0 <= s < 256 for s in special_ids):
         raise ValueError(f"special_ids must be byte values in 0..255, got {special_ids}")

@@ -1,12 +1,19 @@
 """``hf-seqmodels linearize``: convert a Llama, recover it with (attention transfer and) LoRA, save it.
 
     hf-seqmodels linearize --model PATH [--gguf-file F] --method liger --out DIR --train-text FILE --steps N
+
+Every flag, the output folder, the model folder (and GGUF file) and the texts are checked before the model is
+loaded; each stage (perplexities, attention transfer, LoRA) shows a progress bar.
 """
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import time
+
+from ..cli_types import (HelpFormatter, bounded_int, check_model_folder, check_output_folder, device, existing_file,
+                         non_negative_int, positive_float, positive_int)
 
 
 def add_parser(subparsers) -> None:
@@ -14,27 +21,100 @@ def add_parser(subparsers) -> None:
         "linearize",
         help="convert a Llama into a linear-time model (Liger, Lizard) and fine-tune it",
         description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=HelpFormatter,
     )
-    p.add_argument("--model", required=True, help="Llama checkpoint: a safetensors folder or Hub id, or the folder of --gguf-file")
+    p.add_argument("--model", required=True,
+                   help="Llama checkpoint: a safetensors folder or Hub id, or the folder of --gguf-file")
     p.add_argument("--gguf-file", default=None, help="GGUF file (in --model's folder, or an absolute path)")
-    p.add_argument("--method", default="liger", choices=["liger", "lizard"])
+    p.add_argument("--method", default="liger", choices=["liger", "lizard"], help="linearization method")
     p.add_argument("--out", required=True, help="output folder (model, tokenizer, model card)")
-    p.add_argument("--train-text", required=True, help="UTF-8 text file to fine-tune on")
-    p.add_argument("--eval-text", default=None, help="held-out text: perplexities of the base and result go into the model card")
-    p.add_argument("--eval-tokens", type=int, default=4096, help="tokens of --eval-text to score")
-    p.add_argument("--steps", type=int, required=True, help="LoRA fine-tuning steps (0: convert only)")
-    p.add_argument("--transfer-steps", type=int, default=None, help="Lizard attention-transfer steps (default: --steps)")
-    p.add_argument("--seq-len", type=int, default=512)
-    p.add_argument("--batch-size", type=int, default=1)
-    p.add_argument("--lr", type=float, default=1e-3, help="LoRA learning rate (Liger's paper: 1e-3)")
-    p.add_argument("--transfer-lr", type=float, default=1e-2)
-    p.add_argument("--lora-r", type=int, default=8)
-    p.add_argument("--lora-alpha", type=int, default=None, help="default: 2 * r")
-    p.add_argument("--lora-targets", default="q_proj,k_proj,v_proj", help="comma-separated module names")
-    p.add_argument("--window", type=int, default=None, help="sliding window: keys a query sees, itself included (Liger 64, Lizard 128)")
-    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    p.add_argument("--train-text", required=True, type=existing_file("--train-text"),
+                   help="UTF-8 text file to fine-tune on")
+    p.add_argument("--eval-text", default=None, type=existing_file("--eval-text"),
+                   help="held-out text: perplexities of the base and result go into the model card")
+    p.add_argument("--eval-tokens", type=bounded_int("--eval-tokens", 2), default=4096,
+                   help="tokens of --eval-text to score")
+    p.add_argument("--steps", type=non_negative_int("--steps"), required=True,
+                   help="LoRA fine-tuning steps (0: convert only)")
+    p.add_argument("--transfer-steps", type=non_negative_int("--transfer-steps"), default=None,
+                   help="Lizard attention-transfer steps (default: --steps)")
+    p.add_argument("--seq-len", type=bounded_int("--seq-len", 2), default=512,
+                   help="tokens per training block (at most the base model's context length)")
+    p.add_argument("--batch-size", type=positive_int("--batch-size"), default=1, help="blocks per step")
+    p.add_argument("--lr", type=positive_float("--lr"), default=1e-3, help="LoRA learning rate (Liger's paper: 1e-3)")
+    p.add_argument("--transfer-lr", type=positive_float("--transfer-lr"), default=1e-2,
+                   help="Lizard attention-transfer learning rate")
+    p.add_argument("--lora-r", type=positive_int("--lora-r"), default=8, help="LoRA rank")
+    p.add_argument("--lora-alpha", type=positive_int("--lora-alpha"), default=None, help="LoRA alpha (default: 2 * r)")
+    p.add_argument("--lora-targets", default="q_proj,k_proj,v_proj",
+                   help="comma-separated names of the linear layers that get LoRA adapters")
+    p.add_argument("--window", type=int, default=None,  # checked by check_method, before anything loads
+                   help="sliding window: keys a query sees, itself included (default: Liger 64, Lizard 128)")
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"], help="weights' dtype")
+    p.add_argument("--device", type=device("--device"), default="cpu", help="torch device (cpu, cuda, ...)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=run)
+
+
+def lora_target_choices(method: str, options: dict) -> list[str]:
+    """Names of the linear layers of a ``method`` model, from a one-layer, width-16 instance (no weights loaded)."""
+    import torch
+
+    from .convert import METHODS
+
+    config_class, model_class = METHODS[method][:2]
+    small = {"window_size": options.get("window_size", 4)}
+    config = config_class(vocab_size=8, hidden_size=16, intermediate_size=16, num_hidden_layers=1,
+                          num_attention_heads=2, num_key_value_heads=1, **small)
+    with torch.device("meta"):
+        model = model_class(config)
+    return sorted({name.rsplit(".", 1)[-1] for name, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
+                  - {"lm_head"})
+
+
+def check_lora_targets(text: str, method: str, options: dict) -> list[str]:
+    targets = [t.strip() for t in text.split(",") if t.strip()]
+    if not targets:
+        raise ValueError(f"--lora-targets must name at least one linear layer, got {text!r}")
+    choices = lora_target_choices(method, options)
+    unknown = [t for t in targets if t not in choices]
+    if unknown:
+        raise ValueError(f"--lora-targets: {unknown} {'is' if len(unknown) == 1 else 'are'} not a linear layer of a "
+                         f"{method} model; choose from {choices}")
+    return targets
+
+
+def base_context_length(model: str, gguf_path: str | None) -> int | None:
+    """The base model's context length, from its config or GGUF metadata (no weights read)."""
+    if gguf_path is not None:
+        from ..hub import gguf_metadata
+
+        meta = gguf_metadata(gguf_path)
+        arch = meta.get("general.architecture", "llama")
+        value = meta.get(f"{arch}.context_length")
+        return int(value) if value else None
+    config_file = os.path.join(model, "config.json")
+    if os.path.isfile(config_file):
+        try:
+            value = json.load(open(config_file)).get("max_position_embeddings")
+        except ValueError as err:
+            raise ValueError(f"--model {model!r}: config.json is not valid JSON ({err})") from None
+        return int(value) if value else None
+    return None  # a Hub id: checked by transformers when it loads
+
+
+def _read_text(flag: str, path: str) -> str:
+    try:
+        return open(path, encoding="utf-8").read()
+    except UnicodeDecodeError as err:
+        raise ValueError(f"{flag} {path!r} is not UTF-8 text ({err})") from None
+
+
+def _status(progress: bool, message: str) -> None:
+    if progress:  # stages without a bar of their own say what they are doing
+        import sys
+
+        print(f"{message} ...", file=sys.stderr, flush=True)
 
 
 def run(args) -> int:
@@ -44,45 +124,71 @@ def run(args) -> int:
     from . import add_lora, attention_transfer, finetune, linearize, load_llama, perplexity_of_blocks, token_blocks
     from .convert import check_method
 
+    # -- every check before anything is loaded --
     options = {} if args.window is None else {"window_size": args.window}
-    check_method(args.method, options)  # before anything is loaded
-    for name in ("train_text", "eval_text"):
-        path = getattr(args, name)
-        if path is not None and not os.path.isfile(path):
-            raise SystemExit(f"hf-seqmodels linearize: --{name.replace('_', '-')} {path!r} is not a file")
-    if args.steps < 0 or args.seq_len < 2 or args.batch_size < 1:
-        raise SystemExit("hf-seqmodels linearize: --steps must be >= 0, --seq-len >= 2, --batch-size >= 1")
+    check_method(args.method, options)
+    check_output_folder("--out", args.out)
+    gguf_path = check_model_folder("--model", args.model, args.gguf_file)
+    targets = check_lora_targets(args.lora_targets, args.method, options)
+    context = base_context_length(args.model, gguf_path)
+    if context is not None and args.seq_len > context:
+        raise ValueError(f"--seq-len {args.seq_len} is longer than the base model's context length ({context})")
+    progress = not args.no_progress
     t0 = time.time()
-    llama = load_llama(args.model, gguf_file=args.gguf_file, dtype=getattr(torch, args.dtype))
+    # the tokenizer and texts next (cheap), so a text too short for --seq-len fails before the weights load
+    _status(progress, "loading the tokenizer" + (" from the GGUF file (its vocabulary takes a minute)"
+                                                 if args.gguf_file else ""))
     tokenizer = AutoTokenizer.from_pretrained(args.model, gguf_file=args.gguf_file)
-    base = f"{args.model}/{args.gguf_file}" if args.gguf_file else args.model
-    train = token_blocks(tokenizer, open(args.train_text, encoding="utf-8").read(), args.seq_len)
+    try:
+        train = token_blocks(tokenizer, _read_text("--train-text", args.train_text), args.seq_len)
+    except ValueError as err:
+        raise ValueError(f"--train-text {args.train_text!r} is too short for --seq-len {args.seq_len}: {err}") from None
     held_out, card = None, {}
     if args.eval_text:
         ctx = min(args.seq_len, args.eval_tokens)
-        held_out = token_blocks(tokenizer, open(args.eval_text, encoding="utf-8").read(), ctx, max_tokens=args.eval_tokens)
-        card["perplexity of the base model"] = f"{perplexity_of_blocks(llama, held_out):.2f}"
+        try:
+            held_out = token_blocks(tokenizer, _read_text("--eval-text", args.eval_text), ctx,
+                                    max_tokens=args.eval_tokens)
+        except ValueError as err:
+            raise ValueError(f"--eval-text {args.eval_text!r} is too short: {err}") from None
+
+    _status(progress, f"loading the Llama from {args.gguf_file or args.model}")
+    llama = load_llama(args.model, gguf_file=args.gguf_file, dtype=getattr(torch, args.dtype)).to(args.device)
+    base = f"{args.model}/{args.gguf_file}" if args.gguf_file and not os.path.isabs(args.gguf_file) else (
+        args.gguf_file or args.model)
+
+    def ppl(model, stage):
+        return f"{perplexity_of_blocks(model, held_out, progress=progress, desc=f'perplexity {stage}'):.2f}"
+
+    if held_out is not None:
+        card["perplexity of the base model"] = ppl(llama, "of the base model")
     model = linearize(llama, args.method, base_model=base, **options)
     del llama
     if held_out is not None:
-        card["perplexity right after conversion"] = f"{perplexity_of_blocks(model, held_out):.2f}"
+        card["perplexity right after conversion"] = ppl(model, "after conversion")
     if args.method == "lizard":
         steps = args.steps if args.transfer_steps is None else args.transfer_steps
-        attention_transfer(model, train, steps, lr=args.transfer_lr, batch_size=args.batch_size)
+        attention_transfer(model, train, steps, lr=args.transfer_lr, batch_size=args.batch_size, progress=progress)
         card["attention transfer"] = f"{steps * args.batch_size * args.seq_len} tokens, lr {args.transfer_lr}"
         if held_out is not None:
-            card["perplexity after attention transfer"] = f"{perplexity_of_blocks(model, held_out):.2f}"
+            card["perplexity after attention transfer"] = ppl(model, "after attention transfer")
     if args.steps > 0:
-        targets = [t.strip() for t in args.lora_targets.split(",") if t.strip()]
+        card_before = getattr(model, "card_data", None)
         model = add_lora(model, r=args.lora_r, alpha=args.lora_alpha, target_modules=targets)
-        finetune(model, train, args.steps, lr=args.lr, batch_size=args.batch_size)
-        card["LoRA fine-tune"] = f"r={args.lora_r} on {','.join(targets)}, {args.steps * args.batch_size * args.seq_len} tokens, lr {args.lr}"
+        finetune(model, train, args.steps, lr=args.lr, batch_size=args.batch_size, progress=progress)
+        card["LoRA fine-tune"] = (f"r={args.lora_r} on {','.join(targets)}, "
+                                  f"{args.steps * args.batch_size * args.seq_len} tokens, lr {args.lr}")
         model = model.merge_and_unload()  # plain weights: the result loads with AutoModelForCausalLM alone
+        if card_before is not None:
+            model.card_data = card_before
         if held_out is not None:
-            card["perplexity after fine-tuning"] = f"{perplexity_of_blocks(model, held_out):.2f}"
+            card["perplexity after fine-tuning"] = ppl(model, "after fine-tuning")
     if held_out is not None:
-        card["held-out text"] = f"{held_out.numel()} tokens of {os.path.basename(args.eval_text)}, context {held_out.shape[1]}"
-    model.config.card_data.update(card)
+        card["held-out text"] = (f"{held_out.numel()} tokens of {os.path.basename(args.eval_text)}, "
+                                 f"context {held_out.shape[1]}")
+    from ..hub import card_data_of
+
+    card_data_of(model).update(card)
     model.save_pretrained(args.out)
     tokenizer.save_pretrained(args.out)
     print(f"saved {args.method} model to {args.out} in {time.time() - t0:.0f} s")

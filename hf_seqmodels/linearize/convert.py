@@ -5,6 +5,7 @@ import os
 
 import torch
 
+from hf_seqmodels.kernels.attention import check_window
 from hf_seqmodels.models.liger import LigerConfig, LigerForCausalLM
 from hf_seqmodels.models.liger.configuration_liger import LLAMA_FIELDS
 from hf_seqmodels.models.lizard import LizardConfig, LizardForCausalLM
@@ -36,9 +37,8 @@ def check_method(method, options: dict) -> None:
     unknown = sorted(set(options) - set(allowed))
     if unknown:
         raise ValueError(f"linearize: unknown option(s) {unknown} for method {method!r}; accepted: {list(allowed)}")
-    window = options.get("window_size", 1)
-    if isinstance(window, bool) or not isinstance(window, int) or window <= 0:
-        raise ValueError(f"linearize: window_size must be a positive int (keys a query sees, itself included), got {window!r}")
+    if "window_size" in options:  # the kernel's own check, before any weights are read
+        check_window("linearize", options["window_size"], "window_size")
 
 
 _GGUF_SCALAR_SIZES = {0: 1, 1: 1, 2: 2, 3: 2, 4: 4, 5: 4, 6: 4, 7: 1, 10: 8, 11: 8, 12: 8}  # GGUF value type -> bytes
@@ -92,6 +92,9 @@ def load_llama(path, gguf_file: str | None = None, dtype=torch.float32):
         arch = gguf_architecture(full)
         if arch not in LLAMA_MODEL_TYPES:
             raise ValueError(f"linearize: the GGUF file {full!r} holds a {arch!r} model; only Llama-family ({LLAMA_MODEL_TYPES}) can be linearized")
+        from hf_seqmodels.hub import check_gguf_file
+
+        check_gguf_file(full)  # a truncated file: said so here, not as a reshape error deep in the loader
     else:
         config = AutoConfig.from_pretrained(path)
         if config.model_type not in LLAMA_MODEL_TYPES:

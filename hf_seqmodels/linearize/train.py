@@ -7,6 +7,7 @@ import math
 import torch
 from tqdm.auto import tqdm
 
+from hf_seqmodels.layers.checks import check_int
 from hf_seqmodels.layers.lizard import LizardAttention
 
 #: parameter names (substrings) learned by attention transfer
@@ -84,8 +85,7 @@ def add_lora(model, r: int = 8, alpha: int | None = None, dropout: float = 0.0, 
     projections), everything else frozen."""
     from peft import LoraConfig, get_peft_model
 
-    if isinstance(r, bool) or not isinstance(r, int) or r <= 0:
-        raise ValueError(f"add_lora: r must be a positive int, got {r!r}")
+    check_int("add_lora", "r", r)
     config = LoraConfig(
         r=r, lora_alpha=alpha or 2 * r, lora_dropout=dropout, target_modules=list(target_modules), task_type="CAUSAL_LM"
     )
@@ -121,13 +121,15 @@ def finetune(model, blocks: torch.Tensor, steps: int, lr: float = 1e-3, batch_si
 
 
 @torch.no_grad()
-def perplexity_of_blocks(model, blocks: torch.Tensor, batch_size: int = 1) -> float:
-    """exp(mean next-token loss) over non-overlapping blocks ``[N, L]`` (each block scored from its own start)."""
+def perplexity_of_blocks(model, blocks: torch.Tensor, batch_size: int = 1, progress: bool = False,
+                         desc: str = "perplexity") -> float:
+    """exp(mean next-token loss) over non-overlapping blocks ``[N, L]`` (each block scored from its own start);
+    ``progress`` shows a bar labelled ``desc``."""
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
     total, count = 0.0, 0
-    for i in range(0, blocks.shape[0], batch_size):
+    for i in tqdm(range(0, blocks.shape[0], batch_size), desc=desc, disable=not progress):
         batch = blocks[i : i + batch_size].to(device)
         logits = model(input_ids=batch, use_cache=False).logits.float()
         nll = torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1), batch[:, 1:].flatten(), reduction="sum")

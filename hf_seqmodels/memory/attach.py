@@ -285,9 +285,9 @@ def attach_memory_bank(model, config: MemoryBankConfig, index: MemoryIndex, toke
     if getattr(model, "_memory_state", None) is not None:
         raise ValueError("attach_memory_bank: this model already has a memory bank")
     if not isinstance(config, MemoryBankConfig):
-        raise ValueError(f"attach_memory_bank: `config` must be a MemoryBankConfig, got {type(config).__name__}")
+        raise TypeError(f"attach_memory_bank: `config` must be a MemoryBankConfig, got {type(config).__name__}")
     if not isinstance(index, MemoryIndex):
-        raise ValueError(f"attach_memory_bank: `index` must be a MemoryIndex, got {type(index).__name__}")
+        raise TypeError(f"attach_memory_bank: `index` must be a MemoryIndex, got {type(index).__name__}")
     _check_index(config, index)
     if config.embedder is None:  # record it: a model saved with this bank only routes with this embedder
         config = dataclasses.replace(config, embedder=index.embedder_name)

@@ -18,6 +18,8 @@ import json
 import os
 from dataclasses import dataclass, field
 
+from hf_seqmodels.layers.checks import check_bool, check_int, check_number
+
 CONFIG_NAME = "memory_config.json"
 FORMAT_VERSION = 1
 
@@ -53,7 +55,7 @@ class MemoryBankConfig:
     def __post_init__(self):
         if isinstance(self.block_sizes, int) or not all(isinstance(s, int) and not isinstance(s, bool)
                                                         for s in self.block_sizes):
-            raise ValueError(f"MemoryBankConfig: `block_sizes` must be a sequence of ints, got {self.block_sizes!r}")
+            raise TypeError(f"MemoryBankConfig: `block_sizes` must be a sequence of ints, got {self.block_sizes!r}")
         self.block_sizes = tuple(int(s) for s in self.block_sizes)
         if not self.block_sizes or any(s < 0 for s in self.block_sizes) or sum(self.block_sizes) == 0:
             raise ValueError(
@@ -65,16 +67,24 @@ class MemoryBankConfig:
                 f"`block_sizes` {self.block_sizes}"
             )
         self.levels = len(self.block_sizes)
-        if not isinstance(self.branching, int) or self.branching < 2:
-            raise ValueError(f"MemoryBankConfig: `branching` must be an int >= 2, got {self.branching!r}")
+        check_int("MemoryBankConfig", "branching", self.branching, minimum=2)
         if self.layers != "all":
-            if isinstance(self.layers, int) or not all(isinstance(i, int) for i in self.layers):
-                raise ValueError(f"MemoryBankConfig: `layers` must be 'all' or a list of ints, got {self.layers!r}")
+            if isinstance(self.layers, (int, str)) or not all(isinstance(i, int) and not isinstance(i, bool)
+                                                               for i in self.layers):
+                raise TypeError(f"MemoryBankConfig: `layers` must be 'all' or a list of ints, got {self.layers!r}")
             self.layers = sorted(set(int(i) for i in self.layers))
             if not self.layers:
                 raise ValueError("MemoryBankConfig: `layers` is empty")
-        if not 0.0 <= float(self.generic_memory_prob) <= 1.0:
-            raise ValueError(f"MemoryBankConfig: `generic_memory_prob` must be in [0, 1], got {self.generic_memory_prob}")
+            if self.layers[0] < 0:
+                raise ValueError(f"MemoryBankConfig: `layers` must be layer indices >= 0, got {self.layers}")
+        check_number("MemoryBankConfig", "generic_memory_prob", self.generic_memory_prob, positive=False,
+                     minimum=0.0, maximum=1.0)
+        check_number("MemoryBankConfig", "memory_lr", self.memory_lr)
+        check_number("MemoryBankConfig", "memory_weight_decay", self.memory_weight_decay, positive=False, minimum=0.0)
+        check_number("MemoryBankConfig", "init_std", self.init_std, allow_none=True)
+        check_bool("MemoryBankConfig", "freeze_anchor", self.freeze_anchor)
+        if self.embedder is not None and not isinstance(self.embedder, str):
+            raise TypeError(f"MemoryBankConfig: `embedder` must be a name (str) or None, got {self.embedder!r}")
         if self.format_version != FORMAT_VERSION:
             raise ValueError(f"MemoryBankConfig: unsupported format_version {self.format_version} (this code reads "
                              f"{FORMAT_VERSION})")

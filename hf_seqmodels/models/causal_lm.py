@@ -12,6 +12,7 @@ from transformers import GenerationMixin, PretrainedConfig, PreTrainedModel
 from hf_seqmodels.cache import RecurrentCache
 from hf_seqmodels.compat import CACHE_KWARG, causal_lm_output, model_output, pop_cache
 from hf_seqmodels.layers.block import DecoderBlock
+from hf_seqmodels.layers.checks import check_int, check_number
 from hf_seqmodels.layers.norm import RMSNorm
 
 
@@ -35,6 +36,13 @@ class SeqModelConfig(PretrainedConfig):
         tie_word_embeddings: bool = False,
         **kwargs,
     ):
+        where = type(self).__name__
+        check_int(where, "vocab_size", vocab_size)
+        check_int(where, "hidden_size", hidden_size)
+        check_int(where, "num_hidden_layers", num_hidden_layers)
+        check_int(where, "intermediate_size", intermediate_size, allow_none=True)
+        check_number(where, "rms_norm_eps", rms_norm_eps)
+        check_number(where, "initializer_range", initializer_range, positive=False, minimum=0.0)
         self.vocab_size = vocab_size
         self.hidden_size = hidden_size
         self.num_hidden_layers = num_hidden_layers
@@ -81,7 +89,7 @@ class SeqPreTrainedModel(PreTrainedModel):
         if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
             use_cache = False
         if cache is not None and not isinstance(cache, RecurrentCache):
-            raise ValueError(f"`{CACHE_KWARG}` must be a hf_seqmodels RecurrentCache, got {type(cache).__name__}")
+            raise TypeError(f"`{CACHE_KWARG}` must be a hf_seqmodels RecurrentCache, got {type(cache).__name__}")
         if not use_cache:
             return None
         return self.new_cache() if cache is None else cache
@@ -91,7 +99,29 @@ class SeqPreTrainedModel(PreTrainedModel):
         # safetensors only: a folder or repo with nothing but pytorch_model.bin is refused rather than unpickled
         # (pass use_safetensors=False to opt in to transformers' weights-only unpickling).
         kwargs.setdefault("use_safetensors", True)
-        return super().from_pretrained(*args, **kwargs)
+        try:
+            return super().from_pretrained(*args, **kwargs)
+        except OSError as err:
+            from hf_seqmodels.hub import pickle_only_message
+
+            why = pickle_only_message(args[0]) if args and kwargs["use_safetensors"] else None
+            if why is None:
+                raise
+            raise OSError(why) from err
+
+    @property
+    def card_data(self) -> dict:
+        """Extra model-card fields written by ``save_pretrained`` (``license``, ``base_model`` as a Hub id, ``tags``,
+        and ``metric: value`` rows); kept on the model, never in config.json."""
+        from hf_seqmodels.hub import card_data_of
+
+        return card_data_of(self)
+
+    @card_data.setter
+    def card_data(self, value: dict) -> None:
+        from hf_seqmodels.hub import set_card_data
+
+        set_card_data(self, value)
 
     def save_pretrained(self, save_directory, *args, **kwargs):
         from hf_seqmodels.hub import prepare_auto_map, write_hub_files
@@ -105,7 +135,9 @@ class SeqPreTrainedModel(PreTrainedModel):
 class SeqModel(SeqPreTrainedModel):
     """Embeddings, a stack of :class:`DecoderBlock` (mixer + MLP), final RMSNorm.
 
-    Subclasses define ``build_mixer(config, layer_idx)`` (or ``build_block`` for a different block). A mixer is
+    Subclasses define ``build_mixer(config, layer_idx)`` (or ``build_block`` for a different block), usually
+    ``Mixer.from_config(config, layer_idx)``: every mixer in ``hf_seqmodels.layers`` takes keyword arguments and
+    has that classmethod. A mixer is
     called as ``mixer(hidden_states, attention_mask=mask_or_None, cache=RecurrentCache_or_None, position_ids=...)``
     where the mask is the 2-D padding mask of the current tokens (None when nothing is padded); it keeps its decode
     state in the cache under its own ``layer_idx``. The model advances the cache's token count once per forward.
@@ -123,7 +155,7 @@ class SeqModel(SeqPreTrainedModel):
         return DecoderBlock(config, self.build_mixer(config, layer_idx))
 
     def build_mixer(self, config, layer_idx: int) -> nn.Module:
-        raise TypeError(f"{type(self).__name__} must define build_mixer(config, layer_idx)")
+        raise NotImplementedError(f"{type(self).__name__} must define build_mixer(config, layer_idx)")
 
     def get_input_embeddings(self):
         return self.embed_tokens
@@ -143,6 +175,9 @@ class SeqModel(SeqPreTrainedModel):
         return_dict=None,
         **kwargs,
     ):
+        """input_ids ``[B, T]`` (long) or inputs_embeds ``[B, T, hidden_size]``; attention_mask ``[B, past + T]``
+        (1 = token); position_ids ``[B, T]``; cache: a RecurrentCache. Returns ``last_hidden_state``
+        ``[B, T, hidden_size]`` (the embeddings' dtype), the cache, and per-layer hidden states if asked."""
         cache = pop_cache(cache, kwargs)
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("Pass exactly one of `input_ids` and `inputs_embeds`")
@@ -151,8 +186,13 @@ class SeqModel(SeqPreTrainedModel):
                 raise ValueError(f"`input_ids` must be [batch, seq_len], got shape {tuple(input_ids.shape)}")
             inputs_embeds = self.embed_tokens(input_ids)
         B, T, _ = inputs_embeds.shape
-        cache = self.resolve_cache(cache, use_cache)
         mask = _padding_mask(attention_mask, B, T)
+        packed = packed_sequences(B, T, position_ids, kwargs)
+        if packed is not None:
+            self._check_packed(packed, mask, cache, use_cache)
+            use_cache = False
+        cache = self.resolve_cache(cache, use_cache)
+        extra = {} if packed is None else {"cu_seqlens": packed}
         if output_hidden_states is None:
             output_hidden_states = self.config.output_hidden_states
 
@@ -161,7 +201,7 @@ class SeqModel(SeqPreTrainedModel):
         for block in self.layers:
             if all_hidden is not None:
                 all_hidden.append(hidden_states)
-            hidden_states = block(hidden_states, attention_mask=mask, cache=cache, position_ids=position_ids)
+            hidden_states = block(hidden_states, attention_mask=mask, cache=cache, position_ids=position_ids, **extra)
         hidden_states = self.norm(hidden_states)
         if all_hidden is not None:
             all_hidden.append(hidden_states)
@@ -169,6 +209,71 @@ class SeqModel(SeqPreTrainedModel):
             cache.advance(T)
         out = model_output(hidden_states, cache, tuple(all_hidden) if all_hidden is not None else None)
         return out if _return_dict(return_dict, self.config) else out.to_tuple()
+
+
+    def _check_packed(self, packed, mask, cache, use_cache):
+        """Packed sequences (padding-free batches) need: no padding mask, no cache, and mixers that honour them."""
+        if mask is not None:
+            raise ValueError(
+                "Packed sequences (position_ids restarting at 0, or cu_seq_lens_q) cannot be combined with a padding "
+                "`attention_mask` that has zeros: a padding-free batch has no padding"
+            )
+        if cache is not None or use_cache is True:
+            raise ValueError(
+                "Packed sequences (position_ids restarting at 0, or cu_seq_lens_q) are for training and scoring; "
+                "cached decoding with packed input is not supported: pass use_cache=False and no cache, or run the "
+                "sequences as a padded batch"
+            )
+        for block in self.layers:
+            mixer = getattr(block, getattr(block, "mixer_name", "mixer"), None)
+            if not getattr(mixer, "supports_packed", False):
+                raise ValueError(
+                    f"{type(self).__name__}: the token mixer {type(mixer).__name__} does not support packed sequences "
+                    "(cu_seqlens); pass a padded batch instead"
+                )
+
+
+#: keyword arguments of transformers' padding-free convention (DataCollatorWithFlattening, flash-attention kwargs)
+PACKING_KWARGS = ("cu_seq_lens_q", "cu_seq_lens_k", "max_length_q", "max_length_k", "seq_idx")
+
+
+def packed_sequences(batch_size, seq_len, position_ids, kwargs):
+    """The packed-sequence offsets of a padding-free batch (a ``kernels._varlen.Packed``), or None.
+
+    Read, in this order, from ``cu_seq_lens_q`` (and ``cu_seq_lens_k``, which must agree: no key prefix), from
+    ``seq_idx`` ``[1, T]``, or from ``position_ids`` of batch 1 that restart (at their first value, 0 with
+    DataCollatorWithFlattening) somewhere after the first token and count up by one in between. A single sequence
+    gives None (nothing to separate).
+    """
+    from hf_seqmodels.kernels._varlen import check_cu_seqlens
+
+    cu_q, cu_k = kwargs.get("cu_seq_lens_q"), kwargs.get("cu_seq_lens_k")
+    if cu_q is not None or cu_k is not None:
+        if cu_q is None or cu_k is None or not torch.equal(torch.as_tensor(cu_q).cpu(), torch.as_tensor(cu_k).cpu()):
+            raise ValueError("`cu_seq_lens_q` and `cu_seq_lens_k` must both be given and equal (no key prefix or cache)")
+        packed = check_cu_seqlens("packed sequences", cu_q, batch_size, seq_len, name="cu_seq_lens_q")
+    elif kwargs.get("seq_idx") is not None:
+        seq_idx = kwargs["seq_idx"]
+        if not isinstance(seq_idx, torch.Tensor) or seq_idx.shape != (batch_size, seq_len) or batch_size != 1:
+            raise ValueError(f"`seq_idx` must be a [1, T] = [1, {seq_len}] tensor of sequence indices, got "
+                             f"{getattr(seq_idx, 'shape', type(seq_idx).__name__)}")
+        ids = seq_idx[0].long()
+        if seq_len > 1 and bool((ids[1:] < ids[:-1]).any()):
+            raise ValueError("`seq_idx` must be non-decreasing (the sequence of each token, in order)")
+        starts = (torch.nonzero(ids[1:] != ids[:-1]).flatten() + 1).tolist()
+        packed = check_cu_seqlens("packed sequences", torch.tensor([0, *starts, seq_len]), 1, seq_len, name="seq_idx")
+    else:
+        if position_ids is None or batch_size != 1 or seq_len < 2 or not isinstance(position_ids, torch.Tensor):
+            return None
+        pos = position_ids.reshape(-1)
+        if pos.numel() != seq_len:
+            return None
+        restart = pos[1:] != pos[:-1] + 1
+        if not bool(restart.any()) or not bool((pos[1:][restart] == pos[0]).all()):
+            return None  # consecutive positions (one sequence), or not a restarting pattern
+        starts = (torch.nonzero(restart).flatten() + 1).tolist()
+        packed = check_cu_seqlens("packed sequences", torch.tensor([0, *starts, seq_len]), 1, seq_len, name="position_ids")
+    return packed if packed.N > 1 else None
 
 
 def _return_dict(return_dict, config) -> bool:
@@ -233,6 +338,9 @@ class SeqForCausalLM(SeqPreTrainedModel, GenerationMixin):
         logits_to_keep=0,
         **kwargs,
     ):
+        """As :meth:`SeqModel.forward`, plus labels ``[B, T]`` (long, -100 ignored; shifted inside). Returns
+        ``logits`` ``[B, T', vocab_size]`` (T' = T or ``logits_to_keep``; the head's dtype), the fp32 ``loss``
+        when labels are given, and the cache."""
         cache = pop_cache(cache, kwargs)
         outputs = self.model(
             input_ids=input_ids,
@@ -243,6 +351,7 @@ class SeqForCausalLM(SeqPreTrainedModel, GenerationMixin):
             use_cache=use_cache,
             output_hidden_states=output_hidden_states,
             return_dict=True,
+            **{name: kwargs[name] for name in PACKING_KWARGS if name in kwargs},
         )
         hidden_states = outputs.last_hidden_state
         if isinstance(logits_to_keep, int) and logits_to_keep > 0:

@@ -17,9 +17,20 @@ from __future__ import annotations
 import torch
 
 from .._dispatch import check_same_device, check_tensor
+from .._varlen import check_cu_seqlens
 from .swa_torch import sliding_window_attention_torch, sliding_window_decode_torch
 
 _FLOATS = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+def check_window(where: str, window, name: str = "window") -> None:
+    """The one check of a sliding window size (this op, ``LinearizedLlamaConfig.window_size``, ``linearize``): a
+    positive int, the number of keys a query sees, itself included. TypeError for a non-int, ValueError for <= 0."""
+    if isinstance(window, bool) or not isinstance(window, int):
+        raise TypeError(f"{where}: {name} must be a positive int (keys a query sees, itself included), got "
+                        f"{type(window).__name__} {window!r}")
+    if window <= 0:
+        raise ValueError(f"{where}: {name} must be a positive int (keys a query sees, itself included), got {window!r}")
 
 
 def _check_common(op, q, k, v, sinks, scale):
@@ -36,21 +47,23 @@ def _check_common(op, q, k, v, sinks, scale):
             raise ValueError(f"{op}: `sinks` must be [H] or [H, M] with H = {H} query heads, got {tuple(sinks.shape)}")
         if sinks.dim() == 2:
             sinks = torch.logsumexp(sinks, dim=-1)
-    if scale is not None and not isinstance(scale, (int, float)):
-        raise ValueError(f"{op}: `scale` must be a Python number, got {type(scale).__name__}")
+    if scale is not None and (isinstance(scale, bool) or not isinstance(scale, (int, float))):
+        raise TypeError(f"{op}: `scale` must be a Python number, got {type(scale).__name__}")
     return sinks, (D ** -0.5 if scale is None else float(scale))
 
 
-def sliding_window_attention(q, k, v, window: int, sinks=None, scale=None, key_mask=None):
+def sliding_window_attention(q, k, v, window: int, sinks=None, scale=None, key_mask=None, cu_seqlens=None):
     """Causal sliding-window attention (training and prefill). Returns ``o`` ``[B, T, H, D]``.
+
+    ``cu_seqlens`` (1-D int offsets ``[0, l1, ..., T]``, batch 1, no key prefix: ``L == T``): packed sequences; no
+    query attends across a sequence boundary.
 
     ``key_mask`` ``[B, L]`` (bool, True = attend) drops padding keys. A query that sees no valid key (and no sink)
     outputs zeros.
     """
     op = "sliding_window_attention"
     sinks, scale = _check_common(op, q, k, v, sinks, scale)
-    if isinstance(window, bool) or not isinstance(window, int) or window <= 0:
-        raise ValueError(f"{op}: `window` must be a positive int (keys a query sees, itself included), got {window!r}")
+    check_window(op, window, "`window`")
     B, T, H, D = q.shape
     if T == 0:
         raise ValueError(f"{op}: the sequence dimension (dim 1) of `q` is empty")
@@ -68,8 +81,15 @@ def sliding_window_attention(q, k, v, window: int, sinks=None, scale=None, key_m
         if key_mask.dtype != torch.bool or tuple(key_mask.shape) != (B, L):
             raise ValueError(f"{op}: `key_mask` must be a bool tensor [B, L] = {(B, L)}, got {key_mask.dtype} {tuple(key_mask.shape)}")
     check_same_device(op, q=q, k=k, v=v, sinks=sinks, key_mask=key_mask)
+    packed = check_cu_seqlens(op, cu_seqlens, B, T)
+    seg = None
+    if packed is not None:
+        if L != T:
+            raise ValueError(f"{op}: with `cu_seqlens` the keys must be the queries' own tokens (L == T), got L={L}, T={T}")
+        seg = packed.seq_ids(q.device).unsqueeze(0)
+        window = min(window, packed.max_len)
     # a query never sees more than the L keys there are: the same result, with O(T x min(window, L)) memory
-    return sliding_window_attention_torch(q, k, v, min(window, L), sinks, scale, key_mask)
+    return sliding_window_attention_torch(q, k, v, min(window, L), sinks, scale, key_mask, seg)
 
 
 def sliding_window_decode(q, k_cache, v_cache, cache_mask, sinks=None, scale=None):

@@ -33,7 +33,7 @@ def _key_spans(x, T, window, nb, fill=0.0):
     return x.reshape(x.shape[0], nb + 1, window, *x.shape[2:])
 
 
-def _scores(q, k, key_mask, window, scale, dt):
+def _scores(q, k, key_mask, window, scale, dt, seg=None):
     """Returns query blocks [B, Hkv, G, nb, w, D], key spans [B, Hkv, nb, 2w, D], masked scores [.., w, 2w]."""
     B, T, H, D, L, Hkv, G, nb = _layout(q, k, window)
     qb = F.pad(q.to(dt), (0, 0, 0, 0, 0, nb * window - T)).reshape(B, nb, window, Hkv, G, D)
@@ -47,6 +47,11 @@ def _scores(q, k, key_mask, window, scale, dt):
     j = torch.arange(2 * window, device=q.device)[None, :]
     band = (j > i) & (j <= i + window)  # query i of the block sits at span index i + w
     allowed = band & vspan[:, None, None, :, None, :]  # [B, 1, 1, nb, w, 2w]
+    if seg is not None:  # packed sequences (L == T): a query sees only keys of its own sequence
+        qs = F.pad(seg, (0, nb * window - T), value=-1).reshape(B, nb, window)
+        ks = _key_spans(seg, T, window, nb, fill=-2)
+        kspan_seg = torch.cat([ks[:, :-1], ks[:, 1:]], dim=-1)  # [B, nb, 2w]
+        allowed = allowed & (qs[..., :, None] == kspan_seg[..., None, :])[:, None, None]
     S = (qb * scale) @ kspan.unsqueeze(2).transpose(-1, -2)
     return qb, kspan, S.masked_fill(~allowed, float("-inf"))
 
@@ -78,12 +83,12 @@ def _fold_spans(dspan, L, T, window):
 
 class SlidingWindowAttentionFunction(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, q, k, v, sinks, key_mask, window, scale):
+    def forward(ctx, q, k, v, sinks, key_mask, window, scale, seg=None):
         from .._dispatch import compute_dtype
 
         dt = compute_dtype(q, k, v, sinks)
         B, T, H, D, L, Hkv, G, nb = _layout(q, k, window)
-        _, _, S = _scores(q, k, key_mask, window, scale, dt)
+        _, _, S = _scores(q, k, key_mask, window, scale, dt, seg)
         m = S.amax(-1)
         if sinks is not None:
             sink = sinks.to(dt).reshape(1, Hkv, G, 1, 1)
@@ -97,7 +102,7 @@ class SlidingWindowAttentionFunction(torch.autograd.Function):
         o = (p @ _value_spans(v, T, window, nb, dt).unsqueeze(2)) / Z.unsqueeze(-1)
         lse = m + torch.log(Z)
         ctx.save_for_backward(q, k, v, sinks, key_mask, o, lse)
-        ctx.window, ctx.scale = window, scale
+        ctx.window, ctx.scale, ctx.seg = window, scale, seg
         return _from_blocks(o, T).to(q.dtype)
 
     @staticmethod
@@ -105,7 +110,7 @@ class SlidingWindowAttentionFunction(torch.autograd.Function):
         q, k, v, sinks, key_mask, o, lse = ctx.saved_tensors
         window, scale, dt = ctx.window, ctx.scale, o.dtype
         B, T, H, D, L, Hkv, G, nb = _layout(q, k, window)
-        qb, kspan, S = _scores(q, k, key_mask, window, scale, dt)
+        qb, kspan, S = _scores(q, k, key_mask, window, scale, dt, ctx.seg)
         vspan = _value_spans(v, T, window, nb, dt)
         p = torch.exp(S - lse.unsqueeze(-1))
         dob = F.pad(do.to(dt), (0, 0, 0, 0, 0, nb * window - T)).reshape(B, nb, window, Hkv, G, D)
@@ -120,11 +125,12 @@ class SlidingWindowAttentionFunction(torch.autograd.Function):
         if sinks is not None and ctx.needs_input_grad[3]:
             p_sink = torch.exp(sinks.to(dt).reshape(1, Hkv, G, 1, 1) - lse)
             dsinks = -(p_sink * delta).sum((0, 3, 4)).reshape(H).to(sinks.dtype)
-        return _from_blocks(dq, T).to(q.dtype), dk.to(k.dtype), dv.to(v.dtype), dsinks, None, None, None
+        return _from_blocks(dq, T).to(q.dtype), dk.to(k.dtype), dv.to(v.dtype), dsinks, None, None, None, None
 
 
-def sliding_window_attention_torch(q, k, v, window, sinks=None, scale=None, key_mask=None):
-    return SlidingWindowAttentionFunction.apply(q, k, v, sinks, key_mask, window, scale)
+def sliding_window_attention_torch(q, k, v, window, sinks=None, scale=None, key_mask=None, seg=None):
+    """``seg`` [B, T] (int, only when L == T): the packed sequence of each token; attention stays inside one."""
+    return SlidingWindowAttentionFunction.apply(q, k, v, sinks, key_mask, window, scale, seg)
 
 
 def sliding_window_decode_torch(q, k_cache, v_cache, cache_mask, sinks=None, scale=None):

@@ -172,9 +172,36 @@ class ChunkGLAFunction(torch.autograd.Function):
         return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype), dg.to(g.dtype), None, dh0, None, None
 
 
-def chunk_gla_torch(q, k, v, g, scale, initial_state=None, output_final_state=False, chunk=CHUNK):
+# Forward without gradients (prefill, evaluation) streams blocks of chunks carrying the state, so the temporaries
+# (the sub-block scales are ~8x the size of q) stay bounded: each block holds about this many elements of q.
+STREAM_ELEMENTS = 1 << 21
+
+
+def _needs_graph(*tensors):
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+
+
+def chunk_gla_torch(q, k, v, g, scale, initial_state=None, output_final_state=False, chunk=CHUNK, stream_elements=None):
+    B, T, H, K = q.shape
+    budget = STREAM_ELEMENTS if stream_elements is None else stream_elements
+    block = max(1, budget // max(1, B * H * chunk * max(K, v.shape[-1]))) * chunk  # tokens per streamed block
+    if T > block and not _needs_graph(q, k, v, g, initial_state):
+        return _chunk_gla_streamed(q, k, v, g, scale, initial_state, output_final_state, chunk, block)
     o, final = ChunkGLAFunction.apply(q, k, v, g, scale, initial_state, output_final_state, chunk)
     return o, (final if output_final_state else None)
+
+
+def _chunk_gla_streamed(q, k, v, g, scale, initial_state, output_final_state, chunk, block):
+    """The same forward, ``block`` tokens (a multiple of ``chunk``) at a time; extra memory O(block), not O(T)."""
+    B, T, H, _ = q.shape
+    o = torch.empty(B, T, H, v.shape[-1], dtype=q.dtype, device=q.device)
+    state = initial_state
+    with torch.no_grad():
+        for s in range(0, T, block):
+            e = min(s + block, T)
+            ob, state = ChunkGLAFunction.apply(q[:, s:e], k[:, s:e], v[:, s:e], g[:, s:e], scale, state, True, chunk)
+            o[:, s:e] = ob
+    return o, (state if output_final_state else None)
 
 
 def recurrent_gla_step_torch(q, k, v, g, scale, initial_state=None, output_final_state=False):
@@ -190,3 +217,158 @@ def recurrent_gla_step_torch(q, k, v, g, scale, initial_state=None, output_final
     o = ((q0 * scale).unsqueeze(-2) @ S).squeeze(-2).unsqueeze(1).to(q.dtype)
     final = S if dt == torch.float64 else S.float()
     return o, (final if output_final_state else None)
+
+
+class _ChunkLayout:
+    """Packed sequences laid out chunk-aligned: sequence ``i`` takes whole chunks ``[c0_i, c0_i + n_i)``, zero-padded
+    after its last token (zero q, k, v and a zero log-gate: the padding changes no state). No chunk holds two
+    sequences, so the state is reset by starting each sequence's first chunk from its own initial state."""
+
+    def __init__(self, packed, chunk, device):
+        lens = packed.lengths
+        n = [-(-length // chunk) for length in lens]
+        c0 = [0]
+        for m in n:
+            c0.append(c0[-1] + m)
+        self.N, self.Nc, self.chunk = packed.N, c0[-1], chunk
+        self.first = {c0[i]: i for i in range(self.N) if n[i]}
+        self.last = {c0[i] + n[i] - 1: i for i in range(self.N) if n[i]}
+        seq = torch.repeat_interleave(torch.arange(self.N, device=device), torch.tensor(n, device=device))
+        local = (torch.arange(self.Nc, device=device) - torch.tensor(c0[:-1], device=device)[seq])[:, None] * chunk
+        local = local + torch.arange(chunk, device=device)[None, :]
+        valid = local < torch.tensor(lens, device=device)[seq][:, None]
+        src = torch.tensor(packed.offsets[:-1], device=device)[seq][:, None] + local
+        self.src = torch.where(valid, src, torch.zeros_like(src)).flatten()
+        self.valid = valid.flatten()
+        self.dst = torch.nonzero(self.valid).flatten()  # the padded place of every token, in token order
+
+    def to_chunks(self, x, dtype):
+        """[1, T, H, D] -> [1, H, Nc, C, D] in ``dtype``."""
+        y = x[0].to(dtype).index_select(0, self.src) * self.valid[:, None, None].to(dtype)
+        H, D = x.shape[2], x.shape[3]
+        return y.transpose(0, 1).reshape(1, H, self.Nc, self.chunk, D).contiguous()
+
+    def from_chunks(self, y):
+        """[1, H, Nc, C, D] -> [1, T, H, D]."""
+        H, D = y.shape[1], y.shape[-1]
+        return y.reshape(H, self.Nc * self.chunk, D).index_select(1, self.dst).transpose(0, 1).unsqueeze(0)
+
+
+def _packed_prepare(q, k, v, g, scale, lay):
+    from .._dispatch import compute_dtype
+
+    dt = compute_dtype(q, k, v, g)
+    qc = lay.to_chunks(q, dt) * scale
+    kc, vc = lay.to_chunks(k, dt), lay.to_chunks(v, dt)
+    G = lay.to_chunks(g, dt).cumsum(-2)
+    Glast = G[..., -1, :]
+    kdec = kc * torch.exp(Glast.unsqueeze(-2) - G)
+    return qc, kc, vc, G, Glast, kdec
+
+
+def _packed_states(kdec, v, decay, h0, lay):
+    """The state entering each chunk [1, H, Nc, K, V], restarting at each sequence, and the final states [N, H, K, V]."""
+    U = kdec.transpose(-1, -2) @ v
+    _, H, Nc, K, V = U.shape
+    finals = torch.zeros(lay.N, H, K, V, dtype=U.dtype, device=U.device) if h0 is None else h0.to(U.dtype).clone()
+    states = torch.empty_like(U)
+    S = None
+    for n in range(Nc):
+        if n in lay.first:
+            i = lay.first[n]
+            S = finals[i : i + 1].clone() if h0 is not None else torch.zeros_like(U[:, :, 0])
+        states[:, :, n] = S
+        S = decay[:, :, n, :, None] * S + U[:, :, n]
+        if n in lay.last:
+            finals[lay.last[n]] = S[0]
+    return states, finals
+
+
+class PackedChunkGLAFunction(torch.autograd.Function):
+    """:class:`ChunkGLAFunction` for packed sequences (batch 1, chunk-aligned layout, per-sequence states)."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, g, scale, initial_state, output_final_state, lay):
+        qc, kc, vc, G, Glast, kdec = _packed_prepare(q, k, v, g, scale, lay)
+        A = _SubBlocks(G).scores(qc, kc)
+        states, finals = _packed_states(kdec, vc, torch.exp(Glast), initial_state, lay)
+        o = A @ vc + (qc * torch.exp(G)) @ states
+        ctx.save_for_backward(q, k, v, g, initial_state)
+        ctx.scale, ctx.lay = scale, lay
+        finals = finals.float() if finals.dtype != torch.float64 else finals
+        if not output_final_state:
+            ctx.mark_non_differentiable(finals)
+        return lay.from_chunks(o).to(q.dtype), finals
+
+    @staticmethod
+    def backward(ctx, do, dht):
+        q, k, v, g, h0 = ctx.saved_tensors
+        scale, lay = ctx.scale, ctx.lay
+        qc, kc, vc, G, Glast, kdec = _packed_prepare(q, k, v, g, scale, lay)
+        dt = qc.dtype
+        doc = lay.to_chunks(do, dt)
+        decay = torch.exp(Glast)
+        states, finals = _packed_states(kdec, vc, decay, h0, lay)
+        qexp = qc * torch.exp(G)
+        W = qexp.transpose(-1, -2) @ doc  # [1, H, Nc, K, V]
+        _, H, Nc, K, V = W.shape
+        dht = None if dht is None else dht.to(dt)
+        # empty sequences pass their initial state straight through: d h0 = d final for them
+        dh0 = dht.clone() if dht is not None else torch.zeros(lay.N, H, K, V, dtype=dt, device=q.device)
+        # per-sequence constant of d g: (d final * final) summed over V, reaching every token of the sequence
+        const = (dht * finals.to(dt)).sum(-1) if dht is not None else None  # [N, H, K]
+        dstates = torch.empty_like(W)
+        dS = None
+        for n in range(Nc - 1, -1, -1):
+            if n in lay.last:
+                i = lay.last[n]
+                dS = dht[i : i + 1].clone() if dht is not None else torch.zeros_like(W[:, :, 0])
+            dstates[:, :, n] = dS
+            dS = decay[:, :, n, :, None] * dS + W[:, :, n]
+            if n in lay.first:
+                dh0[lay.first[n]] = dS[0]
+
+        causal = torch.ones(lay.chunk, lay.chunk, dtype=torch.bool, device=q.device).tril()
+        dA = (doc @ vc.transpose(-1, -2)) * causal
+        A, dq, dk = _SubBlocks(G).scores_and_grads(qc, kc, dA)
+        dq = dq + torch.exp(G) * (doc @ states.transpose(-1, -2))
+        dk = dk + torch.exp(Glast.unsqueeze(-2) - G) * (vc @ dstates.transpose(-1, -2))
+        dv = A.transpose(-1, -2) @ doc + kdec @ dstates
+
+        # d g_t = sum over the later tokens s >= t of the same sequence of (q dq - k dk)_s (+ the constant):
+        # within each chunk a reversed cumsum, across the chunks of a sequence a carried suffix sum
+        local = (qc * dq - kc * dk).flip(-2).cumsum(-2).flip(-2)  # [1, H, Nc, C, K]
+        carry = torch.empty_like(local[..., 0, :])  # [1, H, Nc, K]: what the later chunks of the sequence add
+        acc = None
+        for n in range(Nc - 1, -1, -1):
+            if n in lay.last:
+                i = lay.last[n]
+                acc = const[i : i + 1] if const is not None else torch.zeros_like(local[:, :, 0, 0])
+            carry[:, :, n] = acc
+            acc = acc + local[:, :, n, 0]
+        dg = lay.from_chunks(local + carry.unsqueeze(-2))
+        dq = lay.from_chunks(dq) * scale
+        dk, dv = lay.from_chunks(dk), lay.from_chunks(dv)
+        dh0 = dh0.to(h0.dtype) if h0 is not None else None
+        return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype), dg.to(g.dtype), None, dh0, None, None
+
+
+def chunk_gla_packed_torch(q, k, v, g, scale, initial_state, output_final_state, packed, chunk=CHUNK):
+    """Packed sequences (``packed``: a ``kernels._varlen.Packed``) on the torch path. With gradients: one chunk-aligned
+    pass; without, each sequence streams on its own (bounded extra memory, as :func:`chunk_gla_torch`)."""
+    if not _needs_graph(q, k, v, g, initial_state) and q[0].numel() // q.shape[-1] * max(q.shape[-1], v.shape[-1]) > STREAM_ELEMENTS:
+        o = torch.empty(*q.shape[:3], v.shape[-1], dtype=q.dtype, device=q.device)
+        finals = []
+        for i, (s, e) in enumerate(zip(packed.offsets, packed.offsets[1:])):
+            h = None if initial_state is None else initial_state[i : i + 1]
+            if e == s:
+                dt = torch.float64 if q.dtype == torch.float64 else torch.float32
+                finals.append(torch.zeros(1, q.shape[2], q.shape[3], v.shape[-1], dtype=dt, device=q.device)
+                              if h is None else h.to(dt))
+                continue
+            o[:, s:e], f = chunk_gla_torch(q[:, s:e], k[:, s:e], v[:, s:e], g[:, s:e], scale, h, True, chunk)
+            finals.append(f)
+        return o, (torch.cat(finals) if output_final_state else None)
+    lay = _ChunkLayout(packed, chunk, q.device)
+    o, finals = PackedChunkGLAFunction.apply(q, k, v, g, scale, initial_state, output_final_state, lay)
+    return o, (finals if output_final_state else None)

@@ -18,12 +18,13 @@ from .._dispatch import (
     debug_checks_enabled,
     select_backend,
 )
-from .chunk_torch import chunk_gla_torch, recurrent_gla_step_torch
+from .._varlen import check_cu_seqlens
+from .chunk_torch import chunk_gla_packed_torch, chunk_gla_torch, recurrent_gla_step_torch
 
 _HALF = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
-def _check_gla_args(op, q, k, v, g, scale, initial_state, backend):
+def _check_gla_args(op, q, k, v, g, scale, initial_state, backend, cu_seqlens=None):
     for name, x in (("q", q), ("k", k), ("v", v), ("g", g)):
         check_tensor(op, name, x, ndim=4)
         if x.dtype not in _HALF:
@@ -39,13 +40,15 @@ def _check_gla_args(op, q, k, v, g, scale, initial_state, backend):
         raise ValueError(f"{op}: the sequence dimension (dim 1) of `q` is empty")
     if not (q.dtype == k.dtype == v.dtype):
         raise ValueError(f"{op}: `q`, `k`, `v` must share a dtype, got {q.dtype}, {k.dtype}, {v.dtype}")
+    packed = check_cu_seqlens(op, cu_seqlens, B, T)
     if initial_state is not None:
         check_tensor(op, "initial_state", initial_state, ndim=4)
-        want = (B, H, K, v.shape[-1])
+        want = (B if packed is None else packed.N, H, K, v.shape[-1])
         if tuple(initial_state.shape) != want:
-            raise ValueError(f"{op}: `initial_state` must be [B, H, K, V] = {want}, got {tuple(initial_state.shape)}")
-    if scale is not None and not isinstance(scale, (int, float)):
-        raise ValueError(f"{op}: `scale` must be a Python number, got {type(scale).__name__}")
+            lead = "B" if packed is None else "N (one per packed sequence)"
+            raise ValueError(f"{op}: `initial_state` must be [{lead}, H, K, V] = {want}, got {tuple(initial_state.shape)}")
+    if scale is not None and (isinstance(scale, bool) or not isinstance(scale, (int, float))):
+        raise TypeError(f"{op}: `scale` must be a Python number, got {type(scale).__name__}")
     device = check_same_device(op, q=q, k=k, v=v, g=g, initial_state=initial_state)
     chosen = select_backend(op, device, backend)
     if chosen == "triton":
@@ -65,12 +68,25 @@ def _check_gla_args(op, q, k, v, g, scale, initial_state, backend):
                 f"{op}: `g` contains -inf (a gate of exactly 0, e.g. log(0)); the chunked form needs finite log gates: "
                 "clamp it (e.g. g.clamp(min=-1e4) resets the state just as well)"
             )
-    return chosen, (K ** -0.5 if scale is None else float(scale))
+    return chosen, (K ** -0.5 if scale is None else float(scale)), packed
 
 
-def chunk_gla(q, k, v, g, scale=None, initial_state=None, output_final_state=False, backend=None):
-    """Chunkwise-parallel gated linear attention (training and prefill). Returns ``(o, final_state)``."""
-    chosen, scale = _check_gla_args("chunk_gla", q, k, v, g, scale, initial_state, backend)
+def _packed_gla(fn, packed, q, k, v, g, scale, initial_state, output_final_state):
+    """Run ``fn`` (a [B, T] implementation) on packed sequences: each sequence in its own row of a zero-padded batch
+    (padding at the end: zero keys and no decay, so the final state is the state after the sequence's last token).
+    The Triton kernels take this route (N x longest-sequence tokens of work); the torch path packs chunk-aligned."""
+    qp, kp, vp, gp = (packed.to_padded(x) for x in (q, k, v, g))
+    o, final = fn(qp, kp, vp, gp, scale, initial_state, output_final_state)
+    return packed.from_padded(o), final
+
+
+def chunk_gla(q, k, v, g, scale=None, initial_state=None, output_final_state=False, backend=None, cu_seqlens=None):
+    """Chunkwise-parallel gated linear attention (training and prefill). Returns ``(o, final_state)``.
+
+    ``cu_seqlens`` (1-D int offsets ``[0, l1, l1+l2, ..., T]``, batch 1): packed sequences, the state restarts at
+    each start; ``initial_state`` and the final state are then ``[N, H, K, V]``, one per sequence.
+    """
+    chosen, scale, packed = _check_gla_args("chunk_gla", q, k, v, g, scale, initial_state, backend, cu_seqlens)
     T, H = q.shape[1], q.shape[2]
     # as fla: shorter than the head count usually means a head-first tensor (our own layers know their layout)
     if 1 < T < H and not sys._getframe(1).f_globals.get("__name__", "").startswith("hf_seqmodels."):
@@ -81,13 +97,27 @@ def chunk_gla(q, k, v, g, scale=None, initial_state=None, output_final_state=Fal
     if chosen == "triton":
         from .chunk_triton import chunk_gla_triton
 
-        return chunk_gla_triton(q, k, v, g, scale, initial_state, output_final_state)
-    return chunk_gla_torch(q, k, v, g, scale, initial_state, output_final_state)
+        fn = chunk_gla_triton
+    else:
+        fn = chunk_gla_torch
+    if packed is not None:
+        if chosen == "torch":  # chunk-aligned packing: no padding beyond each sequence's last chunk
+            return chunk_gla_packed_torch(q, k, v, g, scale, initial_state, output_final_state, packed)
+        return _packed_gla(fn, packed, q, k, v, g, scale, initial_state, output_final_state)
+    return fn(q, k, v, g, scale, initial_state, output_final_state)
 
 
-def fused_recurrent_gla(q, k, v, g, scale=None, initial_state=None, output_final_state=False, backend=None):
+def fused_recurrent_gla(q, k, v, g, scale=None, initial_state=None, output_final_state=False, backend=None,
+                        cu_seqlens=None):
     """Token-by-token gated linear attention (decoding). Same signature and result as :func:`chunk_gla`."""
-    chosen, scale = _check_gla_args("fused_recurrent_gla", q, k, v, g, scale, initial_state, backend)
+    chosen, scale, packed = _check_gla_args("fused_recurrent_gla", q, k, v, g, scale, initial_state, backend, cu_seqlens)
+    if packed is not None:
+        if chosen == "torch":  # the torch path computes the recurrence in chunked form
+            return chunk_gla_packed_torch(q, k, v, g, scale, initial_state, output_final_state, packed)
+
+        def fn(*args):
+            return fused_recurrent_gla(*args, backend=chosen)
+        return _packed_gla(fn, packed, q, k, v, g, scale, initial_state, output_final_state)
     if chosen == "triton":
         from .recurrent_triton import fused_recurrent_gla_triton
 

@@ -25,8 +25,51 @@ def _fix_interpreter_scalar_index() -> None:
     interpreter._patch_lang_tensor = patched
 
 
+def _bf16_round_nearest_even(x):
+    """fp32 numpy array -> bf16 bit patterns (uint16), rounded to nearest, ties to even, as the GPU's cvt.rn does."""
+    import numpy as np
+
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    bits = x.view(np.uint32)
+    out = ((bits + (((bits >> 16) & 1) + 0x7FFF)) >> 16).astype(np.uint16)
+    return np.where(np.isnan(x), ((bits >> 16) | 0x0040).astype(np.uint16), out)
+
+
+def _fix_interpreter_bf16() -> None:
+    """Under TRITON_INTERPRET=1, make bf16 behave as on the GPU (triton 3.6): fp32 -> bf16 casts round to nearest
+    even (the interpreter truncates), and ``tl.dot`` takes bf16 operands (it multiplied their raw uint16 storage), so
+    the kernels give tl.dot the same bf16-rounded operands in the interpreter as on the hardware."""
+    import numpy as np
+    from triton.runtime import interpreter
+
+    builder = getattr(interpreter, "InterpreterBuilder", None)
+    if builder is None or getattr(builder, "_hf_seqmodels_bf16", False):
+        return
+    orig_cast, orig_dot = builder.cast_impl, builder.create_dot
+
+    def as_fp32(x):  # bf16 -> fp32 is exact (subnormals included): the bits shifted up
+        if x.dtype.scalar != tl.bfloat16:
+            return x
+        widened = (np.ascontiguousarray(x.data).astype(np.uint32) << 16).view(np.float32)
+        return interpreter.TensorHandle(widened, tl.float32)
+
+    def cast_impl(self, src, dst_type):
+        if src.dtype.scalar == tl.float32 and dst_type.scalar == tl.bfloat16:
+            return interpreter.TensorHandle(_bf16_round_nearest_even(src.data), tl.bfloat16)
+        if src.dtype.scalar == tl.bfloat16 and dst_type.scalar == tl.float32:
+            return as_fp32(src)
+        return orig_cast(self, src, dst_type)
+
+    def create_dot(self, a, b, d, input_precision, max_num_imprecise_acc):
+        return orig_dot(self, as_fp32(a), as_fp32(b), d, input_precision, max_num_imprecise_acc)
+
+    builder.cast_impl, builder.create_dot = cast_impl, create_dot
+    builder._hf_seqmodels_bf16 = True
+
+
 if triton_interpreting():
     _fix_interpreter_scalar_index()
+    _fix_interpreter_bf16()
 
 _TL_DTYPES = {torch.float16: tl.float16, torch.bfloat16: tl.bfloat16, torch.float32: tl.float32}
 
@@ -42,10 +85,8 @@ def check_triton_dtypes(op: str, *tensors) -> None:
 
 
 def dot_dtype(dtype: torch.dtype):
-    """Operand dtype for tl.dot: the input dtype (tensor cores), except bf16 under the interpreter, whose dot
-    multiplies the raw uint16 storage of bf16 operands (triton 3.6), so it gets fp32 operands there."""
-    if dtype == torch.bfloat16 and triton_interpreting():
-        return tl.float32
+    """Operand dtype for tl.dot: the input dtype (tensor cores). Under the interpreter too: bf16 operands are
+    rounded to nearest even and multiplied as on the GPU (:func:`_fix_interpreter_bf16`)."""
     return _TL_DTYPES[dtype]
 
 

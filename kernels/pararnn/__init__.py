@@ -1,5 +1,14 @@
 from .._dispatch import triton_available
-from .newton import NewtonConvergenceError, NewtonInfo, newton_solve, sequential_solve
+from . import cells
+from .newton import (
+    ON_FAIL,
+    NewtonConvergenceError,
+    NewtonInfo,
+    check_newton_options,
+    check_on_fail,
+    newton_solve,
+    sequential_solve,
+)
 
 if triton_available():  # the fused kernels need triton (an optional dependency)
     from .fused_triton import fused_newton_gru, fused_newton_lstm
@@ -7,6 +16,10 @@ else:
     fused_newton_gru = fused_newton_lstm = None
 
 __all__ = [
+    "ON_FAIL",
+    "cells",
+    "check_newton_options",
+    "check_on_fail",
     "NewtonConvergenceError",
     "NewtonInfo",
     "newton_solve",

@@ -42,10 +42,11 @@ from torch.autograd.function import once_differentiable
 
 from .._dispatch import check_same_device, check_tensor, compute_dtype, select_backend
 from ..scan.scan_triton import _affine2_combine, _affine_combine, _last_row
-from .newton import DEFAULT_TOL, ON_FAIL, check_convergence, newton_solve
+from .cells import CELLS as TORCH_CELLS
+from .newton import DEFAULT_TOL, check_convergence, check_newton_options, newton_solve
 
 CELLS = ("gru", "lstm")
-NUM_DIAGONALS = {"gru": 3, "lstm": 5}
+NUM_DIAGONALS = {name: n for name, (*_, n) in TORCH_CELLS.items()}
 # Largest tiles (the interpreter pays per tile element; tests shrink them to cross several tiles and unit blocks).
 MAX_BLOCK_T = {"gru": 64, "lstm": 32}
 MAX_BLOCK_D = 32
@@ -566,49 +567,8 @@ class _FusedNewtonFunction(torch.autograd.Function):
         return None, gu if need_u else None, ga if need_a else None, gh0 if need_h0 else None, None
 
 
-# -- PyTorch path: newton_solve with the same closed forms ---------------------------------------------------------
-def _gru_step(h, u, a):
-    z = torch.sigmoid(a[0] * h + u[..., 0, :])
-    r = torch.sigmoid(a[1] * h + u[..., 1, :])
-    c = torch.tanh(a[2] * (h * r) + u[..., 2, :])
-    return (1 - z) * h + z * c
-
-
-def _gru_jac(h, u, a):
-    z = torch.sigmoid(a[0] * h + u[..., 0, :])
-    r = torch.sigmoid(a[1] * h + u[..., 1, :])
-    c = torch.tanh(a[2] * (h * r) + u[..., 2, :])
-    dr = r * (1 - r) * a[1]
-    return (1 - z) + (c - h) * z * (1 - z) * a[0] + z * (1 - c * c) * a[2] * (r + h * dr)
-
-
-def _lstm_gates(s, u, a):
-    sc, sh = s[..., 0], s[..., 1]
-    f = torch.sigmoid(a[0] * sh + u[..., 0, :] + a[3] * sc)
-    z = torch.tanh(a[1] * sh + u[..., 1, :])
-    c = f * sc + (1 - f) * z
-    o = torch.sigmoid(a[2] * sh + u[..., 2, :] + a[4] * c)
-    return sc, f, z, c, o
-
-
-def _lstm_step(s, u, a):
-    _, _, _, c, o = _lstm_gates(s, u, a)
-    return torch.stack([c, o * torch.tanh(c)], -1)
-
-
-def _lstm_jac(s, u, a):
-    sc, f, z, c, o = _lstm_gates(s, u, a)
-    df = f * (1 - f)
-    j00 = f + (sc - z) * df * a[3]
-    j01 = (sc - z) * df * a[0] + (1 - f) * (1 - z * z) * a[1]
-    tc = torch.tanh(c)
-    do, dtc = o * (1 - o) * tc, o * (1 - tc * tc)
-    j10 = (do * a[4] + dtc) * j00
-    j11 = do * (a[2] + a[4] * j01) + dtc * j01
-    return torch.stack([torch.stack([j00, j01], -1), torch.stack([j10, j11], -1)], -2)
-
-
-_TORCH_CELLS = {"gru": (_gru_step, _gru_jac, "diagonal"), "lstm": (_lstm_step, _lstm_jac, "block2")}
+# -- PyTorch path: newton_solve with the closed forms of .cells ----------------------------------------------------
+_TORCH_CELLS = {name: (step, jac, structure) for name, (step, jac, structure, _) in TORCH_CELLS.items()}
 
 
 def _masked(fn, block2, jacobian):
@@ -657,14 +617,11 @@ def _check_args(op, cell, u, a, h0, mask, tol, max_iter, on_fail):
         if x is not None and x.dtype not in _DTYPES:
             raise ValueError(f"{op}: `{name}` must be float16, bfloat16, float32 or float64, got {x.dtype}")
     if mask is not None:
-        if not isinstance(mask, torch.Tensor) or tuple(mask.shape) != (B, T):
+        if not isinstance(mask, torch.Tensor):
+            raise TypeError(f"{op}: `mask` must be a [B, T] = ({B}, {T}) tensor, got {type(mask).__name__}")
+        if tuple(mask.shape) != (B, T):
             raise ValueError(f"{op}: `mask` must be a [B, T] = ({B}, {T}) tensor, got {getattr(mask, 'shape', mask)}")
-    if not isinstance(max_iter, int) or isinstance(max_iter, bool) or max_iter < 0:
-        raise ValueError(f"{op}: `max_iter` must be a non-negative int, got {max_iter!r}")
-    if tol is not None and not (isinstance(tol, (int, float)) and tol > 0):
-        raise ValueError(f"{op}: `tol` must be a positive number or None, got {tol!r}")
-    if on_fail not in ON_FAIL:
-        raise ValueError(f"{op}: `on_fail` must be one of {ON_FAIL}, got {on_fail!r}")
+    check_newton_options(op, tol, max_iter, on_fail)
     return check_same_device(op, u=u, a=a, h0=h0, mask=mask)
 
 

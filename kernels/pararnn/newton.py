@@ -33,6 +33,7 @@ import warnings
 import torch
 from torch.autograd.function import once_differentiable
 
+from .._varlen import check_cu_seqlens
 from ..scan import block2_scan, linear_scan
 
 STRUCTURES = ("diagonal", "block2")
@@ -58,8 +59,15 @@ def _state_dims(structure):
     return 1 if structure == "diagonal" else 2  # dims after [B, T]
 
 
-def _shift(h, h0):
-    """[h0, h_0, ..., h_{T-2}]: the previous state of every step."""
+def _shift(h, h0, packed=None):
+    """[h0, h_0, ..., h_{T-2}]: the previous state of every step (packed sequences: each start sees its own h0)."""
+    if packed is not None:
+        prev = torch.cat((torch.zeros_like(h[:, :1]), h[:, :-1]), 1)
+        starts = packed.starts(h.device)
+        if h0 is None:
+            return prev.index_fill(1, starts, 0)
+        first = h0.index_select(0, packed.nonempty_index(h.device)).to(h.dtype).unsqueeze(0)
+        return prev.index_copy(1, starts, first)
     first = torch.zeros_like(h[:, :1]) if h0 is None else h0.unsqueeze(1).to(h.dtype)
     return torch.cat((first, h[:, :-1]), 1)
 
@@ -99,7 +107,7 @@ def _jacobian(cfg, h_prev, x, params):
 
 def _scan(cfg, J, r, reverse=False):
     fn = linear_scan if cfg.structure == "diagonal" else block2_scan
-    return fn(J, r, reverse=reverse, backend=cfg.backend)
+    return fn(J, r, reverse=reverse, backend=cfg.backend, cu_seqlens=cfg.packed)
 
 
 def _residual(h, f):
@@ -107,7 +115,14 @@ def _residual(h, f):
     return r / max(1.0, scale)
 
 
-def _sequential(step, x, params, h0, state_shape, dtype):
+def _sequential(step, x, params, h0, state_shape, dtype, packed=None):
+    if packed is not None:  # one sequence after another, each from its own initial state
+        out = []
+        for i, (s, e) in enumerate(zip(packed.offsets, packed.offsets[1:])):
+            if e > s:
+                hi = None if h0 is None else h0[i : i + 1]
+                out.append(_sequential(step, x[:, s:e], params, hi, (1, *state_shape[1:]), dtype))
+        return torch.cat(out, 1)
     h = torch.zeros(state_shape, dtype=dtype, device=x.device) if h0 is None else h0.to(dtype)
     out = []
     for t in range(x.shape[1]):
@@ -145,6 +160,7 @@ class _Config:
     on_fail: str
     backend: str | None
     info: NewtonInfo | None = None
+    packed: object = None  # kernels._varlen.Packed for packed sequences
 
 
 def _newton(cfg, x, h0, params):
@@ -155,7 +171,7 @@ def _newton(cfg, x, h0, params):
     tol = cfg.tol if cfg.tol is not None else DEFAULT_TOL.get(h.dtype, 1e-5)
     it = 0
     while True:
-        h_prev = _shift(h, h0)
+        h_prev = _shift(h, h0, cfg.packed)
         f = _call_step(cfg.step, h_prev, x, params)
         res = _residual(h, f)
         if not math.isfinite(res) or res <= tol or it == cfg.max_iter:
@@ -164,7 +180,7 @@ def _newton(cfg, x, h0, params):
         it += 1
     info, h_sequential = check_convergence(
         "newton_solve", it, res, tol, cfg.max_iter, cfg.on_fail,
-        lambda: _sequential(cfg.step, x, params, h0, cfg.state_shape, h.dtype), stacklevel=2,
+        lambda: _sequential(cfg.step, x, params, h0, cfg.state_shape, h.dtype, cfg.packed), stacklevel=2,
     )
     return (h if h_sequential is None else h_sequential), info
 
@@ -183,7 +199,7 @@ class _NewtonFunction(torch.autograd.Function):
         cfg = ctx.cfg
         h, x, h0, *params = ctx.saved_tensors
         need_x, need_h0, *need_p = ctx.needs_input_grad[1:]
-        h_prev = _shift(h, h0)
+        h_prev = _shift(h, h0, cfg.packed)
         J = _jacobian(cfg, h_prev, x, params)
         if cfg.structure == "block2":
             J = J.transpose(-1, -2)
@@ -205,38 +221,76 @@ class _NewtonFunction(torch.autograd.Function):
             gp = [None] * len(params)
         gh0 = None
         if need_h0:
-            lam0 = lam[:, 0]
-            gh0 = J[:, 0] * lam0 if cfg.structure == "diagonal" else (J[:, 0] @ lam0.unsqueeze(-1)).squeeze(-1)
+            if cfg.packed is None:
+                J0, lam0 = J[:, 0], lam[:, 0]
+            else:  # each sequence's h0 feeds its first step
+                starts = cfg.packed.starts(h.device)
+                J0, lam0 = J[0, starts], lam[0, starts]
+            gh0 = J0 * lam0 if cfg.structure == "diagonal" else (J0 @ lam0.unsqueeze(-1)).squeeze(-1)
+            if cfg.packed is not None:
+                gh0 = cfg.packed.per_sequence(gh0)
             gh0 = gh0.to(h0.dtype)
         return None, gx, gh0, *gp
 
 
-def _check_solve_args(op, step, jac, x, params, h0, state_size, structure):
+def check_on_fail(op: str, on_fail, name: str = "on_fail") -> None:
+    """The one check of an ``on_fail`` setting (``newton_solve``, the fused solvers, ``ParaRNNConfig``)."""
+    if not isinstance(on_fail, str):
+        raise TypeError(f"{op}: `{name}` must be a str, one of {ON_FAIL}, got {type(on_fail).__name__}")
+    if on_fail not in ON_FAIL:
+        raise ValueError(f"{op}: `{name}` must be one of {ON_FAIL}, got {on_fail!r}")
+
+
+def check_newton_options(op: str, tol, max_iter, on_fail, prefix: str = "") -> None:
+    """The one check of the Newton settings ``tol`` (a number > 0 or None), ``max_iter`` (an int >= 0) and
+    ``on_fail``; ``prefix`` names them as a caller's fields (``"newton_"``: ``newton_tol``, ...)."""
+    if isinstance(max_iter, bool) or not isinstance(max_iter, int):
+        raise TypeError(f"{op}: `{prefix}max_iter` must be a non-negative int, got {type(max_iter).__name__}")
+    if max_iter < 0:
+        raise ValueError(f"{op}: `{prefix}max_iter` must be a non-negative int, got {max_iter!r}")
+    if tol is not None:
+        if isinstance(tol, bool) or not isinstance(tol, (int, float)):
+            raise TypeError(f"{op}: `{prefix}tol` must be a positive number or None, got {type(tol).__name__}")
+        if not tol > 0:
+            raise ValueError(f"{op}: `{prefix}tol` must be a positive number or None, got {tol!r}")
+    check_on_fail(op, on_fail, prefix + "on_fail")
+
+
+def _check_solve_args(op, step, jac, x, params, h0, state_size, structure, packed=None):
     if not callable(step):
-        raise ValueError(f"{op}: `step` must be callable step(h_prev, x, *params) -> h")
+        raise TypeError(f"{op}: `step` must be callable step(h_prev, x, *params) -> h")
     if jac is not None and not callable(jac):
-        raise ValueError(f"{op}: `jac` must be None or callable jac(h_prev, x, *params) -> J")
+        raise TypeError(f"{op}: `jac` must be None or callable jac(h_prev, x, *params) -> J")
     if structure not in STRUCTURES:
         raise ValueError(f"{op}: `structure` must be one of {STRUCTURES}, got {structure!r}")
-    if not isinstance(x, torch.Tensor) or x.dim() < 2 or not x.is_floating_point():
-        raise ValueError(f"{op}: `x` must be a floating-point tensor [B, T, ...], got {getattr(x, 'shape', type(x))}")
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{op}: `x` must be a floating-point tensor [B, T, ...], got {type(x).__name__}")
+    if x.dim() < 2 or not x.is_floating_point():
+        raise ValueError(f"{op}: `x` must be a floating-point tensor [B, T, ...], got {x.dtype} {tuple(x.shape)}")
     if x.shape[1] == 0:
         raise ValueError(f"{op}: the sequence dimension (dim 1) of `x` is empty")
     if not isinstance(params, (tuple, list)) or not all(isinstance(p, torch.Tensor) for p in params):
-        raise ValueError(f"{op}: `params` must be a tuple of tensors")
+        raise TypeError(f"{op}: `params` must be a tuple of tensors")
     tail = () if structure == "diagonal" else (2,)
     if h0 is not None:
-        if not isinstance(h0, torch.Tensor) or h0.dim() != 2 + len(tail) or tuple(h0.shape[2:]) != tail:
+        if not isinstance(h0, torch.Tensor):
+            raise TypeError(f"{op}: `h0` must be a tensor or None, got {type(h0).__name__}")
+        if h0.dim() != 2 + len(tail) or tuple(h0.shape[2:]) != tail:
             want = "[B, D]" if structure == "diagonal" else "[B, D, 2]"
             raise ValueError(f"{op}: `h0` must be {want} for structure {structure!r}, got {getattr(h0, 'shape', h0)}")
-        if h0.shape[0] != x.shape[0]:
+        if packed is not None and h0.shape[0] != packed.N:
+            raise ValueError(f"{op}: `h0` must hold one state per packed sequence ({packed.N}), got {h0.shape[0]}")
+        if packed is None and h0.shape[0] != x.shape[0]:
             raise ValueError(f"{op}: `h0` has batch {h0.shape[0]} but `x` has batch {x.shape[0]}")
         if state_size is not None and h0.shape[1] != state_size:
             raise ValueError(f"{op}: `h0` has {h0.shape[1]} units but `state_size` is {state_size}")
         if h0.device != x.device:
             raise ValueError(f"{op}: `h0` is on {h0.device} but `x` is on {x.device}")
-        return tuple(h0.shape)
-    if not isinstance(state_size, int) or state_size <= 0:
+        return (x.shape[0], *h0.shape[1:])
+    if state_size is not None and (isinstance(state_size, bool) or not isinstance(state_size, int)):
+        raise TypeError(f"{op}: pass `h0` or a positive int `state_size` (the number of units D), got "
+                        f"{type(state_size).__name__}")
+    if state_size is None or state_size <= 0:
         raise ValueError(f"{op}: pass `h0` or a positive int `state_size` (the number of units D), got {state_size!r}")
     return (x.shape[0], state_size, *tail)
 
@@ -255,6 +309,7 @@ def newton_solve(
     on_fail="fallback",
     backend=None,
     return_info=False,
+    cu_seqlens=None,
 ):
     """Solve ``h_t = step(h_{t-1}, x_t, *params)`` for all ``t`` at once with Newton's method.
 
@@ -272,26 +327,26 @@ def newton_solve(
             warns (RuntimeWarning) and returns the sequential solve; ``"raise"`` raises NewtonConvergenceError.
         backend: scan backend (None/"auto", "torch", "triton").
         return_info: also return a :class:`NewtonInfo`.
+        cu_seqlens: offsets ``[0, l1, l1 + l2, ..., T]`` of packed sequences (batch 1): each is solved from its own
+            initial state (``h0`` ``[N, D(, 2)]`` or zeros); no state flows across a boundary.
 
     Returns ``h`` ``[B, T, D]`` / ``[B, T, D, 2]`` (dtype of ``step``'s output), differentiable w.r.t. ``x``,
     ``params`` and ``h0`` through the adjoint backward.
     """
     op = "newton_solve"
-    state_shape = _check_solve_args(op, step, jac, x, params, h0, state_size, structure)
-    if not isinstance(max_iter, int) or max_iter < 0:
-        raise ValueError(f"{op}: `max_iter` must be a non-negative int, got {max_iter!r}")
-    if tol is not None and not (isinstance(tol, (int, float)) and tol > 0):
-        raise ValueError(f"{op}: `tol` must be a positive number or None, got {tol!r}")
-    if on_fail not in ON_FAIL:
-        raise ValueError(f"{op}: `on_fail` must be one of {ON_FAIL}, got {on_fail!r}")
-    cfg = _Config(step, jac, structure, state_shape, tol, max_iter, on_fail, backend)
+    packed = check_cu_seqlens(op, cu_seqlens, x.shape[0], x.shape[1]) if isinstance(x, torch.Tensor) and x.dim() >= 2 else None
+    state_shape = _check_solve_args(op, step, jac, x, params, h0, state_size, structure, packed)
+    check_newton_options(op, tol, max_iter, on_fail)
+    cfg = _Config(step, jac, structure, state_shape, tol, max_iter, on_fail, backend, packed=packed)
     h = _NewtonFunction.apply(cfg, x, h0, *params)
     return (h, cfg.info) if return_info else h
 
 
-def sequential_solve(step, x, params=(), h0=None, *, state_size=None, structure="diagonal"):
+def sequential_solve(step, x, params=(), h0=None, *, state_size=None, structure="diagonal", cu_seqlens=None):
     """The same recurrence, one step at a time (``step`` on ``[B, 1, ...]`` slices): the slow reference and the
-    Newton fallback. Differentiable by plain autograd through the loop."""
-    state_shape = _check_solve_args("sequential_solve", step, None, x, params, h0, state_size, structure)
+    Newton fallback. Differentiable by plain autograd through the loop. ``cu_seqlens``: as in :func:`newton_solve`."""
+    op = "sequential_solve"
+    packed = check_cu_seqlens(op, cu_seqlens, x.shape[0], x.shape[1]) if isinstance(x, torch.Tensor) and x.dim() >= 2 else None
+    state_shape = _check_solve_args(op, step, None, x, params, h0, state_size, structure, packed)
     dtype = torch.promote_types(x.dtype, h0.dtype) if h0 is not None else x.dtype
-    return _sequential(step, x, tuple(params), h0, state_shape, dtype)
+    return _sequential(step, x, tuple(params), h0, state_shape, dtype, packed)

@@ -12,12 +12,13 @@ from __future__ import annotations
 import torch
 
 from .._dispatch import check_same_device, check_tensor, select_backend
+from .._varlen import check_cu_seqlens
 from .scan_torch import block2_scan_torch, linear_scan_torch
 
 _DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
-def _check_scan_args(op, a, b, initial_state, reverse, backend, a_tail, b_tail, a_name="a"):
+def _check_scan_args(op, a, b, initial_state, reverse, backend, a_tail, b_tail, a_name="a", cu_seqlens=None):
     check_tensor(op, a_name, a, ndim=3 + len(a_tail))
     check_tensor(op, "b", b, ndim=3 + len(b_tail))
     for name, x in ((a_name, a), ("b", b)):
@@ -35,9 +36,10 @@ def _check_scan_args(op, a, b, initial_state, reverse, backend, a_tail, b_tail, 
         )
     if b.shape[1] == 0:
         raise ValueError(f"{op}: the sequence dimension (dim 1) of `b` is empty")
+    packed = check_cu_seqlens(op, cu_seqlens, b.shape[0], b.shape[1])
     if initial_state is not None:
         check_tensor(op, "initial_state", initial_state, ndim=2 + len(b_tail))
-        want = (b.shape[0], b.shape[2]) + b_tail
+        want = (b.shape[0] if packed is None else packed.N, b.shape[2]) + b_tail
         if tuple(initial_state.shape) != want:
             raise ValueError(f"{op}: `initial_state` must have shape {want}, got {tuple(initial_state.shape)}")
         if initial_state.dtype not in _DTYPES:
@@ -45,14 +47,34 @@ def _check_scan_args(op, a, b, initial_state, reverse, backend, a_tail, b_tail, 
                 f"{op}: `initial_state` must be float16, bfloat16, float32 or float64, got {initial_state.dtype}"
             )
     if not isinstance(reverse, bool):
-        raise ValueError(f"{op}: `reverse` must be a bool, got {type(reverse).__name__}")
+        raise TypeError(f"{op}: `reverse` must be a bool, got {type(reverse).__name__}")
     device = check_same_device(op, **{a_name: a, "b": b, "initial_state": initial_state})
-    return select_backend(op, device, backend)
+    return select_backend(op, device, backend), packed
 
 
-def linear_scan(a, b, initial_state=None, reverse=False, backend=None):
-    """Diagonal linear recurrence ``h_t = a_t * h_{t-1} + b_t`` over dim 1 of ``[B, T, D]``; returns ``h``."""
-    chosen = _check_scan_args("linear_scan", a, b, initial_state, reverse, backend, (), ())
+def _reset_packed(packed, a, b, initial_state, reverse, apply):
+    """Packed sequences as one scan: the map at each sequence's first step (last, when reversed) forgets the
+    carried state (``a = 0``) and takes that sequence's initial state into ``b`` instead (``b + a h0``)."""
+    at = packed.ends(a.device) if reverse else packed.starts(a.device)
+    keep = torch.ones(a.shape[1], dtype=a.dtype, device=a.device).index_fill(0, at, 0)
+    a2 = a * keep.reshape(1, -1, *([1] * (a.dim() - 2)))
+    if initial_state is None:
+        return a2, b
+    h0 = initial_state.index_select(0, packed.nonempty_index(a.device)).to(b.dtype)  # [N', D(, 2)]
+    extra = apply(a[0, at], h0)  # a_first h0 per sequence
+    return a2, b.index_add(1, at, extra.unsqueeze(0))
+
+
+def linear_scan(a, b, initial_state=None, reverse=False, backend=None, cu_seqlens=None):
+    """Diagonal linear recurrence ``h_t = a_t * h_{t-1} + b_t`` over dim 1 of ``[B, T, D]``; returns ``h``.
+
+    ``cu_seqlens`` (1-D int offsets ``[0, l1, ..., T]``, batch 1): packed sequences, each scanned on its own
+    (``initial_state`` is then ``[N, D]``, one per sequence: ``h_{-1}``, or ``h_T`` of each sequence when reversed).
+    """
+    chosen, packed = _check_scan_args("linear_scan", a, b, initial_state, reverse, backend, (), (), cu_seqlens=cu_seqlens)
+    if packed is not None:
+        a, b = _reset_packed(packed, a, b, initial_state, reverse, lambda a0, h0: a0 * h0)
+        initial_state = None
     if chosen == "triton":
         from .scan_triton import linear_scan_triton
 
@@ -60,9 +82,14 @@ def linear_scan(a, b, initial_state=None, reverse=False, backend=None):
     return linear_scan_torch(a, b, initial_state, reverse)
 
 
-def block2_scan(A, b, initial_state=None, reverse=False, backend=None):
-    """2x2 block-diagonal recurrence ``h_t = A_t @ h_{t-1} + b_t`` per (batch, unit); returns ``h`` [B, T, D, 2]."""
-    chosen = _check_scan_args("block2_scan", A, b, initial_state, reverse, backend, (2, 2), (2,), a_name="A")
+def block2_scan(A, b, initial_state=None, reverse=False, backend=None, cu_seqlens=None):
+    """2x2 block-diagonal recurrence ``h_t = A_t @ h_{t-1} + b_t`` per (batch, unit); returns ``h`` [B, T, D, 2].
+    ``cu_seqlens``: packed sequences, as in :func:`linear_scan` (``initial_state`` ``[N, D, 2]``)."""
+    chosen, packed = _check_scan_args("block2_scan", A, b, initial_state, reverse, backend, (2, 2), (2,), a_name="A",
+                                      cu_seqlens=cu_seqlens)
+    if packed is not None:
+        A, b = _reset_packed(packed, A, b, initial_state, reverse, lambda a0, h0: (a0 @ h0.unsqueeze(-1)).squeeze(-1))
+        initial_state = None
     if chosen == "triton":
         from .scan_triton import block2_scan_triton
 

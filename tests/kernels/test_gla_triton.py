@@ -101,6 +101,7 @@ CASES = {
 }
 
 
+@pytest.mark.interpreter
 @pytest.mark.parametrize("case", list(CASES))
 @pytest.mark.parametrize("op", list(OPS))
 def test_matches_loop_reference(op, case):
@@ -108,6 +109,7 @@ def test_matches_loop_reference(op, case):
     check(OPS[op], make_inputs(B, T, H, K, V, dtype, gates, g_dtype, h0), TOL[dtype])
 
 
+@pytest.mark.interpreter
 @pytest.mark.parametrize("op", list(OPS))
 def test_without_state(op):
     """No initial state and no final state requested: o and the gradients of q, k, v, g."""
@@ -125,6 +127,7 @@ def test_without_state(op):
         assert err(a.grad, b.grad) < 1e-4
 
 
+@pytest.mark.interpreter
 def test_chunk_state_carried_across_calls():
     """Two calls with the state handed over == one call, for outputs, final state and all gradients."""
     q, k, v, g, s0 = make_inputs(1, 90, 2, 16, 16)
@@ -143,6 +146,7 @@ def test_chunk_state_carried_across_calls():
         assert err(y.grad, x.grad) < 1e-4
 
 
+@pytest.mark.interpreter
 def test_prefill_then_decode_matches_one_call():
     """Chunked prefill, then token-by-token decoding with the recurrent op, == one chunked call."""
     q, k, v, g, s0 = make_inputs(2, 75, 2, 16, 12)
@@ -159,6 +163,7 @@ def test_prefill_then_decode_matches_one_call():
     assert err(state, S) < 1e-5
 
 
+@pytest.mark.interpreter
 @pytest.mark.parametrize("name", ["chunk_gla", "fused_recurrent_gla"])
 def test_through_public_ops(name):
     q, k, v, g, s0 = make_inputs(1, 9, 2, 16, 8)

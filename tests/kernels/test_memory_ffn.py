@@ -63,6 +63,7 @@ def test_torch_path_low_precision(dtype, tol):
     assert rel(y, loop_reference(*low)) < tol
 
 
+@pytest.mark.interpreter
 @pytest.mark.parametrize("B,T,S,d", [(2, 1, 5, 7), (3, 19, 21, 20), (1, 70, 67, 40)])
 def test_triton_interpreter_matches_loop(B, T, S, d):
     pytest.importorskip("triton")
@@ -76,6 +77,7 @@ def test_triton_interpreter_matches_loop(B, T, S, d):
         assert g.dtype == torch.float32 and rel(g, r) < 1e-4, f"{name} {rel(g, r):.2e}"
 
 
+@pytest.mark.interpreter
 def test_triton_bf16_forward():
     pytest.importorskip("triton")
     inputs = [t.float().to(torch.bfloat16) for t in make(2, 9, 18, 17)]
@@ -84,6 +86,7 @@ def test_triton_bf16_forward():
     assert rel(y, loop_reference(*inputs)) < 3e-2
 
 
+@pytest.mark.interpreter  # CPU tensors with backend="triton"
 def test_triton_refuses_fp64():
     pytest.importorskip("triton")
     with pytest.raises(ValueError, match="float64"):

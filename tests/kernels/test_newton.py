@@ -281,7 +281,6 @@ def _args(**kw):
         (dict(h0=torch.zeros(2, 4, 2)), r"`h0` must be \[B, D\]"),
         (dict(h0=torch.zeros(3, 4, dtype=torch.float64)), r"`h0` has batch 3"),
         (dict(x=torch.randn(2, 0, 3)), r"sequence dimension"),
-        (dict(params=[torch.zeros(1), 1.0]), r"`params` must be a tuple of tensors"),
         (dict(step=lambda h, x, *p: h[..., :2]), r"`step` must return a tensor shaped like h_prev"),
         (dict(jac=lambda h, x, *p: h.unsqueeze(-1)), r"`jac` must return shape \(2, 5, 4\)"),
         (dict(on_fail="ignore"), r"`on_fail` must be one of"),
@@ -291,6 +290,22 @@ def _args(**kw):
 )
 def test_argument_errors(kwargs, match):
     with pytest.raises(ValueError, match=match):
+        newton_solve(**_args(**kwargs))
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(params=[torch.zeros(1), 1.0]), r"`params` must be a tuple of tensors"),
+        (dict(step="gru"), r"`step` must be callable"),
+        (dict(jac=1.0), r"`jac` must be None or callable"),
+        (dict(max_iter=2.0), r"`max_iter` must be a non-negative int"),
+        (dict(tol="small"), r"`tol` must be a positive number"),
+        (dict(on_fail=None), r"`on_fail` must be a str"),
+    ],
+)
+def test_argument_type_errors(kwargs, match):
+    with pytest.raises(TypeError, match=match):
         newton_solve(**_args(**kwargs))
 
 

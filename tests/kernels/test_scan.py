@@ -139,7 +139,6 @@ def test_non_contiguous_inputs(small_tiles):
         (dict(a=torch.randn(2, 0, 3), b=torch.randn(2, 0, 3)), r"sequence dimension"),
         (dict(initial_state=torch.randn(2, 4)), r"`initial_state` must have shape \(2, 3\)"),
         (dict(initial_state=torch.randn(2, 3, device="meta")), r"`initial_state` is on meta"),
-        (dict(reverse=1), r"`reverse` must be a bool"),
         (dict(backend="cuda"), r"backend must be one of"),
     ],
 )
@@ -147,6 +146,20 @@ def test_linear_scan_argument_errors(kwargs, match):
     args = dict(a=torch.randn(2, 5, 3), b=torch.randn(2, 5, 3), initial_state=None, reverse=False, backend=None)
     args.update(kwargs)
     with pytest.raises(ValueError, match=match):
+        linear_scan(**args)
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(reverse=1), r"`reverse` must be a bool"),
+        (dict(a=[[1.0]]), r"`a` must be a torch.Tensor"),
+    ],
+)
+def test_linear_scan_argument_type_errors(kwargs, match):
+    args = dict(a=torch.randn(2, 5, 3), b=torch.randn(2, 5, 3), initial_state=None, reverse=False, backend=None)
+    args.update(kwargs)
+    with pytest.raises(TypeError, match=match):
         linear_scan(**args)
 
 

@@ -33,7 +33,7 @@ def test_gla_layer_matches_reference(use_short_conv, T):
 def test_liger_attention_matches_reference(window, gla_weight, bias):
     config = LigerConfig(vocab_size=32, hidden_size=48, intermediate_size=64, num_hidden_layers=1, num_attention_heads=6,
                          num_key_value_heads=2, window_size=window, gla_weight=gla_weight, attention_bias=bias)
-    attn = randomize(LigerAttention(config, 0)).double()
+    attn = randomize(LigerAttention.from_config(config, 0)).double()
     T = 67
     x = torch.randn(2, T, 48, dtype=torch.float64)
     out = attn(x)
@@ -52,7 +52,7 @@ def test_lizard_attention_matches_reference(window, num_sinks):
 
     config = LizardConfig(vocab_size=32, hidden_size=48, intermediate_size=64, num_hidden_layers=1, num_attention_heads=6,
                           num_key_value_heads=2, window_size=window, num_sinks=num_sinks, feature_dim=5)
-    attn = randomize(LizardAttention(config, 0)).double()
+    attn = randomize(LizardAttention.from_config(config, 0)).double()
     with torch.no_grad():
         attn.sink_logits.copy_(torch.randn_like(attn.sink_logits))  # O(1) sinks: they matter
         attn.window_weight.copy_(torch.rand_like(attn.window_weight) * 2)

@@ -167,7 +167,7 @@ def test_left_padded_rows_equal_unpadded_rows(cell):
 def test_config_rejects_bad_fields():
     with pytest.raises(ValueError, match="ParaRNNConfig.mode"):
         _tiny(mode="fast")
-    with pytest.raises(ValueError, match="ParaRNNConfig.newton_on_fail"):
+    with pytest.raises(ValueError, match="ParaRNNConfig: `newton_on_fail` must be one of"):
         _tiny(newton_on_fail="ignore")
     with pytest.raises(ValueError, match="ParaRNNConfig.cell must be one of"):
         AutoModelForCausalLM.from_config(_tiny("transformer"))

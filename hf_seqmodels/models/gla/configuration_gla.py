@@ -1,3 +1,5 @@
+from hf_seqmodels.layers.checks import check_bool, check_int, check_number
+from hf_seqmodels.layers.gla import gla_dims
 from hf_seqmodels.models.causal_lm import SeqModelConfig
 
 
@@ -33,15 +35,12 @@ class GLAConfig(SeqModelConfig):
         self.expand_v = expand_v
         self.gate_low_rank_dim = gate_low_rank_dim
         self.gate_logit_normalizer = gate_logit_normalizer
-        if not isinstance(gate_logit_normalizer, (int, float)) or not gate_logit_normalizer > 0:
-            raise ValueError(f"{type(self).__name__}.gate_logit_normalizer must be a number > 0 (log gates are "
-                             f"logsigmoid(.) / gate_logit_normalizer), got {gate_logit_normalizer!r}")
         self.use_short_conv = use_short_conv
         self.conv_size = conv_size
         super().__init__(**kwargs)
-        hidden = self.hidden_size
-        if int(hidden * expand_k) % num_heads or int(hidden * expand_v) % num_heads:
-            raise ValueError(
-                f"GLAConfig: hidden_size*expand_k ({hidden * expand_k}) and hidden_size*expand_v ({hidden * expand_v}) "
-                f"must be divisible by num_heads ({num_heads})"
-            )
+        where = type(self).__name__
+        gla_dims(where, self.hidden_size, num_heads, expand_k, expand_v)  # the layer's own shape check
+        check_int(where, "gate_low_rank_dim", gate_low_rank_dim)
+        check_number(where, "gate_logit_normalizer", gate_logit_normalizer)  # log gates: logsigmoid(.) / it
+        check_bool(where, "use_short_conv", use_short_conv)
+        check_int(where, "conv_size", conv_size)

@@ -6,6 +6,8 @@ import re
 
 from transformers import PretrainedConfig
 
+from hf_seqmodels.layers.checks import check_int, check_number
+
 #: layer letters: lowercase = mixer only, uppercase = mixer + SwiGLU MLP (needs d_intermediate > 0 for the stage)
 LAYER_LETTERS = {"m": "mamba2", "t": "attention", "g": "gla", "r": "paragru", "l": "paralstm"}
 _LAYER_RE = re.compile(r"([mMtTgGrRlL])(\d+)")
@@ -35,7 +37,10 @@ PRESETS = {
 
 def parse_layer_string(spec: str, where: str = "arch_layout") -> list[str]:
     """``"T1m4"`` -> ``["T", "m", "m", "m", "m"]``; raises on anything that is not letter-count pairs."""
-    if not isinstance(spec, str) or _LAYER_RE.sub("", spec) != "":
+    if not isinstance(spec, str):
+        raise TypeError(f"HNetConfig.{where}: a layer string (such as 'm4' or 'T1m4') must be a str, got "
+                        f"{type(spec).__name__} {spec!r}")
+    if _LAYER_RE.sub("", spec) != "":
         raise ValueError(
             f"HNetConfig.{where}: {spec!r} is not a layer string (letter-count pairs such as 'm4' or 'T1m4'; letters "
             f"{''.join(LAYER_LETTERS)} or uppercase for a layer with an MLP)"
@@ -169,8 +174,41 @@ class HNetConfig(PretrainedConfig):
         return len(self.d_model) - 1
 
     def _validate(self):
+        from hf_seqmodels.kernels.pararnn import check_newton_options
+        from hf_seqmodels.layers.gla import gla_dims
+        from hf_seqmodels.layers.pararnn import check_mode, pararnn_shape
+
         stages = stage_layouts(self.arch_layout)
         S = len(stages)
+        check_int("HNetConfig", "vocab_size", self.vocab_size)
+        check_number("HNetConfig", "rms_norm_eps", self.rms_norm_eps)
+        check_number("HNetConfig", "initializer_range", self.initializer_range, positive=False, minimum=0.0)
+        check_number("HNetConfig", "embedding_init_std", self.embedding_init_std, positive=False, minimum=0.0)
+        check_number("HNetConfig", "ratio_loss_weight", self.ratio_loss_weight, positive=False, minimum=0.0)
+        check_int("HNetConfig", "word_max_chunk_bytes", self.word_max_chunk_bytes)
+        for s, (d, di) in enumerate(zip(self.d_model, self.d_intermediate)):
+            check_int("HNetConfig", f"d_model[{s}]", d)
+            check_int("HNetConfig", f"d_intermediate[{s}]", di, minimum=0)
+        for s, (h, r, w) in enumerate(zip(*(self.attn_cfg[k] for k in ("num_heads", "rotary_emb_dim", "window_size")))):
+            check_int("HNetConfig", f"attn_cfg['num_heads'][{s}]", h)
+            check_int("HNetConfig", f"attn_cfg['rotary_emb_dim'][{s}]", r, minimum=0)
+            # earlier keys a query sees besides itself (the attention layer's window is this + 1); -1: global
+            check_int("HNetConfig", f"attn_cfg['window_size'][{s}]", w, minimum=-1)
+        for key in ("d_state", "head_dim", "n_groups", "d_conv", "chunk_size"):
+            check_int("HNetConfig", f"ssm_cfg[{key!r}]", self.ssm_cfg[key])
+        check_number("HNetConfig", "ssm_cfg['expand']", self.ssm_cfg["expand"])
+        letters_used = {c.lower() for layouts in stages for spec in layouts for c in parse_layer_string(spec)}
+        for s, d in enumerate(self.d_model):  # the mixers' own shape checks, for the stages that build them
+            if "g" in letters_used:
+                g = self.gla_cfg
+                gla_dims(f"HNetConfig.gla_cfg (stage {s}, d_model {d})", d, g["num_heads"], g["expand_k"], g["expand_v"])
+            if letters_used & {"r", "l"}:
+                pararnn_shape(f"HNetConfig.pararnn_cfg (stage {s})", d, d, self.pararnn_cfg["num_heads"])
+        if letters_used & {"r", "l"}:
+            p = self.pararnn_cfg
+            check_mode("HNetConfig.pararnn_cfg", p["mode"])
+            check_newton_options("HNetConfig.pararnn_cfg", p["newton_tol"], p["newton_max_iter"], p["newton_on_fail"],
+                                 prefix="newton_")
         for name in ("d_model", "d_intermediate"):
             if len(getattr(self, name)) != S:
                 raise ValueError(f"HNetConfig.{name} needs one entry per stage ({S} for arch_layout {self.arch_layout}), got {getattr(self, name)}")

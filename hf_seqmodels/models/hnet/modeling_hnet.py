@@ -34,7 +34,14 @@ from hf_seqmodels.layers.mamba2 import Mamba2Mixer
 from hf_seqmodels.layers.norm import RMSNorm
 from hf_seqmodels.layers.pararnn import ParaRNNMixer
 from hf_seqmodels.layers.word_boundary import word_boundaries, word_boundary_state, word_boundary_step
-from hf_seqmodels.models.causal_lm import SeqForCausalLM, SeqPreTrainedModel, _padding_mask, _return_dict
+from hf_seqmodels.models.causal_lm import (
+    PACKING_KWARGS,
+    SeqForCausalLM,
+    SeqPreTrainedModel,
+    _padding_mask,
+    _return_dict,
+    packed_sequences,
+)
 
 from .configuration_hnet import LAYER_LETTERS, HNetConfig, parse_layer_string
 
@@ -89,9 +96,8 @@ def build_mixer(letter: str, config: HNetConfig, stage: int, layer_idx: int) -> 
         return GatedLinearAttention(hidden_size=d, num_heads=g["num_heads"], expand_k=g["expand_k"], expand_v=g["expand_v"],
                                     use_short_conv=g["use_short_conv"], conv_size=g["conv_size"], norm_eps=config.rms_norm_eps,
                                     layer_idx=layer_idx)
-    view = _stage_view(config, stage)
-    view.__dict__.update(config.pararnn_cfg, cell="gru" if kind == "paragru" else "lstm", state_size=d)
-    return ParaRNNMixer(view, layer_idx)
+    return ParaRNNMixer(hidden_size=d, state_size=d, cell="gru" if kind == "paragru" else "lstm",
+                        norm_eps=config.rms_norm_eps, layer_idx=layer_idx, **config.pararnn_cfg)
 
 
 class HNetIsotropic(nn.Module):
@@ -114,6 +120,7 @@ class HNetIsotropic(nn.Module):
                 module.init_std_scale = 1 / math.sqrt(max(1, n_residuals))
 
     def forward(self, hidden_states, mask, cache):
+        """hidden_states ``[B, T, d_model[stage]]``, mask ``[B, T]`` or None -> ``[B, T, d_model[stage]]``."""
         for block in self.layers:
             hidden_states = block(hidden_states, attention_mask=mask, cache=cache)
         return self.norm(hidden_states)
@@ -254,7 +261,8 @@ class _SlotCounter:
 
 class HNetPreTrainedModel(SeqPreTrainedModel):
     config_class = HNetConfig
-    _keep_in_fp32_modules = ["residual_proj"]
+    # strict: fp32 under bf16 too (as the module is built), not only when loading in fp16
+    _keep_in_fp32_modules_strict = ["residual_proj"]
 
     def save_pretrained(self, save_directory, *args, **kwargs):
         """Weights, config, loader files and model card as every model here, plus the byte tokenizer's files (so
@@ -304,6 +312,9 @@ class HNetModel(HNetPreTrainedModel):
 
     def forward(self, input_ids=None, attention_mask=None, position_ids=None, cache=None, inputs_embeds=None,
                 use_cache=None, output_hidden_states=None, return_dict=None, **kwargs):
+        """input_ids ``[B, T]`` (bytes, long) or inputs_embeds ``[B, T, d_model[0]]``; attention_mask ``[B, T]``.
+        Returns :class:`HNetModelOutput`: ``last_hidden_state`` ``[B, T, d_model[0]]`` and per-stage boundary
+        masks/probabilities ``[B, T_s]``."""
         cache = pop_cache(cache, kwargs)
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("Pass exactly one of `input_ids` and `inputs_embeds`")
@@ -319,6 +330,12 @@ class HNetModel(HNetPreTrainedModel):
                                  f"[{int(input_ids.min())}, {int(input_ids.max())}]")
             inputs_embeds = self.embeddings(input_ids)
         B, T, _ = inputs_embeds.shape
+        if packed_sequences(B, T, position_ids, kwargs) is not None:
+            raise ValueError(
+                "HNetModel does not support packed sequences (position_ids restarting at 0, cu_seq_lens_q or seq_idx, "
+                "as DataCollatorWithFlattening gives): its routers, chunking, dechunking EMA and inner stages would "
+                "need a per-sequence reset at every stage. Pass a padded batch (attention_mask) instead"
+            )
         cache = self.resolve_cache(cache, use_cache)
         mask = _padding_mask(attention_mask, B, T)
         mask = None if mask is None else mask.bool()
@@ -369,9 +386,12 @@ class HNetForCausalLM(SeqForCausalLM, HNetPreTrainedModel):
 
     def forward(self, input_ids=None, attention_mask=None, position_ids=None, cache=None, inputs_embeds=None, labels=None,
                 use_cache=None, output_hidden_states=None, return_dict=None, logits_to_keep=0, **kwargs):
+        """As :meth:`HNetModel.forward`, plus labels ``[B, T]``. Returns :class:`HNetCausalLMOutput`: ``logits``
+        ``[B, T', vocab_size]``, fp32 ``loss`` = ``lm_loss`` + weighted ``ratio_loss``, ``boundary_fractions``."""
         cache = pop_cache(cache, kwargs)
         outputs = self.model(input_ids=input_ids, attention_mask=attention_mask, cache=cache, inputs_embeds=inputs_embeds,
-                             use_cache=use_cache, output_hidden_states=output_hidden_states, return_dict=True)
+                             use_cache=use_cache, output_hidden_states=output_hidden_states, return_dict=True,
+                             position_ids=position_ids, **{n: kwargs[n] for n in PACKING_KWARGS if n in kwargs})
         hidden = outputs.last_hidden_state
         if isinstance(logits_to_keep, int) and logits_to_keep > 0:
             hidden = hidden[:, -logits_to_keep:]

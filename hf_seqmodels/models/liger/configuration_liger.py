@@ -1,3 +1,6 @@
+from hf_seqmodels.kernels.attention import check_window
+from hf_seqmodels.layers.checks import check_int
+from hf_seqmodels.layers.liger import check_liger_options
 from hf_seqmodels.models.causal_lm import SeqModelConfig
 
 #: Llama config fields a linearized model keeps (shapes, RoPE, grouped-query heads, special tokens)
@@ -44,24 +47,29 @@ class LinearizedLlamaConfig(SeqModelConfig):
     ):
         for name in ("rope_theta", "rope_scaling", "pretraining_tp", "attention_dropout"):
             kwargs.pop(name, None)  # legacy or unused Llama fields: RoPE comes from rope_parameters
+        where = type(self).__name__
+        check_int(where, "num_attention_heads", num_attention_heads)
+        check_int(where, "num_key_value_heads", num_key_value_heads, allow_none=True)
+        check_int(where, "head_dim", head_dim, allow_none=True)
+        check_int(where, "max_position_embeddings", max_position_embeddings)
         self.num_attention_heads = num_attention_heads
         self.num_key_value_heads = num_key_value_heads or num_attention_heads
         super().__init__(**kwargs)
         self.head_dim = head_dim or self.hidden_size // num_attention_heads
+        if self.head_dim < 1:
+            raise ValueError(f"{where}: hidden_size ({self.hidden_size}) // num_attention_heads "
+                             f"({num_attention_heads}) is 0; pass head_dim or fewer heads")
         self.max_position_embeddings = max_position_embeddings
         self.rope_parameters = dict(rope_parameters or {"rope_type": "default", "rope_theta": 10000.0})
         self.rope_parameters.setdefault("rope_type", "default")
         self.attention_bias = attention_bias
         self.window_size = window_size
         self.gate_logit_normalizer = gate_logit_normalizer
-        if not isinstance(gate_logit_normalizer, (int, float)) or not gate_logit_normalizer > 0:
-            raise ValueError(f"{type(self).__name__}.gate_logit_normalizer must be a number > 0 (log gates are "
-                             f"logsigmoid(.) / gate_logit_normalizer), got {gate_logit_normalizer!r}")
+        check_liger_options(where, getattr(self, "gla_weight", None), gate_logit_normalizer, gla_scale)
         self.gla_scale = gla_scale
         self.base_model_name_or_path = base_model_name_or_path
         self.card_data = dict(card_data or {})
-        if isinstance(window_size, bool) or not isinstance(window_size, int) or window_size <= 0:
-            raise ValueError(f"{type(self).__name__}: window_size must be a positive int (keys a query sees), got {window_size!r}")
+        check_window(type(self).__name__, window_size, "window_size")
         if self.num_attention_heads % self.num_key_value_heads:
             raise ValueError(
                 f"{type(self).__name__}: num_attention_heads ({num_attention_heads}) must be a multiple of "
@@ -81,7 +89,6 @@ class LigerConfig(LinearizedLlamaConfig):
     model_type = "hf_seqmodels_liger"
 
     def __init__(self, gla_weight: float = 0.5, window_size: int = 64, **kwargs):
-        if not 0.0 <= float(gla_weight) <= 1.0:
-            raise ValueError(f"LigerConfig: gla_weight must be in [0, 1], got {gla_weight!r}")
-        self.gla_weight = float(gla_weight)
+        self.gla_weight = gla_weight  # checked with the linear branch's other fields by LinearizedLlamaConfig
         super().__init__(window_size=window_size, **kwargs)
+        self.gla_weight = float(gla_weight)

@@ -11,7 +11,7 @@ class LigerPreTrainedModel(SeqPreTrainedModel):
 
 class LigerModel(SeqModel, LigerPreTrainedModel):
     def build_block(self, config, layer_idx):
-        return LinearizedDecoderBlock(config, LigerAttention(config, layer_idx))
+        return LinearizedDecoderBlock(config, LigerAttention.from_config(config, layer_idx))
 
 
 class LigerForCausalLM(SeqForCausalLM, LigerPreTrainedModel):

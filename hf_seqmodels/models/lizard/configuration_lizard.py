@@ -1,3 +1,4 @@
+from hf_seqmodels.layers.lizard import check_lizard_options
 from hf_seqmodels.models.liger.configuration_liger import LinearizedLlamaConfig
 
 
@@ -16,10 +17,7 @@ class LizardConfig(LinearizedLlamaConfig):
     model_type = "hf_seqmodels_lizard"
 
     def __init__(self, window_size: int = 128, feature_dim: int | None = None, num_sinks: int = 4, sink_init: float = -4.0, **kwargs):
-        if feature_dim is not None and (isinstance(feature_dim, bool) or not isinstance(feature_dim, int) or feature_dim <= 0):
-            raise ValueError(f"LizardConfig: feature_dim must be a positive int or None, got {feature_dim!r}")
-        if isinstance(num_sinks, bool) or not isinstance(num_sinks, int) or num_sinks < 0:
-            raise ValueError(f"LizardConfig: num_sinks must be an int >= 0, got {num_sinks!r}")
+        check_lizard_options(type(self).__name__, feature_dim, num_sinks, sink_init)
         self.feature_dim = feature_dim
         self.num_sinks = num_sinks
         self.sink_init = float(sink_init)

@@ -12,7 +12,7 @@ class LizardPreTrainedModel(SeqPreTrainedModel):
 
 class LizardModel(SeqModel, LizardPreTrainedModel):
     def build_block(self, config, layer_idx):
-        return LinearizedDecoderBlock(config, LizardAttention(config, layer_idx))
+        return LinearizedDecoderBlock(config, LizardAttention.from_config(config, layer_idx))
 
 
 class LizardForCausalLM(SeqForCausalLM, LizardPreTrainedModel):

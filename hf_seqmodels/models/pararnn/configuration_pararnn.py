@@ -1,7 +1,8 @@
+from hf_seqmodels.kernels.pararnn import check_newton_options
+from hf_seqmodels.layers.checks import check_bool, check_choice, check_int, check_number
+from hf_seqmodels.layers.conv import CONV_INITS
+from hf_seqmodels.layers.pararnn import RECURRENT_INITS, check_cell_name, check_mode, pararnn_shape
 from hf_seqmodels.models.causal_lm import SeqModelConfig
-
-MODES = ("parallel", "sequential")
-ON_FAIL = ("fallback", "raise")
 
 
 class ParaRNNConfig(SeqModelConfig):
@@ -16,6 +17,14 @@ class ParaRNNConfig(SeqModelConfig):
         mode: ``"parallel"`` (Newton + parallel scans) or ``"sequential"`` (step by step; same result).
         newton_tol / newton_max_iter: convergence threshold (relative residual; None = by dtype) and iteration cap.
         newton_on_fail: ``"fallback"`` (warn, solve sequentially) or ``"raise"`` when Newton does not converge.
+        conv_init: ``"identity"`` (default: the short convolution starts by passing the current input through) or
+            ``"normal"`` (transformers' normal(0, initializer_range), as fla's models, and what earlier versions did). With
+            the normal init the cell's input is ~50x smaller than the block's, its gates see almost no input, and
+            1-layer ParaGRU / ParaLSTM stayed at chance on parity at length 32 (see BENCHMARKS.md, state tracking).
+        recurrent_init: the diagonal recurrent weights' init, ``"xavier_clipped"`` (Xavier-normal, each vector's
+            norm clipped to 0.5, as the paper) or ``"xlstm"`` (the reference library: N(0, (2 / sqrt(5 D))^2)).
+        recurrent_clip: None, or a bound on ``|a|`` applied elementwise in every step (the paper clips at 0.9 on
+            its synthetic tasks except parity).
     """
 
     model_type = "hf_seqmodels_pararnn"
@@ -32,11 +41,26 @@ class ParaRNNConfig(SeqModelConfig):
         newton_tol: float | None = None,
         newton_max_iter: int = 10,
         newton_on_fail: str = "fallback",
+        conv_init: str = "identity",
+        recurrent_init: str = "xavier_clipped",
+        recurrent_clip: float | None = None,
         **kwargs,
     ):
         super().__init__(**kwargs)
+        where = type(self).__name__
+        state_size = state_size if state_size is not None else self.hidden_size
+        # the layer's own checks, run here so that a bad field fails when the config is made
+        check_cell_name(where, cell, registered=True)
+        pararnn_shape(where, self.hidden_size, state_size, num_heads)
+        check_bool(where, "use_short_conv", use_short_conv)
+        check_int(where, "conv_size", conv_size)
+        check_mode(where, mode)
+        check_newton_options(where, newton_tol, newton_max_iter, newton_on_fail, prefix="newton_")
+        check_choice(where, "conv_init", conv_init, CONV_INITS)
+        check_choice(where, "recurrent_init", recurrent_init, RECURRENT_INITS)
+        check_number(where, "recurrent_clip", recurrent_clip, allow_none=True)
         self.cell = cell
-        self.state_size = state_size if state_size is not None else self.hidden_size
+        self.state_size = state_size
         self.num_heads = num_heads
         self.use_short_conv = use_short_conv
         self.conv_size = conv_size
@@ -44,9 +68,6 @@ class ParaRNNConfig(SeqModelConfig):
         self.newton_tol = newton_tol
         self.newton_max_iter = newton_max_iter
         self.newton_on_fail = newton_on_fail
-        if mode not in MODES:
-            raise ValueError(f"ParaRNNConfig.mode must be one of {MODES}, got {mode!r}")
-        if newton_on_fail not in ON_FAIL:
-            raise ValueError(f"ParaRNNConfig.newton_on_fail must be one of {ON_FAIL}, got {newton_on_fail!r}")
-        if self.state_size % num_heads:
-            raise ValueError(f"ParaRNNConfig.state_size ({self.state_size}) must be divisible by num_heads ({num_heads})")
+        self.conv_init = conv_init
+        self.recurrent_init = recurrent_init
+        self.recurrent_clip = recurrent_clip

@@ -1,0 +1,122 @@
+"""State-tracking tasks: the generators against plain per-sequence Python written from the task definitions, and a
+tiny training run (the full runs live in benchmarks/state_tracking.py)."""
+import itertools
+import random
+
+import pytest
+import torch
+
+from hf_seqmodels.evaluation import state_tracking as st
+
+
+def _seed(fresh_seed):
+    return fresh_seed % 1000
+
+
+def test_parity_and_cycle_labels(fresh_seed):
+    x, y = st.TASKS["parity"].data(7, 13, seed=_seed(fresh_seed))
+    for row, lab in zip(x.tolist(), y.tolist()):
+        assert lab == [sum(row[:t + 1]) % 2 for t in range(len(row))]
+    x, y = st.TASKS["cycle"].data(7, 13, seed=_seed(fresh_seed))
+    assert set(x.unique().tolist()) <= {0, 1, 2}
+    for row, lab in zip(x.tolist(), y.tolist()):
+        pos, want = 0, []
+        for move in row:
+            pos = (pos + {0: 0, 1: 1, 2: -1}[move]) % 5
+            want.append(pos)
+        assert lab == want
+
+
+@pytest.mark.parametrize("length", [1, 2, 9, 14])
+def test_modular_labels_follow_operator_precedence(fresh_seed, length):
+    x, y = st.TASKS["modular"].data(16, length, seed=_seed(fresh_seed))
+    symbols = {5: "+", 6: "-", 7: "*"}
+    for row, lab in zip(x.tolist(), y.tolist()):
+        for t, token in enumerate(row):
+            if t % 2:
+                assert token in symbols and lab[t] == st.IGNORE_INDEX
+                continue
+            assert 0 <= token < 5
+            expression = "".join(str(v) if i % 2 == 0 else symbols[v] for i, v in enumerate(row[:t + 1]))
+            assert lab[t] == eval(expression) % 5, expression  # Python's precedence: * before + and -
+
+
+def test_a5_labels_are_running_products(fresh_seed):
+    perms = [p for p in itertools.permutations(range(5))
+             if sum(p[i] > p[j] for i in range(5) for j in range(i + 1, 5)) % 2 == 0]
+    assert len(perms) == 60
+    x, y = st.TASKS["a5"].data(5, 11, seed=_seed(fresh_seed))
+    for row, lab in zip(x.tolist(), y.tolist()):
+        state = tuple(range(5))
+        for t, g in enumerate(row):
+            state = tuple(perms[g][state[i]] for i in range(5))  # apply the state, then g
+            assert perms[lab[t]] == state
+    # not commutative: the order of the product matters
+    a, b = 1, 2
+    assert any(st._A5_PRODUCT[i, j] != st._A5_PRODUCT[j, i] for i in range(60) for j in range(60))
+    assert st._A5_PRODUCT[a, b] == perms.index(tuple(perms[b][perms[a][i]] for i in range(5)))
+
+
+def test_same_seed_same_data_and_bad_arguments():
+    a = st.TASKS["cycle"].data(4, 6, seed=3)
+    b = st.TASKS["cycle"].data(4, 6, seed=3)
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+    with pytest.raises(ValueError, match="`task`"):
+        st.get_task("dyck")
+    with pytest.raises(ValueError, match="`length`"):
+        st.TASKS["parity"].data(4, 0)
+    with pytest.raises(ValueError, match="`lr`"):
+        st.train_and_evaluate("parity", "dense-gru", lr=-1.0, steps=1, progress=False)
+    with pytest.raises(TypeError, match="`steps`"):
+        st.train_and_evaluate("parity", "dense-gru", steps=1.5, progress=False)
+
+
+def test_accuracy_scores_last_and_all_positions():
+    class Oracle(torch.nn.Module):  # knows the labels of the batch it is shown
+        def __init__(self, labels, wrong_last):
+            super().__init__()
+            self.labels, self.wrong_last = labels, wrong_last
+
+        def forward(self, x):
+            y = self.labels.clamp(min=0)
+            if self.wrong_last:
+                y = y.clone()
+                y[:, -1] = 1 - y[:, -1]
+            return torch.nn.functional.one_hot(y, 2).float()
+
+    x, y = st.TASKS["parity"].data(8, 5, seed=1)
+    assert st.accuracy(Oracle(y, False), x, y) == (1.0, 1.0)
+    assert st.accuracy(Oracle(y, True), x, y) == (0.0, 4 / 5)
+
+
+@pytest.mark.parametrize("config", ["paragru", "dense-gru"])
+def test_tiny_run_learns_parity(config, one_thread):
+    """Length 8, 400 steps: the nonlinear recurrences learn parity. A run escapes parity's loss plateau at a
+    seed-dependent step (7 of 8 seeds within this budget for ParaGRU), so ParaGRU gets the best of three fresh seeds."""
+    seeds = random.sample(range(1000), 3 if config == "paragru" else 1)
+    results = []
+    for seed in seeds:
+        result = st.train_and_evaluate("parity", config, train_length=8, test_lengths=(8,), steps=400,
+                                       batch_size=32, lr=1e-2, d_model=32, num_test=128, seed=seed, progress=False)
+        results.append(result)
+        if result["accuracy"]["8"]["last"] > 0.95:
+            break
+    assert max(r["accuracy"]["8"]["last"] for r in results) > 0.95, results
+    if config == "paragru":
+        newton = results[-1]["newton"]
+        assert newton["solves"] == 400 and newton["mean_iterations"] >= 1
+
+
+def test_cli_prints_a_table_and_writes_json(tmp_path, capsys, one_thread):
+    import json
+
+    from hf_seqmodels.cli import main
+
+    out = tmp_path / "st.json"
+    code = main(["eval", "state-tracking", "--task", "cycle", "--config", "dense-lstm", "--length", "5", "--steps",
+                 "3", "--num-test", "8", "--lrs", "1e-3,1e-2", "--no-progress", "--out", str(out)])
+    assert code in (0, None)
+    table = capsys.readouterr().out
+    assert "| dense-lstm | 0.001 | 0 |" in table and "| dense-lstm | 0.01 | 0 |" in table
+    runs = json.loads(out.read_text())
+    assert [r["lr"] for r in runs] == [1e-3, 1e-2] and set(runs[0]["accuracy"]) == {"5", "10", "20"}
