@@ -196,8 +196,9 @@ class LigerAttention(LinearizedAttention):
         q, k, v = self.project(hidden_states)
         o = 0
         if self.gla_weight != 0:
-            g = F.logsigmoid(k.float()) / self.gate_logit_normalizer
-            qf, kf = q.float().softmax(-1).to(q.dtype), k.float().softmax(-1).to(k.dtype)
+            wide = torch.promote_types(k.dtype, torch.float32)  # fp32 for half-precision inputs, fp64 stays fp64
+            g = F.logsigmoid(k.to(wide)) / self.gate_logit_normalizer
+            qf, kf = q.to(wide).softmax(-1).to(q.dtype), k.to(wide).softmax(-1).to(k.dtype)
             o_gla = self.linear_attention(
                 qf, self.expand_kv(kf), self.expand_kv(v), self.expand_kv(g), attention_mask, cache, self.gla_scale,
                 cu_seqlens=kwargs.get("cu_seqlens"),

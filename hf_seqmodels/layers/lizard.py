@@ -84,7 +84,8 @@ class LizardAttention(LinearizedAttention):
 
     def student(self, hidden_states, q, k, v, attention_mask, cache, position_ids, cu_seqlens=None):
         B, T, _ = hidden_states.shape
-        g = F.logsigmoid(self.decay_proj(hidden_states).float()) / self.gate_logit_normalizer  # [B, T, H]
+        logits = self.decay_proj(hidden_states)
+        g = F.logsigmoid(logits.to(torch.promote_types(logits.dtype, torch.float32))) / self.gate_logit_normalizer
         qf, kf = self.q_feature_map(q), self.expand_kv(self.k_feature_map(k))
         g = g.unsqueeze(-1).expand(*qf.shape).contiguous()
         o_gla = self.linear_attention(qf, kf, self.expand_kv(v), g, attention_mask, cache, self.gla_scale, cu_seqlens)
