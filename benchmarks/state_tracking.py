@@ -99,7 +99,8 @@ def report(args):
                          + f" | {nw} | {sum(r['time_s'] for r in rs) / len(rs):.0f} |")
             curve = rs[0]["curve"]
             ax.plot([c[0] for c in curve], [c[1] for c in curve], label=model)
-        ax.set_title(f"{task} (L={rs[0]['train_length']})")
+        length = next(r["train_length"] for (t, _), rs in table.items() if t == task for r in rs)
+        ax.set_title(f"{task} (L={length})")
         ax.set_xlabel("step")
         ax.set_ylim(0, 1.02)
     axes[0][0].set_ylabel("final-state accuracy (held out)")
