@@ -42,7 +42,7 @@ MUTATIONS = [
      "term = torch.where(op == 2, (total + term) * x % modulus, new_term)", "tests/test_state_tracking.py"),
     ("gla-layer-q-k-swapped", "hf_seqmodels/layers/gla.py", "o, final = op(q, k, v, g,", "o, final = op(k, q, v, g,",
      "tests/layers/test_mixers_reference.py"),
-    ("liger-gate-sign", "hf_seqmodels/layers/liger.py", "g = F.logsigmoid(k.float())", "g = F.logsigmoid(-k.float())",
+    ("liger-gate-sign", "hf_seqmodels/layers/liger.py", "g = F.logsigmoid(k.to(wide))", "g = F.logsigmoid(-k.to(wide))",
      "tests/models/test_liger.py tests/layers/test_mixers_reference.py"),
     ("lizard-mixing-weight-on-gla", "hf_seqmodels/layers/lizard.py",
      "o = o_gla + self.window_weight.to(o_win.dtype)[:, None] * o_win",
