@@ -20,15 +20,9 @@ import sys
 import time
 from pathlib import Path
 
+from gla_prefill_memory import _status_kb  # the same /proc/self/status reader (this folder is on sys.path)
+
 RESULTS = Path(__file__).resolve().parent / "results" / "swa_memory.json"
-
-
-def _status_kb(field: str) -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    raise RuntimeError(f"{field} not in /proc/self/status")
 
 
 def _one(T: int, window: int, H: int, D: int) -> dict:
