@@ -4,11 +4,14 @@ Quality: perplexity on held-out real text (the last ``--eval-fraction`` of the t
   - the original Llama,
   - Liger right after conversion and after LoRA fine-tuning (r=8 on q, k, v),
   - the window-only ablation (Liger with gla_weight=0) after conversion and after the same fine-tune,
+  - a hybrid layout (Liger with every ``--softmax-every``-th layer kept as the teacher's softmax attention) after
+    conversion and after the same fine-tune,
   - Lizard right after conversion, after attention transfer (stage 1) and after LoRA (stage 2),
   - the original after the same LoRA fine-tune (control: what the fine-tuning text alone is worth).
 Every fine-tune sees the same token budget (printed). Speed: time per decoded token with a context of 1K..16K tokens
-for the original (KV cache) and Liger (recurrent state + window); the caches are filled with random values of the
-size a real context would leave, so no 16K-token prefill is needed.
+for the original (KV cache), Liger (recurrent state + window) and the hybrid (both), with the decode memory each cache
+holds at that context (bytes of the cache tensors); the caches are filled with random values of the size a real
+context would leave, so no 16K-token prefill is needed.
 
     python benchmarks/linearize_quality.py                     # both parts, CPU-sized budget
     python benchmarks/linearize_quality.py --skip-speed --steps 400 --seq-len 1024
@@ -72,7 +75,9 @@ def quality(args, llama, tokenizer) -> list[tuple[str, str, float]]:
 
     print(f"held-out: {held_out.numel()} tokens in blocks of {args.eval_context}; train pool: {train.numel()} tokens")
     record("original (Llama)", "-", llama)
-    for name, key, opts in (("Liger", "liger", {}), ("Liger window-only", "window", {"gla_weight": 0.0})):
+    hybrid = {"softmax_every": args.softmax_every}
+    for name, key, opts in (("Liger", "liger", {}), ("Liger window-only", "window", {"gla_weight": 0.0}),
+                            (f"Liger hybrid (softmax every {args.softmax_every})", "hybrid", hybrid)):
         if key not in args.methods:
             continue
         model = linearize(llama, "liger", window_size=args.window, **opts)
@@ -102,12 +107,20 @@ def _time_decode(step, repeats: int) -> float:
     return statistics.median(times)
 
 
+def _dynamic_cache_bytes(cache) -> int:
+    layers = getattr(cache, "layers", None)
+    if layers is None:  # older caches: key_cache / value_cache lists
+        return sum(t.numel() * t.element_size() for t in [*cache.key_cache, *cache.value_cache])
+    return sum(t.numel() * t.element_size() for layer in layers for t in (layer.keys, layer.values))
+
+
 @torch.no_grad()
-def speed(args, llama) -> list[tuple[int, float, float]]:
+def speed(args, llama) -> list[dict]:
     from transformers import DynamicCache
 
     torch.set_num_threads(args.speed_threads)
     liger = linearize(llama, "liger", window_size=args.window)
+    hybrid = linearize(llama, "liger", window_size=args.window, softmax_every=args.softmax_every)
     cfg = llama.config
     Hkv, D = cfg.num_key_value_heads, cfg.head_dim
     token = torch.tensor([[42]])
@@ -117,23 +130,35 @@ def speed(args, llama) -> list[tuple[int, float, float]]:
         for layer in range(cfg.num_hidden_layers):
             cache.update(torch.randn(1, Hkv, ctx, D), torch.randn(1, Hkv, ctx, D), layer)
         pos = torch.tensor([[ctx]])
+        llama_bytes = _dynamic_cache_bytes(cache)
 
         def llama_step():  # the cache grows by one token per step: a few tokens over `ctx` at most
             llama(input_ids=token, position_ids=pos, use_cache=True, **{CACHE_KWARG: cache})
 
         t_llama = _time_decode(llama_step, args.repeats)
         del cache
-        rcache = RecurrentCache(cfg.num_hidden_layers)
-        liger(input_ids=torch.randint(100, 1000, (1, args.window)), use_cache=True, **{CACHE_KWARG: rcache})
-        rcache.seen_tokens = ctx  # the state and window buffer have the same size whatever the context
-
-        def liger_step():
-            liger(input_ids=token, use_cache=True, **{CACHE_KWARG: rcache})
+        row = {"context": ctx, "llama_ms": t_llama * 1e3, "llama_cache_mib": llama_bytes / 2**20}
+        for name, model in (("liger", liger), ("hybrid", hybrid)):
+            rcache = RecurrentCache(cfg.num_hidden_layers)
+            model(input_ids=torch.randint(100, 1000, (1, args.window)), use_cache=True, **{CACHE_KWARG: rcache})
+            for layer in model.config.softmax_layers:  # the softmax layers keep every key of the context
+                rcache.set(layer, "kv_k", torch.randn(1, Hkv, ctx, D))
+                rcache.set(layer, "kv_v", torch.randn(1, Hkv, ctx, D))
+                rcache.set(layer, "kv_mask", torch.ones(1, ctx, dtype=torch.bool))
             rcache.seen_tokens = ctx
+            nbytes = rcache.nbytes()
 
-        t_liger = _time_decode(liger_step, args.repeats)
-        rows.append((ctx, t_llama * 1e3, t_liger * 1e3))
-        print(f"context {ctx:>6}: Llama {t_llama * 1e3:7.1f} ms/token   Liger {t_liger * 1e3:7.1f} ms/token", flush=True)
+            def step():  # softmax layers grow by a few keys over the timing; the recurrent state keeps its size
+                model(input_ids=token, use_cache=True, **{CACHE_KWARG: rcache})
+                rcache.seen_tokens = ctx
+
+            row[f"{name}_ms"] = _time_decode(step, args.repeats) * 1e3
+            row[f"{name}_cache_mib"] = nbytes / 2**20
+            del rcache
+        rows.append(row)
+        print(f"context {ctx:>6}: Llama {row['llama_ms']:7.1f} ms/token ({row['llama_cache_mib']:.1f} MiB)   "
+              f"Liger {row['liger_ms']:7.1f} ({row['liger_cache_mib']:.1f} MiB)   "
+              f"hybrid {row['hybrid_ms']:7.1f} ({row['hybrid_cache_mib']:.1f} MiB)", flush=True)
     return rows
 
 
@@ -154,8 +179,11 @@ def main(argv=None):
     p.add_argument("--lora-r", type=int, default=8)
     p.add_argument("--window", type=int, default=64, help="Liger window")
     p.add_argument("--lizard-window", type=int, default=128)
-    p.add_argument("--methods", nargs="+", default=["liger", "window", "lizard", "control"],
-                   choices=["liger", "window", "lizard", "control"], help="control: the same LoRA fine-tune of the original")
+    p.add_argument("--softmax-every", type=int, default=4,
+                   help="hybrid layout: every k-th layer keeps the teacher's softmax attention")
+    p.add_argument("--methods", nargs="+", default=["liger", "window", "hybrid", "lizard", "control"],
+                   choices=["liger", "window", "hybrid", "lizard", "control"],
+                   help="control: the same LoRA fine-tune of the original")
     p.add_argument("--contexts", type=int, nargs="+", default=[1024, 2048, 4096, 8192, 16384])
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1))
@@ -186,9 +214,12 @@ def main(argv=None):
         results["quality"] = rows
     if not args.skip_speed:
         rows = speed(args, llama)
-        print("\n| context | Llama ms/token | Liger ms/token |\n|---|---|---|")
-        for ctx, a, b in rows:
-            print(f"| {ctx} | {a:.1f} | {b:.1f} |")
+        print(f"\n| context | Llama ms/token | Liger ms/token | hybrid (softmax every {args.softmax_every}) ms/token "
+              "| Llama / Liger | Llama / hybrid | cache MiB: Llama / Liger / hybrid |\n|---|---|---|---|---|---|---|")
+        for r in rows:
+            print(f"| {r['context']} | {r['llama_ms']:.1f} | {r['liger_ms']:.1f} | {r['hybrid_ms']:.1f} | "
+                  f"{r['llama_ms'] / r['liger_ms']:.2f}x | {r['llama_ms'] / r['hybrid_ms']:.2f}x | "
+                  f"{r['llama_cache_mib']:.1f} / {r['liger_cache_mib']:.2f} / {r['hybrid_cache_mib']:.1f} |")
         results["speed"] = rows
     if args.json:
         with open(args.json, "w") as f:

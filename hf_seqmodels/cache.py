@@ -37,6 +37,11 @@ class RecurrentCache(Cache):
     def advance(self, num_tokens: int) -> None:
         self.seen_tokens += num_tokens
 
+    def nbytes(self, layer_idx: int | None = None) -> int:
+        """Bytes held by one layer's state (or by every layer's): decode memory, e.g. per token of context."""
+        layers = self.states if layer_idx is None else [self.states[layer_idx]]
+        return sum(t.numel() * t.element_size() for layer in layers for t in layer.values())
+
     # -- what generate() uses -----------------------------------------------------------------------------------
     def get_seq_length(self, layer_idx: int = 0) -> int:
         return self.seen_tokens

@@ -10,18 +10,20 @@ class DecoderBlock(GradientCheckpointingLayer):
 
     Norm and MLP names follow Llama's (``input_layernorm``, ``post_attention_layernorm``, ``mlp``); the token mixer is
     registered under ``mixer_name`` (``"mixer"``; linearized Llama blocks use ``"self_attn"``). ``use_mlp=False``
-    gives a mixer-only block (H-Net's lowercase layers).
+    gives a mixer-only block (H-Net's lowercase layers). ``mlp`` and ``norm_class`` replace Llama's MLP and RMSNorm
+    (a linearized model uses its teacher family's own).
     """
 
     mixer_name = "mixer"
 
-    def __init__(self, config, mixer: nn.Module, use_mlp: bool = True):
+    def __init__(self, config, mixer: nn.Module, use_mlp: bool = True, mlp: nn.Module | None = None,
+                 norm_class=RMSNorm):
         super().__init__()
-        self.input_layernorm = RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
+        self.input_layernorm = norm_class(config.hidden_size, eps=config.rms_norm_eps)
         self.add_module(self.mixer_name, mixer)
         if use_mlp:
-            self.post_attention_layernorm = RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
-            self.mlp = LlamaMLP(config)
+            self.post_attention_layernorm = norm_class(config.hidden_size, eps=config.rms_norm_eps)
+            self.mlp = LlamaMLP(config) if mlp is None else mlp
         else:
             self.mlp = None
 

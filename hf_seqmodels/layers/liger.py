@@ -1,8 +1,10 @@
-"""Linearized Llama attention: Liger Attention (Lan et al., 2025, arXiv 2503.01496) and the parts Lizard shares.
+"""Linearized attention of Llama-shaped decoders: Liger Attention (Lan et al., 2025, arXiv 2503.01496), the parts
+Lizard shares, and the teacher's softmax attention for the layers a hybrid layout keeps.
 
-A linearized mixer keeps Llama's projections (``q_proj``, ``k_proj``, ``v_proj``, ``o_proj``, same shapes, same
-names) and mixes two branches: gated linear attention (GLA, no RoPE) through the shared kernels, and softmax
-attention over a sliding window of ``window_size`` keys (the query itself included) with RoPE, grouped-query.
+A linearized mixer keeps the teacher's projections (``q_proj``, ``k_proj``, ``v_proj``, ``o_proj``, or Phi-3's fused
+``qkv_proj``; same shapes, same names, the family's biases and q/k norms: :mod:`hf_seqmodels.layers.families`) and
+mixes two branches: gated linear attention (GLA, no RoPE) through the shared kernels, and softmax attention over a
+sliding window of ``window_size`` keys (the query itself included) with the family's RoPE, grouped-query.
 
 Decoding state in the :class:`~hf_seqmodels.cache.RecurrentCache`, per layer: ``gla_state`` ``[B, H, K, D]`` (fp32)
 and the window's key/value ring buffer ``swa_k``/``swa_v`` ``[B, Hkv, window, D]`` with ``swa_mask`` ``[B, window]``
@@ -13,8 +15,6 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import LlamaConfig
-from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding, apply_rotary_pos_emb
 
 from hf_seqmodels.kernels import chunk_gla, fused_recurrent_gla
 from hf_seqmodels.kernels.attention import (
@@ -28,6 +28,7 @@ from hf_seqmodels.kernels.attention import (
 
 from .block import DecoderBlock
 from .checks import check_int, check_number
+from .families import get_family, teacher_window
 
 
 def check_liger_options(where: str, gla_weight, gate_logit_normalizer, gla_scale) -> None:
@@ -46,7 +47,13 @@ class LinearizedDecoderBlock(DecoderBlock):
 
 
 class LinearizedAttention(nn.Module):
-    """Llama's attention projections plus the two branches; subclasses say how the branches are fed and mixed."""
+    """The teacher's attention projections plus the two branches; subclasses say how the branches are fed and mixed.
+
+    The projections, their biases, the per-head q/k norms and RoPE are the teacher family's
+    (:mod:`hf_seqmodels.layers.families`): ``q_proj``/``k_proj``/``v_proj`` (or Phi-3's fused ``qkv_proj``, kept
+    fused) and ``o_proj`` under the teacher's names; Qwen3's ``q_norm``/``k_norm`` normalize q and k per head before
+    both branches (the linear branch sees the q and k the teacher's attention sees, before RoPE).
+    """
 
     supports_packed = True  # honours cu_seqlens (packed sequences, batch 1)
 
@@ -61,7 +68,11 @@ class LinearizedAttention(nn.Module):
         rope_parameters: dict | None = None,
         max_position_embeddings: int = 2048,
         layer_idx: int = 0,
+        family: str = "llama",
+        family_config=None,
     ):
+        """``family``: the teacher's decoder family; ``family_config``: its transformers config (for RoPE and the
+        q/k norms; None: built from these arguments)."""
         super().__init__()
         where = type(self).__name__
         check_int(where, "hidden_size", hidden_size)
@@ -76,17 +87,30 @@ class LinearizedAttention(nn.Module):
         self.num_heads, self.num_kv_heads = num_heads, num_kv_heads
         self.head_dim = head_dim or hidden_size // num_heads
         self.window_size = window_size
-        bias = attention_bias
-        self.q_proj = nn.Linear(hidden_size, self.num_heads * self.head_dim, bias=bias)
-        self.k_proj = nn.Linear(hidden_size, self.num_kv_heads * self.head_dim, bias=bias)
-        self.v_proj = nn.Linear(hidden_size, self.num_kv_heads * self.head_dim, bias=bias)
-        self.o_proj = nn.Linear(self.num_heads * self.head_dim, hidden_size, bias=bias)
-        rope = LlamaConfig(
-            hidden_size=hidden_size, num_attention_heads=num_heads, num_key_value_heads=num_kv_heads,
-            head_dim=self.head_dim, max_position_embeddings=max_position_embeddings,
-            rope_parameters=dict(rope_parameters or {"rope_type": "default", "rope_theta": 10000.0}),
-        )
-        self.rotary_emb = LlamaRotaryEmbedding(rope)  # buffers only, not in the state dict
+        self.family = get_family(family, where)
+        if family_config is None:
+            family_config = self.family.config_class()(
+                hidden_size=hidden_size, num_attention_heads=num_heads, num_key_value_heads=num_kv_heads,
+                head_dim=self.head_dim, max_position_embeddings=max_position_embeddings, attention_bias=attention_bias,
+                rope_parameters=dict(rope_parameters or {"rope_type": "default", "rope_theta": 10000.0}),
+            )
+        qkv_bias, o_bias = self.family.biases(family_config)
+        H, Hkv, D = self.num_heads, self.num_kv_heads, self.head_dim
+        if self.family.fused_qkv:
+            self.qkv_proj = nn.Linear(hidden_size, (H + 2 * Hkv) * D, bias=qkv_bias)
+        else:
+            self.q_proj = nn.Linear(hidden_size, H * D, bias=qkv_bias)
+            self.k_proj = nn.Linear(hidden_size, Hkv * D, bias=qkv_bias)
+            self.v_proj = nn.Linear(hidden_size, Hkv * D, bias=qkv_bias)
+        self.o_proj = nn.Linear(H * D, hidden_size, bias=o_bias)
+        if self.family.qk_norm:
+            norm = self.family.component("RMSNorm")
+            self.q_norm = norm(D, eps=family_config.rms_norm_eps)
+            self.k_norm = norm(D, eps=family_config.rms_norm_eps)
+        self.rotary_emb = self.family.component("RotaryEmbedding")(family_config)  # buffers only, not in the state dict
+        self.apply_rotary = self.family.component("apply_rotary_pos_emb")
+        #: the teacher's own window at this layer (None: global attention)
+        self.teacher_window = teacher_window(family_config, layer_idx)
 
     @classmethod
     def config_kwargs(cls, config) -> dict:
@@ -95,7 +119,8 @@ class LinearizedAttention(nn.Module):
             hidden_size=config.hidden_size, num_heads=config.num_attention_heads,
             num_kv_heads=config.num_key_value_heads, head_dim=config.head_dim, window_size=config.window_size,
             attention_bias=config.attention_bias, rope_parameters=config.rope_parameters,
-            max_position_embeddings=config.max_position_embeddings,
+            max_position_embeddings=config.max_position_embeddings, family=config.base_model_type,
+            family_config=config.family_config(),
         )
 
     @classmethod
@@ -104,11 +129,29 @@ class LinearizedAttention(nn.Module):
         return cls(**cls.config_kwargs(config), layer_idx=layer_idx)
 
     def project(self, x):
+        """x ``[B, T, hidden]`` -> q ``[B, T, H, D]``, k, v ``[B, T, Hkv, D]`` as the teacher's attention makes
+        them before RoPE (biases, fused split, q/k norms)."""
         B, T, _ = x.shape
-        q = self.q_proj(x).view(B, T, self.num_heads, self.head_dim)
-        k = self.k_proj(x).view(B, T, self.num_kv_heads, self.head_dim)
-        v = self.v_proj(x).view(B, T, self.num_kv_heads, self.head_dim)
+        H, Hkv, D = self.num_heads, self.num_kv_heads, self.head_dim
+        if self.family.fused_qkv:
+            q, k, v = self.qkv_proj(x).split([H * D, Hkv * D, Hkv * D], dim=-1)
+        else:
+            q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
+        q, k, v = q.view(B, T, H, D), k.view(B, T, Hkv, D), v.view(B, T, Hkv, D)
+        if self.family.qk_norm:
+            q, k = self.q_norm(q), self.k_norm(k)
         return q, k, v
+
+    def rope(self, q, k, position_ids):
+        """The family's RoPE (every rope_type, partial rotary) on q ``[B, T, H, D]``, k ``[B, T, Hkv, D]``."""
+        cos, sin = self.rotary_emb(k, position_ids)
+        return self.apply_rotary(q, k, cos, sin, unsqueeze_dim=2)
+
+    def positions(self, B, T, cache, position_ids, device):
+        if position_ids is not None:
+            return position_ids
+        seen = cache.seen_tokens if cache is not None else 0
+        return torch.arange(seen, seen + T, device=device).unsqueeze(0).expand(B, T)
 
     def expand_kv(self, x):
         """[B, T, Hkv, D] -> [B, T, H, D] (each key/value head serves H / Hkv query heads)."""
@@ -121,10 +164,7 @@ class LinearizedAttention(nn.Module):
         B, T = q.shape[:2]
         window = window or self.window_size
         seen = cache.seen_tokens if cache is not None else 0
-        if position_ids is None:
-            position_ids = torch.arange(seen, seen + T, device=q.device).unsqueeze(0).expand(B, T)
-        cos, sin = self.rotary_emb(v, position_ids)
-        q, k = apply_rotary_pos_emb(q, k, cos, sin, unsqueeze_dim=2)
+        q, k = self.rope(q, k, self.positions(B, T, cache, position_ids, q.device))
         valid = torch.ones(B, T, dtype=torch.bool, device=q.device) if mask is None else mask.bool()
         if cache is None:
             return sliding_window_attention(q, k, v, window, sinks=sinks, key_mask=None if mask is None else valid,
@@ -162,6 +202,60 @@ class LinearizedAttention(nn.Module):
         if cache is not None:
             cache.set(self.layer_idx, "gla_state", final)
         return o
+
+
+class SoftmaxAttention(LinearizedAttention):
+    """The teacher's own softmax attention, kept in a hybrid layout: its projections, q/k norms, RoPE and
+    grouped-query heads, causal over every earlier key, or over the teacher's sliding window where it has one
+    (Mistral, Qwen2 with ``use_sliding_window``, Phi-3).
+
+    Decoding state under ``layer_idx``: with a teacher window, the window ring buffer the linearized layers use
+    (``swa_k``/``swa_v``/``swa_mask``, fixed size); global attention keeps every key, ``kv_k``/``kv_v``
+    ``[B, Hkv, S, D]`` and ``kv_mask`` ``[B, S]`` (False for padding), grown by each call (O(S) per layer).
+    """
+
+    def forward(self, hidden_states, attention_mask=None, cache=None, position_ids=None, **kwargs):
+        """hidden_states ``[B, T, hidden_size]`` -> ``[B, T, hidden_size]`` (same dtype); arguments as
+        :meth:`LigerAttention.forward`. Padded query positions give zeros before ``o_proj``."""
+        B, T, _ = hidden_states.shape
+        q, k, v = self.project(hidden_states)
+        cu_seqlens = kwargs.get("cu_seqlens")
+        if self.teacher_window is not None:
+            o = self.window_attention(q, k, v, attention_mask, cache, position_ids, window=self.teacher_window,
+                                      cu_seqlens=cu_seqlens)
+        else:
+            o = self.global_attention(q, k, v, attention_mask, cache, position_ids, cu_seqlens)
+        return self.o_proj(o.reshape(B, T, self.num_heads * self.head_dim))
+
+    def global_attention(self, q, k, v, mask, cache, position_ids, cu_seqlens=None):
+        """Causal softmax attention over all keys (SDPA). q [B, T, H, D]; k, v [B, T, Hkv, D] -> [B, T, H, D]."""
+        B, T = q.shape[:2]
+        q, k = self.rope(q, k, self.positions(B, T, cache, position_ids, q.device))
+        if cu_seqlens is not None:  # packed, no cache: a window as long as the input is causal in each sequence
+            if cache is not None:
+                raise ValueError(f"{type(self).__name__}: packed sequences (cu_seqlens) cannot be used with a cache")
+            return sliding_window_attention(q, k, v, T, cu_seqlens=cu_seqlens)
+        valid = torch.ones(B, T, dtype=torch.bool, device=q.device) if mask is None else mask.bool()
+        keys, values, key_valid = k.transpose(1, 2), v.transpose(1, 2), valid
+        if cache is not None:
+            idx = self.layer_idx
+            past = [cache.get(idx, n) for n in ("kv_k", "kv_v", "kv_mask")]
+            if past[0] is not None:
+                keys, values = torch.cat([past[0], keys], 2), torch.cat([past[1], values], 2)
+                key_valid = torch.cat([past[2], valid], 1)
+            cache.set(idx, "kv_k", keys), cache.set(idx, "kv_v", values), cache.set(idx, "kv_mask", key_valid)
+        groups = self.num_heads // self.num_kv_heads
+        keys, values = keys.repeat_interleave(groups, 1), values.repeat_interleave(groups, 1)
+        S = keys.shape[2]
+        if S == T and bool(key_valid.all()):
+            o = F.scaled_dot_product_attention(q.transpose(1, 2), keys, values, is_causal=True)
+            return o.transpose(1, 2)
+        key_pos = torch.arange(S, device=q.device)
+        query_pos = torch.arange(S - T, S, device=q.device)
+        allowed = (key_pos[None, :] <= query_pos[:, None])[None] & key_valid[:, None, :]  # [B, T, S]
+        allowed = allowed | ((~valid)[:, :, None] & (key_pos[None, :] == query_pos[:, None])[None])  # no empty rows
+        o = F.scaled_dot_product_attention(q.transpose(1, 2), keys, values, attn_mask=allowed[:, None])
+        return o.transpose(1, 2) * valid[:, :, None, None].to(o.dtype)
 
 
 class LigerAttention(LinearizedAttention):

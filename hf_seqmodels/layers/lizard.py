@@ -103,8 +103,10 @@ class LizardAttention(LinearizedAttention):
         if not self.attention_transfer:
             return self.student(hidden_states, q, k, v, attention_mask, cache, position_ids, cu_seqlens)
         T = hidden_states.shape[1]
-        with torch.no_grad():  # the teacher: Llama's causal softmax attention (a window as long as the input)
-            teacher = self.window_attention(q, k, v, attention_mask, None, position_ids, window=T, cu_seqlens=cu_seqlens)
+        with torch.no_grad():  # the teacher's softmax attention: causal (a window as long as the input) or its own window
+            window = min(T, self.teacher_window or T)
+            teacher = self.window_attention(q, k, v, attention_mask, None, position_ids, window=window,
+                                            cu_seqlens=cu_seqlens)
             teacher = self.o_proj(teacher.reshape(*hidden_states.shape[:2], -1))
         out = self.student(hidden_states, q, k, v, attention_mask, None, position_ids, cu_seqlens)
         err = (out.float() - teacher.float()).pow(2).mean(-1)

@@ -1,6 +1,8 @@
-"""``hf-seqmodels linearize``: convert a Llama, recover it with (attention transfer and) LoRA, save it.
+"""``hf-seqmodels linearize``: convert a Llama-shaped decoder (Llama 2/3.x, SmolLM2, Mistral, Qwen2/2.5, Qwen3,
+Phi-3), recover it with (attention transfer and) LoRA, save it.
 
     hf-seqmodels linearize --model PATH [--gguf-file F] --method liger --out DIR --train-text FILE --steps N
+                           [--softmax-every K | --softmax-layers I,J,...]
 
 Every flag, the output folder, the model folder (and GGUF file) and the texts are checked before the model is
 loaded; each stage (perplexities, attention transfer, LoRA) shows a progress bar.
@@ -19,12 +21,13 @@ from ..cli_types import (HelpFormatter, bounded_int, check_model_folder, check_o
 def add_parser(subparsers) -> None:
     p = subparsers.add_parser(
         "linearize",
-        help="convert a Llama into a linear-time model (Liger, Lizard) and fine-tune it",
+        help="convert a Llama-shaped decoder into a linear-time model (Liger, Lizard) and fine-tune it",
         description=__doc__,
         formatter_class=HelpFormatter,
     )
     p.add_argument("--model", required=True,
-                   help="Llama checkpoint: a safetensors folder or Hub id, or the folder of --gguf-file")
+                   help="Llama, Mistral, Qwen2/2.5, Qwen3 or Phi-3 checkpoint: a safetensors folder or Hub id, or the "
+                        "folder of --gguf-file")
     p.add_argument("--gguf-file", default=None, help="GGUF file (in --model's folder, or an absolute path)")
     p.add_argument("--method", default="liger", choices=["liger", "lizard"], help="linearization method")
     p.add_argument("--out", required=True, help="output folder (model, tokenizer, model card)")
@@ -46,41 +49,90 @@ def add_parser(subparsers) -> None:
                    help="Lizard attention-transfer learning rate")
     p.add_argument("--lora-r", type=positive_int("--lora-r"), default=8, help="LoRA rank")
     p.add_argument("--lora-alpha", type=positive_int("--lora-alpha"), default=None, help="LoRA alpha (default: 2 * r)")
-    p.add_argument("--lora-targets", default="q_proj,k_proj,v_proj",
-                   help="comma-separated names of the linear layers that get LoRA adapters")
+    p.add_argument("--lora-targets", default=None,
+                   help="comma-separated names of the linear layers that get LoRA adapters (default: q_proj,k_proj,"
+                        "v_proj; qkv_proj for Phi-3)")
     p.add_argument("--window", type=int, default=None,  # checked by check_method, before anything loads
                    help="sliding window: keys a query sees, itself included (default: Liger 64, Lizard 128)")
+    hybrid = p.add_mutually_exclusive_group()
+    hybrid.add_argument("--softmax-every", type=positive_int("--softmax-every"), default=None,
+                        help="hybrid layout: every K-th layer (K-1, 2K-1, ...) keeps the teacher's softmax attention")
+    hybrid.add_argument("--softmax-layers", type=layer_list, default=None,
+                        help="hybrid layout: comma-separated layer indices that keep the teacher's softmax attention")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"], help="weights' dtype")
     p.add_argument("--device", type=device("--device"), default="cpu", help="torch device (cpu, cuda, ...)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=run)
 
 
-def lora_target_choices(method: str, options: dict) -> list[str]:
-    """Names of the linear layers of a ``method`` model, from a one-layer, width-16 instance (no weights loaded)."""
+def layer_list(text: str) -> list[int]:
+    try:
+        layers = [int(t) for t in text.split(",") if t.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--softmax-layers must be comma-separated layer indices, got {text!r}") from None
+    if not layers or min(layers) < 0:
+        raise argparse.ArgumentTypeError(f"--softmax-layers must be comma-separated layer indices >= 0, got {text!r}")
+    return layers
+
+
+def teacher_shape(model: str, gguf_path: str | None) -> tuple[str | None, int | None]:
+    """The teacher's (``model_type``, number of layers) from its config.json or GGUF metadata (no weights read);
+    (None, None) for a Hub id."""
+    if gguf_path is not None:
+        from ..hub import gguf_metadata
+        from .convert import GGUF_ARCHITECTURES
+
+        meta = gguf_metadata(gguf_path)
+        arch = meta.get("general.architecture", "llama")
+        layers = meta.get(f"{arch}.block_count")
+        return GGUF_ARCHITECTURES.get(arch, arch), int(layers) if layers else None
+    config_file = os.path.join(model, "config.json")
+    if os.path.isfile(config_file):
+        try:
+            config = json.load(open(config_file))
+        except ValueError as err:
+            raise ValueError(f"--model {model!r}: config.json is not valid JSON ({err})") from None
+        return config.get("model_type"), config.get("num_hidden_layers")
+    return None, None
+
+
+def lora_target_choices(method: str, options: dict, model_type: str | None = None) -> list[str]:
+    """Names of the linear layers of a ``method`` model converted from a ``model_type`` teacher (None: any family),
+    from one-layer, width-16 instances (no weights loaded)."""
     import torch
+
+    from hf_seqmodels.layers.families import FAMILIES
 
     from .convert import METHODS
 
+    if model_type is None:
+        return sorted({name for family in FAMILIES for name in lora_target_choices(method, options, family)})
     config_class, model_class = METHODS[method][:2]
     small = {"window_size": options.get("window_size", 4)}
     config = config_class(vocab_size=8, hidden_size=16, intermediate_size=16, num_hidden_layers=1,
-                          num_attention_heads=2, num_key_value_heads=1, **small)
+                          num_attention_heads=2, num_key_value_heads=1, base_model_type=model_type, **small)
     with torch.device("meta"):
         model = model_class(config)
     return sorted({name.rsplit(".", 1)[-1] for name, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
                   - {"lm_head"})
 
 
-def check_lora_targets(text: str, method: str, options: dict) -> list[str]:
+def check_lora_targets(text: str | None, method: str, options: dict, model_type: str | None = None) -> list[str]:
+    """The LoRA targets from ``--lora-targets`` (None: the family's q, k, v), each a linear layer of the model."""
+    from hf_seqmodels.layers.families import FAMILIES
+
+    if text is None:
+        family = FAMILIES.get(model_type or "llama")
+        return list(family.lora_targets if family is not None else FAMILIES["llama"].lora_targets)
     targets = [t.strip() for t in text.split(",") if t.strip()]
     if not targets:
         raise ValueError(f"--lora-targets must name at least one linear layer, got {text!r}")
-    choices = lora_target_choices(method, options)
+    choices = lora_target_choices(method, options, model_type if model_type in FAMILIES else None)
     unknown = [t for t in targets if t not in choices]
     if unknown:
+        teacher = f" converted from a {model_type!r} model" if model_type in FAMILIES else ""
         raise ValueError(f"--lora-targets: {unknown} {'is' if len(unknown) == 1 else 'are'} not a linear layer of a "
-                         f"{method} model; choose from {choices}")
+                         f"{method} model{teacher}; choose from {choices}")
     return targets
 
 
@@ -126,10 +178,23 @@ def run(args) -> int:
 
     # -- every check before anything is loaded --
     options = {} if args.window is None else {"window_size": args.window}
+    if args.softmax_every is not None:
+        options["softmax_every"] = args.softmax_every
+    if args.softmax_layers is not None:
+        options["softmax_layers"] = args.softmax_layers
     check_method(args.method, options)
     check_output_folder("--out", args.out)
     gguf_path = check_model_folder("--model", args.model, args.gguf_file)
-    targets = check_lora_targets(args.lora_targets, args.method, options)
+    model_type, num_layers = teacher_shape(args.model, gguf_path)
+    if model_type is not None:
+        from hf_seqmodels.layers.families import get_family
+
+        get_family(model_type, f"--model {args.model!r}")  # an unsupported family, before anything loads
+    if num_layers is not None and args.softmax_layers is not None:
+        from hf_seqmodels.models.liger.configuration_liger import check_softmax_layers
+
+        check_softmax_layers("--softmax-layers", args.softmax_layers, num_layers)
+    targets = check_lora_targets(args.lora_targets, args.method, options, model_type)
     context = base_context_length(args.model, gguf_path)
     if context is not None and args.seq_len > context:
         raise ValueError(f"--seq-len {args.seq_len} is longer than the base model's context length ({context})")
@@ -152,7 +217,7 @@ def run(args) -> int:
         except ValueError as err:
             raise ValueError(f"--eval-text {args.eval_text!r} is too short: {err}") from None
 
-    _status(progress, f"loading the Llama from {args.gguf_file or args.model}")
+    _status(progress, f"loading the base model from {args.gguf_file or args.model}")
     llama = load_llama(args.model, gguf_file=args.gguf_file, dtype=getattr(torch, args.dtype)).to(args.device)
     base = f"{args.model}/{args.gguf_file}" if args.gguf_file and not os.path.isabs(args.gguf_file) else (
         args.gguf_file or args.model)

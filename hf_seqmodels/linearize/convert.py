@@ -1,33 +1,46 @@
-"""Turn a pretrained Llama into a linearized model (Liger or Lizard) with the same weights."""
+"""Turn a pretrained Llama-shaped decoder (Llama 2/3.x, SmolLM2, Mistral, Qwen2/2.5, Qwen3, Phi-3) into a linearized
+model (Liger or Lizard) with the same weights under the same names, optionally keeping some layers as the teacher's
+softmax attention (a hybrid layout)."""
 from __future__ import annotations
 
+import logging
 import os
 
 import torch
 
 from hf_seqmodels.kernels.attention import check_window
+from hf_seqmodels.layers.checks import check_int
+from hf_seqmodels.layers.families import FAMILIES, get_family
 from hf_seqmodels.models.liger import LigerConfig, LigerForCausalLM
-from hf_seqmodels.models.liger.configuration_liger import LLAMA_FIELDS
+from hf_seqmodels.models.liger.configuration_liger import LLAMA_FIELDS, check_softmax_layers, every_kth_layer
 from hf_seqmodels.models.lizard import LizardConfig, LizardForCausalLM
+
+logger = logging.getLogger(__name__)
 
 #: method -> (config class, model class, options the method accepts, description for the model card)
 METHODS = {
     "liger": (
         LigerConfig,
         LigerForCausalLM,
-        ("window_size", "gla_weight", "gate_logit_normalizer", "gla_scale"),
+        ("window_size", "gla_weight", "gate_logit_normalizer", "gla_scale", "softmax_layers", "softmax_every"),
         "Liger (arXiv 2503.01496): gated linear attention with the gate and feature maps taken from the pretrained "
         "projections, mixed 50/50 with sliding-window softmax attention; no new parameters",
     ),
     "lizard": (
         LizardConfig,
         LizardForCausalLM,
-        ("window_size", "feature_dim", "num_sinks", "sink_init", "gate_logit_normalizer", "gla_scale"),
+        ("window_size", "feature_dim", "num_sinks", "sink_init", "gate_logit_normalizer", "gla_scale", "softmax_layers",
+         "softmax_every"),
         "Lizard (arXiv 2507.09025): gated linear attention with learned Hedgehog feature maps and gate, plus "
         "sliding-window attention with learned sink logits and a learned mixing weight",
     ),
 }
-LLAMA_MODEL_TYPES = ("llama",)
+#: teacher families (``model_type``) a linearized model can be converted from
+LLAMA_MODEL_TYPES = tuple(sorted(FAMILIES))
+#: GGUF ``general.architecture`` -> transformers ``model_type`` (GGUF files of Mistral models say "llama")
+GGUF_ARCHITECTURES = {"llama": "llama", "mistral": "mistral", "qwen2": "qwen2", "qwen3": "qwen3", "phi3": "phi3"}
+#: teacher config fields a linearized model does not compute with (dropout only in training): warned about if set
+DROPOUT_FIELDS = ("attention_dropout", "resid_pdrop", "embd_pdrop")
 
 
 def check_method(method, options: dict) -> None:
@@ -39,6 +52,13 @@ def check_method(method, options: dict) -> None:
         raise ValueError(f"linearize: unknown option(s) {unknown} for method {method!r}; accepted: {list(allowed)}")
     if "window_size" in options:  # the kernel's own check, before any weights are read
         check_window("linearize", options["window_size"], "window_size")
+    if "softmax_layers" in options and "softmax_every" in options:
+        raise ValueError("linearize: pass softmax_layers (a list of layer indices) or softmax_every (k: every k-th "
+                         "layer), not both")
+    if "softmax_every" in options:
+        check_int("linearize", "softmax_every", options["softmax_every"])
+    if "softmax_layers" in options:  # types and repeats now; the range once the teacher's depth is known
+        check_softmax_layers("linearize", options["softmax_layers"], 2**62)
 
 
 _GGUF_SCALAR_SIZES = {0: 1, 1: 1, 2: 2, 3: 2, 4: 4, 5: 4, 6: 4, 7: 1, 10: 8, 11: 8, 12: 8}  # GGUF value type -> bytes
@@ -81,8 +101,9 @@ def gguf_architecture(path: str) -> str:
 
 
 def load_llama(path, gguf_file: str | None = None, dtype=torch.float32):
-    """Load a Llama causal LM from a safetensors folder (or Hub id) or a GGUF file in ``path``, after checking from the
-    config / GGUF metadata alone that it is a Llama. A GGUF model comes back dequantized to ``dtype``."""
+    """Load a Llama-shaped causal LM (a family of :data:`LLAMA_MODEL_TYPES`) from a safetensors folder (or Hub id) or
+    a GGUF file in ``path``, after checking from the config / GGUF metadata alone that it is one. A GGUF model comes
+    back dequantized to ``dtype``."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
     if gguf_file is not None:
@@ -90,8 +111,9 @@ def load_llama(path, gguf_file: str | None = None, dtype=torch.float32):
         if not os.path.isfile(full):
             raise ValueError(f"linearize: gguf_file {full!r} does not exist")
         arch = gguf_architecture(full)
-        if arch not in LLAMA_MODEL_TYPES:
-            raise ValueError(f"linearize: the GGUF file {full!r} holds a {arch!r} model; only Llama-family ({LLAMA_MODEL_TYPES}) can be linearized")
+        if arch not in GGUF_ARCHITECTURES:
+            raise ValueError(f"linearize: the GGUF file {full!r} holds a {arch!r} model; only Llama-shaped decoders "
+                             f"(GGUF architectures {sorted(GGUF_ARCHITECTURES)}) can be linearized")
         from hf_seqmodels.hub import check_gguf_file
 
         check_gguf_file(full)  # a truncated file: said so here, not as a reshape error deep in the loader
@@ -99,7 +121,7 @@ def load_llama(path, gguf_file: str | None = None, dtype=torch.float32):
         config = AutoConfig.from_pretrained(path)
         if config.model_type not in LLAMA_MODEL_TYPES:
             raise ValueError(
-                f"linearize: {path!r} is a {config.model_type!r} model; only Llama-family decoders "
+                f"linearize: {path!r} is a {config.model_type!r} model; only Llama-shaped decoders "
                 f"(model_type in {LLAMA_MODEL_TYPES}) can be linearized"
             )
     model = AutoModelForCausalLM.from_pretrained(path, gguf_file=gguf_file, dtype=dtype)
@@ -108,19 +130,41 @@ def load_llama(path, gguf_file: str | None = None, dtype=torch.float32):
     return model
 
 
-def check_llama(model) -> None:
-    from transformers import LlamaForCausalLM
-
+def check_llama(model):
+    """The teacher's :class:`~hf_seqmodels.layers.families.DecoderFamily`, or a ValueError naming what ``model`` is
+    and what is supported (before any weight is copied)."""
     model_type = getattr(getattr(model, "config", None), "model_type", None)
-    if not isinstance(model, LlamaForCausalLM) or model_type not in LLAMA_MODEL_TYPES:
+    family = FAMILIES.get(model_type)
+    expected = family.component("ForCausalLM") if family is not None else None
+    if family is None or not isinstance(model, expected):
         raise ValueError(
-            f"linearize: `model` must be a Llama-family decoder (LlamaForCausalLM, model_type in {LLAMA_MODEL_TYPES}), "
-            f"got {type(model).__name__} (model_type {model_type!r})"
+            f"linearize: `model` must be a Llama-shaped decoder (a *ForCausalLM of model_type in {LLAMA_MODEL_TYPES}: "
+            f"Llama 2/3.x, SmolLM2, Mistral, Qwen2/2.5, Qwen3, Phi-3), got {type(model).__name__} "
+            f"(model_type {model_type!r})"
         )
+    return family
+
+
+def teacher_fields(config) -> tuple[dict, dict]:
+    """(the linearized config's Llama fields, the teacher's other fields for ``base_config``) of a teacher config.
+    Generic fields every config has (output flags, dtype, architectures, ...) are left out of both."""
+    from transformers import PretrainedConfig
+
+    generic = set(PretrainedConfig().to_dict()) | {"model_type", "transformers_version", "_name_or_path",
+                                                   "quantization_config", "auto_map", "architectures"}
+    data = config.to_dict()
+    fields = {name: getattr(config, name) for name in LLAMA_FIELDS if hasattr(config, name)}
+    rest = {k: v for k, v in data.items() if k not in fields and k not in generic and not k.startswith("_")}
+    for name in DROPOUT_FIELDS:
+        if rest.get(name):
+            logger.warning("linearize: the teacher's %s=%s is not applied (the linearized model has no dropout)",
+                           name, rest[name])
+    return fields, rest
 
 
 def linearize(model, method: str = "liger", *, gguf_file: str | None = None, base_model: str | None = None, **options):
-    """Convert a Llama (a ``LlamaForCausalLM``, or a path loaded with :func:`load_llama`) into a linearized model.
+    """Convert a Llama-shaped decoder (a ``LlamaForCausalLM``, ``MistralForCausalLM``, ``Qwen2ForCausalLM``,
+    ``Qwen3ForCausalLM`` or ``Phi3ForCausalLM``, or a path loaded with :func:`load_llama`) into a linearized model.
 
     Args:
         model: a ``LlamaForCausalLM`` or a path (safetensors folder / Hub id, or the folder of ``gguf_file``).
@@ -130,7 +174,8 @@ def linearize(model, method: str = "liger", *, gguf_file: str | None = None, bas
         **options: config fields of the method. Liger: ``window_size`` (64), ``gla_weight`` (0.5; 0 = window only),
             ``gate_logit_normalizer`` (16), ``gla_scale`` (None: ``head_dim ** -0.5``). Lizard: ``window_size``
             (128), ``feature_dim`` (head_dim), ``num_sinks`` (4), ``sink_init`` (-4), ``gate_logit_normalizer`` (16),
-            ``gla_scale``.
+            ``gla_scale``. Both: ``softmax_layers`` (layer indices that keep the teacher's softmax attention) or
+            ``softmax_every=k`` (layers k-1, 2k-1, ...): a hybrid layout.
 
     Returns a plain (not quantized, savable) ``LigerForCausalLM`` / ``LizardForCausalLM`` in the Llama's dtype and
     device, in eval mode, holding the Llama's weights under the same names. Liger adds no parameters; Lizard's new
@@ -144,13 +189,20 @@ def linearize(model, method: str = "liger", *, gguf_file: str | None = None, bas
         model = load_llama(path, gguf_file=gguf_file)
     elif gguf_file is not None:
         raise ValueError("linearize: gguf_file is only used when `model` is a path")
-    check_llama(model)
+    family = check_llama(model)
     config_class, model_class, _, description = METHODS[method]
     llama_config = model.config
-    fields = {name: getattr(llama_config, name) for name in LLAMA_FIELDS if hasattr(llama_config, name)}
+    fields, rest = teacher_fields(llama_config)
+    options = dict(options)
+    if "softmax_every" in options:
+        options["softmax_layers"] = every_kth_layer(llama_config.num_hidden_layers, options.pop("softmax_every"))
+    check_softmax_layers("linearize", options.get("softmax_layers"), llama_config.num_hidden_layers)
     base_model = base_model or llama_config.name_or_path or None
     card = {"base_model": base_model, "method": description}
-    config = config_class(**fields, **options, base_model_name_or_path=base_model, card_data=card)
+    if options.get("softmax_layers"):
+        card["method"] += f"; layers {options['softmax_layers']} keep the teacher's softmax attention (hybrid)"
+    config = config_class(**fields, **options, base_model_type=family.model_type, base_config=rest,
+                          base_model_name_or_path=base_model, card_data=card)
     param = next(model.parameters())
     new = model_class(config)
     state = model.state_dict()

@@ -80,12 +80,16 @@ def attention_transfer(model, blocks: torch.Tensor, steps: int, lr: float = 1e-2
     return losses
 
 
-def add_lora(model, r: int = 8, alpha: int | None = None, dropout: float = 0.0, target_modules=DEFAULT_LORA_TARGETS):
-    """Wrap ``model`` in a PEFT LoRA model: adapters of rank ``r`` on ``target_modules`` (default q, k, v
-    projections), everything else frozen."""
+def add_lora(model, r: int = 8, alpha: int | None = None, dropout: float = 0.0, target_modules=None):
+    """Wrap ``model`` in a PEFT LoRA model: adapters of rank ``r`` on ``target_modules`` (default: the papers' q, k,
+    v projections as the teacher's family names them: ``q_proj, k_proj, v_proj``, or Phi-3's fused ``qkv_proj``),
+    everything else frozen."""
     from peft import LoraConfig, get_peft_model
 
     check_int("add_lora", "r", r)
+    if target_modules is None:
+        family = getattr(getattr(model, "config", None), "family", None)
+        target_modules = family.lora_targets if family is not None else DEFAULT_LORA_TARGETS
     config = LoraConfig(
         r=r, lora_alpha=alpha or 2 * r, lora_dropout=dropout, target_modules=list(target_modules), task_type="CAUSAL_LM"
     )

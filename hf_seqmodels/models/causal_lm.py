@@ -147,9 +147,13 @@ class SeqModel(SeqPreTrainedModel):
         super().__init__(config)
         self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size, config.pad_token_id)
         self.layers = nn.ModuleList([self.build_block(config, i) for i in range(config.num_hidden_layers)])
-        self.norm = RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
+        self.norm = self.build_norm(config)
         self.gradient_checkpointing = False
         self.post_init()
+
+    def build_norm(self, config) -> nn.Module:
+        """The final norm (RMSNorm)."""
+        return RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
 
     def build_block(self, config, layer_idx: int) -> nn.Module:
         return DecoderBlock(config, self.build_mixer(config, layer_idx))

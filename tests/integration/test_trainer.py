@@ -66,6 +66,10 @@ def test_peft_lora_train_save_reload_merge(train_config, tmp_path, fresh_seed):
     train_config.initializer_range = 0.02
     targets = list(type(train_config).lora_target_modules)
     assert targets, "the config class must document its LoRA target modules"
+    family = getattr(train_config, "family", None)  # a linearized model: the teacher family's names of q, k, v
+    if family is not None:
+        assert set(family.lora_targets) <= set(targets)
+        targets = list(family.lora_targets)
     base = build_lm(train_config)
     base.save_pretrained(tmp_path / "base")
     r = 4
@@ -124,5 +128,6 @@ def test_peft_default_targets_are_the_documented_ones(tiny_config):
     expected = [n for n, m in base.named_modules() if isinstance(m, torch.nn.Linear) and n.split(".")[-1] in targets]
     model = get_peft_model(base, LoraConfig(r=2, task_type="CAUSAL_LM"))
     wrapped = [n for n, m in model.named_modules() if isinstance(m, LoraLayer)]
-    assert {n.split(".")[-1] for n in wrapped} == targets
+    family = getattr(tiny_config, "family", None)  # a linearized model has its teacher family's names of q, k, v
+    assert {n.split(".")[-1] for n in wrapped} == (set(family.lora_targets) if family is not None else targets)
     assert sorted(n.removeprefix("base_model.model.") for n in wrapped) == sorted(expected)

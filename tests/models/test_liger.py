@@ -11,28 +11,9 @@ import hf_seqmodels  # noqa: F401  (registers the architectures)
 from hf_seqmodels.cache import RecurrentCache
 from hf_seqmodels.linearize import add_lora, finetune, linearize, load_llama
 from hf_seqmodels.models.liger import LigerConfig, LigerForCausalLM
-from tiny_llama import tiny_llama
+from tiny_llama import decode_in_pieces, left_padded, tiny_llama
 
 
-
-
-def left_padded(B, T, vocab, pad=(3, 0)):
-    ids = torch.randint(3, vocab, (B, T))
-    mask = torch.ones(B, T, dtype=torch.long)
-    for b, n in enumerate(pad[:B]):
-        mask[b, :n] = 0
-    return ids, mask
-
-
-def decode_in_pieces(model, ids, mask, pieces):
-    """Logits of ``ids`` fed through the cache in pieces of the given sizes (1 = a decoding step)."""
-    cache, outs, seen = RecurrentCache(model.config.num_hidden_layers), [], 0
-    for n in pieces:
-        out = model(input_ids=ids[:, seen : seen + n], attention_mask=mask[:, : seen + n], cache=cache, use_cache=True)
-        outs.append(out.logits)
-        seen += n
-    assert seen == ids.shape[1] and cache.seen_tokens == seen
-    return torch.cat(outs, 1)
 
 
 def test_exact_llama_parameters_and_strict_load():
@@ -174,13 +155,13 @@ def test_bad_input_is_named_before_weights_are_touched(tmp_path):
     with pytest.raises(ValueError, match=r"unknown option\(s\) \['num_sinks'\]"):
         linearize(llama, "liger", num_sinks=2)
     gpt2 = GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=16, n_head=2, vocab_size=50))
-    with pytest.raises(ValueError, match="must be a Llama-family decoder.*GPT2LMHeadModel.*'gpt2'"):
+    with pytest.raises(ValueError, match="must be a Llama-shaped decoder.*GPT2LMHeadModel.*'gpt2'"):
         linearize(gpt2, "liger")
     # a path is checked (config, GGUF metadata) before its weights are read; a bad window before anything at all
     with pytest.raises(ValueError, match="window_size"):
         linearize(str(tmp_path / "does-not-exist"), "liger", window_size=0)
     gpt2.config.save_pretrained(tmp_path / "gpt2")  # a config and no weights: loading them would fail differently
-    with pytest.raises(ValueError, match="'gpt2' model; only Llama-family"):
+    with pytest.raises(ValueError, match="'gpt2' model; only Llama-shaped"):
         linearize(str(tmp_path / "gpt2"), "liger")
     _write_gguf(tmp_path / "other.gguf", "gpt2")
     with pytest.raises(ValueError, match="holds a 'gpt2' model"):

@@ -1,7 +1,24 @@
-from hf_seqmodels.layers.liger import LigerAttention, LinearizedDecoderBlock
+from hf_seqmodels.layers.liger import LigerAttention, LinearizedDecoderBlock, SoftmaxAttention
 from hf_seqmodels.models.causal_lm import SeqForCausalLM, SeqModel, SeqPreTrainedModel
 
 from .configuration_liger import LigerConfig
+
+
+class LinearizedModel(SeqModel):
+    """A linearized decoder: the teacher family's MLP and RMSNorm (transformers' own classes), the method's attention
+    (``attention_class``) in every layer except ``config.softmax_layers``, which keep the teacher's softmax attention."""
+
+    attention_class = None
+
+    def build_block(self, config, layer_idx):
+        family = config.family
+        mixer = SoftmaxAttention if layer_idx in config.softmax_layers else self.attention_class
+        return LinearizedDecoderBlock(config, mixer.from_config(config, layer_idx),
+                                      mlp=family.component("MLP")(config.family_config()),
+                                      norm_class=family.component("RMSNorm"))
+
+    def build_norm(self, config):
+        return config.family.component("RMSNorm")(config.hidden_size, eps=config.rms_norm_eps)
 
 
 class LigerPreTrainedModel(SeqPreTrainedModel):
@@ -9,9 +26,8 @@ class LigerPreTrainedModel(SeqPreTrainedModel):
     _no_split_modules = ["LinearizedDecoderBlock"]
 
 
-class LigerModel(SeqModel, LigerPreTrainedModel):
-    def build_block(self, config, layer_idx):
-        return LinearizedDecoderBlock(config, LigerAttention.from_config(config, layer_idx))
+class LigerModel(LinearizedModel, LigerPreTrainedModel):
+    attention_class = LigerAttention
 
 
 class LigerForCausalLM(SeqForCausalLM, LigerPreTrainedModel):

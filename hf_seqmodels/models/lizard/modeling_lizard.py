@@ -1,6 +1,6 @@
-from hf_seqmodels.layers.liger import LinearizedDecoderBlock
 from hf_seqmodels.layers.lizard import LizardAttention
-from hf_seqmodels.models.causal_lm import SeqForCausalLM, SeqModel, SeqPreTrainedModel
+from hf_seqmodels.models.causal_lm import SeqForCausalLM, SeqPreTrainedModel
+from hf_seqmodels.models.liger.modeling_liger import LinearizedModel
 
 from .configuration_lizard import LizardConfig
 
@@ -10,9 +10,8 @@ class LizardPreTrainedModel(SeqPreTrainedModel):
     _no_split_modules = ["LinearizedDecoderBlock"]
 
 
-class LizardModel(SeqModel, LizardPreTrainedModel):
-    def build_block(self, config, layer_idx):
-        return LinearizedDecoderBlock(config, LizardAttention.from_config(config, layer_idx))
+class LizardModel(LinearizedModel, LizardPreTrainedModel):
+    attention_class = LizardAttention
 
 
 class LizardForCausalLM(SeqForCausalLM, LizardPreTrainedModel):
