@@ -20,6 +20,7 @@ def _configs():
         "pararnn-lstm": lambda: hf_seqmodels.ParaRNNConfig(cell="lstm", hidden_size=16, num_heads=2, **common),
         "liger": lambda: hf_seqmodels.LigerConfig(**lin, **common),
         "lizard": lambda: hf_seqmodels.LizardConfig(**lin, num_sinks=2, **common),
+        "liger-hybrid": lambda: hf_seqmodels.LigerConfig(**lin, softmax_layers=[1], base_model_type="qwen2", **common),
     }
 
 
