@@ -139,13 +139,14 @@ def test_cached_decoding_equals_full_forward(name, softmax_layers):
             assert names == {"gla_state", "swa_k", "swa_v", "swa_mask"}
 
 
-@pytest.mark.parametrize("name", ["qwen3", "phi3"])
+@pytest.mark.parametrize("name", sorted(TEACHERS))
 def test_save_reload_through_auto_classes(name, tmp_path):
     model = linearize(teacher(name), "liger", window_size=6, softmax_layers=[2], base_model="org/tiny")
     model.save_pretrained(tmp_path)
     loaded = AutoModelForCausalLM.from_pretrained(tmp_path)
     assert type(loaded) is LigerForCausalLM
-    assert loaded.config.base_model_type == name and loaded.config.softmax_layers == [2]
+    assert loaded.config.base_model_type == FAMILIES[model.config.base_model_type].model_type
+    assert loaded.config.base_config == model.config.base_config and loaded.config.softmax_layers == [2]
     assert isinstance(loaded.model.layers[2].self_attn, SoftmaxAttention)
     assert isinstance(loaded.model.layers[0].self_attn, LigerAttention)
     ids = torch.randint(0, VOCAB, (2, 11))
@@ -332,3 +333,13 @@ def test_command_line_hybrid_phi3(tmp_path, capsys):
     assert model.config.base_model_type == "phi3" and model.config.softmax_layers == [1]
     assert isinstance(model.model.layers[1].self_attn, SoftmaxAttention)
     assert "r=8 on qkv_proj" in (tmp_path / "out" / "README.md").read_text()
+
+
+@pytest.mark.parametrize("name", ["phi3", "qwen3"])
+def test_peft_default_targets_follow_the_family(name):
+    from peft import LoraConfig, get_peft_model
+    from peft.tuners.lora import LoraLayer
+
+    model = get_peft_model(linearize(teacher(name), "liger"), LoraConfig(r=2, task_type="CAUSAL_LM"))
+    wrapped = {n.split(".")[-1] for n, m in model.named_modules() if isinstance(m, LoraLayer)}
+    assert wrapped == set(FAMILIES[name].lora_targets)
