@@ -6,7 +6,8 @@ The sequence is cut into chunks of ``CHUNK`` tokens; inside a chunk ``G`` is the
 a chunk are built from 8-token sub-blocks: off-diagonal sub-blocks use the last log-gate of the key sub-block as a
 reference so every exponent is <= 0; the diagonal sub-blocks are computed offset by offset (8 vectorized steps
 over the whole sequence), again with exponents <= 0. Chunks are linked through an fp32 state ``[K, V]``.
-Backward recomputes the chunk states instead of storing them.
+Backward recomputes the chunk states instead of storing them. Packed sequences (``cu_seqlens``) use the same
+function over a chunk-aligned layout in which the state restarts at each sequence's first chunk.
 """
 from __future__ import annotations
 
@@ -92,137 +93,30 @@ class _SubBlocks:
         return A, dq, dk
 
 
-def _chunk_states(kdec, v, decay, h0):
-    """Run the state across chunks. Returns the state entering each chunk [B, H, N, K, V] and the final state."""
-    U = kdec.transpose(-1, -2) @ v  # [B, H, N, K, V]
-    B, H, N, K, V = U.shape
-    S = torch.zeros(B, H, K, V, dtype=U.dtype, device=U.device) if h0 is None else h0.to(U.dtype)
-    states = torch.empty_like(U)
-    for n in range(N):
-        states[:, :, n] = S
-        S = decay[:, :, n, :, None] * S + U[:, :, n]
-    return states, S
+class _BatchLayout:
+    """A batch of whole sequences: row ``b`` is sequence ``b``, in chunks ``[0, N)`` (the last zero-padded).
+
+    A layout says how tokens go into chunks (``to_chunks``/``from_chunks``) and where sequences start and end:
+    ``first``/``last`` map a chunk index to the rows of the initial/final states it starts/ends (a slice)."""
+
+    def __init__(self, B, T, chunk):
+        self.num_seqs, self.T, self.chunk = B, T, chunk
+        n = math.ceil(T / chunk)
+        self.first, self.last = {0: slice(None)}, {n - 1: slice(None)}
+
+    def to_chunks(self, x, dtype):
+        """[B, T, H, D] -> [B, H, N, C, D] in ``dtype``."""
+        return _to_chunks(x, dtype, self.chunk)
+
+    def from_chunks(self, y):
+        """[B, H, N, C, D] -> [B, T, H, D]."""
+        return _from_chunks(y, self.T)
 
 
-def _prepare(q, k, v, g, scale, chunk):
-    from .._dispatch import compute_dtype
-
-    dt = compute_dtype(q, k, v, g)
-    qc = _to_chunks(q, dt, chunk) * scale
-    kc, vc = _to_chunks(k, dt, chunk), _to_chunks(v, dt, chunk)
-    G = _to_chunks(g, dt, chunk).cumsum(-2)
-    Glast = G[..., -1, :]
-    kdec = kc * torch.exp(Glast.unsqueeze(-2) - G)
-    return qc, kc, vc, G, Glast, kdec
-
-
-class ChunkGLAFunction(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, q, k, v, g, scale, initial_state, output_final_state, chunk):
-        T = q.shape[1]
-        qc, kc, vc, G, Glast, kdec = _prepare(q, k, v, g, scale, chunk)
-        blocks = _SubBlocks(G)
-        A = blocks.scores(qc, kc)
-        states, final = _chunk_states(kdec, vc, torch.exp(Glast), initial_state)
-        o = A @ vc + (qc * torch.exp(G)) @ states
-        ctx.save_for_backward(q, k, v, g, initial_state)
-        ctx.scale, ctx.chunk = scale, chunk
-        o = _from_chunks(o, T).to(q.dtype)
-        final = final.float() if final.dtype != torch.float64 else final
-        if output_final_state:
-            return o, final
-        ctx.mark_non_differentiable(final)
-        return o, final
-
-    @staticmethod
-    def backward(ctx, do, dht):
-        q, k, v, g, h0 = ctx.saved_tensors
-        scale, chunk = ctx.scale, ctx.chunk
-        T = q.shape[1]
-        qc, kc, vc, G, Glast, kdec = _prepare(q, k, v, g, scale, chunk)
-        dt = qc.dtype
-        doc = _to_chunks(do, dt, chunk)
-        decay = torch.exp(Glast)
-        states, final = _chunk_states(kdec, vc, decay, h0)
-        qexp = qc * torch.exp(G)
-        # gradient of the loss w.r.t. the state leaving each chunk, run backwards through the chunks
-        W = qexp.transpose(-1, -2) @ doc  # [B, H, N, K, V]
-        B, H, N, K, V = W.shape
-        dS = torch.zeros(B, H, K, V, dtype=dt, device=q.device) if dht is None else dht.to(dt)
-        dstates = torch.empty_like(W)
-        for n in range(N - 1, -1, -1):
-            dstates[:, :, n] = dS
-            dS = decay[:, :, n, :, None] * dS + W[:, :, n]
-        dh0 = dS
-
-        causal = torch.ones(chunk, chunk, dtype=torch.bool, device=q.device).tril()
-        dA = (doc @ vc.transpose(-1, -2)) * causal
-        A, dq, dk = _SubBlocks(G).scores_and_grads(qc, kc, dA)
-        dq = dq + torch.exp(G) * (doc @ states.transpose(-1, -2))
-        dk = dk + torch.exp(Glast.unsqueeze(-2) - G) * (vc @ dstates.transpose(-1, -2))
-        dv = A.transpose(-1, -2) @ doc + kdec @ dstates
-
-        dG = _from_chunks(qc * dq - kc * dk, T)  # [B, T, H, K]
-        dg = dG.flip(1).cumsum(1).flip(1)
-        if dht is not None:
-            dg = dg + (dht.to(dt) * final).sum(-1).unsqueeze(1)
-        dq = _from_chunks(dq, T) * scale
-        dk, dv = _from_chunks(dk, T), _from_chunks(dv, T)
-        dh0 = dh0.to(h0.dtype) if h0 is not None else None
-        return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype), dg.to(g.dtype), None, dh0, None, None
-
-
-# Forward without gradients (prefill, evaluation) streams blocks of chunks carrying the state, so the temporaries
-# (the sub-block scales are ~8x the size of q) stay bounded: each block holds about this many elements of q.
-STREAM_ELEMENTS = 1 << 21
-
-
-def _needs_graph(*tensors):
-    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
-
-
-def chunk_gla_torch(q, k, v, g, scale, initial_state=None, output_final_state=False, chunk=CHUNK, stream_elements=None):
-    B, T, H, K = q.shape
-    budget = STREAM_ELEMENTS if stream_elements is None else stream_elements
-    block = max(1, budget // max(1, B * H * chunk * max(K, v.shape[-1]))) * chunk  # tokens per streamed block
-    if T > block and not _needs_graph(q, k, v, g, initial_state):
-        return _chunk_gla_streamed(q, k, v, g, scale, initial_state, output_final_state, chunk, block)
-    o, final = ChunkGLAFunction.apply(q, k, v, g, scale, initial_state, output_final_state, chunk)
-    return o, (final if output_final_state else None)
-
-
-def _chunk_gla_streamed(q, k, v, g, scale, initial_state, output_final_state, chunk, block):
-    """The same forward, ``block`` tokens (a multiple of ``chunk``) at a time; extra memory O(block), not O(T)."""
-    B, T, H, _ = q.shape
-    o = torch.empty(B, T, H, v.shape[-1], dtype=q.dtype, device=q.device)
-    state = initial_state
-    with torch.no_grad():
-        for s in range(0, T, block):
-            e = min(s + block, T)
-            ob, state = ChunkGLAFunction.apply(q[:, s:e], k[:, s:e], v[:, s:e], g[:, s:e], scale, state, True, chunk)
-            o[:, s:e] = ob
-    return o, (state if output_final_state else None)
-
-
-def recurrent_gla_step_torch(q, k, v, g, scale, initial_state=None, output_final_state=False):
-    """One token (T == 1), the decode step: plain tensor ops, differentiable by autograd."""
-    from .._dispatch import compute_dtype
-
-    dt = compute_dtype(q, k, v, g)
-    B, _, H, K = q.shape
-    V = v.shape[-1]
-    S = torch.zeros(B, H, K, V, dtype=dt, device=q.device) if initial_state is None else initial_state.to(dt)
-    q0, k0, v0, g0 = (x[:, 0].to(dt) for x in (q, k, v, g))
-    S = torch.exp(g0).unsqueeze(-1) * S + k0.unsqueeze(-1) * v0.unsqueeze(-2)
-    o = ((q0 * scale).unsqueeze(-2) @ S).squeeze(-2).unsqueeze(1).to(q.dtype)
-    final = S if dt == torch.float64 else S.float()
-    return o, (final if output_final_state else None)
-
-
-class _ChunkLayout:
-    """Packed sequences laid out chunk-aligned: sequence ``i`` takes whole chunks ``[c0_i, c0_i + n_i)``, zero-padded
-    after its last token (zero q, k, v and a zero log-gate: the padding changes no state). No chunk holds two
-    sequences, so the state is reset by starting each sequence's first chunk from its own initial state."""
+class _PackedLayout:
+    """Packed sequences (batch 1) laid out chunk-aligned: sequence ``i`` takes whole chunks ``[c0_i, c0_i + n_i)``,
+    zero-padded after its last token (zero q, k, v and a zero log-gate: the padding changes no state). No chunk holds
+    two sequences, so the state is reset by starting each sequence's first chunk from its own initial state."""
 
     def __init__(self, packed, chunk, device):
         lens = packed.lengths
@@ -230,10 +124,10 @@ class _ChunkLayout:
         c0 = [0]
         for m in n:
             c0.append(c0[-1] + m)
-        self.N, self.Nc, self.chunk = packed.N, c0[-1], chunk
-        self.first = {c0[i]: i for i in range(self.N) if n[i]}
-        self.last = {c0[i] + n[i] - 1: i for i in range(self.N) if n[i]}
-        seq = torch.repeat_interleave(torch.arange(self.N, device=device), torch.tensor(n, device=device))
+        self.num_seqs, self.Nc, self.chunk = packed.N, c0[-1], chunk
+        self.first = {c0[i]: slice(i, i + 1) for i in range(packed.N) if n[i]}
+        self.last = {c0[i] + n[i] - 1: slice(i, i + 1) for i in range(packed.N) if n[i]}
+        seq = torch.repeat_interleave(torch.arange(packed.N, device=device), torch.tensor(n, device=device))
         local = (torch.arange(self.Nc, device=device) - torch.tensor(c0[:-1], device=device)[seq])[:, None] * chunk
         local = local + torch.arange(chunk, device=device)[None, :]
         valid = local < torch.tensor(lens, device=device)[seq][:, None]
@@ -254,7 +148,26 @@ class _ChunkLayout:
         return y.reshape(H, self.Nc * self.chunk, D).index_select(1, self.dst).transpose(0, 1).unsqueeze(0)
 
 
-def _packed_prepare(q, k, v, g, scale, lay):
+def _chunk_states(kdec, v, decay, h0, lay):
+    """Run the state across chunks, restarting at each sequence's first chunk from its initial state. Returns the
+    state entering each chunk [B, H, N, K, V] and the final states [num_seqs, H, K, V] (an empty sequence keeps its
+    initial state)."""
+    U = kdec.transpose(-1, -2) @ v  # [B, H, N, K, V]
+    _, H, N, K, V = U.shape
+    finals = torch.zeros(lay.num_seqs, H, K, V, dtype=U.dtype, device=U.device) if h0 is None else h0.to(U.dtype).clone()
+    states = torch.empty_like(U)
+    S = None
+    for n in range(N):
+        if n in lay.first:
+            S = finals[lay.first[n]].clone() if h0 is not None else torch.zeros_like(U[:, :, 0])
+        states[:, :, n] = S
+        S = decay[:, :, n, :, None] * S + U[:, :, n]
+        if n in lay.last:
+            finals[lay.last[n]] = S
+    return states, finals
+
+
+def _prepare(q, k, v, g, scale, lay):
     from .._dispatch import compute_dtype
 
     dt = compute_dtype(q, k, v, g)
@@ -266,32 +179,15 @@ def _packed_prepare(q, k, v, g, scale, lay):
     return qc, kc, vc, G, Glast, kdec
 
 
-def _packed_states(kdec, v, decay, h0, lay):
-    """The state entering each chunk [1, H, Nc, K, V], restarting at each sequence, and the final states [N, H, K, V]."""
-    U = kdec.transpose(-1, -2) @ v
-    _, H, Nc, K, V = U.shape
-    finals = torch.zeros(lay.N, H, K, V, dtype=U.dtype, device=U.device) if h0 is None else h0.to(U.dtype).clone()
-    states = torch.empty_like(U)
-    S = None
-    for n in range(Nc):
-        if n in lay.first:
-            i = lay.first[n]
-            S = finals[i : i + 1].clone() if h0 is not None else torch.zeros_like(U[:, :, 0])
-        states[:, :, n] = S
-        S = decay[:, :, n, :, None] * S + U[:, :, n]
-        if n in lay.last:
-            finals[lay.last[n]] = S[0]
-    return states, finals
-
-
-class PackedChunkGLAFunction(torch.autograd.Function):
-    """:class:`ChunkGLAFunction` for packed sequences (batch 1, chunk-aligned layout, per-sequence states)."""
+class ChunkGLAFunction(torch.autograd.Function):
+    """Chunked GLA over a layout (:class:`_BatchLayout` or :class:`_PackedLayout`), explicit backward that
+    recomputes the chunk states."""
 
     @staticmethod
     def forward(ctx, q, k, v, g, scale, initial_state, output_final_state, lay):
-        qc, kc, vc, G, Glast, kdec = _packed_prepare(q, k, v, g, scale, lay)
+        qc, kc, vc, G, Glast, kdec = _prepare(q, k, v, g, scale, lay)
         A = _SubBlocks(G).scores(qc, kc)
-        states, finals = _packed_states(kdec, vc, torch.exp(Glast), initial_state, lay)
+        states, finals = _chunk_states(kdec, vc, torch.exp(Glast), initial_state, lay)
         o = A @ vc + (qc * torch.exp(G)) @ states
         ctx.save_for_backward(q, k, v, g, initial_state)
         ctx.scale, ctx.lay = scale, lay
@@ -304,29 +200,29 @@ class PackedChunkGLAFunction(torch.autograd.Function):
     def backward(ctx, do, dht):
         q, k, v, g, h0 = ctx.saved_tensors
         scale, lay = ctx.scale, ctx.lay
-        qc, kc, vc, G, Glast, kdec = _packed_prepare(q, k, v, g, scale, lay)
+        qc, kc, vc, G, Glast, kdec = _prepare(q, k, v, g, scale, lay)
         dt = qc.dtype
         doc = lay.to_chunks(do, dt)
         decay = torch.exp(Glast)
-        states, finals = _packed_states(kdec, vc, decay, h0, lay)
+        states, finals = _chunk_states(kdec, vc, decay, h0, lay)
         qexp = qc * torch.exp(G)
-        W = qexp.transpose(-1, -2) @ doc  # [1, H, Nc, K, V]
-        _, H, Nc, K, V = W.shape
+        # gradient of the loss w.r.t. the state leaving each chunk, run backwards through each sequence's chunks
+        W = qexp.transpose(-1, -2) @ doc  # [B, H, N, K, V]
+        _, H, N, K, V = W.shape
         dht = None if dht is None else dht.to(dt)
-        # empty sequences pass their initial state straight through: d h0 = d final for them
-        dh0 = dht.clone() if dht is not None else torch.zeros(lay.N, H, K, V, dtype=dt, device=q.device)
+        # an empty sequence passes its initial state straight through: d h0 = d final for it
+        dh0 = dht.clone() if dht is not None else torch.zeros(lay.num_seqs, H, K, V, dtype=dt, device=q.device)
         # per-sequence constant of d g: (d final * final) summed over V, reaching every token of the sequence
-        const = (dht * finals.to(dt)).sum(-1) if dht is not None else None  # [N, H, K]
+        const = (dht * finals.to(dt)).sum(-1) if dht is not None else None  # [num_seqs, H, K]
         dstates = torch.empty_like(W)
         dS = None
-        for n in range(Nc - 1, -1, -1):
+        for n in range(N - 1, -1, -1):
             if n in lay.last:
-                i = lay.last[n]
-                dS = dht[i : i + 1].clone() if dht is not None else torch.zeros_like(W[:, :, 0])
+                dS = dht[lay.last[n]].clone() if dht is not None else torch.zeros_like(W[:, :, 0])
             dstates[:, :, n] = dS
             dS = decay[:, :, n, :, None] * dS + W[:, :, n]
             if n in lay.first:
-                dh0[lay.first[n]] = dS[0]
+                dh0[lay.first[n]] = dS
 
         causal = torch.ones(lay.chunk, lay.chunk, dtype=torch.bool, device=q.device).tril()
         dA = (doc @ vc.transpose(-1, -2)) * causal
@@ -337,13 +233,12 @@ class PackedChunkGLAFunction(torch.autograd.Function):
 
         # d g_t = sum over the later tokens s >= t of the same sequence of (q dq - k dk)_s (+ the constant):
         # within each chunk a reversed cumsum, across the chunks of a sequence a carried suffix sum
-        local = (qc * dq - kc * dk).flip(-2).cumsum(-2).flip(-2)  # [1, H, Nc, C, K]
-        carry = torch.empty_like(local[..., 0, :])  # [1, H, Nc, K]: what the later chunks of the sequence add
+        local = (qc * dq - kc * dk).flip(-2).cumsum(-2).flip(-2)  # [B, H, N, C, K]
+        carry = torch.empty_like(local[..., 0, :])  # [B, H, N, K]: what the later chunks of the sequence add
         acc = None
-        for n in range(Nc - 1, -1, -1):
+        for n in range(N - 1, -1, -1):
             if n in lay.last:
-                i = lay.last[n]
-                acc = const[i : i + 1] if const is not None else torch.zeros_like(local[:, :, 0, 0])
+                acc = const[lay.last[n]] if const is not None else torch.zeros_like(local[:, :, 0, 0])
             carry[:, :, n] = acc
             acc = acc + local[:, :, n, 0]
         dg = lay.from_chunks(local + carry.unsqueeze(-2))
@@ -351,6 +246,54 @@ class PackedChunkGLAFunction(torch.autograd.Function):
         dk, dv = lay.from_chunks(dk), lay.from_chunks(dv)
         dh0 = dh0.to(h0.dtype) if h0 is not None else None
         return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype), dg.to(g.dtype), None, dh0, None, None
+
+
+# Forward without gradients (prefill, evaluation) streams blocks of chunks carrying the state, so the temporaries
+# (the sub-block scales are ~8x the size of q) stay bounded: each block holds about this many elements of q.
+STREAM_ELEMENTS = 1 << 21
+
+
+def _needs_graph(*tensors):
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+
+
+def chunk_gla_torch(q, k, v, g, scale, initial_state=None, output_final_state=False, chunk=CHUNK, stream_elements=None):
+    B, T, H, K = q.shape
+    budget = STREAM_ELEMENTS if stream_elements is None else stream_elements
+    block = max(1, budget // max(1, B * H * chunk * max(K, v.shape[-1]))) * chunk  # tokens per streamed block
+    if T > block and not _needs_graph(q, k, v, g, initial_state):
+        return _chunk_gla_streamed(q, k, v, g, scale, initial_state, output_final_state, chunk, block)
+    o, final = ChunkGLAFunction.apply(q, k, v, g, scale, initial_state, output_final_state, _BatchLayout(B, T, chunk))
+    return o, (final if output_final_state else None)
+
+
+def _chunk_gla_streamed(q, k, v, g, scale, initial_state, output_final_state, chunk, block):
+    """The same forward, ``block`` tokens (a multiple of ``chunk``) at a time; extra memory O(block), not O(T)."""
+    B, T, H, _ = q.shape
+    o = torch.empty(B, T, H, v.shape[-1], dtype=q.dtype, device=q.device)
+    state = initial_state
+    with torch.no_grad():
+        for s in range(0, T, block):
+            e = min(s + block, T)
+            ob, state = ChunkGLAFunction.apply(q[:, s:e], k[:, s:e], v[:, s:e], g[:, s:e], scale, state, True,
+                                               _BatchLayout(B, e - s, chunk))
+            o[:, s:e] = ob
+    return o, (state if output_final_state else None)
+
+
+def recurrent_gla_step_torch(q, k, v, g, scale, initial_state=None, output_final_state=False):
+    """One token (T == 1), the decode step: plain tensor ops, differentiable by autograd."""
+    from .._dispatch import compute_dtype
+
+    dt = compute_dtype(q, k, v, g)
+    B, _, H, K = q.shape
+    V = v.shape[-1]
+    S = torch.zeros(B, H, K, V, dtype=dt, device=q.device) if initial_state is None else initial_state.to(dt)
+    q0, k0, v0, g0 = (x[:, 0].to(dt) for x in (q, k, v, g))
+    S = torch.exp(g0).unsqueeze(-1) * S + k0.unsqueeze(-1) * v0.unsqueeze(-2)
+    o = ((q0 * scale).unsqueeze(-2) @ S).squeeze(-2).unsqueeze(1).to(q.dtype)
+    final = S if dt == torch.float64 else S.float()
+    return o, (final if output_final_state else None)
 
 
 def chunk_gla_packed_torch(q, k, v, g, scale, initial_state, output_final_state, packed, chunk=CHUNK):
@@ -369,6 +312,6 @@ def chunk_gla_packed_torch(q, k, v, g, scale, initial_state, output_final_state,
             o[:, s:e], f = chunk_gla_torch(q[:, s:e], k[:, s:e], v[:, s:e], g[:, s:e], scale, h, True, chunk)
             finals.append(f)
         return o, (torch.cat(finals) if output_final_state else None)
-    lay = _ChunkLayout(packed, chunk, q.device)
-    o, finals = PackedChunkGLAFunction.apply(q, k, v, g, scale, initial_state, output_final_state, lay)
+    lay = _PackedLayout(packed, chunk, q.device)
+    o, finals = ChunkGLAFunction.apply(q, k, v, g, scale, initial_state, output_final_state, lay)
     return o, (finals if output_final_state else None)
