@@ -206,7 +206,7 @@ GLA_TINY_CASES = [
     (2, 9, 1, 24, 8, FP32, FP32, "steep"),
     (1, 1, 2, 16, 16, BF16, FP32, "normal"),
 ]
-_TOL = {FP32: 1e-3, BF16: 3e-2, FP64: 1e-10}
+_TOL = {FP32: 1e-4, BF16: 3e-2, FP64: 1e-10}
 
 
 def _gla_inputs(B, T, H, K, V, dtype, g_dtype=None, gates="normal", device="cuda", state=True):
@@ -517,7 +517,7 @@ def packed_check(args):
             inputs = (q, k, v, g, torch.randn(N, H, K, V, device=dev))
             weights = (torch.randn(1, T, H, V, device=dev), torch.randn(N, H, K, V, device=dev))
             ref = _grads(_gla_op(op, "torch", cu), [x.double() for x in inputs], weights)
-            _check_row(r, _GLA_NAMES, _grads(_gla_op(op, "triton", cu), inputs, weights), ref, 1e-3)
+            _check_row(r, _GLA_NAMES, _grads(_gla_op(op, "triton", cu), inputs, weights), ref, 1e-4)
 
         add(dict(op=name), check_gla)
     for kind, op in (("diagonal", linear_scan), ("block2", block2_scan)):
@@ -627,7 +627,6 @@ def coverage(args):
     rows = [dict(kernel=k, launched_by=KERNEL_LAUNCHES.get(k)) for k in sorted(kernels)]
     missing = [r["kernel"] for r in rows if r["launched_by"] is None]
     checks = [s for s in CHECK_SECTIONS if s in args.sections and args.sections.index(s) < args.sections.index("coverage")]
-    remove_launch_ledger()  # the timings below run without the ledger's wrapper
     print_table(f"Triton kernels in hf_seqmodels.kernels launched by the checks ({', '.join(checks) or 'none ran'})",
                 rows, ["kernel", "launched_by"])
     if missing:
@@ -737,7 +736,10 @@ def warmup_child(args):
             write()
     except Exception as e:
         traceback.print_exc()
-        out["fla_error"] = f"fla's first call failed: {type(e).__name__}: {e}"[:500]
+        err = f"fla's first call failed: {type(e).__name__}: {e}"[:500]
+        # with its share of the configs only, a process may be left with none that fits the GPU: the suite's own
+        # first call (all configs) decides then
+        out["fla_shard_error" if shards > 1 else "fla_error"] = err
     write()
     return 0
 
@@ -831,6 +833,7 @@ def finish_warmup(args, warm, wait_s):
                   ours_first_fwd_bwd_s=first.get("ours_first_fwd_bwd_s", first.get("ours_error")),
                   log_tail=first["log_tail"])
     times = [sh.get("fla_first_fwd_bwd_s") or {} for sh in shards]
+    report["fla_shard_errors"] = [sh["fla_shard_error"] for sh in shards if "fla_shard_error" in sh]
     if all(times) and all(len(t) == len(args.gla_shapes) for t in times):
         # each shard compiled its share of fla's configs: the slowest is the wall time, their sum what one process
         # would take (a user's first call)
@@ -1472,6 +1475,8 @@ def main(argv=None):
                 traceback.print_exc()
                 results[name] = {"ok": False, "error": f"{type(e).__name__}: {e}"[:500]}
             ok &= bool(results[name].get("ok"))
+        if name == "coverage":
+            remove_launch_ledger()  # the timings below run without the ledger's wrapper, even if coverage was skipped
         results[name]["seconds"] = time.monotonic() - t0
         results[name]["estimate_s"] = est
         print(f"-- {name}: {results[name]['seconds']:.1f} s (estimate {est} s), ok={results[name].get('ok')}; "

@@ -71,10 +71,10 @@ def test_smoke_every_section_on_the_cpu(tmp_path):
         assert not sec.get("skipped"), name
 
     # the checks: every row compared, errors small (and the rows name what they compared)
-    tol = {"float32": 1e-3, "bfloat16": 3e-2, "float64": 1e-10}
+    tol = {"float32": 1e-4, "bfloat16": 3e-2, "float64": 1e-10}
     for name in ("gla_check", "scan_check", "pararnn_check", "memory_check", "packed_check"):
         rows = sections[name]["rows"]
-        assert rows and all(r["ok"] and 0 <= r["worst"] < tol.get(r.get("dtype"), 1e-3) for r in rows), (name, rows)
+        assert rows and all(r["ok"] and 0 <= r["worst"] < tol.get(r.get("dtype"), 1e-4) for r in rows), (name, rows)
     assert {r["op"] for r in sections["gla_check"]["rows"]} == {"chunk", "recurrent"}
     assert {r["op"] for r in sections["scan_check"]["rows"]} == {"linear_scan", "block2_scan"}
     assert {r["solver"] for r in sections["pararnn_check"]["rows"]} == {"fused", "newton_solve", "cell"}
@@ -208,10 +208,3 @@ def test_bad_arguments_are_refused(args, word, capsys):
     with pytest.raises(SystemExit) as exc:
         _suite().parse_args(args)
     assert exc.value.code == 2 and word in capsys.readouterr().err
-
-
-@pytest.mark.cuda
-def test_gpu_suite_checks_on_the_gpu(tmp_path):
-    proc = subprocess.run([sys.executable, str(SUITE), "--sections", "gla_check,scan_check,pararnn_check,memory_check,"
-                           "packed_check,coverage", "--out", str(tmp_path)], capture_output=True, text=True, timeout=900)
-    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
