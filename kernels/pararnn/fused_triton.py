@@ -19,13 +19,18 @@ far) or ``max_iter`` iterations. Tiles are sequential within a program anyway, s
 steps than global Newton sweeps, reads ``u`` and writes ``h`` once, and starts every tile from an exact boundary:
 after ``k`` iterations its first ``k + 1`` steps are exact (``max_iter >= BLOCK_T - 1`` always converges). Each program
 writes its max residual, max ``|h|`` and iteration count; the host reads them with one sync, and on failure warns
-and falls back to a sequential kernel (one step per time index) or raises, with ``newton_solve``'s messages and
-:class:`NewtonConvergenceError`. ``NewtonInfo.iterations`` is the largest count over tiles.
+and falls back to the sequential solve (the same kernel with tiles of one step and no iteration: ``h_t =
+step(h_{t-1}, u_t)``) or raises, with ``newton_solve``'s messages and :class:`NewtonConvergenceError`.
+``NewtonInfo.iterations`` is the largest count over tiles.
 
 Backward (one kernel, the adjoint at the solution): tiles from the end, ``lambda_t = gh_t + J_{t+1}^T lambda_{t+1}``
 by tl.associative_scan with the carry in registers (``J_{t+1}`` recomputed at ``(h_t, u_{t+1})``), then the
 closed-form vector-Jacobian products of ``step`` at ``(h_{t-1}, u_t)`` give ``du_t`` and per-program sums for ``da``
 (``[B, n, D]``, summed over the batch on the host); ``dh0 = J_0^T lambda_0``.
+
+Both kernels are the shared tile walk (``scan/tiles.py``) with a tile function here and the cell as a constexpr jit
+function: each cell's elementwise maths (step, Jacobian, vector-Jacobian product) is written once, in ``_gru_cell`` /
+``_lstm_cell``; the 1 (GRU) or 2 (LSTM) state components are tuples.
 
 Everything is computed in fp32 (fp64 when an input is fp64) whatever the input dtype; ``h`` has the promoted dtype
 of ``u``, ``a`` and ``h0`` (as the cells' step gives it), and the default ``tol`` is that of the compute dtype
@@ -41,12 +46,14 @@ import triton.language as tl
 from torch.autograd.function import once_differentiable
 
 from .._dispatch import check_same_device, check_tensor, compute_dtype, select_backend
-from ..scan.scan_triton import _affine2_combine, _affine_combine, _last_row
+from ..scan.tiles import (COMPONENTS, apply_carry, initial_state, last_rows, load_rows, load_state, previous_state,
+                          program_units, scan_tile, store_rows, store_state, tile_walk, zeros)
 from .cells import CELLS as TORCH_CELLS
 from .newton import DEFAULT_TOL, check_convergence, check_newton_options, newton_solve
 
 CELLS = ("gru", "lstm")
 NUM_DIAGONALS = {name: n for name, (*_, n) in TORCH_CELLS.items()}
+N_COMPONENTS = {name: COMPONENTS[structure] for name, (_, _, structure, _) in TORCH_CELLS.items()}
 # Largest tiles (the interpreter pays per tile element; tests shrink them to cross several tiles and unit blocks).
 MAX_BLOCK_T = {"gru": 64, "lstm": 32}
 MAX_BLOCK_D = 32
@@ -54,446 +61,237 @@ _DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 _TL_ACC = {torch.float32: tl.float32, torch.float64: tl.float64}
 
 
-# -- cell maths (elementwise, any shape) ----------------------------------------------------------------------------
+# -- cell maths, once per cell (elementwise, any shape) -------------------------------------------------------------
+# ``CELL(s, u, a, lam, VJP)``: previous state ``s`` (tuple of N), gate input projections ``u`` (3 rows), diagonal
+# weights ``a`` (3 or 5 rows). VJP=False: ``(step(s), d step / d s)`` (N, and N * N row-major, ``J[i][j] = d out_i /
+# d s_j``). VJP=True: the gradients of ``lam . step(s)`` w.r.t. the 3 gate pre-activations (= du rows) and, per weight
+# row, the term whose sum over time is that row's gradient. The PyTorch closed forms are in ``cells.py``.
 # sigmoid(x) = 1 / (1 + exp(-x)) and tanh(x) = 1 - 2 / (exp(2x) + 1) are written out: every nested jit call costs a
 # few milliseconds in the interpreter.
 @triton.jit
-def _gru_cell(s, u0, u1, u2, a0, a1, a2):
-    """ParaGRU step and its (diagonal) Jacobian w.r.t. the previous state ``s``."""
-    z = 1.0 / (1.0 + tl.exp(-(a0 * s + u0)))
-    r = 1.0 / (1.0 + tl.exp(-(a1 * s + u1)))
-    c = 1.0 - 2.0 / (tl.exp(2.0 * (a2 * (s * r) + u2)) + 1.0)
-    dr = r * (1.0 - r) * a1
-    J = (1.0 - z) + (c - s) * z * (1.0 - z) * a0 + z * (1.0 - c * c) * a2 * (r + s * dr)
-    return (1.0 - z) * s + z * c, J
+def _gru_cell(s, u, a, lam, VJP: tl.constexpr):
+    """ParaGRU (state: h; rows z, r, c)."""
+    h = s[0]
+    z = 1.0 / (1.0 + tl.exp(-(a[0] * h + u[0])))
+    r = 1.0 / (1.0 + tl.exp(-(a[1] * h + u[1])))
+    c = 1.0 - 2.0 / (tl.exp(2.0 * (a[2] * (h * r) + u[2])) + 1.0)
+    if VJP:
+        gz = lam[0] * (c - h) * z * (1.0 - z)
+        gc = lam[0] * z * (1.0 - c * c)
+        gr = gc * a[2] * h * r * (1.0 - r)
+        return (gz, gr, gc), (gz * h, gr * h, gc * h * r)
+    else:
+        dr = r * (1.0 - r) * a[1]
+        J = (1.0 - z) + (c - h) * z * (1.0 - z) * a[0] + z * (1.0 - c * c) * a[2] * (r + h * dr)
+        return ((1.0 - z) * h + z * c,), (J,)
 
 
 @triton.jit
-def _gru_vjp(lam, s, u0, u1, u2, a0, a1, a2):
-    """Gradients of ``lam * step(s, u)`` w.r.t. the gate pre-activations (= du rows z, r, c), and ``r``."""
-    z = 1.0 / (1.0 + tl.exp(-(a0 * s + u0)))
-    r = 1.0 / (1.0 + tl.exp(-(a1 * s + u1)))
-    c = 1.0 - 2.0 / (tl.exp(2.0 * (a2 * (s * r) + u2)) + 1.0)
-    gz = lam * (c - s) * z * (1.0 - z)
-    gc = lam * z * (1.0 - c * c)
-    gr = gc * a2 * s * r * (1.0 - r)
-    return gz, gr, gc, r
-
-
-@triton.jit
-def _lstm_cell(sc, sh, u0, u1, u2, a0, a1, a2, a3, a4):
-    """ParaLSTM step (c, h) and its 2x2 Jacobian blocks ``J[i][j] = d out_i / d s_j`` (0: c, 1: h)."""
-    f = 1.0 / (1.0 + tl.exp(-(a0 * sh + u0 + a3 * sc)))
-    z = 1.0 - 2.0 / (tl.exp(2.0 * (a1 * sh + u1)) + 1.0)
+def _lstm_cell(s, u, a, lam, VJP: tl.constexpr):
+    """ParaLSTM (state: c, h; rows f, z, o; weights a_f, a_z, a_o, p_f, p_o)."""
+    sc = s[0]
+    sh = s[1]
+    f = 1.0 / (1.0 + tl.exp(-(a[0] * sh + u[0] + a[3] * sc)))
+    z = 1.0 - 2.0 / (tl.exp(2.0 * (a[1] * sh + u[1])) + 1.0)
     c = f * sc + (1.0 - f) * z
-    o = 1.0 / (1.0 + tl.exp(-(a2 * sh + u2 + a4 * c)))
+    o = 1.0 / (1.0 + tl.exp(-(a[2] * sh + u[2] + a[4] * c)))
     tc = 1.0 - 2.0 / (tl.exp(2.0 * c) + 1.0)
-    df = f * (1.0 - f)
-    j00 = f + (sc - z) * df * a3
-    j01 = (sc - z) * df * a0 + (1.0 - f) * (1.0 - z * z) * a1
-    do = o * (1.0 - o) * tc
-    dtc = o * (1.0 - tc * tc)
-    j10 = (do * a4 + dtc) * j00
-    j11 = do * (a2 + a4 * j01) + dtc * j01
-    return c, o * tc, j00, j01, j10, j11
+    if VJP:
+        go = lam[1] * tc * o * (1.0 - o)
+        gc = lam[0] + lam[1] * o * (1.0 - tc * tc) + go * a[4]
+        gf = gc * (sc - z) * f * (1.0 - f)
+        gz = gc * (1.0 - f) * (1.0 - z * z)
+        return (gf, gz, go), (gf * sh, gz * sh, go * sh, gf * sc, go * c)
+    else:
+        df = f * (1.0 - f)
+        j00 = f + (sc - z) * df * a[3]
+        j01 = (sc - z) * df * a[0] + (1.0 - f) * (1.0 - z * z) * a[1]
+        do = o * (1.0 - o) * tc
+        dtc = o * (1.0 - tc * tc)
+        return (c, o * tc), (j00, j01, (do * a[4] + dtc) * j00, do * (a[2] + a[4] * j01) + dtc * j01)
 
 
 @triton.jit
-def _lstm_vjp(lc, lh, sc, sh, u0, u1, u2, a0, a1, a2, a3, a4):
-    """Gradients of ``lc * c + lh * h`` w.r.t. the pre-activations of f, z, o, and ``c``."""
-    f = 1.0 / (1.0 + tl.exp(-(a0 * sh + u0 + a3 * sc)))
-    z = 1.0 - 2.0 / (tl.exp(2.0 * (a1 * sh + u1)) + 1.0)
-    c = f * sc + (1.0 - f) * z
-    o = 1.0 / (1.0 + tl.exp(-(a2 * sh + u2 + a4 * c)))
-    tc = 1.0 - 2.0 / (tl.exp(2.0 * c) + 1.0)
-    go = lh * tc * o * (1.0 - o)
-    gc = lc + lh * o * (1.0 - tc * tc) + go * a4
-    gf = gc * (sc - z) * f * (1.0 - f)
-    gz = gc * (1.0 - f) * (1.0 - z * z)
-    return gf, gz, go, c
+def _step(CELL: tl.constexpr, s, u, a, mk, HAS_MASK: tl.constexpr):
+    """``CELL``'s step and Jacobian; padded steps (``mk`` 0) keep the previous state (identity Jacobian)."""
+    f, J = CELL(s, u, a, None, False)
+    if HAS_MASK:
+        n: tl.constexpr = len(s)
+        fm = ()
+        for i in tl.static_range(n):
+            fm = fm + (mk * f[i] + (1.0 - mk) * s[i],)
+        Jm = ()
+        for k in tl.static_range(n * n):
+            if k % (n + 1) == 0:
+                Jm = Jm + (mk * J[k] + (1.0 - mk),)
+            else:
+                Jm = Jm + (mk * J[k],)
+        return fm, Jm
+    else:
+        return f, J
 
 
-# -- shared tile helpers --------------------------------------------------------------------------------------------
+# -- the tiles: Newton solve (forward) and adjoint (backward), for any cell ------------------------------------------
 @triton.jit
-def _load3(ptr, off, mask, D, ACC: tl.constexpr):
-    """Rows 0, 1, 2 of a ``[..., 3, D]`` tensor at ``off`` (the offset of row 0)."""
-    x0 = tl.load(ptr + off, mask=mask, other=0.0).to(ACC)
-    x1 = tl.load(ptr + off + D, mask=mask, other=0.0).to(ACC)
-    x2 = tl.load(ptr + off + 2 * D, mask=mask, other=0.0).to(ACC)
-    return x0, x1, x2
-
-
-# -- ParaGRU kernels ------------------------------------------------------------------------------------------------
-@triton.jit
-def _gru_eval(h, carry, first, prev, u0, u1, u2, a0, a1, a2, mk, valid, HAS_MASK: tl.constexpr):
+def _newton_eval(CELL: tl.constexpr, h, carry, u, a, mk, valid, HAS_MASK: tl.constexpr):
     """Jacobian and residual of the tile iterate ``h`` (step 0 follows ``carry``), max |r| (NaN counts as inf: it
     must never look converged) and max |h| over the valid entries."""
-    s = tl.where(first, carry[None, :], tl.gather(h, prev, 0))  # [carry, h_0, ..., h_{BT-2}]
-    f, J = _gru_cell(s, u0, u1, u2, a0, a1, a2)
-    if HAS_MASK:
-        f = mk * f + (1.0 - mk) * s
-        J = mk * J + (1.0 - mk)
-    r = f - h
-    res = tl.max(tl.where(valid, tl.where(r == r, tl.abs(r), float("inf")), 0.0))
-    return J, r, res, tl.max(tl.where(valid, tl.abs(h), 0.0))
-
-
-@triton.jit
-def _gru_newton_kernel(U, A, H0, M, H, STATS, T, D, tol, max_iter, HAS_H0: tl.constexpr, HAS_MASK: tl.constexpr,
-                       ACC: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr):
-    pid_b = tl.program_id(1).to(tl.int64)
-    offs_d = tl.program_id(0) * BLOCK_D + tl.arange(0, BLOCK_D)
-    mask_d = offs_d < D
-    rows = tl.arange(0, BLOCK_T)
-    a0, a1, a2 = _load3(A, offs_d, mask_d, D, ACC)
-    a0, a1, a2 = a0[None, :], a1[None, :], a2[None, :]
-    carry = tl.zeros([BLOCK_D], dtype=ACC)
-    if HAS_H0:
-        carry = tl.load(H0 + pid_b * D + offs_d, mask=mask_d, other=0.0).to(ACC)
+    rows = tl.arange(0, h[0].shape[0])
     first = (rows == 0)[:, None]
-    prev = tl.maximum(rows - 1, 0)[:, None] + tl.zeros([BLOCK_T, BLOCK_D], dtype=tl.int32)
-    zero = tl.zeros([BLOCK_T, BLOCK_D], dtype=ACC)
-    res_max = tl.zeros([], dtype=ACC)  # this program's largest final residual, |h| and iteration count
-    h_max = tl.zeros([], dtype=ACC)
-    it_max = tl.zeros([], dtype=tl.int32)
-    start = 0
-    while start < T:
-        t = start + rows
-        valid = (t < T)[:, None] & mask_d[None, :]
-        off = (pid_b * T + t[:, None]) * D + offs_d[None, :]
-        u0, u1, u2 = _load3(U, (pid_b * T + t[:, None]) * (3 * D) + offs_d[None, :], valid, D, ACC)
-        mk = 1.0
-        if HAS_MASK:
-            mk = tl.load(M + pid_b * T + t, mask=t < T, other=0.0).to(ACC)[:, None]
-        s = carry[None, :] + zero
-        h, J = _gru_cell(s, u0, u1, u2, a0, a1, a2)  # initial guess: h_t = step(carry, u_t)
-        if HAS_MASK:
-            h = mk * h + (1.0 - mk) * s
-        J, r, res, hm = _gru_eval(h, carry, first, prev, u0, u1, u2, a0, a1, a2, mk, valid, HAS_MASK)
-        limit = tol * tl.maximum(tl.maximum(h_max, hm), 1.0)
-        it = tl.zeros([], dtype=tl.int32)
-        while (res > limit) & (res < float("inf")) & (it < max_iter):
-            _, dh = tl.associative_scan((J, r), 0, _affine_combine)
-            h = h + dh
-            J, r, res, hm = _gru_eval(h, carry, first, prev, u0, u1, u2, a0, a1, a2, mk, valid, HAS_MASK)
-            limit = tol * tl.maximum(tl.maximum(h_max, hm), 1.0)
-            it += 1
-        res_max = tl.maximum(res_max, res)
-        h_max = tl.maximum(h_max, hm)
-        it_max = tl.maximum(it_max, it)
-        tl.store(H + off, h.to(H.dtype.element_ty), mask=valid)
-        carry = _last_row(h, rows, BLOCK_T)
-        start += BLOCK_T
-    out = STATS + (pid_b * tl.num_programs(0) + tl.program_id(0)) * 3
-    tl.store(out, res_max)
-    tl.store(out + 1, h_max)
-    tl.store(out + 2, it_max.to(ACC))
-
-
-@triton.jit
-def _gru_sequential_kernel(U, A, H0, M, H, T, D, HAS_H0: tl.constexpr, HAS_MASK: tl.constexpr,
-                           ACC: tl.constexpr, BLOCK_D: tl.constexpr):
-    pid_b = tl.program_id(1).to(tl.int64)
-    offs_d = tl.program_id(0) * BLOCK_D + tl.arange(0, BLOCK_D)
-    mask_d = offs_d < D
-    a0, a1, a2 = _load3(A, offs_d, mask_d, D, ACC)
-    h = tl.zeros([BLOCK_D], dtype=ACC)
-    if HAS_H0:
-        h = tl.load(H0 + pid_b * D + offs_d, mask=mask_d, other=0.0).to(ACC)
-    t = 0
-    while t < T:
-        u0, u1, u2 = _load3(U, (pid_b * T + t) * (3 * D) + offs_d, mask_d, D, ACC)
-        f, _ = _gru_cell(h, u0, u1, u2, a0, a1, a2)
-        if HAS_MASK:
-            mk = tl.load(M + pid_b * T + t).to(ACC)
-            f = mk * f + (1.0 - mk) * h
-        h = f
-        tl.store(H + (pid_b * T + t) * D + offs_d, h.to(H.dtype.element_ty), mask=mask_d)
-        t += 1
-
-
-@triton.jit
-def _gru_adjoint_kernel(U, A, H0, M, H, GH, GU, GA, GH0, T, D, HAS_H0: tl.constexpr, HAS_MASK: tl.constexpr,
-                        ACC: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr):
-    pid_b = tl.program_id(1).to(tl.int64)
-    offs_d = tl.program_id(0) * BLOCK_D + tl.arange(0, BLOCK_D)
-    mask_d = offs_d < D
-    rows = tl.arange(0, BLOCK_T)
-    a0, a1, a2 = _load3(A, offs_d, mask_d, D, ACC)
-    b0, b1, b2 = a0[None, :], a1[None, :], a2[None, :]
-    h0 = tl.zeros([BLOCK_D], dtype=ACC)
-    if HAS_H0:
-        h0 = tl.load(H0 + pid_b * D + offs_d, mask=mask_d, other=0.0).to(ACC)
-    lam = tl.zeros([BLOCK_D], dtype=ACC)  # lambda of the step after this tile
-    da0 = tl.zeros([BLOCK_D], dtype=ACC)
-    da1 = tl.zeros([BLOCK_D], dtype=ACC)
-    da2 = tl.zeros([BLOCK_D], dtype=ACC)
-    done = 0
-    while done < T:
-        t = T - 1 - done - rows  # rows run backwards in time
-        valid = (t >= 0)[:, None] & mask_d[None, :]
-        has_next = valid & (t + 1 < T)[:, None]
-        off = (pid_b * T + t[:, None]) * D + offs_d[None, :]
-        uoff = (pid_b * T + t[:, None]) * (3 * D) + offs_d[None, :]
-        # transposed Jacobian of step t+1, taken at its previous state h_t
-        ht = tl.load(H + off, mask=valid, other=0.0).to(ACC)
-        n0, n1, n2 = _load3(U, uoff + 3 * D, has_next, D, ACC)
-        _, Jn = _gru_cell(ht, n0, n1, n2, b0, b1, b2)
-        if HAS_MASK:
-            mn = tl.load(M + pid_b * T + t + 1, mask=(t >= 0) & (t + 1 < T), other=0.0).to(ACC)[:, None]
-            Jn = mn * Jn + (1.0 - mn)
-        Jn = tl.where(has_next, Jn, tl.where(valid, 0.0, 1.0))  # rows before t = 0: identity (carry lambda_0)
-        g = tl.load(GH + off, mask=valid, other=0.0).to(ACC)
-        ca, cb = tl.associative_scan((Jn, g), 0, _affine_combine)
-        lt = cb + ca * lam[None, :]
-        lam = _last_row(lt, rows, BLOCK_T)
-        # vector-Jacobian products of step t at (h_{t-1}, u_t)
-        sp = tl.load(H + off - D, mask=valid & (t >= 1)[:, None], other=0.0).to(ACC)
-        sp = tl.where((t == 0)[:, None], h0[None, :], sp)
-        u0, u1, u2 = _load3(U, uoff, valid, D, ACC)
-        if HAS_MASK:
-            lt = lt * tl.load(M + pid_b * T + t, mask=t >= 0, other=0.0).to(ACC)[:, None]
-        gz, gr, gc, r = _gru_vjp(lt, sp, u0, u1, u2, b0, b1, b2)
-        gdt = GU.dtype.element_ty
-        tl.store(GU + uoff, gz.to(gdt), mask=valid)
-        tl.store(GU + uoff + D, gr.to(gdt), mask=valid)
-        tl.store(GU + uoff + 2 * D, gc.to(gdt), mask=valid)
-        da0 += tl.sum(tl.where(valid, gz * sp, 0.0), 0)
-        da1 += tl.sum(tl.where(valid, gr * sp, 0.0), 0)
-        da2 += tl.sum(tl.where(valid, gc * sp * r, 0.0), 0)
-        done += BLOCK_T
-    out = GA + pid_b * 3 * D + offs_d
-    tl.store(out, da0, mask=mask_d)
-    tl.store(out + D, da1, mask=mask_d)
-    tl.store(out + 2 * D, da2, mask=mask_d)
-    if HAS_H0:  # dh0 = J_0 lambda_0
-        u0, u1, u2 = _load3(U, pid_b * T * 3 * D + offs_d, mask_d, D, ACC)
-        _, J0 = _gru_cell(h0, u0, u1, u2, a0, a1, a2)
-        if HAS_MASK:
-            m0 = tl.load(M + pid_b * T).to(ACC)
-            J0 = m0 * J0 + (1.0 - m0)
-        tl.store(GH0 + pid_b * D + offs_d, J0 * lam, mask=mask_d)
-
-
-# -- ParaLSTM kernels (state components 0: c, 1: h, interleaved) -----------------------------------------------
-@triton.jit
-def _lstm_eval(xc, xh, carry_c, carry_h, first, prev, u0, u1, u2, a0, a1, a2, a3, a4, mk, valid,
-               HAS_MASK: tl.constexpr):
-    """As ``_gru_eval`` for the two state components (iterate ``xc``, ``xh``; carried state ``carry_c``/``_h``)."""
-    s0 = tl.where(first, carry_c[None, :], tl.gather(xc, prev, 0))
-    s1 = tl.where(first, carry_h[None, :], tl.gather(xh, prev, 0))
-    f0, f1, j00, j01, j10, j11 = _lstm_cell(s0, s1, u0, u1, u2, a0, a1, a2, a3, a4)
-    if HAS_MASK:
-        f0 = mk * f0 + (1.0 - mk) * s0
-        f1 = mk * f1 + (1.0 - mk) * s1
-        j00 = mk * j00 + (1.0 - mk)
-        j01 = mk * j01
-        j10 = mk * j10
-        j11 = mk * j11 + (1.0 - mk)
-    r0 = f0 - xc
-    r1 = f1 - xh
-    ra = tl.maximum(tl.where(r0 == r0, tl.abs(r0), float("inf")), tl.where(r1 == r1, tl.abs(r1), float("inf")))
+    prev = tl.maximum(rows - 1, 0)[:, None] + tl.zeros(h[0].shape, dtype=tl.int32)
+    s = ()
+    for i in tl.static_range(len(h)):
+        s = s + (tl.where(first, carry[i][None, :], tl.gather(h[i], prev, 0)),)  # [carry, h_0, ..., h_{BT-2}]
+    f, J = _step(CELL, s, u, a, mk, HAS_MASK)
+    r = ()
+    for i in tl.static_range(len(h)):
+        r = r + (f[i] - h[i],)
+    ra = tl.where(r[0] == r[0], tl.abs(r[0]), float("inf"))
+    for i in tl.static_range(1, len(h)):
+        ra = tl.maximum(ra, tl.where(r[i] == r[i], tl.abs(r[i]), float("inf")))
     res = tl.max(tl.where(valid, ra, 0.0))
-    hm = tl.max(tl.where(valid, tl.maximum(tl.abs(xc), tl.abs(xh)), 0.0))
-    return j00, j01, j10, j11, r0, r1, res, hm
+    ha = tl.abs(h[0])
+    for i in tl.static_range(1, len(h)):
+        ha = tl.maximum(ha, tl.abs(h[i]))
+    return J, r, res, tl.max(tl.where(valid, ha, 0.0))
 
 
 @triton.jit
-def _lstm_newton_kernel(U, A, H0, M, H, STATS, T, D, tol, max_iter, HAS_H0: tl.constexpr, HAS_MASK: tl.constexpr,
-                        ACC: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr):
-    pid_b = tl.program_id(1).to(tl.int64)
-    offs_d = tl.program_id(0) * BLOCK_D + tl.arange(0, BLOCK_D)
-    mask_d = offs_d < D
-    rows = tl.arange(0, BLOCK_T)
-    a0, a1, a2 = _load3(A, offs_d, mask_d, D, ACC)
-    a3 = tl.load(A + 3 * D + offs_d, mask=mask_d, other=0.0).to(ACC)[None, :]
-    a4 = tl.load(A + 4 * D + offs_d, mask=mask_d, other=0.0).to(ACC)[None, :]
-    a0, a1, a2 = a0[None, :], a1[None, :], a2[None, :]
-    carry_c = tl.zeros([BLOCK_D], dtype=ACC)
-    carry_h = tl.zeros([BLOCK_D], dtype=ACC)
-    if HAS_H0:
-        carry_c = tl.load(H0 + (pid_b * D + offs_d) * 2, mask=mask_d, other=0.0).to(ACC)
-        carry_h = tl.load(H0 + (pid_b * D + offs_d) * 2 + 1, mask=mask_d, other=0.0).to(ACC)
-    first = (rows == 0)[:, None]
-    prev = tl.maximum(rows - 1, 0)[:, None] + tl.zeros([BLOCK_T, BLOCK_D], dtype=tl.int32)
-    zero = tl.zeros([BLOCK_T, BLOCK_D], dtype=ACC)
-    res_max = tl.zeros([], dtype=ACC)  # this program's largest final residual, |h| and iteration count
-    h_max = tl.zeros([], dtype=ACC)
-    it_max = tl.zeros([], dtype=tl.int32)
-    start = 0
-    while start < T:
-        t = start + rows
-        valid = (t < T)[:, None] & mask_d[None, :]
-        unit = (pid_b * T + t[:, None]) * D + offs_d[None, :]
-        u0, u1, u2 = _load3(U, (pid_b * T + t[:, None]) * (3 * D) + offs_d[None, :], valid, D, ACC)
-        mk = 1.0
-        if HAS_MASK:
-            mk = tl.load(M + pid_b * T + t, mask=t < T, other=0.0).to(ACC)[:, None]
-        s0 = carry_c[None, :] + zero
-        s1 = carry_h[None, :] + zero
-        xc, xh, _, _, _, _ = _lstm_cell(s0, s1, u0, u1, u2, a0, a1, a2, a3, a4)  # initial guess: step(carry, u_t)
-        if HAS_MASK:
-            xc = mk * xc + (1.0 - mk) * s0
-            xh = mk * xh + (1.0 - mk) * s1
-        j00, j01, j10, j11, r0, r1, res, hm = _lstm_eval(xc, xh, carry_c, carry_h, first, prev, u0, u1, u2, a0, a1, a2,
-                                                               a3, a4, mk, valid, HAS_MASK)
+def _newton_tile(OPTS: tl.constexpr, ctx, carry, stats, pid_b, t, offs_d, valid, T, D):
+    """One tile solved by Newton's method from the exact carried state (see the module docstring); with
+    ``NEWTON=False`` just ``step(carry, u_t)``: with tiles of one step, the sequential solve."""
+    U, M, H, a, tol, max_iter = ctx
+    CELL: tl.constexpr = OPTS[0]
+    HAS_MASK: tl.constexpr = OPTS[1]
+    NEWTON: tl.constexpr = OPTS[2]
+    ACC: tl.constexpr = carry[0].dtype
+    bt = pid_b * T + t
+    u = load_rows(U, bt[:, None] * (3 * D) + offs_d[None, :], D, 3, valid, ACC)
+    mk = 1.0
+    if HAS_MASK:
+        mk = tl.load(M + bt, mask=t < T, other=0.0).to(ACC)[:, None]
+    s = ()
+    for i in tl.static_range(len(carry)):
+        s = s + (carry[i][None, :] + tl.zeros(valid.shape, dtype=ACC),)
+    h, _ = _step(CELL, s, u, a, mk, HAS_MASK)  # initial guess: h_t = step(carry, u_t)
+    if NEWTON:
+        res_max, h_max, it_max = stats
+        J, r, res, hm = _newton_eval(CELL, h, carry, u, a, mk, valid, HAS_MASK)
         limit = tol * tl.maximum(tl.maximum(h_max, hm), 1.0)
         it = tl.zeros([], dtype=tl.int32)
         while (res > limit) & (res < float("inf")) & (it < max_iter):
-            _, _, _, _, d0, d1 = tl.associative_scan((j00, j01, j10, j11, r0, r1), 0, _affine2_combine)
-            xc = xc + d0
-            xh = xh + d1
-            j00, j01, j10, j11, r0, r1, res, hm = _lstm_eval(xc, xh, carry_c, carry_h, first, prev, u0, u1, u2, a0, a1,
-                                                                   a2, a3, a4, mk, valid, HAS_MASK)
+            dh = scan_tile(J, r)
+            hn = ()
+            for i in tl.static_range(len(h)):
+                hn = hn + (h[i] + dh[len(J) + i],)
+            h = hn
+            J, r, res, hm = _newton_eval(CELL, h, carry, u, a, mk, valid, HAS_MASK)
             limit = tol * tl.maximum(tl.maximum(h_max, hm), 1.0)
             it += 1
-        res_max = tl.maximum(res_max, res)
-        h_max = tl.maximum(h_max, hm)
-        it_max = tl.maximum(it_max, it)
-        odt = H.dtype.element_ty
-        tl.store(H + unit * 2, xc.to(odt), mask=valid)
-        tl.store(H + unit * 2 + 1, xh.to(odt), mask=valid)
-        carry_c = _last_row(xc, rows, BLOCK_T)
-        carry_h = _last_row(xh, rows, BLOCK_T)
-        start += BLOCK_T
-    out = STATS + (pid_b * tl.num_programs(0) + tl.program_id(0)) * 3
-    tl.store(out, res_max)
-    tl.store(out + 1, h_max)
-    tl.store(out + 2, it_max.to(ACC))
+        stats = (tl.maximum(res_max, res), tl.maximum(h_max, hm), tl.maximum(it_max, it))
+    store_state(H, bt[:, None] * D + offs_d[None, :], h, valid)
+    return last_rows(h), stats
 
 
 @triton.jit
-def _lstm_sequential_kernel(U, A, H0, M, H, T, D, HAS_H0: tl.constexpr, HAS_MASK: tl.constexpr,
-                            ACC: tl.constexpr, BLOCK_D: tl.constexpr):
-    pid_b = tl.program_id(1).to(tl.int64)
-    offs_d = tl.program_id(0) * BLOCK_D + tl.arange(0, BLOCK_D)
-    mask_d = offs_d < D
-    a0, a1, a2 = _load3(A, offs_d, mask_d, D, ACC)
-    a3 = tl.load(A + 3 * D + offs_d, mask=mask_d, other=0.0).to(ACC)
-    a4 = tl.load(A + 4 * D + offs_d, mask=mask_d, other=0.0).to(ACC)
-    c = tl.zeros([BLOCK_D], dtype=ACC)
-    h = tl.zeros([BLOCK_D], dtype=ACC)
-    if HAS_H0:
-        c = tl.load(H0 + (pid_b * D + offs_d) * 2, mask=mask_d, other=0.0).to(ACC)
-        h = tl.load(H0 + (pid_b * D + offs_d) * 2 + 1, mask=mask_d, other=0.0).to(ACC)
-    odt = H.dtype.element_ty
-    t = 0
-    while t < T:
-        u0, u1, u2 = _load3(U, (pid_b * T + t) * (3 * D) + offs_d, mask_d, D, ACC)
-        fc, fh, _, _, _, _ = _lstm_cell(c, h, u0, u1, u2, a0, a1, a2, a3, a4)
-        if HAS_MASK:
-            mk = tl.load(M + pid_b * T + t).to(ACC)
-            fc = mk * fc + (1.0 - mk) * c
-            fh = mk * fh + (1.0 - mk) * h
-        c = fc
-        h = fh
-        unit = (pid_b * T + t) * D + offs_d
-        tl.store(H + unit * 2, c.to(odt), mask=mask_d)
-        tl.store(H + unit * 2 + 1, h.to(odt), mask=mask_d)
-        t += 1
+def _adjoint_tile(OPTS: tl.constexpr, ctx, carry, stats, pid_b, t, offs_d, valid, T, D):
+    """``lambda_t = gh_t + J_{t+1}^T lambda_{t+1}`` over one tile (walking backwards; ``carry``: lambda of the step
+    after it), then the vector-Jacobian products of step ``t`` at ``(h_{t-1}, u_t)``: ``du_t`` stored, the weight
+    gradient terms summed into ``stats``."""
+    U, M, H, GH, GU, h0, a = ctx
+    CELL: tl.constexpr = OPTS[0]
+    HAS_MASK: tl.constexpr = OPTS[1]
+    ACC: tl.constexpr = carry[0].dtype
+    N: tl.constexpr = len(carry)
+    bt = pid_b * T + t
+    unit = bt[:, None] * D + offs_d[None, :]
+    uoff = bt[:, None] * (3 * D) + offs_d[None, :]
+    has_next = valid & (t + 1 < T)[:, None]
+    # transposed Jacobian of step t+1, taken at its previous state h_t; rows before t = 0: identity (carry lambda_0)
+    mn = 1.0
+    if HAS_MASK:
+        mn = tl.load(M + bt + 1, mask=(t >= 0) & (t + 1 < T), other=0.0).to(ACC)[:, None]
+    ht = load_state(H, unit, valid, N, ACC)
+    _, Jn = _step(CELL, ht, load_rows(U + 3 * D, uoff, D, 3, has_next, ACC), a, mn, HAS_MASK)
+    coef = ()
+    for k in tl.static_range(N * N):
+        if k % (N + 1) == 0:
+            coef = coef + (tl.where(has_next, Jn[k], tl.where(valid, 0.0, 1.0)),)
+        else:
+            coef = coef + (tl.where(has_next, Jn[(k % N) * N + k // N], 0.0),)
+    lam = apply_carry(scan_tile(coef, load_state(GH, unit, valid, N, ACC)), carry)
+    carry = last_rows(lam)
+    # vector-Jacobian products of step t at (h_{t-1}, u_t)
+    sp = previous_state(H, unit, t, 1, valid, h0, T, D, ACC)
+    lt = lam
+    if HAS_MASK:
+        mt = tl.load(M + bt, mask=t >= 0, other=0.0).to(ACC)[:, None]
+        lt = ()
+        for i in tl.static_range(N):
+            lt = lt + (lam[i] * mt,)
+    du, terms = CELL(sp, load_rows(U, uoff, D, 3, valid, ACC), a, lt, True)
+    store_rows(GU, uoff, D, du, valid)
+    sums = ()
+    for k in tl.static_range(len(terms)):
+        sums = sums + (stats[k] + tl.sum(tl.where(valid, terms[k], 0.0), 0),)
+    return carry, sums
 
 
 @triton.jit
-def _lstm_adjoint_kernel(U, A, H0, M, H, GH, GU, GA, GH0, T, D, HAS_H0: tl.constexpr, HAS_MASK: tl.constexpr,
-                         ACC: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr):
-    pid_b = tl.program_id(1).to(tl.int64)
-    offs_d = tl.program_id(0) * BLOCK_D + tl.arange(0, BLOCK_D)
-    mask_d = offs_d < D
-    rows = tl.arange(0, BLOCK_T)
-    a0, a1, a2 = _load3(A, offs_d, mask_d, D, ACC)
-    a3 = tl.load(A + 3 * D + offs_d, mask=mask_d, other=0.0).to(ACC)
-    a4 = tl.load(A + 4 * D + offs_d, mask=mask_d, other=0.0).to(ACC)
-    b0, b1, b2, b3, b4 = a0[None, :], a1[None, :], a2[None, :], a3[None, :], a4[None, :]
-    i0 = tl.zeros([BLOCK_D], dtype=ACC)
-    i1 = tl.zeros([BLOCK_D], dtype=ACC)
-    if HAS_H0:
-        i0 = tl.load(H0 + (pid_b * D + offs_d) * 2, mask=mask_d, other=0.0).to(ACC)
-        i1 = tl.load(H0 + (pid_b * D + offs_d) * 2 + 1, mask=mask_d, other=0.0).to(ACC)
-    l0 = tl.zeros([BLOCK_D], dtype=ACC)  # lambda (c, h) of the step after this tile
-    l1 = tl.zeros([BLOCK_D], dtype=ACC)
-    da0 = tl.zeros([BLOCK_D], dtype=ACC)
-    da1 = tl.zeros([BLOCK_D], dtype=ACC)
-    da2 = tl.zeros([BLOCK_D], dtype=ACC)
-    da3 = tl.zeros([BLOCK_D], dtype=ACC)
-    da4 = tl.zeros([BLOCK_D], dtype=ACC)
-    done = 0
-    while done < T:
-        t = T - 1 - done - rows  # rows run backwards in time
-        valid = (t >= 0)[:, None] & mask_d[None, :]
-        has_next = valid & (t + 1 < T)[:, None]
-        unit = (pid_b * T + t[:, None]) * D + offs_d[None, :]
-        uoff = (pid_b * T + t[:, None]) * (3 * D) + offs_d[None, :]
-        # transposed Jacobian of step t+1 at its previous state (c_t, h_t)
-        hc = tl.load(H + unit * 2, mask=valid, other=0.0).to(ACC)
-        hh = tl.load(H + unit * 2 + 1, mask=valid, other=0.0).to(ACC)
-        n0, n1, n2 = _load3(U, uoff + 3 * D, has_next, D, ACC)
-        _, _, j00, j01, j10, j11 = _lstm_cell(hc, hh, n0, n1, n2, b0, b1, b2, b3, b4)
-        if HAS_MASK:
-            mn = tl.load(M + pid_b * T + t + 1, mask=(t >= 0) & (t + 1 < T), other=0.0).to(ACC)[:, None]
-            j00 = mn * j00 + (1.0 - mn)
-            j01 = mn * j01
-            j10 = mn * j10
-            j11 = mn * j11 + (1.0 - mn)
-        eye = tl.where(valid, 0.0, 1.0)  # rows before t = 0: identity (carry lambda_0)
-        j00 = tl.where(has_next, j00, eye)
-        j01 = tl.where(has_next, j01, 0.0)
-        j10 = tl.where(has_next, j10, 0.0)
-        j11 = tl.where(has_next, j11, eye)
-        g0 = tl.load(GH + unit * 2, mask=valid, other=0.0).to(ACC)
-        g1 = tl.load(GH + unit * 2 + 1, mask=valid, other=0.0).to(ACC)
-        # lambda_t = g_t + J_{t+1}^T lambda_{t+1}: the transposed blocks go in as the maps
-        m00, m01, m10, m11, e0, e1 = tl.associative_scan((j00, j10, j01, j11, g0, g1), 0, _affine2_combine)
-        lc = e0 + m00 * l0[None, :] + m01 * l1[None, :]
-        lh = e1 + m10 * l0[None, :] + m11 * l1[None, :]
-        l0 = _last_row(lc, rows, BLOCK_T)
-        l1 = _last_row(lh, rows, BLOCK_T)
-        # vector-Jacobian products of step t at (c_{t-1}, h_{t-1}, u_t)
-        mp = valid & (t >= 1)[:, None]
-        first = (t == 0)[:, None]
-        sc = tl.where(first, i0[None, :], tl.load(H + (unit - D) * 2, mask=mp, other=0.0).to(ACC))
-        sh = tl.where(first, i1[None, :], tl.load(H + (unit - D) * 2 + 1, mask=mp, other=0.0).to(ACC))
-        u0, u1, u2 = _load3(U, uoff, valid, D, ACC)
-        if HAS_MASK:
-            mt = tl.load(M + pid_b * T + t, mask=t >= 0, other=0.0).to(ACC)[:, None]
-            lc = lc * mt
-            lh = lh * mt
-        gf, gz, go, c = _lstm_vjp(lc, lh, sc, sh, u0, u1, u2, b0, b1, b2, b3, b4)
-        gdt = GU.dtype.element_ty
-        tl.store(GU + uoff, gf.to(gdt), mask=valid)
-        tl.store(GU + uoff + D, gz.to(gdt), mask=valid)
-        tl.store(GU + uoff + 2 * D, go.to(gdt), mask=valid)
-        da0 += tl.sum(tl.where(valid, gf * sh, 0.0), 0)
-        da1 += tl.sum(tl.where(valid, gz * sh, 0.0), 0)
-        da2 += tl.sum(tl.where(valid, go * sh, 0.0), 0)
-        da3 += tl.sum(tl.where(valid, gf * sc, 0.0), 0)
-        da4 += tl.sum(tl.where(valid, go * c, 0.0), 0)
-        done += BLOCK_T
-    out = GA + pid_b * 5 * D + offs_d
-    tl.store(out, da0, mask=mask_d)
-    tl.store(out + D, da1, mask=mask_d)
-    tl.store(out + 2 * D, da2, mask=mask_d)
-    tl.store(out + 3 * D, da3, mask=mask_d)
-    tl.store(out + 4 * D, da4, mask=mask_d)
+def _newton_kernel(U, A, H0, M, H, STATS, T, D, tol, max_iter, CELL: tl.constexpr, N: tl.constexpr,
+                   NA: tl.constexpr, HAS_H0: tl.constexpr, HAS_MASK: tl.constexpr, NEWTON: tl.constexpr,
+                   ACC: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr):
+    pid_b, offs_d, mask_d = program_units(D, BLOCK_D)
+    a = load_rows(A, offs_d[None, :], D, NA, mask_d[None, :], ACC)
+    carry = initial_state(H0, pid_b, offs_d, mask_d, D, N, HAS_H0, ACC)
+    # this program's largest final residual, |h| and iteration count
+    stats = (tl.zeros([], dtype=ACC), tl.zeros([], dtype=ACC), tl.zeros([], dtype=tl.int32))
+    _, stats = tile_walk(_newton_tile, (CELL, HAS_MASK, NEWTON), (U, M, H, a, tol, max_iter), carry, stats,
+                         pid_b, offs_d, mask_d, T, D, False, BLOCK_T)
+    if NEWTON:
+        out = STATS + (pid_b * tl.num_programs(0) + tl.program_id(0)) * 3
+        tl.store(out, stats[0])
+        tl.store(out + 1, stats[1])
+        tl.store(out + 2, stats[2].to(ACC))
+
+
+@triton.jit
+def _adjoint_kernel(U, A, H0, M, H, GH, GU, GA, GH0, T, D, CELL: tl.constexpr, N: tl.constexpr, NA: tl.constexpr,
+                    HAS_H0: tl.constexpr, HAS_MASK: tl.constexpr, ACC: tl.constexpr, BLOCK_T: tl.constexpr,
+                    BLOCK_D: tl.constexpr):
+    pid_b, offs_d, mask_d = program_units(D, BLOCK_D)
+    a = load_rows(A, offs_d[None, :], D, NA, mask_d[None, :], ACC)
+    h0 = initial_state(H0, pid_b, offs_d, mask_d, D, N, HAS_H0, ACC)
+    lam, sums = tile_walk(_adjoint_tile, (CELL, HAS_MASK), (U, M, H, GH, GU, h0, a), zeros(N, BLOCK_D, ACC),
+                          zeros(NA, BLOCK_D, ACC), pid_b, offs_d, mask_d, T, D, True, BLOCK_T)
+    store_rows(GA, pid_b * NA * D + offs_d, D, sums, mask_d)
     if HAS_H0:  # dh0 = J_0^T lambda_0
-        u0, u1, u2 = _load3(U, pid_b * T * 3 * D + offs_d, mask_d, D, ACC)
-        _, _, j00, j01, j10, j11 = _lstm_cell(i0, i1, u0, u1, u2, a0, a1, a2, a3, a4)
+        m0 = 1.0
         if HAS_MASK:
             m0 = tl.load(M + pid_b * T).to(ACC)
-            j00 = m0 * j00 + (1.0 - m0)
-            j01 = m0 * j01
-            j10 = m0 * j10
-            j11 = m0 * j11 + (1.0 - m0)
-        tl.store(GH0 + (pid_b * D + offs_d) * 2, j00 * l0 + j10 * l1, mask=mask_d)
-        tl.store(GH0 + (pid_b * D + offs_d) * 2 + 1, j01 * l0 + j11 * l1, mask=mask_d)
-
-
-_KERNELS = {
-    "gru": (_gru_newton_kernel, _gru_sequential_kernel, _gru_adjoint_kernel),
-    "lstm": (_lstm_newton_kernel, _lstm_sequential_kernel, _lstm_adjoint_kernel),
-}
+        s0 = ()
+        for i in tl.static_range(N):
+            s0 = s0 + (h0[i][None, :],)
+        u0 = load_rows(U, pid_b * T * 3 * D + offs_d[None, :], D, 3, mask_d[None, :], ACC)
+        _, J0 = _step(CELL, s0, u0, a, m0, HAS_MASK)
+        g = ()
+        for j in tl.static_range(N):
+            x = J0[j] * lam[0][None, :]
+            for i in tl.static_range(1, N):
+                x = x + J0[i * N + j] * lam[i][None, :]
+            g = g + (x,)
+        store_state(GH0, pid_b * D + offs_d[None, :], g, mask_d[None, :])
 
 
 # -- host side ------------------------------------------------------------------------------------------------------
+_CELL_FNS = {"gru": _gru_cell, "lstm": _lstm_cell}
+
+
+def _constexprs(cell, acc, h0, mask):
+    return dict(CELL=_CELL_FNS[cell], N=N_COMPONENTS[cell], NA=NUM_DIAGONALS[cell], HAS_H0=h0 is not None,
+                HAS_MASK=mask is not None, ACC=_TL_ACC[acc])
+
+
 def _blocks(cell, T, D):
     return min(MAX_BLOCK_T[cell], triton.next_power_of_2(T)), min(MAX_BLOCK_D, triton.next_power_of_2(D))
 
@@ -519,17 +317,15 @@ def _fused_forward(cfg, u, a, h0, mask):
     block_t, block_d = _blocks(cfg.cell, T, D)
     grid = (triton.cdiv(D, block_d), B)
     stats = torch.empty(B, grid[0], 3, dtype=acc, device=u.device)  # per program: residual, max |h|, iterations
-    newton_kernel, sequential_kernel, _ = _KERNELS[cfg.cell]
-    common = dict(HAS_H0=h0 is not None, HAS_MASK=mask is not None, ACC=_TL_ACC[acc], BLOCK_D=block_d)
-    h0_arg = h if h0 is None else h0
-    mask_arg = h if mask is None else mask
-    newton_kernel[grid](u, a, h0_arg, mask_arg, h, stats, T, D, float(tol), cfg.max_iter, BLOCK_T=block_t, **common)
+    common = dict(_constexprs(cfg.cell, acc, h0, mask), BLOCK_D=block_d)
+    args = (u, a, h if h0 is None else h0, h if mask is None else mask, h, stats, T, D, float(tol), cfg.max_iter)
+    _newton_kernel[grid](*args, NEWTON=True, BLOCK_T=block_t, **common)
     res_abs, scale, iters = stats.amax(dim=(0, 1)).tolist()  # the one device sync
     res = res_abs / max(1.0, scale)
     info, _ = check_convergence(
         cfg.op, int(iters), res, tol, cfg.max_iter, cfg.on_fail,
-        lambda: sequential_kernel[grid](u, a, h0_arg, mask_arg, h, T, D, **common), stacklevel=4,
-    )  # the sequential kernel overwrites h in place
+        lambda: _newton_kernel[grid](*args, NEWTON=False, BLOCK_T=1, **common), stacklevel=4,
+    )  # the sequential solve overwrites h in place
     return h, info
 
 
@@ -542,10 +338,9 @@ def _fused_adjoint(cell, u, a, h0, mask, h, gh):
     block_t, block_d = _blocks(cell, T, D)
     grid = (triton.cdiv(D, block_d), B)
     dummy = h
-    _KERNELS[cell][2][grid](
+    _adjoint_kernel[grid](
         u, a, dummy if h0 is None else h0, dummy if mask is None else mask, h, gh.contiguous(), gu, ga,
-        dummy if gh0 is None else gh0, T, D, HAS_H0=h0 is not None, HAS_MASK=mask is not None, ACC=_TL_ACC[acc],
-        BLOCK_T=block_t, BLOCK_D=block_d,
+        dummy if gh0 is None else gh0, T, D, BLOCK_T=block_t, BLOCK_D=block_d, **_constexprs(cell, acc, h0, mask),
     )
     return gu, ga.sum(0).to(a.dtype), None if gh0 is None else gh0.to(h0.dtype)
 

@@ -1,11 +1,10 @@
 """Triton linear scans (CUDA tensors; the CPU under ``TRITON_INTERPRET=1``). Same maths as ``scan_torch``.
 
-One program owns ``BLOCK_D`` units of one batch row and walks the sequence in tiles of ``BLOCK_T`` steps: a tile is
-scanned with ``tl.associative_scan`` over the affine combine and shifted by the carried state. Tiles run in scan
-order, so a reverse scan is the same kernel reading time indices from the end. Rows past the end of the sequence
-load the identity map, so the last row of every tile is the carried state. Tile loops are ``while`` loops: the
-interpreter cannot take a runtime ``range`` bound with numpy >= 2.4. Accumulation happens in the dtype of the
-output buffer (fp32, or fp64 for fp64 inputs); the wrapper casts back to the input dtype.
+Both structures (diagonal: ``N = 1`` state component, 2x2 blocks: ``N = 2``) run the same two kernels on the shared
+tile walk (``tiles.py``): a tile is scanned with ``tl.associative_scan`` over the affine combine and shifted by the
+carried state. Tiles run in scan order, so a reverse scan is the same kernel walking time from the end. Rows past the
+end of the sequence load the identity map, so the last row of every tile is the carried state. Accumulation happens
+in the dtype of the output buffer (fp32, or fp64 for fp64 inputs); the wrapper casts back to the input dtype.
 """
 from __future__ import annotations
 
@@ -15,189 +14,61 @@ import triton.language as tl
 from torch.autograd.function import once_differentiable
 
 from .._dispatch import compute_dtype
+from .tiles import (COMPONENTS, apply_carry, initial_state, last_rows, load_map, load_state, previous_state,
+                    program_units, scan_tile, store_state, tile_walk, zeros)
 
 
 @triton.jit
-def _affine_combine(a_l, b_l, a_r, b_r):
-    # ``l`` comes first in scan order: x -> a_r (a_l x + b_l) + b_r
-    return a_r * a_l, a_r * b_l + b_r
-
-
-@triton.jit
-def _affine2_combine(l00, l01, l10, l11, lb0, lb1, r00, r01, r10, r11, rb0, rb1):
-    return (
-        r00 * l00 + r01 * l10,
-        r00 * l01 + r01 * l11,
-        r10 * l00 + r11 * l10,
-        r10 * l01 + r11 * l11,
-        r00 * lb0 + r01 * lb1 + rb0,
-        r10 * lb0 + r11 * lb1 + rb1,
-    )
-
-
-@triton.jit
-def _last_row(x, rows, BLOCK_T: tl.constexpr):
-    return tl.sum(tl.where(rows[:, None] == BLOCK_T - 1, x, 0.0), axis=0)
-
-
-@triton.jit
-def _time_index(start, rows, T, BACKWARDS: tl.constexpr, BLOCK_T: tl.constexpr):
-    i = start + rows
-    t = T - 1 - i if BACKWARDS else i
-    return t, i < T
-
-
-@triton.jit
-def _diag_fwd_kernel(A, Bv, H0, H, T, D, HAS_H0: tl.constexpr, REVERSE: tl.constexpr,
-                     BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr):
+def _fwd_tile(OPTS: tl.constexpr, ctx, carry, stats, pid_b, t, offs_d, valid, T, D):
+    A, Bv, H = ctx
+    N: tl.constexpr = len(carry)
     acc = H.dtype.element_ty
-    pid_b = tl.program_id(1).to(tl.int64)
-    offs_d = tl.program_id(0) * BLOCK_D + tl.arange(0, BLOCK_D)
-    mask_d = offs_d < D
-    rows = tl.arange(0, BLOCK_T)
-    base = pid_b * T * D
-    carry = tl.zeros([BLOCK_D], dtype=acc)
-    if HAS_H0:
-        carry = tl.load(H0 + pid_b * D + offs_d, mask=mask_d, other=0.0).to(acc)
-    start = 0
-    while start < T:
-        t, valid = _time_index(start, rows, T, REVERSE, BLOCK_T)
-        m = valid[:, None] & mask_d[None, :]
-        off = base + t[:, None] * D + offs_d[None, :]
-        a = tl.load(A + off, mask=m, other=1.0).to(acc)
-        b = tl.load(Bv + off, mask=m, other=0.0).to(acc)
-        ca, cb = tl.associative_scan((a, b), 0, _affine_combine)
-        h = cb + ca * carry[None, :]
-        tl.store(H + off, h, mask=m)
-        carry = _last_row(h, rows, BLOCK_T)
-        start += BLOCK_T
+    unit = pid_b * T * D + t[:, None] * D + offs_d[None, :]  # index of (b, t, d)
+    a = load_map(A, unit, valid, N, acc, False, True)  # rows past the end: the identity
+    h = apply_carry(scan_tile(a, load_state(Bv, unit, valid, N, acc)), carry)
+    store_state(H, unit, h, valid)
+    return last_rows(h), stats
 
 
 @triton.jit
-def _diag_bwd_kernel(A, H, H0, DH, DA, DB, T, D, HAS_H0: tl.constexpr, REVERSE: tl.constexpr,
-                     BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr):
-    # g_t = dh_t + a_next(t) g_next(t), scanned against the forward direction; da_t = g_t h_prev(t).
+def _bwd_tile(OPTS: tl.constexpr, ctx, carry, stats, pid_b, t, offs_d, valid, T, D):
+    # g_t = dh_t + A_next(t)^T g_next(t), scanned against the forward direction; dA_t = g_t h_prev(t)^T, db_t = g_t.
+    A, H, DH, DA, DB, h0 = ctx
+    REVERSE: tl.constexpr = OPTS[0]
+    N: tl.constexpr = len(carry)
     acc = DB.dtype.element_ty
-    pid_b = tl.program_id(1).to(tl.int64)
-    offs_d = tl.program_id(0) * BLOCK_D + tl.arange(0, BLOCK_D)
-    mask_d = offs_d < D
-    rows = tl.arange(0, BLOCK_T)
-    base = pid_b * T * D
     step = -1 if REVERSE else 1
-    h0 = tl.zeros([BLOCK_D], dtype=acc)
-    if HAS_H0:
-        h0 = tl.load(H0 + pid_b * D + offs_d, mask=mask_d, other=0.0).to(acc)
-    carry = tl.zeros([BLOCK_D], dtype=acc)
-    start = 0
-    while start < T:
-        t, valid = _time_index(start, rows, T, not REVERSE, BLOCK_T)
-        m = valid[:, None] & mask_d[None, :]
-        off = base + t[:, None] * D + offs_d[None, :]
-        t_next = t + step
-        has_next = (t_next >= 0) & (t_next < T)
-        coef = tl.load(A + off + step * D, mask=m & has_next[:, None], other=0.0).to(acc)
-        dh = tl.load(DH + off, mask=m, other=0.0).to(acc)
-        ca, cb = tl.associative_scan((coef, dh), 0, _affine_combine)
-        g = cb + ca * carry[None, :]
-        carry = _last_row(g, rows, BLOCK_T)
-        t_prev = t - step
-        has_prev = (t_prev >= 0) & (t_prev < T)
-        hp = tl.load(H + off - step * D, mask=m & has_prev[:, None], other=0.0).to(acc)
-        hp = tl.where(has_prev[:, None], hp, h0[None, :])
-        tl.store(DB + off, g, mask=m)
-        tl.store(DA + off, g * hp, mask=m)
-        start += BLOCK_T
+    unit = pid_b * T * D + t[:, None] * D + offs_d[None, :]
+    t_next = t + step
+    has_next = valid & ((t_next >= 0) & (t_next < T))[:, None]
+    coef = load_map(A, unit + step * D, has_next, N, acc, True, False)
+    g = apply_carry(scan_tile(coef, load_state(DH, unit, valid, N, acc)), carry)
+    carry = last_rows(g)
+    hp = previous_state(H, unit, t, step, valid, h0, T, D, acc)
+    store_state(DB, unit, g, valid)
+    for k in tl.static_range(N * N):  # dA = g h_prev^T
+        tl.store(DA + unit * (N * N) + k, g[k // N] * hp[k % N], mask=valid)
+    return carry, stats
 
 
 @triton.jit
-def _block2_fwd_kernel(A, Bv, H0, H, T, D, HAS_H0: tl.constexpr, REVERSE: tl.constexpr,
-                       BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr):
-    acc = H.dtype.element_ty
-    pid_b = tl.program_id(1).to(tl.int64)
-    offs_d = tl.program_id(0) * BLOCK_D + tl.arange(0, BLOCK_D)
-    mask_d = offs_d < D
-    rows = tl.arange(0, BLOCK_T)
-    base = pid_b * T * D
-    c0 = tl.zeros([BLOCK_D], dtype=acc)
-    c1 = tl.zeros([BLOCK_D], dtype=acc)
-    if HAS_H0:
-        c0 = tl.load(H0 + (pid_b * D + offs_d) * 2, mask=mask_d, other=0.0).to(acc)
-        c1 = tl.load(H0 + (pid_b * D + offs_d) * 2 + 1, mask=mask_d, other=0.0).to(acc)
-    start = 0
-    while start < T:
-        t, valid = _time_index(start, rows, T, REVERSE, BLOCK_T)
-        m = valid[:, None] & mask_d[None, :]
-        unit = base + t[:, None] * D + offs_d[None, :]  # index of (b, t, d)
-        a00 = tl.load(A + unit * 4, mask=m, other=1.0).to(acc)
-        a01 = tl.load(A + unit * 4 + 1, mask=m, other=0.0).to(acc)
-        a10 = tl.load(A + unit * 4 + 2, mask=m, other=0.0).to(acc)
-        a11 = tl.load(A + unit * 4 + 3, mask=m, other=1.0).to(acc)
-        b0 = tl.load(Bv + unit * 2, mask=m, other=0.0).to(acc)
-        b1 = tl.load(Bv + unit * 2 + 1, mask=m, other=0.0).to(acc)
-        a00, a01, a10, a11, b0, b1 = tl.associative_scan((a00, a01, a10, a11, b0, b1), 0, _affine2_combine)
-        h0 = b0 + a00 * c0[None, :] + a01 * c1[None, :]
-        h1 = b1 + a10 * c0[None, :] + a11 * c1[None, :]
-        tl.store(H + unit * 2, h0, mask=m)
-        tl.store(H + unit * 2 + 1, h1, mask=m)
-        c0 = _last_row(h0, rows, BLOCK_T)
-        c1 = _last_row(h1, rows, BLOCK_T)
-        start += BLOCK_T
+def _fwd_kernel(A, Bv, H0, H, T, D, N: tl.constexpr, HAS_H0: tl.constexpr, REVERSE: tl.constexpr,
+                BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr):
+    pid_b, offs_d, mask_d = program_units(D, BLOCK_D)
+    carry = initial_state(H0, pid_b, offs_d, mask_d, D, N, HAS_H0, H.dtype.element_ty)
+    tile_walk(_fwd_tile, None, (A, Bv, H), carry, (), pid_b, offs_d, mask_d, T, D, REVERSE, BLOCK_T)
 
 
 @triton.jit
-def _block2_bwd_kernel(A, H, H0, DH, DA, DB, T, D, HAS_H0: tl.constexpr, REVERSE: tl.constexpr,
-                       BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr):
-    # g_t = dh_t + A_next(t)^T g_next(t); dA_t = g_t h_prev(t)^T.
+def _bwd_kernel(A, H, H0, DH, DA, DB, T, D, N: tl.constexpr, HAS_H0: tl.constexpr, REVERSE: tl.constexpr,
+                BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr):
+    pid_b, offs_d, mask_d = program_units(D, BLOCK_D)
     acc = DB.dtype.element_ty
-    pid_b = tl.program_id(1).to(tl.int64)
-    offs_d = tl.program_id(0) * BLOCK_D + tl.arange(0, BLOCK_D)
-    mask_d = offs_d < D
-    rows = tl.arange(0, BLOCK_T)
-    base = pid_b * T * D
-    step = -1 if REVERSE else 1
-    i0 = tl.zeros([BLOCK_D], dtype=acc)
-    i1 = tl.zeros([BLOCK_D], dtype=acc)
-    if HAS_H0:
-        i0 = tl.load(H0 + (pid_b * D + offs_d) * 2, mask=mask_d, other=0.0).to(acc)
-        i1 = tl.load(H0 + (pid_b * D + offs_d) * 2 + 1, mask=mask_d, other=0.0).to(acc)
-    c0 = tl.zeros([BLOCK_D], dtype=acc)
-    c1 = tl.zeros([BLOCK_D], dtype=acc)
-    start = 0
-    while start < T:
-        t, valid = _time_index(start, rows, T, not REVERSE, BLOCK_T)
-        m = valid[:, None] & mask_d[None, :]
-        unit = base + t[:, None] * D + offs_d[None, :]
-        t_next = t + step
-        mn = m & ((t_next >= 0) & (t_next < T))[:, None]
-        nxt = (unit + step * D) * 4
-        # transposed A of the next step
-        a00 = tl.load(A + nxt, mask=mn, other=0.0).to(acc)
-        a01 = tl.load(A + nxt + 2, mask=mn, other=0.0).to(acc)
-        a10 = tl.load(A + nxt + 1, mask=mn, other=0.0).to(acc)
-        a11 = tl.load(A + nxt + 3, mask=mn, other=0.0).to(acc)
-        d0 = tl.load(DH + unit * 2, mask=m, other=0.0).to(acc)
-        d1 = tl.load(DH + unit * 2 + 1, mask=m, other=0.0).to(acc)
-        a00, a01, a10, a11, d0, d1 = tl.associative_scan((a00, a01, a10, a11, d0, d1), 0, _affine2_combine)
-        g0 = d0 + a00 * c0[None, :] + a01 * c1[None, :]
-        g1 = d1 + a10 * c0[None, :] + a11 * c1[None, :]
-        c0 = _last_row(g0, rows, BLOCK_T)
-        c1 = _last_row(g1, rows, BLOCK_T)
-        t_prev = t - step
-        has_prev = (t_prev >= 0) & (t_prev < T)
-        mp = m & has_prev[:, None]
-        prv = (unit - step * D) * 2
-        p0 = tl.where(has_prev[:, None], tl.load(H + prv, mask=mp, other=0.0).to(acc), i0[None, :])
-        p1 = tl.where(has_prev[:, None], tl.load(H + prv + 1, mask=mp, other=0.0).to(acc), i1[None, :])
-        tl.store(DB + unit * 2, g0, mask=m)
-        tl.store(DB + unit * 2 + 1, g1, mask=m)
-        tl.store(DA + unit * 4, g0 * p0, mask=m)
-        tl.store(DA + unit * 4 + 1, g0 * p1, mask=m)
-        tl.store(DA + unit * 4 + 2, g1 * p0, mask=m)
-        tl.store(DA + unit * 4 + 3, g1 * p1, mask=m)
-        start += BLOCK_T
+    h0 = initial_state(H0, pid_b, offs_d, mask_d, D, N, HAS_H0, acc)
+    tile_walk(_bwd_tile, (REVERSE,), (A, H, DH, DA, DB, h0), zeros(N, BLOCK_D, acc), (), pid_b, offs_d, mask_d, T, D,
+              not REVERSE, BLOCK_T)
 
 
-_KERNELS = {"diagonal": (_diag_fwd_kernel, _diag_bwd_kernel), "block2": (_block2_fwd_kernel, _block2_bwd_kernel)}
 # Largest tiles; short sequences and narrow states get smaller ones (the interpreter pays per tile element).
 MAX_BLOCK_T = {"diagonal": 64, "block2": 32}
 MAX_BLOCK_D = 32
@@ -217,8 +88,8 @@ class ScanTritonFunction(torch.autograd.Function):
         B, T, D = b.shape[:3]
         h = torch.empty(b.shape, dtype=compute_dtype(a, b, h0), device=b.device)
         grid, block_t, block_d = _launch_cfg(kind, B, T, D)
-        _KERNELS[kind][0][grid](
-            a, b, h if h0 is None else h0, h, T, D, HAS_H0=h0 is not None, REVERSE=reverse,
+        _fwd_kernel[grid](
+            a, b, h if h0 is None else h0, h, T, D, N=COMPONENTS[kind], HAS_H0=h0 is not None, REVERSE=reverse,
             BLOCK_T=block_t, BLOCK_D=block_d,
         )
         ctx.kind, ctx.reverse = kind, reverse
@@ -234,9 +105,9 @@ class ScanTritonFunction(torch.autograd.Function):
         da = torch.empty(a.shape, dtype=h.dtype, device=h.device)
         db = torch.empty(h.shape, dtype=h.dtype, device=h.device)
         grid, block_t, block_d = _launch_cfg(ctx.kind, B, T, D)
-        _KERNELS[ctx.kind][1][grid](
-            a, h, h if h0 is None else h0, dh, da, db, T, D, HAS_H0=h0 is not None, REVERSE=ctx.reverse,
-            BLOCK_T=block_t, BLOCK_D=block_d,
+        _bwd_kernel[grid](
+            a, h, h if h0 is None else h0, dh, da, db, T, D, N=COMPONENTS[ctx.kind], HAS_H0=h0 is not None,
+            REVERSE=ctx.reverse, BLOCK_T=block_t, BLOCK_D=block_d,
         )
         dh0 = None
         if ctx.needs_input_grad[3]:

@@ -128,6 +128,37 @@ def test_fp32_and_bf16_inputs_compute_in_fp32(interpreter, cell, dtype):
     assert max_err(got, ref) < (1e-5 if dtype == torch.float32 else 2e-2)  # bf16: rounding of the stored outputs
 
 
+def bf16_half_ulp(x):
+    """Half the spacing of bf16 numbers (8 significant bits) at |x|: 2^(e - 8) for |x| in [2^e, 2^(e + 1))."""
+    _, e = torch.frexp(x.double().abs())
+    return torch.ldexp(torch.ones_like(x, dtype=F64), e - 9)
+
+
+@pytest.mark.parametrize("cell", list(CELLS))
+def test_bf16_outputs_are_the_fp32_results_rounded_to_nearest_even(interpreter, cell):
+    """The kernels compute in fp32 and round ``h`` and ``du`` to bf16 once, when storing. On a GPU that cast rounds to
+    nearest even; triton 3.6's interpreter truncates unless kernels/gla/triton_utils.py's fix is installed (the scan
+    tiles import it), which these checks catch: truncation is off by up to a whole ulp in about half the entries."""
+    B, T, D = 2, 13, 6
+    u, a, s0, mask = make_problem(cell, B, T, D, dtype=torch.bfloat16, mask=True)
+    fn = CELLS[cell]["fn"]
+    h16, info = fn(u, a, s0, mask, backend="triton", on_fail="raise", return_info=True)
+    h32 = fn(u.float(), a.float(), s0.float(), mask, backend="triton", on_fail="raise")
+    assert h16.dtype == torch.bfloat16 and info.converged
+    assert torch.equal(h16, h32.to(torch.bfloat16))  # the same fp32 solve, rounded to nearest even
+    # against the fp64 loop on the same (bf16-valued) inputs: half an ulp of rounding plus the fp32 solve's error
+    ref = loop_reference(cell, u.double(), a.double(), s0.double(), mask)
+    bound = torch.maximum(bf16_half_ulp(ref), bf16_half_ulp(h16)) + 2e-5
+    assert ((h16.double() - ref).abs() <= bound).all(), float(((h16.double() - ref).abs() - bound).max())
+    # the adjoint kernel at this solution: du rounded once, the sums for da and dh0 kept in fp32
+    gh = torch.randn(h16.shape).to(torch.bfloat16)
+    m = mask.float()
+    du16, da16, dh016 = fused_triton._fused_adjoint(cell, u, a, s0, m, h16, gh)
+    du32, da32, dh032 = fused_triton._fused_adjoint(cell, u.float(), a.float(), s0.float(), m, h16.float(), gh.float())
+    assert du16.dtype == torch.bfloat16 and torch.equal(du16, du32.to(torch.bfloat16))
+    assert torch.equal(da16, da32.to(torch.bfloat16)) and torch.equal(dh016, dh032.to(torch.bfloat16))
+
+
 @pytest.mark.parametrize("cell", list(CELLS))
 def test_non_convergence_warns_and_falls_back_to_the_sequential_kernel(interpreter, cell):
     inputs = make_problem(cell, 2, 14, 5, a_scale=6.0)
