@@ -74,6 +74,16 @@ MAX_BLOCK_T = {"diagonal": 64, "block2": 32}
 MAX_BLOCK_D = 32
 
 
+def check_offsets(kind, T, D):
+    """The kernels index within one sequence with 32-bit offsets (64-bit only for the batch row, which keeps the hot
+    loop's address arithmetic small): refuse a sequence whose per-row size would overflow them."""
+    elements = T * D * COMPONENTS[kind] ** 2
+    if elements >= 2**31:
+        op = "linear_scan" if kind == "diagonal" else "block2_scan"
+        raise ValueError(f"{op}: the Triton path supports T * D * {COMPONENTS[kind] ** 2} < 2**31 per sequence, got "
+                         f"T={T}, D={D}; split the sequence (initial_state carries it) or use backend='torch'")
+
+
 def _launch_cfg(kind, B, T, D):
     block_d = min(MAX_BLOCK_D, triton.next_power_of_2(D))
     block_t = min(MAX_BLOCK_T[kind], triton.next_power_of_2(T))
@@ -86,6 +96,7 @@ class ScanTritonFunction(torch.autograd.Function):
         a, b = a.contiguous(), b.contiguous()
         h0 = None if h0 is None else h0.contiguous()
         B, T, D = b.shape[:3]
+        check_offsets(kind, T, D)
         h = torch.empty(b.shape, dtype=compute_dtype(a, b, h0), device=b.device)
         grid, block_t, block_d = _launch_cfg(kind, B, T, D)
         _fwd_kernel[grid](

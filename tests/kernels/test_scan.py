@@ -216,3 +216,16 @@ def test_torch_double_backward(kind):
     fn, _ = KINDS[kind]
     for reverse in (False, True):
         assert torch.autograd.gradgradcheck(lambda *args: fn(*args, reverse=reverse, backend="torch"), (a, b, s0))
+
+
+def test_triton_offsets_past_int32_are_refused_by_name():
+    """The Triton scans index within a sequence with 32-bit offsets: a sequence too large for them is an error naming
+    the shape, not a wrong answer (checked on meta tensors: no memory)."""
+    from hf_seqmodels.kernels.scan.scan_triton import ScanTritonFunction, check_offsets
+
+    check_offsets("diagonal", 2**21, 2**10 - 1)  # just below the limit
+    with pytest.raises(ValueError, match=r"linear_scan: the Triton path supports T \* D \* 1 < 2\*\*31.*T=2097152, D=1024"):
+        check_offsets("diagonal", 2**21, 2**10)
+    with pytest.raises(ValueError, match=r"block2_scan: .*T \* D \* 4 < 2\*\*31"):
+        ScanTritonFunction.apply("block2", torch.empty(1, 2**20, 2**9, 2, 2, device="meta"),
+                                 torch.empty(1, 2**20, 2**9, 2, device="meta"), None, False)
