@@ -204,6 +204,23 @@ class LinearizedAttention(nn.Module):
         return o
 
 
+#: torch >= 2.5 lets SDPA share key/value heads across query heads without copying them (on the CPU the copy,
+#: repeat_interleave over a 16K-token cache, costs ~20x the attention itself)
+_SDPA_GQA = tuple(int(x) for x in torch.__version__.split(".")[:2]) >= (2, 5)
+
+
+def _sdpa_gqa(q, k, v, **kwargs):
+    """Softmax attention with grouped-query heads: q ``[B, T, H, D]``, k, v ``[B, Hkv, S, D]`` -> ``[B, T, H, D]``."""
+    groups = q.shape[2] // k.shape[1]
+    if groups > 1 and _SDPA_GQA:
+        kwargs["enable_gqa"] = True
+    elif groups > 1:
+        B, Hkv, S, D = k.shape
+        k = k[:, :, None].expand(B, Hkv, groups, S, D).reshape(B, Hkv * groups, S, D)
+        v = v[:, :, None].expand(B, Hkv, groups, S, D).reshape(B, Hkv * groups, S, D)
+    return F.scaled_dot_product_attention(q.transpose(1, 2), k, v, **kwargs).transpose(1, 2)
+
+
 class SoftmaxAttention(LinearizedAttention):
     """The teacher's own softmax attention, kept in a hybrid layout: its projections, q/k norms, RoPE and
     grouped-query heads, causal over every earlier key, or over the teacher's sliding window where it has one
@@ -244,18 +261,18 @@ class SoftmaxAttention(LinearizedAttention):
                 keys, values = torch.cat([past[0], keys], 2), torch.cat([past[1], values], 2)
                 key_valid = torch.cat([past[2], valid], 1)
             cache.set(idx, "kv_k", keys), cache.set(idx, "kv_v", values), cache.set(idx, "kv_mask", key_valid)
-        groups = self.num_heads // self.num_kv_heads
-        keys, values = keys.repeat_interleave(groups, 1), values.repeat_interleave(groups, 1)
         S = keys.shape[2]
-        if S == T and bool(key_valid.all()):
-            o = F.scaled_dot_product_attention(q.transpose(1, 2), keys, values, is_causal=True)
-            return o.transpose(1, 2)
+        every_key = bool(key_valid.all())
+        if every_key and S == T:
+            return _sdpa_gqa(q, keys, values, is_causal=True)
+        if every_key and T == 1:  # a decoding step: the new token sees every key
+            return _sdpa_gqa(q, keys, values)
         key_pos = torch.arange(S, device=q.device)
         query_pos = torch.arange(S - T, S, device=q.device)
         allowed = (key_pos[None, :] <= query_pos[:, None])[None] & key_valid[:, None, :]  # [B, T, S]
         allowed = allowed | ((~valid)[:, :, None] & (key_pos[None, :] == query_pos[:, None])[None])  # no empty rows
-        o = F.scaled_dot_product_attention(q.transpose(1, 2), keys, values, attn_mask=allowed[:, None])
-        return o.transpose(1, 2) * valid[:, :, None, None].to(o.dtype)
+        o = _sdpa_gqa(q, keys, values, attn_mask=allowed[:, None])
+        return o * valid[:, :, None, None].to(o.dtype)
 
 
 class LigerAttention(LinearizedAttention):

@@ -343,3 +343,17 @@ def test_peft_default_targets_follow_the_family(name):
     model = get_peft_model(linearize(teacher(name), "liger"), LoraConfig(r=2, task_type="CAUSAL_LM"))
     wrapped = {n.split(".")[-1] for n, m in model.named_modules() if isinstance(m, LoraLayer)}
     assert wrapped == set(FAMILIES[name].lora_targets)
+
+
+def test_softmax_layers_without_sdpa_gqa_compute_the_same(monkeypatch):
+    """torch < 2.5 has no ``enable_gqa``: the softmax layers then expand the key/value heads themselves."""
+    import hf_seqmodels.layers.liger as liger
+
+    model = linearize(teacher("qwen3").double(), "liger", softmax_layers=[0, 1, 2])
+    ids, mask = left_padded(2, 9, pad=(2, 0))
+    with torch.no_grad():
+        ref = model(ids, attention_mask=mask).logits
+        stepped, _ = decode_in_pieces(model, ids, mask, [5, 1, 1, 1, 1])
+        monkeypatch.setattr(liger, "_SDPA_GQA", False)
+        assert_rows_close(model(ids, attention_mask=mask).logits, ref, mask, 1e-12)
+        assert_rows_close(decode_in_pieces(model, ids, mask, [5, 1, 1, 1, 1])[0], stepped, mask, 1e-12)
