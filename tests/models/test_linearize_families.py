@@ -357,3 +357,10 @@ def test_softmax_layers_without_sdpa_gqa_compute_the_same(monkeypatch):
         monkeypatch.setattr(liger, "_SDPA_GQA", False)
         assert_rows_close(model(ids, attention_mask=mask).logits, ref, mask, 1e-12)
         assert_rows_close(decode_in_pieces(model, ids, mask, [5, 1, 1, 1, 1])[0], stepped, mask, 1e-12)
+
+
+def test_hybrid_generate_with_cache_equals_without():
+    model = linearize(teacher("mistral"), "liger", window_size=3, softmax_layers=[1])
+    ids, mask = left_padded(2, 6, pad=(2, 0))
+    kw = dict(attention_mask=mask, max_new_tokens=8, do_sample=False, pad_token_id=0)
+    assert torch.equal(model.generate(ids, use_cache=True, **kw), model.generate(ids, use_cache=False, **kw))
