@@ -595,18 +595,21 @@ def remove_launch_ledger():
 
 def triton_kernels():
     """``{"module.function": python function}`` of every Triton kernel defined in ``hf_seqmodels.kernels``: the
-    @triton.jit functions that no other jit function references (those are device helpers, never launched)."""
+    @triton.jit functions that some host code launches (``name[grid](...)``) and no jit function calls (device
+    helpers, and cell functions passed to a kernel as a constexpr argument, are never launched)."""
     import importlib
     import inspect
     import pkgutil
+    import re
 
     from triton.runtime.jit import KernelInterface
 
     import hf_seqmodels.kernels as pkg
 
-    jit = {}
+    jit, sources = {}, []
     for info in pkgutil.walk_packages(pkg.__path__, pkg.__name__ + "."):
         module = importlib.import_module(info.name)
+        sources.append(inspect.getsource(module))
         for obj in vars(module).values():
             if not isinstance(obj, KernelInterface):
                 continue
@@ -618,7 +621,8 @@ def triton_kernels():
     referenced = set()
     for fn in jit.values():
         referenced.update(fn.__code__.co_names)
-    return {key: fn for key, fn in jit.items() if fn.__name__ not in referenced}
+    launched = {name for src in sources for name in re.findall(r"\b(\w+)\[[^\]]*\]\(", src)}
+    return {key: fn for key, fn in jit.items() if fn.__name__ not in referenced and fn.__name__ in launched}
 
 
 @section("coverage", est_s=1, tiny_est_s=1)
