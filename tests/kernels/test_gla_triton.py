@@ -105,6 +105,7 @@ CASES = {
     "bf16_g32": (1, 20, 1, 16, 24, torch.bfloat16, "steep", torch.float32, True),
     "fp16": (1, 20, 1, 16, 16, torch.float16, "normal", torch.float32, False),
     "K100_V36": (1, 67, 2, 100, 36, torch.float32, "normal", None, True),  # partial K and V tiles
+    "K100_V36_bf16": (1, 67, 1, 100, 36, torch.bfloat16, "layer", torch.float32, True),  # the GLA layer's gates
     "V136": (1, 20, 1, 16, 136, torch.float32, "normal", None, True),  # V > MAX_V: two value slices
 }
 
