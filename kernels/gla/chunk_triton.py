@@ -140,13 +140,12 @@ def _spread_rows(x, I, BT: tl.constexpr, SUB: tl.constexpr):
 
 
 @triton.jit
-def _diag_rows(q_ptr, k_ptr, g_ptr, t, ck, T, stride, K, SUB: tl.constexpr):
-    """Rows ``t .. t+SUB`` of one diagonal block: q, k and the cumulative log2-gate inside the block."""
+def _diag_rows(q_ptr, g_ptr, t, ck, T, stride, K, SUB: tl.constexpr):
+    """Rows ``t .. t+SUB`` of one diagonal block: q and the cumulative log2-gate from the block's start (small
+    numbers: the pairs' exponents keep their precision however far the chunk has decayed)."""
     rows = t + tl.arange(0, SUB)
     b_q = _tile(q_ptr, rows, ck, stride, T, K).to(tl.float32)
-    b_k = _tile(k_ptr, rows, ck, stride, T, K).to(tl.float32)
-    c = tl.cumsum(_tile(g_ptr, rows, ck, stride, T, K).to(tl.float32) * 1.4426950408889634, axis=0)
-    return b_q, b_k, c
+    return b_q, tl.cumsum(_tile(g_ptr, rows, ck, stride, T, K).to(tl.float32) * 1.4426950408889634, axis=0)
 
 
 @triton.jit
@@ -161,7 +160,7 @@ def _diag_key(k_ptr, g_ptr, t, ck, T, stride, K):
 def _diag_scores(q_ptr, k_ptr, g_ptr, t, ck, T, stride, K, SUB: tl.constexpr):
     """Scores of the diagonal block at rows ``t ..``, pair by pair in fp32 (any gate): ``[SUB, SUB]``, j <= i."""
     i = tl.arange(0, SUB)
-    b_q, _, c = _diag_rows(q_ptr, k_ptr, g_ptr, t, ck, T, stride, K, SUB)
+    b_q, c = _diag_rows(q_ptr, g_ptr, t, ck, T, stride, K, SUB)
     a = tl.zeros([SUB, SUB], dtype=tl.float32)
     c_j = tl.zeros(ck.shape, dtype=tl.float32)
     for j in range(SUB):
@@ -306,7 +305,7 @@ def _diag_grads(q_ptr, k_ptr, g_ptr, do_ptr, v_ptr, t, ck, cv, T, stride_k, stri
     """``dq, dk`` of the diagonal block at rows ``t ..`` pair by pair in fp32 (any gate): ``[SUB, BK]`` each."""
     i = tl.arange(0, SUB)
     rows = t + i
-    b_q, _, c = _diag_rows(q_ptr, k_ptr, g_ptr, t, ck, T, stride_k, K, SUB)
+    b_q, c = _diag_rows(q_ptr, g_ptr, t, ck, T, stride_k, K, SUB)
     b_do = _tile(do_ptr, rows, cv, stride_v, T, V).to(DT)
     b_v = _tile(v_ptr, rows, cv, stride_v, T, V).to(DT)
     dA = tl.where(i[:, None] >= i[None, :], tl.dot(b_do, tl.trans(b_v), input_precision=PREC), 0.0) * scale
