@@ -37,7 +37,8 @@ def _bf16_round_nearest_even(x):
 
 def _fix_interpreter_bf16() -> None:
     """Under TRITON_INTERPRET=1, make bf16 behave as on the GPU (triton 3.6): fp32 -> bf16 casts round to nearest
-    even (the interpreter truncates), and ``tl.dot`` takes bf16 operands (it multiplied their raw uint16 storage), so
+    even (the interpreter truncates; other types go through fp32, as integers and booleans otherwise land in the raw
+    bf16 storage), and ``tl.dot`` takes bf16 operands (it multiplied their raw uint16 storage), so
     the kernels give tl.dot the same bf16-rounded operands in the interpreter as on the hardware."""
     import numpy as np
     from triton.runtime import interpreter
@@ -54,10 +55,13 @@ def _fix_interpreter_bf16() -> None:
         return interpreter.TensorHandle(widened, tl.float32)
 
     def cast_impl(self, src, dst_type):
-        if src.dtype.scalar == tl.float32 and dst_type.scalar == tl.bfloat16:
-            return interpreter.TensorHandle(_bf16_round_nearest_even(src.data), tl.bfloat16)
-        if src.dtype.scalar == tl.bfloat16 and dst_type.scalar == tl.float32:
-            return as_fp32(src)
+        if dst_type.scalar == tl.bfloat16 and src.dtype.scalar != tl.bfloat16:  # from fp32, or anything via fp32
+            data = np.asarray(src.data).astype(np.float32)
+            return interpreter.TensorHandle(_bf16_round_nearest_even(data), tl.bfloat16)
+        if src.dtype.scalar == tl.bfloat16 and dst_type.scalar != tl.bfloat16:
+            src = as_fp32(src)
+            if dst_type.scalar == tl.float32:
+                return src
         return orig_cast(self, src, dst_type)
 
     def create_dot(self, a, b, d, input_precision, max_num_imprecise_acc):

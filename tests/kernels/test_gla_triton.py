@@ -21,6 +21,12 @@ TOL = {torch.float32: 1e-4, torch.float16: 1e-2, torch.bfloat16: 3e-2}
 def make_gates(shape, kind, dtype):
     if kind == "normal":
         g = F.logsigmoid(3 * torch.randn(shape))
+    elif kind == "layer":  # as the GLA layer makes them (logsigmoid / 16): mild, the common case
+        g = F.logsigmoid(torch.randn(shape)) / 16
+    elif kind == "moderate":  # -1.4 nats a step on average: a chunk decays by far more than 2^64, 16 rows do not
+        g = -1.4 * (0.5 + torch.rand(shape))
+    elif kind == "gentle":  # the same for fp16's 2^8: a chunk decays by more, 16 rows by less
+        g = -0.25 * (0.5 + torch.rand(shape))
     elif kind == "near0":  # no decay at all in places (g == 0), almost none elsewhere
         g = torch.where(torch.rand(shape) < 0.3, 0.0, -1e-3 * torch.rand(shape))
     elif kind == "steep":  # half the key dims forget everything each step (-30 and below), half almost nothing
@@ -98,6 +104,9 @@ CASES = {
     "bf16": (2, 50, 2, 16, 16, torch.bfloat16, "normal", None, True),
     "bf16_g32": (1, 20, 1, 16, 24, torch.bfloat16, "steep", torch.float32, True),
     "fp16": (1, 20, 1, 16, 16, torch.float16, "normal", torch.float32, False),
+    "K100_V36": (1, 67, 2, 100, 36, torch.float32, "normal", None, True),  # partial K and V tiles
+    "K100_V36_bf16": (1, 67, 1, 100, 36, torch.bfloat16, "layer", torch.float32, True),  # the GLA layer's gates
+    "V136": (1, 20, 1, 16, 136, torch.float32, "normal", None, True),  # V > MAX_V: two value slices
 }
 
 
@@ -107,6 +116,65 @@ CASES = {
 def test_matches_loop_reference(op, case):
     B, T, H, K, V, dtype, gates, g_dtype, h0 = CASES[case]
     check(OPS[op], make_inputs(B, T, H, K, V, dtype, gates, g_dtype, h0), TOL[dtype])
+
+
+def gate_paths(g, limit, BK=32):
+    """How the chunk kernels compute the scores inside each chunk, from the gate: "fast" (every K tile decays by at
+    most 2^limit over the chunk: one reference row), else per K tile "blocked" (per 16-row block references, the
+    diagonal blocks in the dot) or "exact" (diagonal blocks pair by pair)."""
+    B, T, H, K = g.shape
+    n = -(-T // 64)
+    gp = F.pad(g.double() * 1.4426950408889634, (0, 0, 0, 0, 0, n * 64 - T)).reshape(B, n, 64, H, K)
+    c = gp.cumsum(2)
+    span = (c[:, :, 0] - c[:, :, -1]).transpose(1, 2)  # [B, H, n, K]
+    inner = (c.reshape(B, n, 4, 16, H, K)[:, :, :, :1] - c.reshape(B, n, 4, 16, H, K)).amax((2, 3))  # [B, n, H, K]
+    inner = inner.transpose(1, 2)
+    paths = set()
+    for b in range(B):
+        for h in range(H):
+            for i in range(n):
+                if all(span[b, h, i, k0:k0 + BK].max() <= limit for k0 in range(0, K, BK)):
+                    paths.add("fast")
+                    continue
+                for k0 in range(0, K, BK):
+                    paths.add("blocked" if inner[b, h, i, k0:k0 + BK].max() <= limit else "exact")
+    return paths
+
+
+PATH_CASES = {
+    # name: (gates per K tile, dtype, SPAN_LIMIT override or None, the paths the gates must take)
+    "fast": (["layer"], torch.float32, None, {"fast"}),
+    "fast_bf16": (["layer"], torch.bfloat16, None, {"fast"}),
+    "blocked": (["moderate"], torch.float32, None, {"blocked"}),
+    "exact": (["steep"], torch.float32, None, {"exact"}),
+    "exact_forced": (["normal"], torch.float32, -1.0, {"exact"}),  # every block pair by pair
+    "mixed_bf16": (["layer", "moderate", "steep"], torch.bfloat16, None, {"blocked", "exact"}),
+    "mixed_fp16": (["layer", "gentle", "steep"], torch.float16, None, {"blocked", "exact"}),
+    # the second chunk steep in every K tile, the others mild: fast and slow chunks in one call
+    "chunks_bf16": (["layer", "layer"], torch.bfloat16, None, {"fast", "exact"}),
+}
+
+
+@pytest.mark.interpreter
+@pytest.mark.parametrize("case", list(PATH_CASES))
+def test_chunk_paths_match_loop_reference(case, monkeypatch):
+    """Each way the chunk kernels compute the scores inside a chunk (chosen per chunk, and inside slow chunks per K
+    tile, from the gate), alone and mixed in one call, against the fp64 loop: 3 chunks (the last one 52 rows),
+    K tiles of 32 (the last partial), values, final state and all gradients."""
+    from hf_seqmodels.kernels.gla import chunk_triton
+
+    kinds, dtype, limit, want = PATH_CASES[case]
+    if limit is not None:
+        monkeypatch.setitem(chunk_triton.SPAN_LIMIT, dtype, limit)
+    B, T, H, V = 1, 180, 1, 20
+    K = 32 * len(kinds) - (8 if len(kinds) > 1 else 0)
+    q, k, v, _, s0 = make_inputs(B, T, H, K, V, dtype)
+    g = torch.cat([make_gates((B, T, H, 32), kind, torch.float32) for kind in kinds], -1)[..., :K]
+    if case.startswith("chunks"):
+        g[:, 64:128] = make_gates((B, 64, H, K), "steep", torch.float32)
+    g = g.contiguous().to(dtype)
+    assert gate_paths(g, chunk_triton.SPAN_LIMIT[dtype]) == want
+    check(chunk_gla_triton, [q, k, v, g, s0], TOL[dtype])
 
 
 @pytest.mark.interpreter

@@ -27,6 +27,21 @@ def _dot(a, b, c, N: tl.constexpr):
     tl.store(c + tile, acc)
 
 
+@triton.jit
+def _from_int(x, y, N: tl.constexpr):
+    o = tl.arange(0, N)
+    v = tl.load(x + o)
+    tri = (o[:, None] >= o[None, :]).to(tl.bfloat16)  # a 0/1 mask as a dot operand
+    tl.store(y + o, v.to(tl.bfloat16).to(tl.float32) + tl.sum(tri.to(tl.float32), axis=1))
+
+
+def test_int_and_bool_to_bf16_are_values_not_bits():
+    x = torch.arange(-8, 8, dtype=torch.int32) * 1001
+    y = torch.empty(16)
+    _from_int[(1,)](x, y, 16)
+    assert torch.equal(y, x.bfloat16().float() + torch.arange(1, 17).float())
+
+
 def test_fp32_to_bf16_rounds_to_nearest_even():
     # random values, ties both ways (1 + 2^-8 rounds down to even, 1 + 3 * 2^-8 up), the largest finite fp32 that
     # stays finite in bf16, infinities, signed zero, a subnormal
