@@ -1,13 +1,16 @@
 """State tracking on the CPU: ParaGRU / ParaLSTM against GLA, a 2-layer Llama and dense torch.nn.GRU / LSTM.
 
 Every model gets the same budget (steps x batch at the trained length, fresh batches from the same generator) and is
-scored at the trained length and at 2x and 4x (length generalization), accuracy of the final state (the papers'
+scored at the trained length and at longer ones (length generalization), accuracy of the final state (the papers'
 metric); see ``hf_seqmodels/evaluation/state_tracking.py`` for the task generators.
 
-    python benchmarks/state_tracking.py run --task parity --models paragru,gla --out results/st_parity.json
-    python benchmarks/state_tracking.py report results/st_*.json     # -> results/state_tracking.{md,png}
+    python benchmarks/state_tracking.py run --task parity --models paragru,gla --seeds 0 1 2 --out results/p.json
+    python benchmarks/state_tracking.py report results/st_*.json --name state_tracking   # -> results/NAME.{md,png}
 
-Runs are separate processes so that two can train side by side (``--threads 1`` each).
+Runs are separate processes so that two can train side by side (``--threads 1`` each). ``report`` picks, per task
+and model, the learning rate with the best mean accuracy at the trained length over seeds, and gives the mean and
+the range over those seeds; the plot has one panel per task (mean learning curve, shaded min-max over seeds) and a
+panel of Newton iterations per solve over training for the ParaRNN models.
 """
 from __future__ import annotations
 
@@ -30,6 +33,8 @@ RECIPES = {
     "dense-gru": dict(layers=1),
     "dense-lstm": dict(layers=1),
 }
+NAMES = {"paragru": "ParaGRU", "paralstm": "ParaLSTM", "gla": "GLA", "llama": "Llama (2 layers)",
+         "dense-gru": "torch.nn.GRU", "dense-lstm": "torch.nn.LSTM"}
 
 
 def run(args):
@@ -40,13 +45,17 @@ def run(args):
     if os.path.exists(args.out):
         with open(args.out) as f:
             results = json.load(f)
+    done = {(r["config"], r["lr"], r["seed"], r["steps"], r["train_length"]) for r in results}
     for model in args.models.split(","):
         for lr in args.lr:
             for seed in args.seeds:
+                if (model, lr, seed, args.steps, args.length) in done:  # resume an interrupted sweep
+                    continue
                 start = time.time()
-                r = train_and_evaluate(args.task, model, train_length=args.length, steps=args.steps,
-                                       batch_size=args.batch_size, lr=lr, d_model=args.d_model, seed=seed,
-                                       eval_every=max(1, args.steps // 20), num_test=args.num_test,
+                r = train_and_evaluate(args.task, model, train_length=args.length, test_lengths=args.test_lengths,
+                                       steps=args.steps, batch_size=args.batch_size, lr=lr, d_model=args.d_model,
+                                       seed=seed, eval_every=args.eval_every or max(1, args.steps // 20),
+                                       num_test=args.num_test, progress=not args.no_progress,
                                        **RECIPES.get(model, {}))
                 r["time_s"] = round(time.time() - start, 1)
                 r["machine"] = f"{platform.machine()} CPU, {args.threads} thread(s), torch {torch.__version__}"
@@ -59,6 +68,31 @@ def run(args):
                     json.dump(results, f, indent=1)
 
 
+def _acc(r, length):
+    return r["accuracy"][str(length)]["last"]
+
+
+def select(runs):
+    """{(task, train_length, model): runs of its best learning rate (by mean accuracy at the trained length over
+    seeds; ties: the smaller lr)}, and {(task, train_length, model): {lr: mean}} for the record."""
+    groups = {}
+    for r in runs:
+        groups.setdefault((r["task"], r["train_length"], r["config"]), {}).setdefault(r["lr"], []).append(r)
+    best, by_lr = {}, {}
+    for key, lrs in groups.items():
+        means = {lr: sum(_acc(r, r["train_length"]) for r in rs) / len(rs) for lr, rs in lrs.items()}
+        by_lr[key] = means
+        best[key] = lrs[max(sorted(means), key=lambda lr: means[lr])]
+    return best, by_lr
+
+
+def _curve_arrays(rs):
+    steps = [p["step"] if isinstance(p, dict) else p[0] for p in rs[0]["curve"]]
+    accs = [[p["accuracy"] if isinstance(p, dict) else p[1] for p in r["curve"]] for r in rs
+            if len(r["curve"]) == len(steps)]
+    return steps, accs
+
+
 def report(args):
     import matplotlib
 
@@ -69,46 +103,67 @@ def report(args):
     for path in args.files:
         with open(path) as f:
             runs.extend(json.load(f))
-    # the best learning rate per (task, model, seed) by accuracy at the trained length, then the mean over seeds
-    best = {}
-    for r in runs:
-        key = (r["task"], r["config"], r["seed"])
-        score = r["accuracy"][str(r["train_length"])]["last"]
-        if key not in best or score > best[key][0]:
-            best[key] = (score, r)
-    table = {}
-    for (task, model, _), (_, r) in best.items():
-        table.setdefault((task, model), []).append(r)
-    tasks = sorted({t for t, _ in table})
-    models = [m for m in RECIPES if any((t, m) in table for t in tasks)]
-    lines = ["| task | model | lr | " + " | ".join(f"acc@{k}" for k in ("1x", "2x", "4x")) + " | Newton it/solve "
-             "(fallbacks) | s/run |", "|---|---|---|---|---|---|---|---|"]
-    fig, axes = plt.subplots(1, len(tasks), figsize=(4.2 * len(tasks), 3.4), squeeze=False)
-    for ax, task in zip(axes[0], tasks):
-        for model in models:
-            rs = table.get((task, model))
-            if not rs:
-                continue
+    best, by_lr = select(runs)
+    keys = sorted(best, key=lambda k: (k[0], k[1], list(RECIPES).index(k[2]) if k[2] in RECIPES else 99))
+    panels = sorted({(t, L) for t, L, _ in keys})
+    lines = ["| task | L (trained) | model | steps x batch | lr (of swept) | seeds | final-state acc, mean [min-max]: "
+             "1x | 2x | 4x | Newton it/solve train mean (max) [at 4x] | fallbacks | s/run |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    newton_models = [k for k in keys if any(r.get("newton") for r in best[k])]
+    ncols = len(panels) + (1 if newton_models else 0)
+    fig, axes = plt.subplots(1, ncols, figsize=(4.2 * ncols, 3.5), squeeze=False)
+    for ax, (task, length) in zip(axes[0], panels):
+        for key in [k for k in keys if k[:2] == (task, length)]:
+            rs = best[key]
             lengths = list(rs[0]["accuracy"])
-            acc = [sum(r["accuracy"][k]["last"] for r in rs) / len(rs) for k in lengths]
+            cells = []
+            for k in lengths:
+                vals = [_acc(r, k) for r in rs]
+                spread = f" [{min(vals):.2f}-{max(vals):.2f}]" if len(vals) > 1 else ""
+                cells.append(f"{sum(vals) / len(vals):.3f}{spread}")
             newton = [r["newton"] for r in rs if r.get("newton") and r["newton"]["solves"]]
-            nw = (f"{sum(n['mean_iterations'] for n in newton) / len(newton):.1f} "
-                  f"({sum(n['fallbacks'] for n in newton)})" if newton else "-")
-            lrs = ",".join(sorted({f"{r['lr']:g}" for r in rs}))
-            lines.append(f"| {task} | {model} | {lrs} | " + " | ".join(f"{a:.3f}" for a in acc)
-                         + f" | {nw} | {sum(r['time_s'] for r in rs) / len(rs):.0f} |")
-            curve = rs[0]["curve"]
-            ax.plot([c[0] for c in curve], [c[1] for c in curve], label=model)
-        length = next(r["train_length"] for (t, _), rs in table.items() if t == task for r in rs)
-        ax.set_title(f"{task} (L={length})")
+            if newton:
+                mean_it = sum(n["mean_iterations"] for n in newton) / len(newton)
+                long_it = [r["accuracy"][lengths[-1]].get("newton") for r in rs]
+                long_it = [n["mean_iterations"] for n in long_it if n]
+                top = [n["max_iterations"] for n in newton if n.get("max_iterations")]  # older files: mean only
+                nw = (f"{mean_it:.2f}" + (f" ({max(top)})" if top else "")
+                      + (f" [{sum(long_it) / len(long_it):.2f}]" if long_it else ""))
+                fb = str(sum(n["fallbacks"] for n in newton))
+            else:
+                nw = fb = "-"
+            swept = ",".join(f"{lr:g}" for lr in sorted(by_lr[key]))
+            r0 = rs[0]
+            lines.append(f"| {task} | {length} | {NAMES.get(key[2], key[2])} | {r0['steps']} x {r0['batch_size']} | "
+                         f"{r0['lr']:g} ({swept}) | {len(rs)} | " + " | ".join(cells)
+                         + f" | {nw} | {fb} | {sum(r['time_s'] for r in rs) / len(rs):.0f} |")
+            steps, accs = _curve_arrays(rs)
+            if not accs:
+                continue
+            mean = [sum(c) / len(c) for c in zip(*accs)]
+            line, = ax.plot(steps, mean, label=f"{NAMES.get(key[2], key[2])} (lr {r0['lr']:g})")
+            if len(accs) > 1:
+                ax.fill_between(steps, [min(c) for c in zip(*accs)], [max(c) for c in zip(*accs)],
+                                color=line.get_color(), alpha=0.15)
+        ax.set_title(f"{task}, L={length}")
         ax.set_xlabel("step")
         ax.set_ylim(0, 1.02)
+        ax.legend(fontsize=6)
     axes[0][0].set_ylabel("final-state accuracy (held out)")
-    axes[0][-1].legend(fontsize=7)
+    if newton_models:
+        ax = axes[0][-1]
+        for key in newton_models:
+            for r in best[key][:1]:
+                pts = [p for p in r["curve"] if isinstance(p, dict) and p.get("newton")]
+                ax.plot([p["step"] for p in pts], [p["newton"]["mean_iterations"] for p in pts],
+                        label=f"{NAMES.get(key[2], key[2])} {key[0]} L{key[1]}")
+        ax.set_title("Newton iterations per solve (training)")
+        ax.set_xlabel("step")
+        ax.legend(fontsize=6)
     fig.tight_layout()
     os.makedirs(RESULTS, exist_ok=True)
-    fig.savefig(os.path.join(RESULTS, "state_tracking.png"), dpi=110)
-    with open(os.path.join(RESULTS, "state_tracking.md"), "w") as f:
+    fig.savefig(os.path.join(RESULTS, f"{args.name}.png"), dpi=110)
+    with open(os.path.join(RESULTS, f"{args.name}.md"), "w") as f:
         f.write("\n".join(lines) + "\n")
     print("\n".join(lines))
 
@@ -120,17 +175,21 @@ def main():
     r.add_argument("--task", required=True, choices=["parity", "cycle", "modular", "a5"])
     r.add_argument("--models", default=",".join(RECIPES))
     r.add_argument("--length", type=int, default=32, help="trained length")
+    r.add_argument("--test-lengths", type=int, nargs="+", default=None, help="default: 1x, 2x, 4x the trained length")
     r.add_argument("--steps", type=int, default=1000)
     r.add_argument("--batch-size", type=int, default=64)
     r.add_argument("--d-model", type=int, default=64)
     r.add_argument("--lr", type=float, nargs="+", default=[3e-3])
     r.add_argument("--seeds", type=int, nargs="+", default=[0])
     r.add_argument("--num-test", type=int, default=512)
+    r.add_argument("--eval-every", type=int, default=0, help="learning-curve points (default: steps // 20)")
     r.add_argument("--threads", type=int, default=1)
+    r.add_argument("--no-progress", action="store_true")
     r.add_argument("--out", required=True)
     r.set_defaults(func=run)
     rep = sub.add_parser("report", help="merge run files into a table and a plot")
     rep.add_argument("files", nargs="+")
+    rep.add_argument("--name", default="state_tracking", help="results/NAME.md and results/NAME.png")
     rep.set_defaults(func=report)
     args = p.parse_args()
     args.func(args)

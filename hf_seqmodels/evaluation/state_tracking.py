@@ -146,6 +146,10 @@ class DenseRNNClassifier(torch.nn.Module):
 
 DENSE = {"dense-gru": "gru", "dense-lstm": "lstm"}
 MODELS = ("gla", "paragru", "paralstm", "llama", *DENSE)
+#: config fields the named ParaRNN models get here unless overridden: recurrent weights U(-0.9, 0.9). A parity flip
+#: needs some unit with ``|a| > 1``; from the LM init (every ``|a|`` below ~0.2 at d 64) Adam has to carry one there
+#: at ~lr per step, and 1-layer ParaLSTM at length 32 often stalled on the way (BENCHMARKS.md, state tracking).
+PARARNN_STATE_TRACKING = {"recurrent_init": "uniform"}
 
 
 class _CausalLMClassifier(torch.nn.Module):
@@ -162,7 +166,8 @@ class _CausalLMClassifier(torch.nn.Module):
 
 def make_model(config: str, task: StateTrackingTask, d_model: int = 64, layers: int = 1, heads: int = 1,
                seed: int = 0, **config_overrides):
-    """A fresh model for ``task``: one of :data:`MODELS` or a config json (file or folder, its own sizes)."""
+    """A fresh model for ``task``: one of :data:`MODELS` or a config json (file or folder, its own sizes, used as
+    it is). The named ParaRNN models get :data:`PARARNN_STATE_TRACKING` unless ``config_overrides`` say otherwise."""
     from transformers import AutoModelForCausalLM
 
     from .mqar import make_mqar_config
@@ -177,6 +182,8 @@ def make_model(config: str, task: StateTrackingTask, d_model: int = 64, layers: 
     if cfg.vocab_size < vocab:
         raise ValueError(f"`config`: its vocab_size ({cfg.vocab_size}) is smaller than the task's {vocab} tokens")
     cfg.tie_word_embeddings = False  # input tokens and classes are different things
+    if config in ("paragru", "paralstm"):
+        config_overrides = {**PARARNN_STATE_TRACKING, **config_overrides}
     for key, value in config_overrides.items():
         if not hasattr(cfg, key):
             raise ValueError(f"`{key}` is not a field of {type(cfg).__name__}")
@@ -242,10 +249,12 @@ def train_and_evaluate(
 
     AdamW (``weight_decay``), linear warm-up over the first ``warmup`` fraction of ``steps`` then cosine decay to 0,
     a fresh batch every step, cross-entropy at every labelled position. ``config_overrides`` set config fields of
-    the package's models (e.g. ``recurrent_init="xlstm"`` for ParaRNN). Returns a dict with the accuracies per
-    length, the learning curve (accuracy at the trained length every ``eval_every`` steps, 0: only at the end),
-    the final training loss and, for ParaRNN models, Newton statistics over training (iterations per parallel solve,
-    solves that fell back to the sequential one).
+    the package's models (e.g. ``recurrent_init="xlstm"`` for ParaRNN instead of :data:`PARARNN_STATE_TRACKING`).
+    Returns a dict with the accuracies per length, the learning curve (every ``eval_every`` steps, 0: none:
+    held-out final-state accuracy at the trained length, the window's mean training loss and, for ParaRNN models,
+    Newton statistics of the window's training solves), the final training loss and, for ParaRNN models, Newton
+    statistics over all of training and of the scoring at each length (parallel solves, mean and max iterations per
+    solve, solves that fell back to the sequential one).
     """
     from tqdm.auto import tqdm
 
@@ -264,7 +273,12 @@ def train_and_evaluate(
         _check_positive("test_lengths", length)
 
     model = make_model(config, st, d_model, layers, heads, seed, **config_overrides).to(device)
-    mixers = _newton_mixers(model)
+    overrides = dict(config_overrides)  # as applied, for the record
+    if config in ("paragru", "paralstm"):
+        overrides = {**PARARNN_STATE_TRACKING, **overrides}
+    newton_log = []  # NewtonInfo of every parallel solve, appended by a hook on each ParaRNN mixer
+    hooks = [m.register_forward_hook(lambda mod, args, out: newton_log.append(mod.newton_info))
+             for m in _newton_mixers(model)]
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
     warm = int(warmup * steps)
 
@@ -273,10 +287,18 @@ def train_and_evaluate(
             return (step + 1) / warm
         return 0.5 * (1 + math.cos(math.pi * (step - warm) / max(1, steps - warm)))
 
+    def newton_summary(infos):
+        infos = [i for i in infos if i is not None]  # None: a sequential solve (length 1)
+        if not infos:
+            return None
+        its = [i.iterations for i in infos]
+        return {"solves": len(infos), "fallbacks": sum(int(i.fallback) for i in infos),
+                "mean_iterations": sum(its) / len(its), "max_iterations": max(its)}
+
     schedule = torch.optim.lr_scheduler.LambdaLR(opt, lr_factor)
     gen = torch.Generator().manual_seed(2 * seed + 1)
     held_out = st.data(num_test, train_length, seed=10_000 + seed)
-    curve, newton_iters, newton_solves, fallbacks = [], 0, 0, 0
+    curve, train_newton, losses, window, newton_window = [], [], [], 0, 0
     bar = tqdm(range(steps), desc=f"{task} {config} L{train_length} lr {lr:.2g}", disable=not progress, leave=False)
     model.train()
     loss = torch.tensor(float("nan"))
@@ -288,30 +310,37 @@ def train_and_evaluate(
         loss.backward()
         opt.step()
         schedule.step()
-        for m in mixers:
-            info = getattr(m, "newton_info", None)
-            if info is not None:
-                newton_solves += 1
-                newton_iters += info.iterations
-                fallbacks += int(info.fallback)
-                m.newton_info = None
+        losses.append(loss.item())
+        train_newton.extend(newton_log)
+        newton_log.clear()
         if eval_every and ((step + 1) % eval_every == 0 or step + 1 == steps):
-            curve.append((step + 1, accuracy(model, *held_out, num_classes=st.num_classes)[0]))
+            point = {"step": step + 1, "accuracy": accuracy(model, *held_out, num_classes=st.num_classes)[0],
+                     "loss": sum(losses[window:]) / len(losses[window:])}
+            newton_log.clear()  # the scoring's solves are not training's
+            if hooks:
+                point["newton"] = newton_summary(train_newton[newton_window:])
+            curve.append(point)
+            window, newton_window = len(losses), len(train_newton)
         bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
     bar.close()
     result = {
         "task": task, "config": config, "train_length": train_length, "steps": steps, "batch_size": batch_size,
-        "lr": lr, "d_model": d_model, "layers": layers, "seed": seed, "final_loss": loss.item(),
-        "overrides": {k: v for k, v in config_overrides.items()},
+        "lr": lr, "weight_decay": weight_decay, "warmup": warmup, "d_model": d_model, "layers": layers,
+        "seed": seed, "final_loss": loss.item(), "overrides": overrides,
         "accuracy": {}, "curve": curve,
     }
     for length in test_lengths:
         last, every = accuracy(model, *st.data(num_test, length, seed=20_000 + 97 * seed + length),
                                num_classes=st.num_classes)
         result["accuracy"][str(length)] = {"last": last, "all": every}
-    if mixers:
-        result["newton"] = {"solves": newton_solves, "fallbacks": fallbacks,
-                            "mean_iterations": newton_iters / newton_solves if newton_solves else None}
+        if hooks:
+            result["accuracy"][str(length)]["newton"] = newton_summary(newton_log)
+            newton_log.clear()
+    for h in hooks:
+        h.remove()
+    if hooks:
+        result["newton"] = newton_summary(train_newton) or {"solves": 0, "fallbacks": 0, "mean_iterations": None,
+                                                            "max_iterations": None}
     return result
 
 

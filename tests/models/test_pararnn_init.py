@@ -31,6 +31,13 @@ def test_recurrent_init_distributions():
     assert xlstm.std().item() == pytest.approx(2 / math.sqrt(5 * D), rel=0.05)
     clipped = _model(hidden_size=D).model.layers[0].mixer.cell.a
     assert torch.all(clipped.norm(dim=1) <= 0.5 + 1e-6)  # each diagonal's norm clipped to 0.5
+    for cell, rows in (("gru", 3), ("lstm", 5)):
+        uniform = _model(hidden_size=D, cell=cell, recurrent_init="uniform").model.layers[0].mixer.cell.a
+        assert uniform.shape == (rows, D) and uniform.abs().max().item() <= 0.9
+        # U(-0.9, 0.9) in every row: std 0.9 / sqrt(3), the extremes near the bound, both signs alike
+        assert uniform.std(dim=1).sub(0.9 / math.sqrt(3)).abs().max().item() < 0.03
+        assert uniform.abs().max(dim=1).values.min().item() > 0.85
+        assert abs(uniform.mean().item()) < 0.03
 
 
 @pytest.mark.parametrize("cell", ["gru", "lstm"])
@@ -59,5 +66,6 @@ def test_fields_round_trip_and_are_checked():
         ParaRNNConfig(conv_init="zeros")
     with pytest.raises(ValueError, match="recurrent_init"):
         ParaRNNConfig(recurrent_init="orthogonal")
+    assert _model(recurrent_init="uniform").config.recurrent_init == "uniform"
     with pytest.raises(ValueError, match="recurrent_clip"):
         ParaRNNConfig(recurrent_clip=0)
