@@ -24,17 +24,22 @@ import torch
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 RESULTS = os.path.join(HERE, "results")
-#: per model: layers and config overrides of the recorded runs
+#: per model name: the config it trains, its layers and config overrides
 RECIPES = {
-    "paragru": dict(layers=1),
-    "paralstm": dict(layers=1),
-    "gla": dict(layers=1),
-    "llama": dict(layers=2),
-    "dense-gru": dict(layers=1),
-    "dense-lstm": dict(layers=1),
+    "paragru": dict(config="paragru", layers=1),
+    "paralstm": dict(config="paralstm", layers=1),
+    # the LM init of the recurrent weights (ParaRNNConfig's default) instead of the state-tracking one
+    "paragru-lminit": dict(config="paragru", layers=1, recurrent_init="xavier_clipped"),
+    "paralstm-lminit": dict(config="paralstm", layers=1, recurrent_init="xavier_clipped"),
+    "gla": dict(config="gla", layers=1),
+    "llama": dict(config="llama", layers=2),
+    "dense-gru": dict(config="dense-gru", layers=1),
+    "dense-lstm": dict(config="dense-lstm", layers=1),
 }
-NAMES = {"paragru": "ParaGRU", "paralstm": "ParaLSTM", "gla": "GLA", "llama": "Llama (2 layers)",
+NAMES = {"paragru": "ParaGRU", "paralstm": "ParaLSTM", "paragru-lminit": "ParaGRU, LM init (xavier_clipped)",
+         "paralstm-lminit": "ParaLSTM, LM init (xavier_clipped)", "gla": "GLA", "llama": "Llama (2 layers)",
          "dense-gru": "torch.nn.GRU", "dense-lstm": "torch.nn.LSTM"}
+DEFAULT_MODELS = ("paragru", "paralstm", "gla", "llama", "dense-gru", "dense-lstm")
 
 
 def run(args):
@@ -45,23 +50,26 @@ def run(args):
     if os.path.exists(args.out):
         with open(args.out) as f:
             results = json.load(f)
-    done = {(r["config"], r["lr"], r["seed"], r["steps"], r["train_length"]) for r in results}
+    done = {(r.get("model", r["config"]), r["lr"], r["seed"], r["steps"], r["train_length"]) for r in results}
     for model in args.models.split(","):
+        if model not in RECIPES:
+            raise SystemExit(f"--models: {model!r} is not one of {sorted(RECIPES)}")
+        recipe = dict(RECIPES[model])
         for lr in args.lr:
             for seed in args.seeds:
                 if (model, lr, seed, args.steps, args.length) in done:  # resume an interrupted sweep
                     continue
                 start = time.time()
-                r = train_and_evaluate(args.task, model, train_length=args.length, test_lengths=args.test_lengths,
+                r = train_and_evaluate(args.task, train_length=args.length, test_lengths=args.test_lengths,
                                        steps=args.steps, batch_size=args.batch_size, lr=lr, d_model=args.d_model,
                                        seed=seed, eval_every=args.eval_every or max(1, args.steps // 20),
-                                       num_test=args.num_test, progress=not args.no_progress,
-                                       **RECIPES.get(model, {}))
+                                       num_test=args.num_test, progress=not args.no_progress, **recipe)
+                r["model"] = model
                 r["time_s"] = round(time.time() - start, 1)
                 r["machine"] = f"{platform.machine()} CPU, {args.threads} thread(s), torch {torch.__version__}"
                 r["date"] = time.strftime("%Y-%m-%d")
                 results.append(r)
-                print(json.dumps({k: r[k] for k in ("task", "config", "lr", "seed", "accuracy", "newton", "time_s")
+                print(json.dumps({k: r[k] for k in ("task", "model", "lr", "seed", "accuracy", "newton", "time_s")
                                   if k in r}), flush=True)
                 os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
                 with open(args.out, "w") as f:
@@ -77,7 +85,7 @@ def select(runs):
     seeds; ties: the smaller lr)}, and {(task, train_length, model): {lr: mean}} for the record."""
     groups = {}
     for r in runs:
-        groups.setdefault((r["task"], r["train_length"], r["config"]), {}).setdefault(r["lr"], []).append(r)
+        groups.setdefault((r["task"], r["train_length"], r.get("model", r["config"])), {}).setdefault(r["lr"], []).append(r)
     best, by_lr = {}, {}
     for key, lrs in groups.items():
         means = {lr: sum(_acc(r, r["train_length"]) for r in rs) / len(rs) for lr, rs in lrs.items()}
@@ -173,7 +181,7 @@ def main():
     sub = p.add_subparsers(dest="cmd", required=True)
     r = sub.add_parser("run", help="train and score models on one task")
     r.add_argument("--task", required=True, choices=["parity", "cycle", "modular", "a5"])
-    r.add_argument("--models", default=",".join(RECIPES))
+    r.add_argument("--models", default=",".join(DEFAULT_MODELS), help=f"comma-separated, of {list(RECIPES)}")
     r.add_argument("--length", type=int, default=32, help="trained length")
     r.add_argument("--test-lengths", type=int, nargs="+", default=None, help="default: 1x, 2x, 4x the trained length")
     r.add_argument("--steps", type=int, default=1000)
