@@ -31,13 +31,17 @@ RECIPES = {
     # the LM init of the recurrent weights (ParaRNNConfig's default) instead of the state-tracking one
     "paragru-lminit": dict(config="paragru", layers=1, recurrent_init="xavier_clipped"),
     "paralstm-lminit": dict(config="paralstm", layers=1, recurrent_init="xavier_clipped"),
+    # the paper's synthetic-task constraint: |a| <= 0.9 in every step
+    "paragru-clip": dict(config="paragru", layers=1, recurrent_clip=0.9),
+    "paralstm-clip": dict(config="paralstm", layers=1, recurrent_clip=0.9),
     "gla": dict(config="gla", layers=1),
     "llama": dict(config="llama", layers=2),
     "dense-gru": dict(config="dense-gru", layers=1),
     "dense-lstm": dict(config="dense-lstm", layers=1),
 }
 NAMES = {"paragru": "ParaGRU", "paralstm": "ParaLSTM", "paragru-lminit": "ParaGRU, LM init (xavier_clipped)",
-         "paralstm-lminit": "ParaLSTM, LM init (xavier_clipped)", "gla": "GLA", "llama": "Llama (2 layers)",
+         "paralstm-lminit": "ParaLSTM, LM init (xavier_clipped)", "paragru-clip": "ParaGRU, |a| <= 0.9",
+         "paralstm-clip": "ParaLSTM, |a| <= 0.9", "gla": "GLA", "llama": "Llama (2 layers)",
          "dense-gru": "torch.nn.GRU", "dense-lstm": "torch.nn.LSTM"}
 DEFAULT_MODELS = ("paragru", "paralstm", "gla", "llama", "dense-gru", "dense-lstm")
 
