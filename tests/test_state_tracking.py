@@ -128,3 +128,25 @@ def test_cli_prints_a_table_and_writes_json(tmp_path, capsys, one_thread):
     assert "| dense-lstm | 0.001 | 0 |" in table and "| dense-lstm | 0.01 | 0 |" in table
     runs = json.loads(out.read_text())
     assert [r["lr"] for r in runs] == [1e-3, 1e-2] and set(runs[0]["accuracy"]) == {"5", "10", "20"}
+
+
+def test_cli_sets_config_fields(tmp_path, capsys, one_thread):
+    import json
+
+    from hf_seqmodels.cli import main
+
+    out = tmp_path / "st.json"
+    code = main(["eval", "state-tracking", "--task", "parity", "--config", "paralstm", "--length", "5", "--steps", "2",
+                 "--num-test", "8", "--d-model", "8", "--set", "recurrent_init=xavier_clipped", "--set",
+                 "recurrent_clip=0.9", "--no-progress", "--out", str(out)])
+    assert code in (0, None)
+    run, = json.loads(out.read_text())
+    assert run["overrides"] == {"recurrent_init": "xavier_clipped", "recurrent_clip": 0.9}  # JSON number, not "0.9"
+    capsys.readouterr()
+    with pytest.raises(SystemExit):  # before anything trains: the usage line and the message
+        main(["eval", "state-tracking", "--task", "parity", "--config", "paralstm", "--length", "5", "--steps", "2",
+              "--set", "not_a_field=1", "--no-progress"])
+    assert "`not_a_field` is not a field of ParaRNNConfig" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["eval", "state-tracking", "--task", "parity", "--set", "recurrent_init"])
+    assert "--set must be FIELD=VALUE" in capsys.readouterr().err

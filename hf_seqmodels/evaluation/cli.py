@@ -23,6 +23,16 @@ def _seeds(text: str) -> list[int]:
     return seeds
 
 
+def _config_field(text: str) -> tuple[str, object]:
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip():
+        raise argparse.ArgumentTypeError(f"--set must be FIELD=VALUE (e.g. recurrent_init=xlstm), got {text!r}")
+    try:
+        return key.strip(), json.loads(value)
+    except json.JSONDecodeError:
+        return key.strip(), value  # a bare string
+
+
 def add_parser(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser("eval", help="evaluations: MQAR recall, state tracking, perplexity", formatter_class=HelpFormatter,
                               description="Evaluations: `eval mqar` (Zoology's multi-query associative recall), "
@@ -81,6 +91,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     s.add_argument("--layers", type=positive_int("--layers"), default=1, help="blocks (recurrent layers)")
     s.add_argument("--num-test", type=positive_int("--num-test"), default=512, help="held-out sequences per length")
     s.add_argument("--device", type=device("--device"), default="cpu", help="torch device (cpu, cuda, ...)")
+    s.add_argument("--set", dest="overrides", type=_config_field, action="append", default=[],
+                   metavar="FIELD=VALUE", help="a config field of the model, repeatable; the value is read as JSON, "
+                   "else as a string (e.g. --set recurrent_init=xavier_clipped --set recurrent_clip=0.9; the "
+                   "ParaRNN models default to recurrent_init=uniform here)")
     s.add_argument("--out", default=None, help="also write the results to this JSON file")
     s.add_argument("--no-progress", action="store_true", help="no progress bars")
     s.set_defaults(func=run_state_tracking)
@@ -159,7 +173,7 @@ def run_state_tracking(args: argparse.Namespace) -> int:
     results = sweep(args.task, [args.config], args.lrs, args.seeds, out=args.out, train_length=args.length,
                     test_lengths=args.test_lengths, steps=args.steps, batch_size=args.batch_size,
                     d_model=args.d_model, layers=args.layers, num_test=args.num_test, device=args.device,
-                    progress=not args.no_progress)
+                    progress=not args.no_progress, **dict(args.overrides))
     lengths = list(results[0]["accuracy"])
     print(f"\n{args.task}, trained at length {args.length}, {args.steps} steps x batch {args.batch_size}; "
           "final-state accuracy (all labelled positions in brackets)\n")
