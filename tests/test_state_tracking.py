@@ -150,3 +150,19 @@ def test_cli_sets_config_fields(tmp_path, capsys, one_thread):
     with pytest.raises(SystemExit):
         main(["eval", "state-tracking", "--task", "parity", "--set", "recurrent_init"])
     assert "--set must be FIELD=VALUE" in capsys.readouterr().err
+
+
+def test_newton_fallbacks_are_counted_not_warned(one_thread):
+    """One Newton iteration cannot solve 9 steps: every solve falls back; the run counts them and stays quiet."""
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = st.train_and_evaluate("parity", "paragru", train_length=9, test_lengths=(9,), steps=3, batch_size=4,
+                                       d_model=8, num_test=4, progress=False, newton_max_iter=1)
+    assert result["newton"]["solves"] == 3 and result["newton"]["fallbacks"] == 3
+    assert result["accuracy"]["9"]["newton"]["fallbacks"] == 1
+    assert not [w for w in caught if "Newton iterations" in str(w.message)]
+    with pytest.warns(RuntimeWarning, match="no convergence after 1 Newton iterations"):  # outside a run: warned
+        model = st.make_model("paragru", st.get_task("parity"), d_model=8, newton_max_iter=1)
+        model(torch.randint(2, (2, 9)))

@@ -22,10 +22,12 @@ labelled position.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import itertools
 import math
 import os
+import warnings
 
 import torch
 import torch.nn.functional as F
@@ -223,6 +225,17 @@ def accuracy(model, inputs, labels, batch_size: int = 256, num_classes: int | No
     return last_ok / len(inputs), all_ok / all_n
 
 
+@contextlib.contextmanager
+def _fallbacks_counted_not_warned():
+    """Newton's warning on each solve that falls back would print once per distinct residual (hundreds of lines in
+    a run); :func:`train_and_evaluate` counts the fallbacks instead (``result["newton"]`` and the learning curve)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r".*: no convergence after \d+ Newton iterations",
+                                category=RuntimeWarning)
+        yield
+
+
+@_fallbacks_counted_not_warned()
 def train_and_evaluate(
     task: str,
     config: str = "paragru",
