@@ -118,7 +118,7 @@ def report(args):
     best, by_lr = select(runs)
     keys = sorted(best, key=lambda k: (k[0], k[1], list(RECIPES).index(k[2]) if k[2] in RECIPES else 99))
     panels = sorted({(t, L) for t, L, _ in keys})
-    lines = ["| task | L (trained) | model | steps x batch | lr (of swept) | seeds | final-state acc, mean [min-max]: "
+    lines = ["| task | L (trained) | model | steps x batch | lr (swept: mean acc at 1x) | seeds | final-state acc, mean [min-max]: "
              "1x | 2x | 4x | Newton it/solve train mean (max) [at 4x] | fallbacks | s/run |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     newton_models = [k for k in keys if any(r.get("newton") for r in best[k])]
@@ -144,7 +144,7 @@ def report(args):
                 fb = str(sum(n["fallbacks"] for n in newton))
             else:
                 nw = fb = "-"
-            swept = ",".join(f"{lr:g}" for lr in sorted(by_lr[key]))
+            swept = ", ".join(f"{lr:g}: {by_lr[key][lr]:.2f}" for lr in sorted(by_lr[key]))
             r0 = rs[0]
             lines.append(f"| {task} | {length} | {NAMES.get(key[2], key[2])} | {r0['steps']} x {r0['batch_size']} | "
                          f"{r0['lr']:g} ({swept}) | {len(rs)} | " + " | ".join(cells)
@@ -173,14 +173,14 @@ def report(args):
         ax.set_xlabel("step")
         ax.legend(fontsize=6)
     fig.tight_layout()
-    os.makedirs(RESULTS, exist_ok=True)
-    fig.savefig(os.path.join(RESULTS, f"{args.name}.png"), dpi=110)
-    with open(os.path.join(RESULTS, f"{args.name}.md"), "w") as f:
+    os.makedirs(args.out_dir, exist_ok=True)
+    fig.savefig(os.path.join(args.out_dir, f"{args.name}.png"), dpi=110)
+    with open(os.path.join(args.out_dir, f"{args.name}.md"), "w") as f:
         f.write("\n".join(lines) + "\n")
     print("\n".join(lines))
 
 
-def main():
+def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="cmd", required=True)
     r = sub.add_parser("run", help="train and score models on one task")
@@ -201,9 +201,10 @@ def main():
     r.set_defaults(func=run)
     rep = sub.add_parser("report", help="merge run files into a table and a plot")
     rep.add_argument("files", nargs="+")
-    rep.add_argument("--name", default="state_tracking", help="results/NAME.md and results/NAME.png")
+    rep.add_argument("--name", default="state_tracking", help="OUT_DIR/NAME.md and OUT_DIR/NAME.png")
+    rep.add_argument("--out-dir", default=RESULTS, help="default: benchmarks/results")
     rep.set_defaults(func=report)
-    args = p.parse_args()
+    args = p.parse_args(argv)
     args.func(args)
 
 

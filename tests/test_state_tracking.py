@@ -166,3 +166,32 @@ def test_newton_fallbacks_are_counted_not_warned(one_thread):
     with pytest.warns(RuntimeWarning, match="no convergence after 1 Newton iterations"):  # outside a run: warned
         model = st.make_model("paragru", st.get_task("parity"), d_model=8, newton_max_iter=1)
         model(torch.randint(2, (2, 9)))
+
+
+def test_benchmark_script_runs_resumes_and_reports(tmp_path, one_thread):
+    """benchmarks/state_tracking.py: a sweep file, resumed without rerunning what it holds, then the table and plot."""
+    import importlib.util
+    import json
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "state_tracking.py"
+    spec = importlib.util.spec_from_file_location("bench_state_tracking", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    out = tmp_path / "runs.json"
+    common = ["run", "--task", "parity", "--length", "4", "--steps", "2", "--batch-size", "4", "--d-model", "8",
+              "--num-test", "8", "--no-progress", "--out", str(out)]
+    bench.main(common + ["--models", "dense-lstm,paragru-lminit", "--lr", "1e-3", "1e-2"])
+    runs = json.loads(out.read_text())
+    assert [(r["model"], r["lr"]) for r in runs] == [("dense-lstm", 1e-3), ("dense-lstm", 1e-2),
+                                                     ("paragru-lminit", 1e-3), ("paragru-lminit", 1e-2)]
+    assert runs[2]["overrides"] == {"recurrent_init": "xavier_clipped"}
+    bench.main(common + ["--models", "dense-lstm", "--lr", "1e-2", "3e-2"])  # 1e-2 is there: only 3e-2 runs
+    runs = json.loads(out.read_text())
+    assert len(runs) == 5 and runs[-1]["lr"] == 3e-2
+    bench.main(["report", str(out), "--name", "t", "--out-dir", str(tmp_path)])
+    table = (tmp_path / "t.md").read_text()
+    best = {r["lr"]: r["accuracy"]["4"]["last"] for r in runs if r["model"] == "dense-lstm"}
+    row = next(line for line in table.splitlines() if "torch.nn.LSTM" in line)
+    assert f"0.01: {best[1e-2]:.2f}" in row and f"0.03: {best[3e-2]:.2f}" in row
+    assert "ParaGRU, LM init (xavier_clipped)" in table and (tmp_path / "t.png").stat().st_size > 1000
