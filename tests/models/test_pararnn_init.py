@@ -25,14 +25,18 @@ def test_identity_conv_passes_the_current_input_through_at_init():
     assert 0.005 < normal.std().item() < 0.05 and normal[..., -1].abs().max() < 0.2
 
 
+def _cell_weights(D, **kw):  # a wide cell in a narrow model: only the recurrent diagonals are large
+    return _model(hidden_size=8, state_size=D, num_heads=1, **kw).model.layers[0].mixer.cell.a
+
+
 def test_recurrent_init_distributions():
     D = 4096
-    xlstm = _model(hidden_size=D, recurrent_init="xlstm").model.layers[0].mixer.cell.a
+    xlstm = _cell_weights(D, recurrent_init="xlstm")
     assert xlstm.std().item() == pytest.approx(2 / math.sqrt(5 * D), rel=0.05)
-    clipped = _model(hidden_size=D).model.layers[0].mixer.cell.a
+    clipped = _cell_weights(D)
     assert torch.all(clipped.norm(dim=1) <= 0.5 + 1e-6)  # each diagonal's norm clipped to 0.5
     for cell, rows in (("gru", 3), ("lstm", 5)):
-        uniform = _model(hidden_size=D, cell=cell, recurrent_init="uniform").model.layers[0].mixer.cell.a
+        uniform = _cell_weights(D, cell=cell, recurrent_init="uniform")
         assert uniform.shape == (rows, D) and uniform.abs().max().item() <= 0.9
         # U(-0.9, 0.9) in every row: std 0.9 / sqrt(3), the extremes near the bound, both signs alike
         assert uniform.std(dim=1).sub(0.9 / math.sqrt(3)).abs().max().item() < 0.03
