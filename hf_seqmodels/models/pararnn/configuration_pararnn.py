@@ -27,6 +27,8 @@ class ParaRNNConfig(SeqModelConfig):
             (parity, cycle navigation, modular arithmetic) use ``"uniform"``: the two others start every ``|a|``
             below ~0.3 at D 64 (less at larger D), a parity flip needs ``|a| > 1`` on some unit, and 1-layer
             ParaLSTM then learned parity at length 32 in 2 of 6 runs against 4 of 4 (BENCHMARKS.md, state tracking).
+            The larger weights cost Newton iterations (cycle navigation at length 100: 5.5 per solve and some
+            sequential fallbacks while learning, against 3.0 and none with ``"xavier_clipped"``).
         recurrent_clip: None, or a bound on ``|a|`` applied elementwise in every step (the paper clips at 0.9 on
             its synthetic tasks except parity).
     """
