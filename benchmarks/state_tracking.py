@@ -40,8 +40,8 @@ RECIPES = {
     "dense-lstm": dict(config="dense-lstm", layers=1),
 }
 NAMES = {"paragru": "ParaGRU", "paralstm": "ParaLSTM", "paragru-lminit": "ParaGRU, LM init (xavier_clipped)",
-         "paralstm-lminit": "ParaLSTM, LM init (xavier_clipped)", "paragru-clip": "ParaGRU, |a| <= 0.9",
-         "paralstm-clip": "ParaLSTM, |a| <= 0.9", "gla": "GLA", "llama": "Llama (2 layers)",
+         "paralstm-lminit": "ParaLSTM, LM init (xavier_clipped)", "paragru-clip": "ParaGRU, recurrent_clip 0.9",
+         "paralstm-clip": "ParaLSTM, recurrent_clip 0.9", "gla": "GLA", "llama": "Llama (2 layers)",
          "dense-gru": "torch.nn.GRU", "dense-lstm": "torch.nn.LSTM"}
 DEFAULT_MODELS = ("paragru", "paralstm", "gla", "llama", "dense-gru", "dense-lstm")
 
@@ -123,8 +123,12 @@ def report(args):
              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     newton_models = [k for k in keys if any(r.get("newton") for r in best[k])]
     ncols = len(panels) + (1 if newton_models else 0)
-    fig, axes = plt.subplots(1, ncols, figsize=(4.2 * ncols, 3.5), squeeze=False)
-    for ax, (task, length) in zip(axes[0], panels):
+    grid = min(3, ncols)
+    fig, axes = plt.subplots(-(-ncols // grid), grid, figsize=(4.6 * grid, 3.6 * -(-ncols // grid)), squeeze=False)
+    axes = axes.ravel()
+    for ax in axes[ncols:]:
+        ax.axis("off")
+    for ax, (task, length) in zip(axes, panels):
         for key in [k for k in keys if k[:2] == (task, length)]:
             rs = best[key]
             lengths = list(rs[0]["accuracy"])
@@ -153,7 +157,8 @@ def report(args):
             if not accs:
                 continue
             mean = [sum(c) / len(c) for c in zip(*accs)]
-            line, = ax.plot(steps, mean, label=f"{NAMES.get(key[2], key[2])} (lr {r0['lr']:g})")
+            color = f"C{list(RECIPES).index(key[2]) % 10}" if key[2] in RECIPES else None  # one colour per model
+            line, = ax.plot(steps, mean, color=color, label=f"{NAMES.get(key[2], key[2])} (lr {r0['lr']:g})")
             if len(accs) > 1:
                 ax.fill_between(steps, [min(c) for c in zip(*accs)], [max(c) for c in zip(*accs)],
                                 color=line.get_color(), alpha=0.15)
@@ -161,9 +166,9 @@ def report(args):
         ax.set_xlabel("step")
         ax.set_ylim(0, 1.02)
         ax.legend(fontsize=6)
-    axes[0][0].set_ylabel("final-state accuracy (held out)")
+    axes[0].set_ylabel("final-state accuracy (held out)")
     if newton_models:
-        ax = axes[0][-1]
+        ax = axes[ncols - 1]
         for key in newton_models:
             for r in best[key][:1]:
                 pts = [p for p in r["curve"] if isinstance(p, dict) and p.get("newton")]
