@@ -122,7 +122,11 @@ def test_fp32_and_bf16_inputs_compute_in_fp32(interpreter, cell, dtype):
     weight = torch.randn(2, 11, 4, *CELLS[cell]["tail"], dtype=F64)
     h, info = CELLS[cell]["fn"](u, a, s0, mask, backend="triton", return_info=True)
     assert h.dtype == dtype and info.converged and info.residual <= 1e-5  # default tol of the fp32 compute dtype
-    got = values_and_grads(fused(cell), (u, a, s0, mask), weight)
+    # At the default tol the fp32 error is the stopping residual (<= 1e-5) amplified by the recurrence: up to ~9e-6
+    # in 40 draws, so a 1e-5 bound failed a few percent of runs. With tol 1e-6 it is <= 1.2e-6 (fp32 arithmetic),
+    # which a computation in a narrower dtype would exceed by orders of magnitude.
+    tol = {"tol": 1e-6} if dtype == torch.float32 else {}
+    got = values_and_grads(fused(cell, **tol), (u, a, s0, mask), weight)
     ref = values_and_grads(lambda *x: loop_reference(cell, *x), [x.double() for x in (u, a, s0, mask)], weight)
     assert [g.dtype for g in got] == [dtype] * 4
     assert max_err(got, ref) < (1e-5 if dtype == torch.float32 else 2e-2)  # bf16: rounding of the stored outputs
