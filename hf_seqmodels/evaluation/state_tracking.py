@@ -154,6 +154,12 @@ MODELS = ("gla", "paragru", "paralstm", "llama", *DENSE)
 PARARNN_STATE_TRACKING = {"recurrent_init": "uniform"}
 
 
+def _applied_overrides(config: str, config_overrides: dict) -> dict:
+    """The config fields a named model gets: :data:`PARARNN_STATE_TRACKING` for the ParaRNN ones, then the caller's."""
+    defaults = PARARNN_STATE_TRACKING if config in ("paragru", "paralstm") else {}
+    return {**defaults, **config_overrides}
+
+
 class _CausalLMClassifier(torch.nn.Module):
     """A causal LM of the package (or transformers' Llama) whose LM head scores the classes (its vocabulary covers
     the input tokens and the classes)."""
@@ -184,9 +190,7 @@ def make_model(config: str, task: StateTrackingTask, d_model: int = 64, layers: 
     if cfg.vocab_size < vocab:
         raise ValueError(f"`config`: its vocab_size ({cfg.vocab_size}) is smaller than the task's {vocab} tokens")
     cfg.tie_word_embeddings = False  # input tokens and classes are different things
-    if config in ("paragru", "paralstm"):
-        config_overrides = {**PARARNN_STATE_TRACKING, **config_overrides}
-    for key, value in config_overrides.items():
+    for key, value in _applied_overrides(config, config_overrides).items():
         if not hasattr(cfg, key):
             raise ValueError(f"`{key}` is not a field of {type(cfg).__name__}")
         setattr(cfg, key, value)
@@ -286,9 +290,7 @@ def train_and_evaluate(
         _check_positive("test_lengths", length)
 
     model = make_model(config, st, d_model, layers, heads, seed, **config_overrides).to(device)
-    overrides = dict(config_overrides)  # as applied, for the record
-    if config in ("paragru", "paralstm"):
-        overrides = {**PARARNN_STATE_TRACKING, **overrides}
+    overrides = _applied_overrides(config, config_overrides)  # for the record
     newton_log = []  # NewtonInfo of every parallel solve, appended by a hook on each ParaRNN mixer
     hooks = [m.register_forward_hook(lambda mod, args, out: newton_log.append(mod.newton_info))
              for m in _newton_mixers(model)]
