@@ -11,12 +11,13 @@ TRANSFORMERS_VERSION = tuple(int(p) for p in transformers.__version__.split(".")
 
 #: the name transformers uses for the cache, as a forward argument and as an output field
 CACHE_KWARG = "cache" if "cache" in CausalLMOutputWithPast.__dataclass_fields__ else "past_key_values"
-_CACHE_NAMES = ("cache", "past_key_values")
+#: every name the cache goes by in a forward's keywords, across the supported versions
+CACHE_NAMES = ("cache", "past_key_values")
 
 
 def pop_cache(cache, kwargs: dict):
     """The cache passed under either name (users and generate() of any supported version)."""
-    for name in _CACHE_NAMES:
+    for name in CACHE_NAMES:
         value = kwargs.pop(name, None)
         if cache is None:
             cache = value

@@ -17,25 +17,25 @@ Public API::
     model.save_pretrained(out_dir)                                      # anchor files + bank shards + index
     model = load_memory_model(out_dir, tokenizer=tok)                   # bank stays on disk, blocks read on fetch
 
-Modules: :mod:`.config` (sizes), :mod:`.embedders`, :mod:`.index` (clustering, routing), :mod:`.bank` (storage),
-:mod:`.attach` (hooks, training helpers, save/load). The per-sample FFN is
+Modules: :mod:`.config` (sizes), :mod:`.state` (the per-model state, ``use_memory_paths``, ``memory_disabled``),
+:mod:`.embedders`, :mod:`.index` (clustering, routing), :mod:`.bank` (storage), :mod:`.attach` (hooks, training
+helpers, save/load); each imports only those named before it. The per-sample FFN is
 :func:`hf_seqmodels.kernels.memory.memory_ffn` (Triton on CUDA, PyTorch elsewhere).
 """
 from .attach import (
     attach_memory_bank,
     detach_memory_bank,
     load_memory_model,
-    memory_disabled,
     memory_optimizer,
     memory_parameter_groups,
     route_input_ids,
     save_memory,
-    use_memory_paths,
 )
 from .bank import MemoryBank, MemoryBankError
 from .config import MemoryBankConfig
 from .embedders import AnchorEmbedder, HashedNgramEmbedder, MiniLMEmbedder
 from .index import GENERIC, MemoryIndex, build_memory_index
+from .state import memory_disabled, use_memory_paths
 
 __all__ = [
     "MemoryBankConfig",

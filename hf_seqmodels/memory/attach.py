@@ -33,7 +33,6 @@ keys) plus ``memory_config.json``, ``memory_index.{json,safetensors}`` and the b
 """
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import functools
 import inspect
@@ -41,29 +40,14 @@ import types
 
 import torch
 
+from hf_seqmodels.compat import CACHE_NAMES
 from hf_seqmodels.kernels.memory import memory_ffn
 
 from .bank import MemoryBank, MemoryBankError
 from .config import MemoryBankConfig
 from .embedders import AnchorEmbedder
 from .index import MemoryIndex
-
-_CACHE_NAMES = ("cache", "past_key_values")
-
-
-class MemoryState:
-    """Per-model routing state: current paths, fetched weights, switches."""
-
-    def __init__(self, model, config, index, tokenizer):
-        self.config, self.index, self.tokenizer = config, index, tokenizer
-        self.enabled = True
-        self.paths = None  # paths in use (after generic replacement)
-        self.source = None  # paths as given or routed
-        self.pending = None  # paths set by use_memory_paths() / generate()
-        self.fetched = {}
-        self.handles = []
-        self.fetch_count = 0
-
+from .state import MemoryState, check_paths, memory_state, use_memory_paths
 
 def _decoder_layers(model):
     for owner in (getattr(model, "model", None), model):
@@ -78,40 +62,9 @@ def _decoder_layers(model):
     )
 
 
-def _state(model) -> MemoryState:
-    st = getattr(model, "_memory_state", None)
-    if st is None:
-        raise ValueError(f"{type(model).__name__} has no memory bank attached (attach_memory_bank first)")
-    return st
-
-
-def _check_paths(paths, config, batch=None):
-    if not isinstance(paths, torch.Tensor):
-        paths = torch.as_tensor(paths)
-    if paths.dim() == 1:
-        paths = paths.unsqueeze(0)
-    if paths.dtype not in (torch.int64, torch.int32, torch.int16, torch.uint8):
-        raise ValueError(f"memory_paths must be an integer tensor [B, levels], got dtype {paths.dtype}")
-    paths = paths.long().cpu()
-    if paths.dim() != 2 or paths.shape[1] != config.levels:
-        raise ValueError(f"memory_paths must be [B, {config.levels}] (one cluster id per level), got {tuple(paths.shape)}")
-    for l in range(config.levels):
-        col = paths[:, l]
-        n = config.clusters(l + 1)
-        if bool(((col < -1) | (col >= n)).any()):
-            raise ValueError(f"memory_paths: level {l + 1} ids must be in [0, {n}) or -1 (generic), got "
-                             f"{col.tolist()}")
-    if batch is not None and paths.shape[0] != batch:
-        if paths.shape[0] and batch % paths.shape[0] == 0:  # e.g. num_return_sequences expanded the batch
-            paths = paths.repeat_interleave(batch // paths.shape[0], dim=0)
-        else:
-            raise ValueError(f"memory_paths has {paths.shape[0]} rows but the batch has {batch} sequences")
-    return paths
-
-
 def route_input_ids(model, input_ids, attention_mask=None) -> torch.Tensor:
     """Paths ``[B, levels]`` for token ids, with the attached index's embedder (decoding with the tokenizer)."""
-    st = _state(model)
+    st = memory_state(model)
     emb = st.index.embedder(model, st.tokenizer)
     if hasattr(emb, "embed_ids"):
         return st.index.route_embeddings(emb.embed_ids(input_ids, attention_mask))
@@ -129,7 +82,7 @@ def route_input_ids(model, input_ids, attention_mask=None) -> torch.Tensor:
 
 
 def _past_length(kwargs):
-    for name in _CACHE_NAMES:
+    for name in CACHE_NAMES:
         cache = kwargs.get(name)
         if cache is not None and hasattr(cache, "get_seq_length"):
             return int(cache.get_seq_length())
@@ -149,14 +102,14 @@ def _pre_hook(model, args, kwargs):
     if given is None:
         given = st.pending
     if _past_length(kwargs) > 0 and st.paths is not None and st.paths.shape[0] == B:
-        if given is None or torch.equal(_check_paths(given, st.config, B), st.source):
+        if given is None or torch.equal(check_paths(given, st.config, B), st.source):
             return args, kwargs  # decode step: reuse the prefill's fetched blocks
     if given is not None:
-        paths = _check_paths(given, st.config, B)
+        paths = check_paths(given, st.config, B)
     else:
         if input_ids is None:
             raise ValueError("memory model: with `inputs_embeds`, pass `memory_paths` (nothing to route)")
-        paths = _check_paths(route_input_ids(model, input_ids, kwargs.get("attention_mask")), st.config, B)
+        paths = check_paths(route_input_ids(model, input_ids, kwargs.get("attention_mask")), st.config, B)
     st.source = paths
     if model.training and st.config.generic_memory_prob > 0:
         generic = torch.rand(B) < st.config.generic_memory_prob
@@ -188,33 +141,6 @@ def _make_mlp_hook(model, layer_idx):
         return output + memory_ffn(x, *w)
 
     return hook
-
-
-@contextlib.contextmanager
-def use_memory_paths(model, paths):
-    """Within the block, forwards without ``memory_paths`` use ``paths`` ([B, levels]; -1 rows: generic)."""
-    st = _state(model)
-    before = st.pending
-    st.pending = None if paths is None else _check_paths(paths, st.config)
-    try:
-        yield
-    finally:
-        st.pending = before
-
-
-@contextlib.contextmanager
-def memory_disabled(model):
-    """Within the block the model runs as the bare anchor (no memory branch)."""
-    st = getattr(model, "_memory_state", None)
-    if st is None:
-        yield
-        return
-    before = st.enabled
-    st.enabled = False
-    try:
-        yield
-    finally:
-        st.enabled = before
 
 
 def _forward_with_memory_signature(model):
@@ -262,7 +188,7 @@ def save_memory(model, directory, max_shard_size: int = 2 << 30, part_size: int 
 
     ``max_shard_size``: bytes per shard file; ``part_size``: bytes per stored tensor (clusters are grouped into
     parts of at most this size; a part is the unit a shard holds)."""
-    st = _state(model)
+    st = memory_state(model)
     st.config.save_pretrained(directory)
     st.index.save_pretrained(directory)
     model.memory_bank.save_pretrained(directory, max_shard_size=max_shard_size, part_size=part_size)
@@ -333,7 +259,7 @@ def attach_memory_bank(model, config: MemoryBankConfig, index: MemoryIndex, toke
 
 def detach_memory_bank(model):
     """Remove the memory (hooks, bank, patched methods); returns the bare anchor."""
-    st = _state(model)
+    st = memory_state(model)
     for h in st.handles:
         h.remove()
     del model._modules["memory_bank"]
@@ -345,7 +271,7 @@ def detach_memory_bank(model):
 def memory_parameter_groups(model, lr=None, weight_decay=None, anchor_lr=None, anchor_weight_decay=0.0):
     """Optimizer parameter groups: the bank's blocks (``lr``/``weight_decay``, default the config's memory values)
     and, when the anchor is co-trained, its trainable parameters (``anchor_lr``, default ``lr``)."""
-    st = _state(model)
+    st = memory_state(model)
     if not model.memory_bank.trainable:
         raise ValueError("memory_parameter_groups: the bank was loaded read-only from disk; load_memory_model(..., "
                          "trainable=True) to train it")

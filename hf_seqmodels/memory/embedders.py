@@ -20,6 +20,8 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from .state import memory_disabled
+
 _FNV_OFFSET = np.uint64(0xCBF29CE484222325)
 _FNV_PRIME = np.uint64(0x100000001B3)
 
@@ -85,8 +87,6 @@ class AnchorEmbedder:
 
     @torch.no_grad()
     def embed_ids(self, input_ids, attention_mask=None) -> torch.Tensor:
-        from .attach import memory_disabled
-
         was_training = self.model.training
         self.model.eval()
         try:
