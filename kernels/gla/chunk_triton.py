@@ -40,7 +40,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .triton_utils import check_triton_dtypes, dot_dtype, dot_precision, pow2_block
+from ..triton_utils import check_triton_dtypes, dot_dtype, dot_precision, patch_interpreter, pow2_block
 
 BT = 64  # chunk length
 SUB = 16  # block length of the fallback inside a chunk
@@ -515,6 +515,7 @@ def _chunk_tiles(K, V, backward=False):
 class ChunkGLATriton(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, v, g, scale, initial_state, output_final_state):
+        patch_interpreter()
         B, T, H, K, V, N = _shapes(q, v)
         DT, PREC, LIMIT = dot_dtype(q.dtype), dot_precision(q.dtype), SPAN_LIMIT[q.dtype]
         h, final = _states(k, v, g, initial_state, output_final_state)

@@ -13,7 +13,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ..gla.triton_utils import check_triton_dtypes, dot_dtype, dot_precision, pow2_block
+from ..triton_utils import check_triton_dtypes, dot_dtype, dot_precision, patch_interpreter, pow2_block
 from .torch_ffn import memory_ffn_backward
 
 
@@ -110,6 +110,7 @@ def _gate_up(x, w_gate, w_up):
 class MemoryFFNTriton(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, w_gate, w_up, w_down):
+        patch_interpreter()
         g, u, h = _gate_up(x, w_gate, w_up)
         y = triton_bmm(h.to(w_down.dtype) if w_down.dtype != torch.float32 else h, w_down)
         ctx.save_for_backward(x, w_gate, w_up, w_down, g, u)

@@ -39,7 +39,6 @@ of ``u``, ``a`` and ``h0`` (as the cells' step gives it), and the default ``tol`
 """
 from __future__ import annotations
 
-
 import torch
 import triton
 import triton.language as tl
@@ -48,6 +47,7 @@ from torch.autograd.function import once_differentiable
 from .._dispatch import check_same_device, check_tensor, compute_dtype, select_backend
 from ..scan.tiles import (COMPONENTS, apply_carry, initial_state, last_rows, load_rows, load_state, previous_state,
                           program_units, scan_tile, store_rows, store_state, tile_walk, zeros)
+from ..triton_utils import patch_interpreter
 from .cells import CELLS as TORCH_CELLS
 from .newton import DEFAULT_TOL, check_convergence, check_newton_options, newton_solve
 
@@ -348,6 +348,7 @@ def _fused_adjoint(cell, u, a, h0, mask, h, gh):
 class _FusedNewtonFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, cfg, u, a, h0, mask):
+        patch_interpreter()
         h, cfg.info = _fused_forward(cfg, u, a, h0, mask)
         ctx.cell = cfg.cell
         ctx.save_for_backward(u, a, h0, mask, h)

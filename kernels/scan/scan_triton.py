@@ -14,6 +14,7 @@ import triton.language as tl
 from torch.autograd.function import once_differentiable
 
 from .._dispatch import compute_dtype
+from ..triton_utils import patch_interpreter
 from .tiles import (COMPONENTS, apply_carry, initial_state, last_rows, load_map, load_state, previous_state,
                     program_units, scan_tile, store_state, tile_walk, zeros)
 
@@ -93,6 +94,7 @@ def _launch_cfg(kind, B, T, D):
 class ScanTritonFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, kind, a, b, h0, reverse):
+        patch_interpreter()
         a, b = a.contiguous(), b.contiguous()
         h0 = None if h0 is None else h0.contiguous()
         B, T, D = b.shape[:3]

@@ -17,8 +17,6 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from ..gla import triton_utils  # noqa: F401  (under TRITON_INTERPRET=1: bf16 casts round to nearest even, as on GPUs)
-
 COMPONENTS = {"diagonal": 1, "block2": 2}  # state components per unit, by the structure of the step's Jacobian
 
 

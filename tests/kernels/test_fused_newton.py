@@ -141,8 +141,9 @@ def bf16_half_ulp(x):
 @pytest.mark.parametrize("cell", list(CELLS))
 def test_bf16_outputs_are_the_fp32_results_rounded_to_nearest_even(interpreter, cell):
     """The kernels compute in fp32 and round ``h`` and ``du`` to bf16 once, when storing. On a GPU that cast rounds to
-    nearest even; triton 3.6's interpreter truncates unless kernels/gla/triton_utils.py's fix is installed (the scan
-    tiles import it), which these checks catch: truncation is off by up to a whole ulp in about half the entries."""
+    nearest even; triton 3.6's interpreter truncates unless kernels/triton_utils.py's fix is installed (each launch
+    calls ``patch_interpreter()``), which these checks catch: truncation is off by up to a whole ulp in about half the
+    entries."""
     B, T, D = 2, 13, 6
     u, a, s0, mask = make_problem(cell, B, T, D, dtype=torch.bfloat16, mask=True)
     fn = CELLS[cell]["fn"]

@@ -1,14 +1,16 @@
-"""The Triton interpreter treats bf16 as the GPU does (the fixes in kernels/gla/triton_utils.py, installed when
-the kernels are imported under TRITON_INTERPRET=1): fp32 -> bf16 casts round to nearest even (triton 3.6's
-interpreter truncates), and ``tl.dot`` multiplies bf16 operands (it multiplied their raw uint16 storage). So the
-bf16 tolerances the interpreter tests assert see the operand rounding of the hardware."""
+"""The Triton interpreter treats bf16 as the GPU does (the fixes of kernels/triton_utils.py, installed by
+``patch_interpreter()`` under TRITON_INTERPRET=1, as every kernel launch does): fp32 -> bf16 casts round to nearest
+even (triton 3.6's interpreter truncates), and ``tl.dot`` multiplies bf16 operands (it multiplied their raw uint16
+storage). So the bf16 tolerances the interpreter tests assert see the operand rounding of the hardware."""
 import pytest
 import torch
 
 triton = pytest.importorskip("triton")
 import triton.language as tl  # noqa: E402
 
-import hf_seqmodels.kernels.gla.triton_utils as tu  # noqa: E402,F401  (installs the fixes)
+import hf_seqmodels.kernels.triton_utils as tu  # noqa: E402
+
+tu.patch_interpreter()  # these tests launch kernels of their own
 
 pytestmark = pytest.mark.interpreter
 
@@ -68,3 +70,12 @@ def test_dot_of_bf16_operands_equals_the_rounded_fp32_product():
 
 def test_bf16_dot_operands_are_not_widened_under_the_interpreter():
     assert tu.dot_dtype(torch.bfloat16) == tl.bfloat16
+
+
+def test_patch_interpreter_is_idempotent():
+    from triton.runtime import interpreter
+
+    builder = interpreter.InterpreterBuilder
+    before = (builder.cast_impl, builder.create_dot, interpreter._patch_lang_tensor)
+    tu.patch_interpreter()
+    assert (builder.cast_impl, builder.create_dot, interpreter._patch_lang_tensor) == before  # installed once

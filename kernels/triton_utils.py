@@ -1,11 +1,14 @@
-"""Small host-side helpers shared by the GLA Triton kernels."""
+"""Host-side helpers shared by every Triton kernel of ``hf_seqmodels.kernels`` (GLA, scans, fused Newton, memory
+FFN), and :func:`patch_interpreter`, which makes triton's CPU interpreter (``TRITON_INTERPRET=1``) run them as the
+GPU does: every ``torch.autograd.Function`` that launches kernels calls it first thing in ``forward`` (its
+``backward`` launches only after a forward), and so does a test that launches kernels of its own."""
 from __future__ import annotations
 
 import torch
 import triton
 import triton.language as tl
 
-from .._dispatch import triton_interpreting
+from ._dispatch import triton_interpreting
 
 
 def _fix_interpreter_scalar_index() -> None:
@@ -71,9 +74,15 @@ def _fix_interpreter_bf16() -> None:
     builder._hf_seqmodels_bf16 = True
 
 
-if triton_interpreting():
-    _fix_interpreter_scalar_index()
-    _fix_interpreter_bf16()
+def patch_interpreter() -> None:
+    """Under ``TRITON_INTERPRET=1``, fix triton 3.6's interpreter where it departs from the GPU: a runtime scalar as
+    a loop bound (:func:`_fix_interpreter_scalar_index`) and bf16 rounding and ``tl.dot`` operands
+    (:func:`_fix_interpreter_bf16`). Does nothing otherwise (compiled kernels); idempotent (each fix is installed
+    once per process), so it is cheap to call before every launch."""
+    if triton_interpreting():
+        _fix_interpreter_scalar_index()
+        _fix_interpreter_bf16()
+
 
 _TL_DTYPES = {torch.float16: tl.float16, torch.bfloat16: tl.bfloat16, torch.float32: tl.float32}
 
