@@ -34,3 +34,21 @@ def causal_lm_output(loss, logits, cache=None, hidden_states=None) -> CausalLMOu
 
 def output_cache(output):
     return getattr(output, CACHE_KWARG)
+
+
+def disable_transformers_progress_bars() -> None:
+    """Silence the progress bars transformers and huggingface_hub draw while loading and saving (``--no-progress``):
+    their own switches, plus the GGUF de-quantization loop, which uses tqdm directly (5.17 .. 5.25)."""
+    import functools
+
+    import huggingface_hub.utils
+    import transformers.utils.logging
+
+    transformers.utils.logging.disable_progress_bar()
+    huggingface_hub.utils.disable_progress_bars()
+    try:
+        from transformers import modeling_gguf_pytorch_utils as gguf_utils
+    except ImportError:  # no gguf support in this transformers: nothing to silence
+        return
+    if hasattr(gguf_utils, "tqdm") and not isinstance(gguf_utils.tqdm, functools.partial):
+        gguf_utils.tqdm = functools.partial(gguf_utils.tqdm, disable=True)

@@ -99,7 +99,7 @@ def test_readme_python_block_runs(heading, n, code, skip, tmp_path, monkeypatch,
 
 
 def _subcommands():
-    from hf_seqmodels.cli import build_parser
+    from hf_seqmodels.commands.main import build_parser
 
     def walk(parser, path):
         yield path, parser

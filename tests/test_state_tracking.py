@@ -118,7 +118,7 @@ def test_tiny_run_learns_parity(config, one_thread):
 def test_cli_prints_a_table_and_writes_json(tmp_path, capsys, one_thread):
     import json
 
-    from hf_seqmodels.cli import main
+    from hf_seqmodels.commands.main import main
 
     out = tmp_path / "st.json"
     code = main(["eval", "state-tracking", "--task", "cycle", "--config", "dense-lstm", "--length", "5", "--steps",
@@ -133,7 +133,7 @@ def test_cli_prints_a_table_and_writes_json(tmp_path, capsys, one_thread):
 def test_cli_sets_config_fields(tmp_path, capsys, one_thread):
     import json
 
-    from hf_seqmodels.cli import main
+    from hf_seqmodels.commands.main import main
 
     out = tmp_path / "st.json"
     code = main(["eval", "state-tracking", "--task", "parity", "--config", "paralstm", "--length", "5", "--steps", "2",
@@ -170,14 +170,10 @@ def test_newton_fallbacks_are_counted_not_warned(one_thread):
 
 def test_benchmark_script_runs_resumes_and_reports(tmp_path, one_thread):
     """benchmarks/state_tracking.py: a sweep file, resumed without rerunning what it holds, then the table and plot."""
-    import importlib.util
     import json
-    from pathlib import Path
 
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "state_tracking.py"
-    spec = importlib.util.spec_from_file_location("bench_state_tracking", path)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    from benchmarks import state_tracking as bench
+
     out = tmp_path / "runs.json"
     common = ["run", "--task", "parity", "--length", "4", "--steps", "2", "--batch-size", "4", "--d-model", "8",
               "--num-test", "8", "--no-progress", "--out", str(out)]

@@ -3,6 +3,7 @@ model (Liger or Lizard) with the same weights under the same names, optionally k
 softmax attention (a hybrid layout)."""
 from __future__ import annotations
 
+import json
 import logging
 import os
 
@@ -12,7 +13,7 @@ from hf_seqmodels.kernels.attention import check_window
 from hf_seqmodels.layers.checks import check_int
 from hf_seqmodels.layers.families import FAMILIES, get_family
 from hf_seqmodels.models.liger import LigerConfig, LigerForCausalLM
-from hf_seqmodels.models.liger.configuration_liger import LLAMA_FIELDS, check_softmax_layers, every_kth_layer
+from hf_seqmodels.models.linearized import LLAMA_FIELDS, check_softmax_layers, every_kth_layer
 from hf_seqmodels.models.lizard import LizardConfig, LizardForCausalLM
 
 logger = logging.getLogger(__name__)
@@ -128,6 +129,30 @@ def load_llama(path, gguf_file: str | None = None, dtype=torch.float32):
     if gguf_file is not None:  # record which file of the folder it came from (the base model of a conversion)
         model.config.name_or_path = f"{os.fspath(path)}/{os.path.basename(gguf_file)}"
     return model
+
+
+def teacher_shape(model: str, gguf_path: str | None) -> dict:
+    """The teacher's ``model_type``, number of layers and context length (``None`` where unknown) from its config.json
+    or GGUF metadata, without reading weights; all ``None`` for a Hub id (transformers checks those when loading)."""
+    if gguf_path is not None:
+        from hf_seqmodels.hub import gguf_metadata
+
+        meta = gguf_metadata(gguf_path)
+        arch = meta.get("general.architecture", "llama")
+        layers, context = meta.get(f"{arch}.block_count"), meta.get(f"{arch}.context_length")
+        return {"model_type": GGUF_ARCHITECTURES.get(arch, arch), "num_layers": int(layers) if layers else None,
+                "context_length": int(context) if context else None}
+    config_file = os.path.join(model, "config.json")
+    if not os.path.isfile(config_file):
+        return {"model_type": None, "num_layers": None, "context_length": None}
+    try:
+        with open(config_file) as f:
+            config = json.load(f)
+    except ValueError as err:
+        raise ValueError(f"--model {model!r}: config.json is not valid JSON ({err})") from None
+    context = config.get("max_position_embeddings")
+    return {"model_type": config.get("model_type"), "num_layers": config.get("num_hidden_layers"),
+            "context_length": int(context) if context else None}
 
 
 def check_llama(model):

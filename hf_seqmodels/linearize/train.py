@@ -1,5 +1,5 @@
 """Training for linearized models: attention transfer (stage 1, Lizard), LoRA through PEFT (stage 2), and the
-small helpers both need (packed token blocks, perplexity)."""
+small helper both need (packed token blocks). Perplexity is ``hf_seqmodels.evaluation.perplexity_of_ids``."""
 from __future__ import annotations
 
 import math
@@ -124,19 +124,40 @@ def finetune(model, blocks: torch.Tensor, steps: int, lr: float = 1e-3, batch_si
     return losses
 
 
-@torch.no_grad()
-def perplexity_of_blocks(model, blocks: torch.Tensor, batch_size: int = 1, progress: bool = False,
-                         desc: str = "perplexity") -> float:
-    """exp(mean next-token loss) over non-overlapping blocks ``[N, L]`` (each block scored from its own start);
-    ``progress`` shows a bar labelled ``desc``."""
-    was_training = model.training
-    model.eval()
-    device = next(model.parameters()).device
-    total, count = 0.0, 0
-    for i in tqdm(range(0, blocks.shape[0], batch_size), desc=desc, disable=not progress):
-        batch = blocks[i : i + batch_size].to(device)
-        logits = model(input_ids=batch, use_cache=False).logits.float()
-        nll = torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1), batch[:, 1:].flatten(), reduction="sum")
-        total, count = total + nll.item(), count + batch[:, 1:].numel()
-    model.train(was_training)
-    return math.exp(total / count)
+def lora_target_choices(method: str, options: dict, model_type: str | None = None) -> list[str]:
+    """Names of the linear layers of a ``method`` model converted from a ``model_type`` teacher (None: any family),
+    from one-layer, width-16 instances on the meta device (no weights)."""
+    from hf_seqmodels.layers.families import FAMILIES
+
+    from .convert import METHODS
+
+    if model_type is None:
+        return sorted({name for family in FAMILIES for name in lora_target_choices(method, options, family)})
+    config_class, model_class = METHODS[method][:2]
+    small = {"window_size": options.get("window_size", 4)}
+    config = config_class(vocab_size=8, hidden_size=16, intermediate_size=16, num_hidden_layers=1,
+                          num_attention_heads=2, num_key_value_heads=1, base_model_type=model_type, **small)
+    with torch.device("meta"):
+        model = model_class(config)
+    return sorted({name.rsplit(".", 1)[-1] for name, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
+                  - {"lm_head"})
+
+
+def check_lora_targets(text: str | None, method: str, options: dict, model_type: str | None = None) -> list[str]:
+    """The LoRA targets from a comma-separated list (``--lora-targets``; None: the family's q, k, v), each checked to
+    be a linear layer of the model."""
+    from hf_seqmodels.layers.families import FAMILIES
+
+    if text is None:
+        family = FAMILIES.get(model_type or "llama")
+        return list(family.lora_targets if family is not None else FAMILIES["llama"].lora_targets)
+    targets = [t.strip() for t in text.split(",") if t.strip()]
+    if not targets:
+        raise ValueError(f"--lora-targets must name at least one linear layer, got {text!r}")
+    choices = lora_target_choices(method, options, model_type if model_type in FAMILIES else None)
+    unknown = [t for t in targets if t not in choices]
+    if unknown:
+        teacher = f" converted from a {model_type!r} model" if model_type in FAMILIES else ""
+        raise ValueError(f"--lora-targets: {unknown} {'is' if len(unknown) == 1 else 'are'} not a linear layer of a "
+                         f"{method} model{teacher}; choose from {choices}")
+    return targets

@@ -7,10 +7,10 @@ import json
 import time
 from pathlib import Path
 
-from ..cli_types import (HelpFormatter, bounded_int, check_model_folder, check_output_file, device, existing_file,
-                         non_negative_int, positive_int, positive_list)
-from .mqar import MQAR_CONFIGS, ZOOLOGY_PAIRS
-from .state_tracking import MODELS, TASKS
+from ..evaluation.mqar import MQAR_CONFIGS, ZOOLOGY_PAIRS
+from ..evaluation.state_tracking import MODELS, TASKS
+from .args import (HelpFormatter, bounded_int, check_model_folder, check_output_file, device, existing_file,
+                   non_negative_int, positive_int, positive_list, quiet, read_text, require_packages)
 
 
 def _seeds(text: str) -> list[int]:
@@ -100,9 +100,13 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     s.set_defaults(func=run_state_tracking)
 
     q = sub.add_parser("ppl", help="sliding-window perplexity of a saved model on a text file",
-                       description="Sliding-window perplexity (the strided evaluation of the Hugging Face guide) of "
-                                   "any causal LM folder, GGUF file or Hub id, with its own tokenizer, on a UTF-8 "
-                                   "text file. Every token but the first is scored once.",
+                       description="Strided-window perplexity of any causal LM folder, GGUF file or Hub id, with its "
+                                   "own tokenizer, on a UTF-8 text file (tokenized without special tokens). Windows "
+                                   "of --context tokens start every --stride tokens; each token is scored once, in "
+                                   "the first window holding it and the token before it. --stride < --context: "
+                                   "every token but the first is scored; --stride = --context: non-overlapping "
+                                   "blocks, the first token of each unscored (the method of the model cards "
+                                   "`linearize` writes).",
                        formatter_class=HelpFormatter)
     q.add_argument("--model", required=True,
                    help="model folder or Hub id (its tokenizer is loaded from the same place)")
@@ -120,7 +124,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def run_mqar(args: argparse.Namespace) -> int:
-    from .mqar import make_mqar_config, train_and_score
+    from ..evaluation.mqar import make_mqar_config, train_and_score
 
     if args.out:
         check_output_file("--out", args.out)  # before the training, not at the final write
@@ -166,7 +170,7 @@ def run_mqar(args: argparse.Namespace) -> int:
 
 
 def run_state_tracking(args: argparse.Namespace) -> int:
-    from .state_tracking import sweep
+    from ..evaluation.state_tracking import sweep
 
     if args.out:
         check_output_file("--out", args.out)
@@ -196,36 +200,23 @@ def run_ppl(args: argparse.Namespace) -> int:
 
     import hf_seqmodels  # noqa: F401  (registers our architectures with the Auto classes)
 
-    from .perplexity import perplexity
+    from ..evaluation.perplexity import describe_method, perplexity_of_ids, text_ids
 
     # every check before anything is loaded
     if args.stride is not None and args.stride > args.context:
         raise ValueError(f"--stride {args.stride} must be at most --context {args.context}")
-    if not Path(args.text).is_file():
-        raise ValueError(f"--text must be a text file, got {args.text!r}")
+    if args.gguf_file:
+        require_packages("eval ppl", {"gguf": "reading --gguf-file"})
     check_model_folder("--model", args.model, args.gguf_file)
-    try:
-        text = Path(args.text).read_text(encoding="utf-8")
-    except UnicodeDecodeError as err:
-        raise ValueError(f"--text {args.text!r} is not UTF-8 text ({err})") from None
+    text = read_text("--text", args.text)
+    quiet(not args.no_progress)
     kw = {"gguf_file": args.gguf_file} if args.gguf_file else {}
     tokenizer = AutoTokenizer.from_pretrained(args.model, **kw)
+    ids = text_ids(tokenizer, text, args.max_tokens)
+    if ids.numel() < 2:
+        raise ValueError(f"--text {args.text!r} has {ids.numel()} token(s): at least 2 are needed to score one")
     model = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.float32, **kw).to(args.device)
-    ppl = perplexity(model, tokenizer, text, context=args.context, stride=args.stride, max_tokens=args.max_tokens,
-                     progress=not args.no_progress)
-    print(f"perplexity {ppl:.3f} ({args.model}, {args.text}, context {args.context})")
+    stride = args.context // 2 if args.stride is None else args.stride
+    ppl = perplexity_of_ids(model, ids, context=args.context, stride=stride, progress=not args.no_progress)
+    print(f"perplexity {ppl:.3f} ({args.model}, {args.text}: {describe_method(args.context, stride, ids.numel())})")
     return 0
-
-
-def main(argv=None) -> int:
-    """``python -m hf_seqmodels.evaluation.cli mqar ...``: the ``eval`` command on its own."""
-    parser = argparse.ArgumentParser(prog="hf-seqmodels")
-    add_parser(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(["eval", *(argv or [])])
-    return int(args.func(args) or 0)
-
-
-if __name__ == "__main__":
-    import sys
-
-    sys.exit(main(sys.argv[1:]))

@@ -8,8 +8,8 @@ import torch
 import torch.nn.functional as F
 
 import hf_seqmodels  # noqa: F401
-from hf_seqmodels import bench
-from hf_seqmodels.evaluation import cli as eval_cli
+from hf_seqmodels.commands import bench
+from hf_seqmodels.commands import eval as eval_cli
 from hf_seqmodels.evaluation.mqar import (
     IGNORE_INDEX,
     make_mqar_config,
@@ -17,7 +17,7 @@ from hf_seqmodels.evaluation.mqar import (
     query_gap_probs,
     train_and_score,
 )
-from hf_seqmodels.evaluation.perplexity import perplexity
+from hf_seqmodels.evaluation.perplexity import perplexity, perplexity_of_ids
 
 
 # ---------------------------------------------------------------------------------------------------------------- MQAR
@@ -145,10 +145,10 @@ def test_train_and_score_gla_runs_and_bad_args():
 
 
 class _CharTokenizer:
-    """Bytes as tokens, like a tokenizer's __call__ (input_ids only)."""
+    """Bytes as tokens, like a tokenizer's __call__ (input_ids only); a BOS (0) unless add_special_tokens=False."""
 
-    def __call__(self, text, return_tensors="pt"):
-        return argparse.Namespace(input_ids=torch.tensor([list(text.encode())]))
+    def __call__(self, text, return_tensors="pt", add_special_tokens=True):
+        return {"input_ids": torch.tensor([[0] * add_special_tokens + list(text.encode())])}
 
 
 def _tiny_model():
@@ -161,7 +161,7 @@ def _tiny_model():
 def test_perplexity_single_window_is_exp_mean_nll():
     model, tok = _tiny_model(), _CharTokenizer()
     text = "The quick brown fox jumps over the lazy dog."
-    ids = tok(text).input_ids[0]
+    ids = torch.tensor(list(text.encode()))
     with torch.no_grad():
         logits = model(input_ids=ids[None], use_cache=False).logits[0].double()
     nll = F.cross_entropy(logits[:-1], ids[1:])
@@ -172,7 +172,7 @@ def test_perplexity_sliding_windows_and_max_tokens():
     model, tok = _tiny_model(), _CharTokenizer()
     text = "abcdefghij klmnopqrstuvwxyz 0123456789 "
     n = 30
-    ids = tok(text).input_ids[0][:n]
+    ids = torch.tensor(list(text.encode()))[:n]
     got = perplexity(model, tok, text, context=12, stride=5, max_tokens=n, progress=False)
     # by hand: windows [0,12), [5,17), [10,22)...; token j is scored once, in the first window that contains it,
     # from its own prefix inside that window
@@ -191,6 +191,37 @@ def test_perplexity_sliding_windows_and_max_tokens():
         perplexity(model, tok, text, context=16, stride=17, progress=False)
     with pytest.raises(ValueError, match="context"):
         perplexity(model, tok, text, context=1, progress=False)
+
+
+@pytest.mark.parametrize("context,stride", [(12, 5), (8, 8), (7, 3), (5, 5), (9, 1), (6, 4)])
+def test_perplexity_of_ids_by_its_definition(context, stride):
+    """Token j is scored once, from its prefix in the first window [b, b + context) (b a multiple of the stride) that
+    holds j and j - 1; with stride == context the first token of every block is not scored (it used to crash)."""
+    model = _tiny_model()
+    n = 31
+    ids = torch.randint(0, 64, (n,))
+    got = perplexity_of_ids(model, ids, context=context, stride=stride, batch_size=3, progress=False)
+    nll, count = 0.0, 0
+    for j in range(1, n):
+        begins = [b for b in range(0, n, stride) if b <= j - 1 and j < b + context]
+        if not begins:
+            continue
+        with torch.no_grad():
+            logits = model(input_ids=ids[None, begins[0]:j], use_cache=False).logits[0, -1]
+        nll -= F.log_softmax(logits.double(), -1)[ids[j]].item()
+        count += 1
+    assert count == (n - 1 if stride < context else n - 1 - (n - 1) // context)
+    assert math.isclose(got, math.exp(nll / count), rel_tol=1e-5)
+
+
+def test_perplexity_with_stride_equal_to_context_is_the_block_perplexity():
+    model = _tiny_model()
+    blocks = torch.randint(0, 64, (4, 9))
+    with torch.no_grad():
+        logits = model(input_ids=blocks, use_cache=False).logits.double()
+    nll = F.cross_entropy(logits[:, :-1].flatten(0, 1), blocks[:, 1:].flatten())
+    got = perplexity_of_ids(model, blocks.flatten(), context=9, stride=9, progress=False)
+    assert math.isclose(got, math.exp(nll.item()), rel_tol=1e-5)
 
 
 # ------------------------------------------------------------------------------------------------------------ commands
@@ -279,12 +310,20 @@ def test_eval_ppl_command(tmp_path, capsys):
     line = capsys.readouterr().out
     value = float(line.split()[1])
     assert 1.0 < value < 1000
+    # --stride equal to --context (allowed by its help; it used to crash): non-overlapping blocks, the same figure as
+    # the Python function on the same token ids
+    _run(eval_cli, ["eval", "ppl", "--model", str(tmp_path / "m"), "--text", str(tmp_path / "t.txt"),
+                    "--context", "16", "--stride", "16", "--max-tokens", "100", "--no-progress"])
+    value = float(capsys.readouterr().out.split()[1])
+    tok = PreTrainedTokenizerFast.from_pretrained(tmp_path / "m")
+    ids = torch.tensor(tok((tmp_path / "t.txt").read_text(), add_special_tokens=False)["input_ids"][:100])
+    assert math.isclose(value, perplexity_of_ids(model, ids, context=16, stride=16, progress=False), rel_tol=1e-3)
     with pytest.raises(SystemExit):  # checked by argparse: "--text must be a readable file"
         _run(eval_cli, ["eval", "ppl", "--model", str(tmp_path / "m"), "--text", str(tmp_path / "missing.txt")])
 
 
 def test_command_line_reports_bad_input_without_a_traceback(capsys):
-    from hf_seqmodels.cli import main
+    from hf_seqmodels.commands.main import main
 
     with pytest.raises(SystemExit) as exit_info:
         main(["eval", "mqar", "--config", "no-such-model"])

@@ -1,8 +1,5 @@
-"""The ``hf-seqmodels`` command: train a demo, benchmark the kernels, evaluate, linearize a Llama, show H-Net chunks.
-
-Run ``hf-seqmodels COMMAND --help`` for a command's flags and their defaults. Each subcommand lives in its own
-module, which exposes ``add_parser(subparsers)``. ``HF_SEQMODELS_DEBUG=1`` shows the traceback of an input error.
-"""
+"""The ``hf-seqmodels`` command's parser: each command is a module of ``hf_seqmodels.commands`` exposing
+``add_parser(subparsers)``, listed in ``COMMAND_MODULES``."""
 from __future__ import annotations
 
 import argparse
@@ -10,14 +7,19 @@ import importlib
 import os
 import sys
 
-from .cli_types import HelpFormatter
+from .args import HelpFormatter
+
+DESCRIPTION = """Train a demo, benchmark the kernels, evaluate, linearize a Llama, show H-Net chunks.
+
+Run `hf-seqmodels COMMAND --help` for a command's flags and their defaults. HF_SEQMODELS_DEBUG=1 shows the traceback
+of an input error."""
 
 COMMAND_MODULES = [
-    "hf_seqmodels.demo",  # demo
-    "hf_seqmodels.bench",  # bench
-    "hf_seqmodels.evaluation.cli",  # eval mqar | eval ppl
-    "hf_seqmodels.linearize.cli",  # linearize
-    "hf_seqmodels.hnet_cli",  # hnet-chunks
+    "hf_seqmodels.commands.demo",  # demo
+    "hf_seqmodels.commands.bench",  # bench
+    "hf_seqmodels.commands.eval",  # eval mqar | eval state-tracking | eval ppl
+    "hf_seqmodels.commands.linearize",  # linearize
+    "hf_seqmodels.commands.hnet_chunks",  # hnet-chunks
 ]
 
 
@@ -27,13 +29,13 @@ def package_version() -> str:
 
         return version("hf-seqmodels")
     except Exception:  # noqa: BLE001  (not installed: a source checkout)
-        from . import __version__
+        from .. import __version__
 
         return __version__
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="hf-seqmodels", description=__doc__, formatter_class=HelpFormatter)
+    parser = argparse.ArgumentParser(prog="hf-seqmodels", description=DESCRIPTION, formatter_class=HelpFormatter)
     parser.add_argument("--version", action="version", version=f"%(prog)s {package_version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in COMMAND_MODULES:

@@ -1,12 +1,14 @@
-"""The command line and the saved folders as a new user meets them (issue 11): errors before any loading, as argparse
-errors (no traceback); a tokenizer saved with every model the CLI trains; model cards that stay current and say only
-what is known; help with defaults, ``--version``, progress bars, unambiguous benchmark ratios."""
+"""The command line and the saved folders as a new user meets them: errors before any loading, as argparse errors (no
+traceback); a tokenizer saved with every model the CLI trains; model cards that stay current and say only what is
+known; help with defaults, ``--version``, progress bars, unambiguous benchmark ratios; commands that write a model
+never write into their input or over a model without ``--overwrite``, and leave no half folder."""
 from __future__ import annotations
 
 import argparse
 import importlib.util
 import json
 import os
+import re
 import struct
 
 import pytest
@@ -14,8 +16,9 @@ import torch
 import yaml
 
 import hf_seqmodels  # noqa: F401  (registers the architectures)
-from hf_seqmodels import bench, hub
-from hf_seqmodels.cli import build_parser, main
+from hf_seqmodels import hub
+from hf_seqmodels.commands import bench
+from hf_seqmodels.commands.main import build_parser, main
 
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
@@ -145,7 +148,7 @@ def test_linearize_refuses_an_unwritable_output_folder(llama_dir, text_file, tmp
     locked.mkdir()
     locked.chmod(0o500)
     if os.access(locked, os.W_OK):  # root writes anywhere: let os.access say what it says for other users
-        import hf_seqmodels.cli_types as cli_types
+        import hf_seqmodels.commands.args as cli_types
 
         real = os.access
         monkeypatch.setattr(cli_types.os, "access", lambda p, mode: False if str(p) == str(locked) else real(p, mode))
@@ -276,7 +279,7 @@ def test_demo_flag_errors_are_clean(flags, message, capsys, tmp_path):
 
 
 def test_demo_checks_out_and_text_length_before_training(tmp_path, capsys, monkeypatch):
-    import hf_seqmodels.demo as demo
+    import hf_seqmodels.commands.demo as demo
 
     monkeypatch.setattr(demo, "random_windows", lambda *a, **k: pytest.fail("training started"))
     blocker = tmp_path / "file"
@@ -486,3 +489,135 @@ def test_cli_wraps_os_errors_of_loading(tmp_path, capsys):
     (folder / "config.json").write_text(json.dumps({"model_type": "hf_seqmodels_hnet"}))
     err = _cli_error(capsys, ["hnet-chunks", "--model", str(folder), "--text", "abc", "--out", ""])
     assert "hf-seqmodels hnet-chunks: error:" in err
+
+
+# ------------------------------------------------------------- 3. commands that write a model never lose one
+
+
+def test_linearize_refuses_to_write_into_its_input(llama_dir, text_file, capsys, nothing_loads):
+    before = sorted(os.listdir(llama_dir))
+    err = _cli_error(capsys, _linearize_argv(llama_dir, llama_dir, text_file))
+    assert "--out" in err and "would write into the input" in err
+    err = _cli_error(capsys, _linearize_argv(llama_dir, llama_dir / "sub", text_file))
+    assert "would write into the input" in err
+    assert sorted(os.listdir(llama_dir)) == before
+
+
+def test_linearize_refuses_an_existing_model_folder_without_overwrite(llama_dir, text_file, tmp_path, capsys,
+                                                                      nothing_loads):
+    earlier = _tiny_llama_folder(tmp_path / "earlier")
+    before = {p.name: p.read_bytes() for p in earlier.iterdir()}
+    err = _cli_error(capsys, _linearize_argv(llama_dir, earlier, text_file))
+    assert "already holds a saved model" in err and "--overwrite" in err
+    assert {p.name: p.read_bytes() for p in earlier.iterdir()} == before
+
+
+def test_linearize_overwrite_replaces_only_after_success(llama_dir, text_file, tmp_path, capsys, monkeypatch):
+    torch.set_num_threads(1)
+    earlier = _tiny_llama_folder(tmp_path / "earlier")
+    before = {p.name: p.read_bytes() for p in earlier.iterdir()}
+    import hf_seqmodels.models.liger.modeling_liger  # noqa: F401
+    from transformers import PreTrainedModel
+
+    real_save = PreTrainedModel.save_pretrained
+
+    def interrupted(self, path, *args, **kwargs):
+        real_save(self, path, *args, **kwargs)  # a half-written folder, then the run dies
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(PreTrainedModel, "save_pretrained", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        main(_linearize_argv(llama_dir, earlier, text_file, "--overwrite", "--steps", "0"))
+    assert {p.name: p.read_bytes() for p in earlier.iterdir()} == before  # untouched
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["earlier", "train.txt"]  # no partial folder left
+    new = tmp_path / "new"
+    with pytest.raises(KeyboardInterrupt):
+        main(_linearize_argv(llama_dir, new, text_file, "--steps", "0"))
+    assert not new.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["earlier", "train.txt"]
+    monkeypatch.setattr(PreTrainedModel, "save_pretrained", real_save)
+    assert main(_linearize_argv(llama_dir, earlier, text_file, "--overwrite", "--steps", "0")) == 0
+    assert json.loads((earlier / "config.json").read_text())["model_type"] == "hf_seqmodels_liger"
+
+
+def test_linearize_card_perplexity_is_what_eval_ppl_gives(llama_dir, text_file, tmp_path, capsys):
+    """The card states its method, and `eval ppl` with the settings it names reproduces its figure."""
+    torch.set_num_threads(1)
+    out = tmp_path / "out"
+    assert main(_linearize_argv(llama_dir, out, text_file, "--steps", "0", "--eval-text", str(text_file),
+                                "--eval-tokens", "100")) == 0
+    card = (out / "README.md").read_text()
+    figure = float(re.search(r"\| perplexity right after conversion \| ([\d.]+) \|", card).group(1))
+    command = re.search(r"hf-seqmodels eval ppl [^|]*--max-tokens \d+", card).group(0)
+    assert "--context 16 --stride 16 --max-tokens 96" in command  # 6 whole windows of --seq-len 16
+    capsys.readouterr()
+    flags = command.split()[3:]
+    flags[flags.index("MODEL")] = str(out)
+    flags[flags.index("--text") + 1] = str(text_file)
+    assert main(["eval", "ppl", *flags, "--no-progress"]) == 0
+    assert float(capsys.readouterr().out.split()[1]) == pytest.approx(figure, abs=0.006)
+
+
+# ------------------------------------------------------ 4. optional packages, texts and progress, before the work
+
+
+@pytest.mark.parametrize("missing, argv, message", [
+    ("peft", ["--steps", "1"], "linearize needs peft (LoRA fine-tuning, --steps > 0)"),
+])
+def test_linearize_checks_optional_packages_first(llama_dir, text_file, tmp_path, capsys, nothing_loads, monkeypatch,
+                                                  missing, argv, message):
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == missing else real(name, *a))
+    err = _cli_error(capsys, _linearize_argv(llama_dir, tmp_path / "out", text_file, *argv))
+    assert message in err and "pip install 'hf-seqmodels[train]'" in err
+
+
+def test_other_commands_check_optional_packages_first(tmp_path, capsys, nothing_loads, monkeypatch):
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name in ("matplotlib", "gguf") else real(name, *a))
+    text = tmp_path / "t.txt"
+    text.write_text("some text")
+    err = _cli_error(capsys, ["hnet-chunks", "--model", str(tmp_path), "--text", "abc", "--out", str(tmp_path / "c.png")])
+    assert "hnet-chunks needs matplotlib" in err and "hf-seqmodels[plot]" in err
+    err = _cli_error(capsys, ["eval", "ppl", "--model", str(tmp_path), "--gguf-file", "x.gguf", "--text", str(text)])
+    assert "eval ppl needs gguf" in err and "hf-seqmodels[gguf]" in err
+
+
+def test_non_utf8_train_text_is_named_once(llama_dir, tmp_path, capsys, nothing_loads):
+    bad = tmp_path / "bad.txt"
+    bad.write_bytes(b"caf\xe9 au lait " * 100)
+    err = _cli_error(capsys, _linearize_argv(llama_dir, tmp_path / "out", bad))
+    assert f"--train-text {str(bad)!r} is not UTF-8 text" in err
+    assert "too short" not in err
+
+
+def test_no_progress_silences_transformers_bars(monkeypatch):
+    import functools
+
+    import transformers.utils.logging as tf_logging
+    from transformers import modeling_gguf_pytorch_utils as gguf_utils
+
+    from hf_seqmodels.commands.args import quiet
+
+    monkeypatch.setattr(gguf_utils, "tqdm", gguf_utils.tqdm)  # restored after the test
+    enabled = tf_logging.is_progress_bar_enabled()
+    try:
+        quiet(True)
+        assert tf_logging.is_progress_bar_enabled() == enabled
+        quiet(False)
+        assert not tf_logging.is_progress_bar_enabled()
+        assert isinstance(gguf_utils.tqdm, functools.partial) and gguf_utils.tqdm.keywords == {"disable": True}
+    finally:
+        if enabled:
+            tf_logging.enable_progress_bar()
+            import huggingface_hub.utils
+
+            huggingface_hub.utils.enable_progress_bars()
+
+
+def test_help_shows_no_rest_literals(capsys):
+    for argv in (["--help"], ["linearize", "--help"], ["hnet-chunks", "--help"], ["eval", "ppl", "--help"]):
+        with pytest.raises(SystemExit):
+            main(argv)
+        out = capsys.readouterr().out
+        assert "``" not in out, argv

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from hf_seqmodels import ByteTokenizer, HNetConfig, HNetForCausalLM
-from hf_seqmodels.cli import main
-from hf_seqmodels.hnet_cli import chunk_strings, chunk_text
+from hf_seqmodels.commands.main import main
+from hf_seqmodels.models.hnet.chunks import chunk_strings, chunk_text
 
 TEXT = "Hello, world! Byte-level models chunk text: café, naïve, 日本語."
 

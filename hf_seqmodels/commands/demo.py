@@ -7,9 +7,9 @@ import time
 import torch
 from tqdm.auto import tqdm
 
-from hf_seqmodels.cli_types import (HelpFormatter, bounded_int, device, existing_file, non_negative_int,
-                                    positive_float, positive_int)
-from hf_seqmodels.data import byte_tokens, decode_bytes, default_text, random_windows
+from ..data import byte_tokens, decode_bytes, default_text, random_windows
+from .args import (HelpFormatter, bounded_int, check_output_folder, device, existing_file, non_negative_int,
+                   positive_float, positive_int, read_text)
 
 
 def add_parser(subparsers):
@@ -19,6 +19,8 @@ def add_parser(subparsers):
                    help="a UTF-8 text file to train on (default: the stdlib's pydoc topics, ~465 KB of English)")
     p.add_argument("--out", default="demo_out/gla-demo",
                    help="folder the trained model, its byte tokenizer and model card are saved to")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an existing --out folder (only once the new model is complete)")
     p.add_argument("--steps", type=positive_int("--steps"), default=300, help="training steps")
     p.add_argument("--batch-size", type=positive_int("--batch-size"), default=16, help="sequences per step")
     p.add_argument("--seq-len", type=bounded_int("--seq-len", 2), default=128, help="bytes per training sequence")
@@ -31,30 +33,19 @@ def add_parser(subparsers):
     p.set_defaults(func=run)
 
 
-@torch.no_grad()
-def evaluate(model, tokens, seq_len, batches=8, batch_size=16, generator=None):
-    model.eval()
-    dev = next(model.parameters()).device
-    windows = (random_windows(tokens, batch_size, seq_len, generator).to(dev) for _ in range(batches))
-    losses = [model(ids, labels=ids).loss.item() for ids in tqdm(windows, total=batches, desc="held-out loss", leave=False)]
-    model.train()
-    return sum(losses) / len(losses)
-
-
 def run(args):
     import hf_seqmodels
     from transformers import AutoModelForCausalLM
 
-    from .cli_types import check_output_folder
+    from ..evaluation.perplexity import describe_method, perplexity_of_ids
+    from ..saving import check_output_folder_is_safe, safe_output_folder
 
     if args.hidden_size % 4:
         raise ValueError(f"--hidden-size must be a multiple of the 4 heads, got {args.hidden_size}")
     check_output_folder("--out", args.out)  # before training, not at the final save
+    check_output_folder_is_safe(args.out, inputs=[args.text], overwrite=args.overwrite)
     torch.manual_seed(args.seed)
-    try:
-        text = open(args.text, encoding="utf-8").read() if args.text else default_text()
-    except UnicodeDecodeError as err:
-        raise ValueError(f"--text {args.text!r} is not UTF-8 text ({err})") from None
+    text = read_text("--text", args.text) if args.text else default_text()
     tokens = byte_tokens(text)
     split = int(tokens.numel() * 0.9)
     train, held_out = tokens[:split], tokens[split:]
@@ -84,14 +75,18 @@ def run(args):
         opt.step(), sched.step(), opt.zero_grad()
         bar.set_postfix(loss=f"{loss.item():.3f}")
     elapsed = time.time() - start
-    val = evaluate(model, held_out, args.seq_len, generator=torch.Generator().manual_seed(1))
+    ppl = perplexity_of_ids(model, held_out, context=args.seq_len, stride=args.seq_len, batch_size=args.batch_size,
+                            desc="held-out perplexity")
+    val = math.log(ppl)
     print(f"trained {args.steps} steps in {elapsed:.0f} s; held-out loss {val:.3f} nats/byte, "
-          f"perplexity {math.exp(val):.2f}, {val / math.log(2):.3f} bits/byte")
-    model.card_data = {"held-out perplexity (bytes)": f"{math.exp(val):.2f}", "training steps": args.steps}
-    model.save_pretrained(args.out)
-    # the byte tokenizer goes with the model, so pipeline(), `eval ppl` and the Hub page load it from the folder;
-    # the demo trains on raw bytes (no BOS), so none is added
-    hf_seqmodels.ByteTokenizer(add_bos_token=False).save_pretrained(args.out)
+          f"perplexity {ppl:.2f}, {val / math.log(2):.3f} bits/byte")
+    model.card_data = {"held-out perplexity (bytes)": f"{ppl:.2f}", "training steps": args.steps,
+                       "held-out text": f"the last tenth of the text, {describe_method(args.seq_len, args.seq_len, held_out.numel())}"}
+    with safe_output_folder(args.out, inputs=[args.text], overwrite=args.overwrite) as tmp:
+        model.save_pretrained(tmp)
+        # the byte tokenizer goes with the model, so pipeline(), `eval ppl` and the Hub page load it from the folder;
+        # the demo trains on raw bytes (no BOS), so none is added
+        hf_seqmodels.ByteTokenizer(add_bos_token=False).save_pretrained(tmp)
     reloaded = AutoModelForCausalLM.from_pretrained(args.out).to(dev).eval()
     prompt = byte_tokens("The ")[None].to(dev)
     sample = reloaded.generate(prompt, max_new_tokens=120, do_sample=True, top_k=20, temperature=0.8, pad_token_id=0)

@@ -19,7 +19,8 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from .cli_types import HelpFormatter, check_output_folder, device, positive_float, positive_int, positive_list
+from .args import (HelpFormatter, check_output_folder, device, positive_float, positive_int, positive_list,
+                   require_packages)
 
 MODES = ("fwd", "fwd+bwd")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -403,8 +404,7 @@ def run_bench(args: argparse.Namespace) -> int:
 
         os.environ["HF_SEQMODELS_BACKEND"] = args.backend
     check_output_folder("--out", args.out)  # before the timing, not at the final write
-    if importlib.util.find_spec("matplotlib") is None:  # checked before the work, not after it
-        raise ValueError("the benchmark's plot needs matplotlib: pip install 'hf-seqmodels[plot]'")
+    require_packages("bench", {"matplotlib": "the benchmark's plot"})
     torch.manual_seed(0)
     title = section.describe(args)
     records = run_section(section, args, device, progress=not args.no_progress)

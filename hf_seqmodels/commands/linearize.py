@@ -10,12 +10,11 @@ loaded; each stage (perplexities, attention transfer, LoRA) shows a progress bar
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import time
 
-from ..cli_types import (HelpFormatter, bounded_int, check_model_folder, check_output_folder, device, existing_file,
-                         non_negative_int, positive_float, positive_int)
+from .args import (HelpFormatter, bounded_int, check_model_folder, check_output_folder, device, existing_file,
+                   non_negative_int, positive_float, positive_int, quiet, read_text, require_packages)
 
 
 def add_parser(subparsers) -> None:
@@ -30,7 +29,11 @@ def add_parser(subparsers) -> None:
                         "folder of --gguf-file")
     p.add_argument("--gguf-file", default=None, help="GGUF file (in --model's folder, or an absolute path)")
     p.add_argument("--method", default="liger", choices=["liger", "lizard"], help="linearization method")
-    p.add_argument("--out", required=True, help="output folder (model, tokenizer, model card)")
+    p.add_argument("--out", required=True,
+                   help="output folder (model, tokenizer, model card); never one of the inputs, and a new one unless "
+                        "--overwrite")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an existing --out folder (only once the new model is complete)")
     p.add_argument("--train-text", required=True, type=existing_file("--train-text"),
                    help="UTF-8 text file to fine-tune on")
     p.add_argument("--eval-text", default=None, type=existing_file("--eval-text"),
@@ -75,93 +78,6 @@ def layer_list(text: str) -> list[int]:
     return layers
 
 
-def teacher_shape(model: str, gguf_path: str | None) -> tuple[str | None, int | None]:
-    """The teacher's (``model_type``, number of layers) from its config.json or GGUF metadata (no weights read);
-    (None, None) for a Hub id."""
-    if gguf_path is not None:
-        from ..hub import gguf_metadata
-        from .convert import GGUF_ARCHITECTURES
-
-        meta = gguf_metadata(gguf_path)
-        arch = meta.get("general.architecture", "llama")
-        layers = meta.get(f"{arch}.block_count")
-        return GGUF_ARCHITECTURES.get(arch, arch), int(layers) if layers else None
-    config_file = os.path.join(model, "config.json")
-    if os.path.isfile(config_file):
-        try:
-            config = json.load(open(config_file))
-        except ValueError as err:
-            raise ValueError(f"--model {model!r}: config.json is not valid JSON ({err})") from None
-        return config.get("model_type"), config.get("num_hidden_layers")
-    return None, None
-
-
-def lora_target_choices(method: str, options: dict, model_type: str | None = None) -> list[str]:
-    """Names of the linear layers of a ``method`` model converted from a ``model_type`` teacher (None: any family),
-    from one-layer, width-16 instances (no weights loaded)."""
-    import torch
-
-    from hf_seqmodels.layers.families import FAMILIES
-
-    from .convert import METHODS
-
-    if model_type is None:
-        return sorted({name for family in FAMILIES for name in lora_target_choices(method, options, family)})
-    config_class, model_class = METHODS[method][:2]
-    small = {"window_size": options.get("window_size", 4)}
-    config = config_class(vocab_size=8, hidden_size=16, intermediate_size=16, num_hidden_layers=1,
-                          num_attention_heads=2, num_key_value_heads=1, base_model_type=model_type, **small)
-    with torch.device("meta"):
-        model = model_class(config)
-    return sorted({name.rsplit(".", 1)[-1] for name, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
-                  - {"lm_head"})
-
-
-def check_lora_targets(text: str | None, method: str, options: dict, model_type: str | None = None) -> list[str]:
-    """The LoRA targets from ``--lora-targets`` (None: the family's q, k, v), each a linear layer of the model."""
-    from hf_seqmodels.layers.families import FAMILIES
-
-    if text is None:
-        family = FAMILIES.get(model_type or "llama")
-        return list(family.lora_targets if family is not None else FAMILIES["llama"].lora_targets)
-    targets = [t.strip() for t in text.split(",") if t.strip()]
-    if not targets:
-        raise ValueError(f"--lora-targets must name at least one linear layer, got {text!r}")
-    choices = lora_target_choices(method, options, model_type if model_type in FAMILIES else None)
-    unknown = [t for t in targets if t not in choices]
-    if unknown:
-        teacher = f" converted from a {model_type!r} model" if model_type in FAMILIES else ""
-        raise ValueError(f"--lora-targets: {unknown} {'is' if len(unknown) == 1 else 'are'} not a linear layer of a "
-                         f"{method} model{teacher}; choose from {choices}")
-    return targets
-
-
-def base_context_length(model: str, gguf_path: str | None) -> int | None:
-    """The base model's context length, from its config or GGUF metadata (no weights read)."""
-    if gguf_path is not None:
-        from ..hub import gguf_metadata
-
-        meta = gguf_metadata(gguf_path)
-        arch = meta.get("general.architecture", "llama")
-        value = meta.get(f"{arch}.context_length")
-        return int(value) if value else None
-    config_file = os.path.join(model, "config.json")
-    if os.path.isfile(config_file):
-        try:
-            value = json.load(open(config_file)).get("max_position_embeddings")
-        except ValueError as err:
-            raise ValueError(f"--model {model!r}: config.json is not valid JSON ({err})") from None
-        return int(value) if value else None
-    return None  # a Hub id: checked by transformers when it loads
-
-
-def _read_text(flag: str, path: str) -> str:
-    try:
-        return open(path, encoding="utf-8").read()
-    except UnicodeDecodeError as err:
-        raise ValueError(f"{flag} {path!r} is not UTF-8 text ({err})") from None
-
-
 def _status(progress: bool, message: str) -> None:
     if progress:  # stages without a bar of their own say what they are doing
         import sys
@@ -173,10 +89,18 @@ def run(args) -> int:
     import torch
     from transformers import AutoTokenizer
 
-    from . import add_lora, attention_transfer, finetune, linearize, load_llama, perplexity_of_blocks, token_blocks
-    from .convert import check_method
+    from ..evaluation.perplexity import describe_method, perplexity_of_ids
+    from ..hub import card_data_of
+    from ..linearize import add_lora, attention_transfer, finetune, linearize, load_llama, token_blocks
+    from ..linearize.convert import check_method, teacher_shape
+    from ..linearize.train import check_lora_targets
+    from ..saving import check_output_folder_is_safe, safe_output_folder
 
     # -- every check before anything is loaded --
+    needs = {"peft": "LoRA fine-tuning, --steps > 0"} if args.steps > 0 else {}
+    if args.gguf_file:
+        needs["gguf"] = "reading --gguf-file"
+    require_packages("linearize", needs)
     options = {} if args.window is None else {"window_size": args.window}
     if args.softmax_every is not None:
         options["softmax_every"] = args.softmax_every
@@ -184,36 +108,42 @@ def run(args) -> int:
         options["softmax_layers"] = args.softmax_layers
     check_method(args.method, options)
     check_output_folder("--out", args.out)
+    inputs = [args.model, args.train_text, args.eval_text]
+    if args.gguf_file:
+        inputs.append(args.gguf_file if os.path.isabs(args.gguf_file) else os.path.join(args.model, args.gguf_file))
+    check_output_folder_is_safe(args.out, inputs=inputs, overwrite=args.overwrite)
     gguf_path = check_model_folder("--model", args.model, args.gguf_file)
-    model_type, num_layers = teacher_shape(args.model, gguf_path)
-    if model_type is not None:
+    teacher = teacher_shape(args.model, gguf_path)
+    if teacher["model_type"] is not None:
         from hf_seqmodels.layers.families import get_family
 
-        get_family(model_type, f"--model {args.model!r}")  # an unsupported family, before anything loads
-    if num_layers is not None and args.softmax_layers is not None:
-        from hf_seqmodels.models.liger.configuration_liger import check_softmax_layers
+        get_family(teacher["model_type"], f"--model {args.model!r}")  # an unsupported family, before anything loads
+    if teacher["num_layers"] is not None and args.softmax_layers is not None:
+        from hf_seqmodels.models.linearized import check_softmax_layers
 
-        check_softmax_layers("--softmax-layers", args.softmax_layers, num_layers)
-    targets = check_lora_targets(args.lora_targets, args.method, options, model_type)
-    context = base_context_length(args.model, gguf_path)
+        check_softmax_layers("--softmax-layers", args.softmax_layers, teacher["num_layers"])
+    targets = check_lora_targets(args.lora_targets, args.method, options, teacher["model_type"])
+    context = teacher["context_length"]
     if context is not None and args.seq_len > context:
         raise ValueError(f"--seq-len {args.seq_len} is longer than the base model's context length ({context})")
+    train_text = read_text("--train-text", args.train_text)
+    eval_text = read_text("--eval-text", args.eval_text) if args.eval_text else None
     progress = not args.no_progress
+    quiet(progress)
     t0 = time.time()
     # the tokenizer and texts next (cheap), so a text too short for --seq-len fails before the weights load
     _status(progress, "loading the tokenizer" + (" from the GGUF file (its vocabulary takes a minute)"
                                                  if args.gguf_file else ""))
     tokenizer = AutoTokenizer.from_pretrained(args.model, gguf_file=args.gguf_file)
     try:
-        train = token_blocks(tokenizer, _read_text("--train-text", args.train_text), args.seq_len)
+        train = token_blocks(tokenizer, train_text, args.seq_len)
     except ValueError as err:
         raise ValueError(f"--train-text {args.train_text!r} is too short for --seq-len {args.seq_len}: {err}") from None
     held_out, card = None, {}
-    if args.eval_text:
+    if eval_text is not None:
         ctx = min(args.seq_len, args.eval_tokens)
-        try:
-            held_out = token_blocks(tokenizer, _read_text("--eval-text", args.eval_text), ctx,
-                                    max_tokens=args.eval_tokens)
+        try:  # whole windows of ctx tokens, so that the card's figure is `eval ppl`'s with the same settings
+            held_out = token_blocks(tokenizer, eval_text, ctx, max_tokens=args.eval_tokens).flatten()
         except ValueError as err:
             raise ValueError(f"--eval-text {args.eval_text!r} is too short: {err}") from None
 
@@ -223,7 +153,7 @@ def run(args) -> int:
         args.gguf_file or args.model)
 
     def ppl(model, stage):
-        return f"{perplexity_of_blocks(model, held_out, progress=progress, desc=f'perplexity {stage}'):.2f}"
+        return f"{perplexity_of_ids(model, held_out, context=ctx, stride=ctx, progress=progress, desc=f'perplexity {stage}'):.2f}"
 
     if held_out is not None:
         card["perplexity of the base model"] = ppl(llama, "of the base model")
@@ -249,13 +179,14 @@ def run(args) -> int:
         if held_out is not None:
             card["perplexity after fine-tuning"] = ppl(model, "after fine-tuning")
     if held_out is not None:
-        card["held-out text"] = (f"{held_out.numel()} tokens of {os.path.basename(args.eval_text)}, "
-                                 f"context {held_out.shape[1]}")
-    from ..hub import card_data_of
-
+        name = os.path.basename(args.eval_text)
+        card["held-out text"] = f"{name}, {describe_method(ctx, ctx, held_out.numel())}"
+        card["reproduce a perplexity"] = (f"hf-seqmodels eval ppl --model MODEL --text {name} --context {ctx} "
+                                          f"--stride {ctx} --max-tokens {held_out.numel()}")
     card_data_of(model).update(card)
-    model.save_pretrained(args.out)
-    tokenizer.save_pretrained(args.out)
+    with safe_output_folder(args.out, inputs=inputs, overwrite=args.overwrite) as tmp:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
     print(f"saved {args.method} model to {args.out} in {time.time() - t0:.0f} s")
     for key, value in card.items():
         print(f"  {key}: {value}")

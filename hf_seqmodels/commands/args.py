@@ -116,7 +116,7 @@ def check_model_folder(flag: str, path: str, gguf_file: str | None, gguf_flag: s
     to transformers. Returns the full path of the GGUF file, if any. Raises ``ValueError`` naming what is wrong:
     a missing folder, a GGUF-only folder without ``--gguf-file``, a truncated GGUF file, weights only as a pickle
     (``pytorch_model.bin``, never loaded), no tokenizer."""
-    from .hub import check_gguf_file, looks_like_hub_id
+    from ..hub import check_gguf_file, looks_like_hub_id
 
     folder = Path(path)
     if gguf_file is not None:
@@ -159,6 +159,7 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescript
     """Every flag's help ends with its default; descriptions keep their line breaks (they hold command examples)."""
 
     def _fill_text(self, text, width, indent):
+        text = text.replace("``", "`")  # descriptions come from docstrings: no reST literals on a terminal
         if "\n" not in text.strip():  # a one-paragraph description: wrapped as usual
             return argparse.HelpFormatter._fill_text(self, text, width, indent)
         return super()._fill_text(text, width, indent)
@@ -180,3 +181,38 @@ def check_output_file(flag: str, path: str) -> None:
     if p.exists() and not os.access(p, os.W_OK):
         raise ValueError(f"{flag} {path!r} is not writable")
     check_output_folder(flag, str(p.parent) if str(p.parent) else ".")
+
+
+def read_text(flag: str, path: str) -> str:
+    """The UTF-8 text of the file a flag names, or a ``ValueError`` naming the flag."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            return f.read()
+    except UnicodeDecodeError as err:
+        raise ValueError(f"{flag} {path!r} is not UTF-8 text ({err})") from None
+
+
+#: optional dependency (import name) -> the extra of hf-seqmodels that installs it
+EXTRAS = {"peft": "train", "accelerate": "train", "datasets": "train", "matplotlib": "plot", "gguf": "gguf",
+          "triton": "triton"}
+
+
+def require_packages(command: str, needs: dict[str, str]) -> None:
+    """Raise ``ValueError`` with the install line if a package the command will need is missing: checked before any
+    work, not after it. ``needs`` maps an import name to what it is needed for."""
+    import importlib.util
+
+    missing = [(name, why) for name, why in needs.items() if importlib.util.find_spec(name) is None]
+    if missing:
+        extras = sorted({EXTRAS.get(name, name) for name, _ in missing})
+        what = "; ".join(f"{name} ({why})" for name, why in missing)
+        raise ValueError(f"{command} needs {what}, which {'is' if len(missing) == 1 else 'are'} not installed: "
+                         f"pip install 'hf-seqmodels[{','.join(extras)}]'")
+
+
+def quiet(progress: bool) -> None:
+    """``--no-progress``: also silence the bars transformers draws while loading and saving."""
+    if not progress:
+        from ..compat import disable_transformers_progress_bars
+
+        disable_transformers_progress_bars()

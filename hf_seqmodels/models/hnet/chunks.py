@@ -1,4 +1,4 @@
-"""``hf-seqmodels hnet-chunks``: show how a saved H-Net chunks a text, one row per stage (PNG, HTML and text).
+"""How a saved H-Net chunks a text, per stage, as text, a PNG and an HTML page (``hf-seqmodels hnet-chunks``).
 
 Stage 0 chunks the bytes; stage ``s + 1`` chunks the chunks of stage ``s``, and its boundaries are mapped back onto
 the bytes where those chunks begin, so every stage is drawn over the same text. Boundaries are drawn per character:
@@ -8,9 +8,7 @@ The tokenizer's special tokens (the BOS in front) are run through the model but 
 """
 from __future__ import annotations
 
-import argparse
 import html
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,45 +16,6 @@ from pathlib import Path
 PALETTE = ["#8dd3c7", "#ffffb3", "#bebada", "#fb8072", "#80b1d3", "#fdb462", "#b3de69", "#fccde5", "#d9d9d9", "#ccebc5"]
 _VISIBLE = {" ": "\u2423", "\n": "\u21b5", "\t": "\u21e5", "\r": "\u240d"}
 _ESCAPES = {"\n": "\\n", "\t": "\\t", "\r": "\\r"}
-
-
-def add_parser(subparsers) -> argparse.ArgumentParser:
-    p = subparsers.add_parser(
-        "hnet-chunks", help="picture of how a saved H-Net chunks a text, per stage",
-        formatter_class=_formatter(),
-        description="Run a text through a saved H-Net and draw its characters coloured by chunk, one row per stage "
-                    "(stage 0: chunks of bytes; stage 1: chunks of stage-0 chunks, mapped back onto the bytes). "
-                    "Also prints the chunks as text and the boundary fraction per stage.",
-    )
-    p.add_argument("--model", required=True, help="a saved H-Net folder (tokenizer from the same folder if present, "
-                                                   "else ByteTokenizer())")
-    src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--text", help="the text to chunk")
-    src.add_argument("--text-file", help="a UTF-8 file holding the text to chunk")
-    p.add_argument("--out", default="chunks.png", help="PNG to write ('' for none)")
-    p.add_argument("--html", default=None, help="also write an HTML page with coloured spans")
-    p.add_argument("--width", type=_positive("--width"), default=80, help="characters per line in the PNG")
-    p.add_argument("--device", type=_device, default="cpu", help="torch device (cpu, cuda, ...)")
-    p.set_defaults(func=run_chunks)
-    return p
-
-
-def _formatter():
-    from .cli_types import HelpFormatter
-
-    return HelpFormatter
-
-
-def _device(text):
-    from .cli_types import device
-
-    return device("--device")(text)
-
-
-def _positive(flag):
-    from .cli_types import positive_int
-
-    return positive_int(flag)
 
 
 @dataclass
@@ -88,7 +47,7 @@ def chunk_text(model, tokenizer, text: str, device: str = "cpu") -> tuple[list[s
     import torch
 
     if not text:
-        raise ValueError("--text is empty: give some text to chunk")
+        raise ValueError("`text` is empty: give some text to chunk")
     data = text.encode("utf-8")
     ids = list(tokenizer(text)["input_ids"])
     special = set(getattr(tokenizer, "all_special_ids", []) or [])
@@ -153,7 +112,7 @@ def format_chunks(chars: list[str], stage: StageChunks) -> str:
     return f"|{body}|"
 
 
-def _describe(stage: StageChunks, n_bytes: int) -> str:
+def describe_stage(stage: StageChunks, n_bytes: int) -> str:
     target = "fixed word-boundary router" if not stage.learned else f"target 1/N = {stage.target:.3f}"
     unit = "bytes" if stage.stage == 0 else f"stage-{stage.stage - 1} chunks"
     return (f"stage {stage.stage}: {stage.num_chunks} chunks over {n_bytes} bytes, boundary fraction "
@@ -190,7 +149,7 @@ def write_png(path: str, chars: list[str], stages: list[StageChunks], n_bytes: i
     ax.text(0.2, 0.28, title, fontsize=9, fontweight="bold", va="center")
     y = 0.45
     for stage in stages:
-        ax.text(0.2, y + gap * 0.55, _describe(stage, n_bytes), fontsize=8, va="center")
+        ax.text(0.2, y + gap * 0.55, describe_stage(stage, n_bytes), fontsize=8, va="center")
         y += gap
         for line in lines:
             for col, k in enumerate(line):
@@ -221,7 +180,7 @@ def write_html(path: str, chars: list[str], stages: list[StageChunks], n_bytes: 
         f"<h1 style='font-size:17px'>{html.escape(title)}</h1>",
     ]
     for stage in stages:
-        parts.append(f"<h2>{html.escape(_describe(stage, n_bytes))}</h2><pre>")
+        parts.append(f"<h2>{html.escape(describe_stage(stage, n_bytes))}</h2><pre>")
         pieces, start = [], 0
         for k in range(1, len(chars) + 1):
             if k == len(chars) or stage.starts[k]:
@@ -237,57 +196,3 @@ def write_html(path: str, chars: list[str], stages: list[StageChunks], n_bytes: 
         parts.append("</pre>")
     parts.append("</body></html>\n")
     Path(path).write_text("".join(parts), encoding="utf-8")
-
-
-def load_model_and_tokenizer(model_dir: str, device: str = "cpu"):
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    import hf_seqmodels  # noqa: F401  (registers the architectures and the byte tokenizer)
-    from hf_seqmodels import ByteTokenizer
-
-    folder = Path(model_dir)
-    if not folder.is_dir():
-        raise ValueError(f"--model must be a saved H-Net folder, got {model_dir!r} (not a directory)")
-    if not (folder / "config.json").is_file():
-        raise ValueError(f"--model {model_dir!r} holds no config.json: not a saved model folder")
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).to(device)
-    if not hasattr(model.config, "arch_layout") or not hasattr(model.config, "compression_ratio"):
-        raise ValueError(f"--model {model_dir!r} is a {type(model).__name__}, not an H-Net: it has no chunk boundaries")
-    tokenizer = AutoTokenizer.from_pretrained(model_dir) if (folder / "tokenizer_config.json").is_file() else ByteTokenizer()
-    return model, tokenizer
-
-
-def run_chunks(args: argparse.Namespace) -> int:
-    if args.text_file is not None:
-        if not Path(args.text_file).is_file():
-            raise ValueError(f"--text-file must be a file, got {args.text_file!r}")
-        text = Path(args.text_file).read_text(encoding="utf-8")
-    else:
-        text = args.text
-    if not text:
-        raise ValueError("--text is empty: give some text to chunk")
-    from .cli_types import check_output_file
-
-    for flag, path in (("--out", args.out), ("--html", args.html)):
-        if path:
-            check_output_file(flag, path)  # before the model runs
-    model, tokenizer = load_model_and_tokenizer(args.model, args.device)
-    chars, stages, n_bytes = chunk_text(model, tokenizer, text, args.device)
-    title = f"H-Net chunks: {os.path.basename(os.path.normpath(args.model))} ({len(stages)} stage(s))"
-    for stage in stages:
-        print(_describe(stage, n_bytes))
-        print(format_chunks(chars, stage))
-        moved = sum(stage.straddled)
-        if moved:
-            print(f"  ({moved} boundar{'y' if moved == 1 else 'ies'} fell inside a multi-byte character; "
-                  "shown at the character's first byte)")
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        write_png(args.out, chars, stages, n_bytes, title, args.width)
-        print(f"wrote {args.out}")
-    if args.html:
-        Path(args.html).parent.mkdir(parents=True, exist_ok=True)
-        write_html(args.html, chars, stages, n_bytes, title)
-        print(f"wrote {args.html}")
-    return 0
