@@ -47,7 +47,7 @@ $(TF_TESTS)/%/tests/__init__.py: | $(VENV)/.installed
 transformers-tests: $(TF_TESTS_NEW) $(TF_TESTS_OLD)
 
 demo: install
-	$(VENV)/bin/hf-seqmodels demo
+	$(VENV)/bin/hf-seqmodels demo --overwrite
 
 test: install install-oldest transformers-tests
 	$(PY) -m pytest -q tests
@@ -55,8 +55,9 @@ test: install install-oldest transformers-tests
 	$(PY_OLD) -c "import transformers; print('transformers', transformers.__version__)"
 	$(PY_OLD) -m pytest -q tests/integration tests/transformers_common -m "not slow"
 
+# the inner loop: no `slow` tests and none that start fresh Python processes (`subprocess`); `make test` runs them all
 test-fast: install $(TF_TESTS_NEW)
-	$(PY) -m pytest -q tests -m "not slow"
+	$(PY) -m pytest -q tests -m "not slow and not subprocess"
 
 bench: install
 	$(VENV)/bin/hf-seqmodels bench

@@ -13,8 +13,8 @@ for the original (KV cache), Liger (recurrent state + window) and the hybrid (bo
 holds at that context (bytes of the cache tensors); the caches are filled with random values of the size a real
 context would leave, so no 16K-token prefill is needed.
 
-    python benchmarks/linearize_quality.py                     # both parts, CPU-sized budget
-    python benchmarks/linearize_quality.py --skip-speed --steps 400 --seq-len 1024
+    python -m benchmarks.linearize_quality                     # both parts, CPU-sized budget
+    python -m benchmarks.linearize_quality --skip-speed --steps 400 --seq-len 1024
 """
 from __future__ import annotations
 
@@ -31,7 +31,8 @@ import torch
 import hf_seqmodels  # noqa: F401  (registers the architectures)
 from hf_seqmodels.cache import RecurrentCache
 from hf_seqmodels.compat import CACHE_KWARG
-from hf_seqmodels.linearize import add_lora, attention_transfer, finetune, linearize, load_llama, perplexity_of_blocks, token_blocks
+from hf_seqmodels.evaluation import perplexity_of_ids
+from hf_seqmodels.linearize import add_lora, attention_transfer, finetune, linearize, load_llama, token_blocks
 
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 DEFAULT_TEXT = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "wikitext2-valid.txt")
@@ -62,7 +63,8 @@ def quality(args, llama, tokenizer) -> list[tuple[str, str, float]]:
 
     def record(name, stage, model):
         t = time.time()
-        ppl = perplexity_of_blocks(model, held_out)
+        ppl = perplexity_of_ids(model, held_out.flatten(), context=args.eval_context, stride=args.eval_context,
+                                progress=False)
         rows.append((name, stage, ppl))
         print(f"{name:<22} {stage:<40} ppl {ppl:8.2f}   ({time.time() - t:.0f} s)", flush=True)
 
