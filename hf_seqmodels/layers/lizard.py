@@ -20,7 +20,7 @@ from torch import nn
 from transformers import initialization as init
 
 from .checks import check_int, check_number
-from .liger import LinearizedAttention, check_liger_options
+from .linearized import LinearizedAttention, check_linear_branch
 
 
 def check_lizard_options(where: str, feature_dim, num_sinks, sink_init) -> None:
@@ -57,7 +57,7 @@ class LizardAttention(LinearizedAttention):
         ``num_sinks`` (>= 0), ``sink_init``, ``gate_logit_normalizer`` (> 0) and ``gla_scale``."""
         super().__init__(hidden_size, num_heads, **kwargs)
         check_lizard_options("LizardAttention", feature_dim, num_sinks, sink_init)
-        check_liger_options("LizardAttention", None, gate_logit_normalizer, gla_scale)
+        check_linear_branch("LizardAttention", None, gate_logit_normalizer, gla_scale)
         H, D = self.num_heads, self.head_dim
         self.feature_dim = feature_dim or D
         self.gate_logit_normalizer = float(gate_logit_normalizer)

@@ -15,7 +15,8 @@ import hf_seqmodels  # noqa: F401  (registers the architectures)
 import tiny_llama
 from hf_seqmodels.cache import RecurrentCache
 from hf_seqmodels.layers.families import FAMILIES
-from hf_seqmodels.layers.liger import LigerAttention, SoftmaxAttention
+from hf_seqmodels.layers.liger import LigerAttention
+from hf_seqmodels.layers.linearized import SoftmaxAttention
 from hf_seqmodels.linearize import add_lora, attention_transfer, linearize
 from hf_seqmodels.models.liger import LigerConfig, LigerForCausalLM
 from hf_seqmodels.models.lizard import LizardForCausalLM
@@ -347,14 +348,14 @@ def test_peft_default_targets_follow_the_family(name):
 
 def test_softmax_layers_without_sdpa_gqa_compute_the_same(monkeypatch):
     """torch < 2.5 has no ``enable_gqa``: the softmax layers then expand the key/value heads themselves."""
-    import hf_seqmodels.layers.liger as liger
+    import hf_seqmodels.layers.linearized as linearized
 
     model = linearize(teacher("qwen3").double(), "liger", softmax_layers=[0, 1, 2])
     ids, mask = left_padded(2, 9, pad=(2, 0))
     with torch.no_grad():
         ref = model(ids, attention_mask=mask).logits
         stepped, _ = decode_in_pieces(model, ids, mask, [5, 1, 1, 1, 1])
-        monkeypatch.setattr(liger, "_SDPA_GQA", False)
+        monkeypatch.setattr(linearized, "_SDPA_GQA", False)
         assert_rows_close(model(ids, attention_mask=mask).logits, ref, mask, 1e-12)
         assert_rows_close(decode_in_pieces(model, ids, mask, [5, 1, 1, 1, 1])[0], stepped, mask, 1e-12)
 

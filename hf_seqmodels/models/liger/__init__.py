@@ -1,4 +1,4 @@
-from .configuration_liger import LigerConfig, LinearizedLlamaConfig
+from .configuration_liger import LigerConfig
 from .modeling_liger import LigerForCausalLM, LigerModel, LigerPreTrainedModel
 
-__all__ = ["LigerConfig", "LinearizedLlamaConfig", "LigerModel", "LigerForCausalLM", "LigerPreTrainedModel"]
+__all__ = ["LigerConfig", "LigerModel", "LigerForCausalLM", "LigerPreTrainedModel"]

@@ -1,24 +1,8 @@
-from hf_seqmodels.layers.liger import LigerAttention, LinearizedDecoderBlock, SoftmaxAttention
-from hf_seqmodels.models.causal_lm import SeqForCausalLM, SeqModel, SeqPreTrainedModel
+from hf_seqmodels.layers.liger import LigerAttention
+from hf_seqmodels.models.causal_lm import SeqForCausalLM, SeqPreTrainedModel
+from hf_seqmodels.models.linearized import LinearizedModel
 
 from .configuration_liger import LigerConfig
-
-
-class LinearizedModel(SeqModel):
-    """A linearized decoder: the teacher family's MLP and RMSNorm (transformers' own classes), the method's attention
-    (``attention_class``) in every layer except ``config.softmax_layers``, which keep the teacher's softmax attention."""
-
-    attention_class = None
-
-    def build_block(self, config, layer_idx):
-        family = config.family
-        mixer = SoftmaxAttention if layer_idx in config.softmax_layers else self.attention_class
-        return LinearizedDecoderBlock(config, mixer.from_config(config, layer_idx),
-                                      mlp=family.component("MLP")(config.family_config()),
-                                      norm_class=family.component("RMSNorm"))
-
-    def build_norm(self, config):
-        return config.family.component("RMSNorm")(config.hidden_size, eps=config.rms_norm_eps)
 
 
 class LigerPreTrainedModel(SeqPreTrainedModel):

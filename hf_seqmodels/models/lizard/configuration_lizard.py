@@ -1,5 +1,5 @@
 from hf_seqmodels.layers.lizard import check_lizard_options
-from hf_seqmodels.models.liger.configuration_liger import LinearizedLlamaConfig
+from hf_seqmodels.models.linearized import LinearizedLlamaConfig
 
 
 class LizardConfig(LinearizedLlamaConfig):

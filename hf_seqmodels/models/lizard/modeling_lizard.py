@@ -1,6 +1,6 @@
 from hf_seqmodels.layers.lizard import LizardAttention
 from hf_seqmodels.models.causal_lm import SeqForCausalLM, SeqPreTrainedModel
-from hf_seqmodels.models.liger.modeling_liger import LinearizedModel
+from hf_seqmodels.models.linearized import LinearizedModel
 
 from .configuration_lizard import LizardConfig
 
