@@ -116,7 +116,8 @@ def check_model_folder(flag: str, path: str, gguf_file: str | None, gguf_flag: s
     to transformers. Returns the full path of the GGUF file, if any. Raises ``ValueError`` naming what is wrong:
     a missing folder, a GGUF-only folder without ``--gguf-file``, a truncated GGUF file, weights only as a pickle
     (``pytorch_model.bin``, never loaded), no tokenizer."""
-    from ..hub import check_gguf_file, looks_like_hub_id
+    from ..gguf import check_gguf_file
+    from ..hub import looks_like_hub_id
 
     folder = Path(path)
     if gguf_file is not None:

@@ -115,7 +115,7 @@ def load_llama(path, gguf_file: str | None = None, dtype=torch.float32):
         if arch not in GGUF_ARCHITECTURES:
             raise ValueError(f"linearize: the GGUF file {full!r} holds a {arch!r} model; only Llama-shaped decoders "
                              f"(GGUF architectures {sorted(GGUF_ARCHITECTURES)}) can be linearized")
-        from hf_seqmodels.hub import check_gguf_file
+        from hf_seqmodels.gguf import check_gguf_file
 
         check_gguf_file(full)  # a truncated file: said so here, not as a reshape error deep in the loader
     else:
@@ -135,7 +135,7 @@ def teacher_shape(model: str, gguf_path: str | None) -> dict:
     """The teacher's ``model_type``, number of layers and context length (``None`` where unknown) from its config.json
     or GGUF metadata, without reading weights; all ``None`` for a Hub id (transformers checks those when loading)."""
     if gguf_path is not None:
-        from hf_seqmodels.hub import gguf_metadata
+        from hf_seqmodels.gguf import gguf_metadata
 
         meta = gguf_metadata(gguf_path)
         arch = meta.get("general.architecture", "llama")

@@ -16,7 +16,7 @@ import torch
 import yaml
 
 import hf_seqmodels  # noqa: F401  (registers the architectures)
-from hf_seqmodels import hub
+from hf_seqmodels import gguf, hub
 from hf_seqmodels.commands import bench
 from hf_seqmodels.commands.main import build_parser, main
 
@@ -190,11 +190,11 @@ def test_truncated_gguf_is_named_truncated(tmp_path, text_file, capsys, nothing_
     data = (folder / "cut.gguf").read_bytes()
     (folder / "head.gguf").write_bytes(data[:40])
     with pytest.raises(ValueError, match="truncated"):
-        hub.check_gguf_file(str(folder / "head.gguf"))
+        gguf.check_gguf_file(str(folder / "head.gguf"))
     # a complete one passes
     _write_gguf(folder / "ok.gguf", [("token_embd.weight", [8, 16]), ("output_norm.weight", [8])],
                 data_bytes=4 * 8 * 16 + 32)
-    assert hub.check_gguf_file(str(folder / "ok.gguf"))["general.architecture"] == "llama"
+    assert gguf.check_gguf_file(str(folder / "ok.gguf"))["general.architecture"] == "llama"
 
 
 def test_truncated_real_gguf_through_load_llama(tmp_path):
