@@ -27,16 +27,28 @@ def _is_interpreter_test(item) -> bool:
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
 
-@pytest.fixture(autouse=True)
-def fresh_seed():
-    """Fresh random inputs each run; the seed is printed so a failure can be replayed (HF_SEQMODELS_SEED=...)."""
+def _seed_all() -> int:
+    """Seeds torch and `random` from the OS (or HF_SEQMODELS_SEED=... to replay a failure) and prints the seed."""
     # from the OS, not from `random`: a test that seeds the global generators (Trainer's set_seed) must not fix the
     # seeds of every later test
     seed = int(os.environ.get("HF_SEQMODELS_SEED", secrets.randbits(31)))
     torch.manual_seed(seed)
     random.seed(seed)
     print(f"seed={seed}")
-    yield seed
+    return seed
+
+
+@pytest.fixture(autouse=True)
+def fresh_seed():
+    """Fresh random inputs each run; the seed is printed so a failure can be replayed (HF_SEQMODELS_SEED=...)."""
+    yield _seed_all()
+
+
+@pytest.fixture(scope="session")
+def draw_seed():
+    """For a session- or module-scoped fixture that draws random data (set up before the test's own ``fresh_seed``):
+    ``seed = draw_seed()`` seeds the generators as ``fresh_seed`` does; name the seed in the failure messages."""
+    return _seed_all
 
 
 @pytest.fixture

@@ -5,6 +5,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
 
@@ -17,6 +19,7 @@ def run_example(name, *args):
     return proc.stdout
 
 
+@pytest.mark.subprocess
 def test_trainer_example(tmp_path):
     out = run_example("train_gla_trainer.py", "--steps", "3", "--block-size", "32", "--batch-size", "4",
                       "--out", str(tmp_path / "run"))
@@ -24,6 +27,7 @@ def test_trainer_example(tmp_path):
     assert (tmp_path / "run" / "model.safetensors").is_file()
 
 
+@pytest.mark.subprocess
 def test_lora_example(tmp_path):
     out = run_example("lora_gla.py", "--steps", "3", "--out", str(tmp_path / "lora"))
     diff = float(out.rsplit("max |diff| = ", 1)[1].split()[0])

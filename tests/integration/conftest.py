@@ -9,9 +9,12 @@ Helpers shared by the test modules live in ``integration_utils.py`` (a test modu
 """
 from __future__ import annotations
 
+import importlib.util
+
 import pytest
 
 from hf_seqmodels import GLAConfig, HNetConfig, LigerConfig, LizardConfig, ParaRNNConfig
+from integration_utils import FreshProcesses
 
 # initializer_range 0.2 (not 0.02) gives peaked next-token distributions, so greedy/beam comparisons are not
 # decided by float-rounding near-ties; pad 0, bos 1, eos 2 (inputs avoid them where it matters).
@@ -40,10 +43,10 @@ def _hnet(layout, **defaults):
 
 #: name -> factory(**overrides) returning a tiny config; together they cover every architecture and its options
 TINY_CONFIGS = {
-    "gla": _tiny(GLAConfig, dict(vocab_size=128, hidden_size=32, num_heads=2, use_short_conv=False, tie_word_embeddings=False)),
-    "gla-conv-tied": _tiny(
-        GLAConfig, dict(vocab_size=256, hidden_size=64, num_heads=4, use_short_conv=True, conv_size=4, tie_word_embeddings=True)
-    ),
+    "gla": _tiny(GLAConfig, dict(vocab_size=128, hidden_size=32, num_heads=2, use_short_conv=False,
+                                 tie_word_embeddings=False)),
+    "gla-conv-tied": _tiny(GLAConfig, dict(vocab_size=256, hidden_size=64, num_heads=4, use_short_conv=True,
+                                           conv_size=4, tie_word_embeddings=True)),
     "paragru": _tiny(ParaRNNConfig, dict(cell="gru", vocab_size=128, hidden_size=32, num_heads=2, use_short_conv=True)),
     "paralstm-tied": _tiny(
         ParaRNNConfig,
@@ -79,12 +82,6 @@ def pytest_generate_tests(metafunc):
 
 
 @pytest.fixture
-def tiny_configs():
-    """All of ``TINY_CONFIGS`` (for a test that covers every tiny config in one go)."""
-    return dict(TINY_CONFIGS)
-
-
-@pytest.fixture
 def tiny_config(tiny_name):
     return TINY_CONFIGS[tiny_name]()
 
@@ -92,3 +89,11 @@ def tiny_config(tiny_name):
 @pytest.fixture
 def train_config(train_name):
     return train_config_for(train_name)
+
+
+@pytest.fixture(scope="session")
+def fresh_processes(tmp_path_factory, draw_seed):
+    """Every tiny config loaded in two fresh interpreters (test_hub.py, test_auto.py): see FreshProcesses."""
+    seed = draw_seed()
+    fla = importlib.util.find_spec("fla") is not None
+    return FreshProcesses(tmp_path_factory.mktemp("fresh"), TINY_CONFIGS, seed, fla=fla)

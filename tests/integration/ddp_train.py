@@ -1,13 +1,15 @@
-"""A short Trainer fine-tune that ``test_ddp.py`` runs twice on the same global batches: alone (one process, the whole
-batch) and under ``torchrun --nproc_per_node 2`` (gloo on the CPU, half the batch per process).
+"""Short Trainer fine-tunes, one per config, that ``test_ddp.py`` runs twice on the same global batches: alone (one
+process, the whole batch) and under ``torchrun --nproc_per_node 2`` (gloo on the CPU, half the batch per process).
+One launch trains every config in turn, so process start-up and the rendezvous are paid once.
 
-    python ddp_train.py --config gla-conv-tied --out DIR [--steps 5 --global-batch 8]
-    python -m torch.distributed.run --standalone --nproc_per_node 2 ddp_train.py --config ... --out DIR
+    python ddp_train.py --out DIR [--configs gla-conv-tied,liger --steps 5 --global-batch 8]
+    python -m torch.distributed.run --standalone --nproc_per_node 2 ddp_train.py --out DIR [...]
 
 Data order is fixed (sequential sampler; accelerate hands process i the batches i, i+2, ... of size batch/2, so a
 global step covers the same examples as one process's step). SGD, not Adam: Adam's update is blind to the scale of
-the gradient, so gradients summed instead of averaged across processes would go unnoticed. Rank 0 writes
-``log.json`` (losses, grad norms) and the final weights (``final/``).
+the gradient, so gradients summed instead of averaged across processes would go unnoticed. For each config rank 0
+writes ``DIR/<config>/log.json`` (losses, grad norms; or the error that stopped that config) and the final weights
+(``DIR/<config>/final/``).
 """
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ import argparse
 import json
 import os
 import sys
+import traceback
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -22,31 +25,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import torch  # noqa: E402
 from transformers import Trainer, TrainingArguments  # noqa: E402
 
-from conftest import train_config_for  # noqa: E402
+from conftest import TRAIN_CONFIGS, train_config_for  # noqa: E402
 from integration_utils import ByteBlocks, build_lm  # noqa: E402
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--config", required=True)
-    parser.add_argument("--out", required=True)
-    parser.add_argument("--steps", type=int, default=5)
-    parser.add_argument("--global-batch", type=int, default=8)
-    parser.add_argument("--block", type=int, default=64)
-    parser.add_argument("--lr", type=float, default=0.5)
-    parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args()
-
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if args.global_batch % world:
-        raise SystemExit(f"--global-batch {args.global_batch} is not divisible by the world size {world}")
+def train(name: str, out: Path, args, world: int) -> dict:
     torch.manual_seed(args.seed)  # the same initial weights in every process (DDP also broadcasts rank 0's)
-    config = train_config_for(args.config)
+    config = train_config_for(name)
     config.initializer_range = 0.02
     model = build_lm(config).train()
     data = ByteBlocks(args.block, args.steps * args.global_batch)
-
-    out = Path(args.out)
     targs = TrainingArguments(
         output_dir=str(out / "run"), max_steps=args.steps, per_device_train_batch_size=args.global_batch // world,
         optim="sgd", learning_rate=args.lr, lr_scheduler_type="constant", warmup_steps=0, weight_decay=0.0,
@@ -58,18 +46,53 @@ def main() -> None:
     )
     trainer = Trainer(model=model, args=targs, train_dataset=data)
     trainer.train()
-    if trainer.is_world_process_zero():
-        logs = [h for h in trainer.state.log_history if "loss" in h]
-        report = dict(world_size=targs.world_size, per_device=targs.per_device_train_batch_size,
-                      losses=[h["loss"] for h in logs], grad_norms=[h.get("grad_norm") for h in logs])
-        (out / "log.json").write_text(json.dumps(report))
-        trainer.save_model(str(out / "final"))
+    trainer.save_model(str(out / "final"))  # every rank calls it; only the main process writes
+    logs = [h for h in trainer.state.log_history if "loss" in h]
+    return dict(world_size=targs.world_size, per_device=targs.per_device_train_batch_size,
+                losses=[h["loss"] for h in logs], grad_norms=[h.get("grad_norm") for h in logs])
+
+
+def main() -> int:
+    """Train every config in turn; returns how many failed."""
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--configs", default=",".join(TRAIN_CONFIGS), help="comma-separated names from TRAIN_CONFIGS")
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--global-batch", type=int, default=8)
+    parser.add_argument("--block", type=int, default=64)
+    parser.add_argument("--lr", type=float, default=0.5)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+
+    names = args.configs.split(",")
+    unknown = [n for n in names if n not in TRAIN_CONFIGS]
+    if unknown:
+        raise SystemExit(f"--configs: unknown {unknown}; expected names from {TRAIN_CONFIGS}")
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    if args.global_batch % world:
+        raise SystemExit(f"--global-batch {args.global_batch} is not divisible by the world size {world}")
+    failed = 0
+    for name in names:
+        out = Path(args.out) / name
+        # A config that fails (in every rank alike: the same code on the same data) is recorded and the next one
+        # trains, so one broken architecture does not hide the results of the others.
+        try:
+            report = train(name, out, args, world)
+        except Exception:
+            report = dict(error=traceback.format_exc())
+            failed += 1
+            print(f"[rank {rank}] {name} failed:\n{report['error']}", file=sys.stderr, flush=True)
+        if rank == 0:
+            out.mkdir(parents=True, exist_ok=True)
+            (out / "log.json").write_text(json.dumps(report))
+    return failed
 
 
 if __name__ == "__main__":
-    main()
+    failed = main()
     # Every result is written: leave without the interpreter's exit-time destructors, where gloo's threads can abort
     # a finished rank ("terminate called without an active exception", SIGABRT) and fail a run that succeeded.
     sys.stdout.flush()
     sys.stderr.flush()
-    os._exit(0)
+    os._exit(1 if failed else 0)

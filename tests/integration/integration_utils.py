@@ -1,6 +1,7 @@
 """Helpers shared by the integration tests (architecture-agnostic)."""
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -8,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import load_file, save_file
 
 import hf_seqmodels
 
@@ -77,19 +79,63 @@ class ByteBlocks(torch.utils.data.Dataset):
 def clean_env(**extra) -> dict:
     """The environment for a child process: offline, no seed override, one BLAS thread per process."""
     env = {k: v for k, v in os.environ.items() if k not in ("HF_SEQMODELS_SEED", "PYTHONPATH")}
-    env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", TOKENIZERS_PARALLELISM="false", PYTHONDONTWRITEBYTECODE="1")
+    env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1",
+               TOKENIZERS_PARALLELISM="false", PYTHONDONTWRITEBYTECODE="1")
     env.update({k: str(v) for k, v in extra.items()})
     return env
 
 
-def run_python(args, cwd, timeout=300, **env_extra):
-    """Run ``sys.executable *args`` in ``cwd``; fail the test with the child's output when it fails."""
-    proc = subprocess.run([sys.executable, *map(str, args)], cwd=cwd, env=clean_env(**env_extra), capture_output=True,
-                          text=True, timeout=timeout)
-    if proc.returncode != 0:
-        pytest.fail(f"subprocess {args} failed (rc={proc.returncode}):\n--- stdout\n{proc.stdout[-4000:]}\n"
-                    f"--- stderr\n{proc.stderr[-8000:]}")
-    return proc
+class FreshProcesses:
+    """Every tiny config saved with perturbed weights and its inputs, then loaded by two fresh interpreters started at
+    once (``fresh_process_child.py`` in modes "import" and "remote"; each spends seconds importing torch and
+    transformers). ``expected[name]`` holds the logits of the saved model in this process, ``classes[name]`` its
+    causal-LM class; ``report(mode)`` is a child's JSON report (the test fails with the child's output if it failed)."""
+
+    MODES = ("import", "remote")
+
+    def __init__(self, root: Path, configs: dict, seed: int, fla: bool, timeout: float = 600):
+        self.root, self.seed = root, seed
+        self.expected, self.classes = {}, {}
+        for name, factory in configs.items():
+            config = factory()
+            lm_class = classes_for(config)[2]
+            self.classes[name] = f"{lm_class.__module__}.{lm_class.__name__}"
+            model = build_lm(config, perturb=True)
+            model.save_pretrained(root / name)  # the inputs travel in the model folder (an extra file is harmless)
+            ids = random_ids(config, 2, 13)
+            with torch.no_grad():
+                self.expected[name] = model(ids).logits
+            save_file({"input_ids": ids}, str(root / name / "inputs.safetensors"))
+        (root / "spec.json").write_text(json.dumps(dict(names=list(self.expected), fla=fla)))
+
+        cwd = root / "cwd"  # empty: what an interpreter outside the repository finds
+        cwd.mkdir()
+        env = clean_env(HF_MODULES_CACHE=root / "modules_cache", HF_HOME=root / "hf_home")
+        source = (HERE / "fresh_process_child.py").read_text()
+        procs = {mode: subprocess.Popen([sys.executable, "-c", source, mode, str(root)], cwd=cwd, env=env,
+                                        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                        text=True)
+                 for mode in self.MODES}
+        self.runs = {}
+        try:
+            for mode, proc in procs.items():
+                stdout, stderr = proc.communicate(timeout=timeout)
+                self.runs[mode] = (proc.returncode, stdout, stderr)
+        finally:
+            for proc in procs.values():
+                if proc.poll() is None:
+                    proc.kill()
+                    proc.wait()
+
+    def report(self, mode: str) -> dict:
+        rc, stdout, stderr = self.runs[mode]
+        if rc != 0:
+            pytest.fail(f"the fresh {mode!r} process failed (rc={rc}, seed={self.seed}):\n--- stdout\n"
+                        f"{stdout[-3000:]}\n--- stderr\n{stderr[-6000:]}")
+        return json.loads(stdout.strip().splitlines()[-1])
+
+    def logits(self, name: str, mode: str):
+        return load_file(str(self.root / name / f"logits_{mode}.safetensors"))["logits"]
 
 
 # -- comparisons ---------------------------------------------------------------------------------------------------

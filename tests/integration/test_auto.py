@@ -4,53 +4,21 @@ from __future__ import annotations
 
 import importlib.metadata
 import importlib.util
-import json
-import subprocess
-import sys
-import textwrap
 
 import pytest
 import torch
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
 
 import hf_seqmodels
-from integration_utils import REPO_ROOT, build_lm, classes_for, clean_env, random_ids, run_python
+from integration_utils import REPO_ROOT, build_lm, classes_for, random_ids
 
 PREFIX = "hf_seqmodels_"
 
-# Runs in a fresh interpreter in an empty directory: the Auto classes do not know our model types before
-# `import hf_seqmodels` and do after; and no top-level `kernels` module of ours is importable (pytest's own sys.path
-# holds the repository root, where the kernels/ source folder lives, so only a fresh process can tell).
-_FRESH_CHILD = textwrap.dedent(
-    """
-    import importlib.util, json, sys
-    from transformers import CONFIG_MAPPING, MODEL_FOR_CAUSAL_LM_MAPPING, MODEL_MAPPING
-    before = set(CONFIG_MAPPING.keys())
-    assert "hf_seqmodels" not in sys.modules
-    import hf_seqmodels
-    import hf_seqmodels.kernels as k
-    archs = []
-    for config_class, model_class, lm_class in hf_seqmodels.ARCHITECTURES:
-        t = config_class.model_type
-        archs.append(dict(model_type=t, known_before=t in before, config=CONFIG_MAPPING[t] is config_class,
-                          model=MODEL_MAPPING[config_class] is model_class,
-                          lm=MODEL_FOR_CAUSAL_LM_MAPPING[config_class] is lm_class))
-    s = importlib.util.find_spec("kernels")
-    kernels = dict(origin=s and s.origin, locations=s and list(s.submodule_search_locations or []), ours=k.__file__,
-                   package_dir=list(importlib.util.find_spec("hf_seqmodels").submodule_search_locations))
-    print(json.dumps(dict(archs=archs, kernels=kernels)))
-    """
-)
-
-
-@pytest.fixture(scope="module")
-def fresh_process(tmp_path_factory):
-    cwd = tmp_path_factory.mktemp("fresh")
-    return json.loads(run_python(["-c", _FRESH_CHILD], cwd=cwd).stdout.strip().splitlines()[-1])
-
-
-def test_import_registers_every_architecture_in_a_fresh_process(fresh_process):
-    out = fresh_process["archs"]
+@pytest.mark.subprocess
+def test_import_registers_every_architecture_in_a_fresh_process(fresh_processes):
+    """In an interpreter that has not imported hf_seqmodels (fresh_process_child.py, mode "import"), the Auto classes
+    do not know our model types before ``import hf_seqmodels`` and map each to our classes after."""
+    out = fresh_processes.report("import")["archs"]
     assert [o["model_type"] for o in out] == [c.model_type for c, _, _ in hf_seqmodels.ARCHITECTURES]
     for o in out:
         assert o["model_type"].startswith(PREFIX), o
@@ -86,61 +54,23 @@ def test_auto_classes_from_config(tiny_config):
     torch.testing.assert_close(lm.lm_head(hidden), logits, rtol=0, atol=0)
 
 
-# Runs in a fresh interpreter with fla imported before or after hf_seqmodels: fla keeps its own `gla`, our configs
-# and models still resolve to our classes and run on the CPU.
-_FLA_CHILD = textwrap.dedent(
-    """
-    import json, sys, torch
-    from transformers import AutoConfig, AutoModelForCausalLM
-    order, config_dirs = sys.argv[1], sys.argv[2:]
-    if order == "fla-first":
-        import fla; import hf_seqmodels
-    else:
-        import hf_seqmodels; import fla
-    from fla.models import GLAConfig as FlaGLAConfig, GLAForCausalLM as FlaGLAForCausalLM
-    fla_cfg = AutoConfig.for_model("gla", hidden_size=64, num_heads=2, num_hidden_layers=1, vocab_size=128)
-    fla_lm = AutoModelForCausalLM.from_config(fla_cfg)
-    out = dict(fla_config=type(fla_cfg) is FlaGLAConfig, fla_lm=type(fla_lm) is FlaGLAForCausalLM, ours=[])
-    for d in config_dirs:
-        cfg = AutoConfig.from_pretrained(d)
-        entry = [e for e in hf_seqmodels.ARCHITECTURES if type(cfg) is e[0]]
-        lm = AutoModelForCausalLM.from_config(cfg).eval()
-        ids = torch.randint(3, cfg.vocab_size, (1, 5))
-        with torch.no_grad():
-            logits = lm(ids).logits
-        out["ours"].append(dict(config=type(cfg).__module__ + "." + type(cfg).__name__, registered=len(entry) == 1,
-                                lm=bool(entry) and type(lm) is entry[0][2], finite=bool(torch.isfinite(logits).all())))
-    print(json.dumps(out))
-    """
-)
-
-
+@pytest.mark.subprocess
 @pytest.mark.skipif(
     importlib.util.find_spec("fla") is None,
     reason="flash-linear-attention is not installed (pip install flash-linear-attention==0.6.0; it imports on CPU)",
 )
-def test_fla_side_by_side(tmp_path, tiny_configs):
-    dirs = []
-    for name, factory in tiny_configs.items():
-        factory().save_pretrained(tmp_path / name)
-        dirs.append(str(tmp_path / name))
-    # the two orders in parallel (each import of fla takes seconds)
-    procs = {
-        order: subprocess.Popen([sys.executable, "-c", _FLA_CHILD, order, *dirs], cwd=tmp_path, env=clean_env(),
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        for order in ("fla-first", "ours-first")
-    }
-    for order, proc in procs.items():
-        stdout, stderr = proc.communicate(timeout=300)
-        assert proc.returncode == 0, f"{order}:\n{stdout[-3000:]}\n{stderr[-6000:]}"
-        out = json.loads(stdout.strip().splitlines()[-1])
+def test_fla_side_by_side(fresh_processes):
+    """fla imported after hf_seqmodels (the "import" child) and before it (the "remote" child, whose loader files
+    import hf_seqmodels): fla keeps its own ``gla``, our configs and models still resolve to our classes and run."""
+    for mode, order in (("import", "ours-first"), ("remote", "fla-first")):
+        out = fresh_processes.report(mode)["fla"]
         assert out["fla_config"] and out["fla_lm"], (order, out)
-        assert len(out["ours"]) == len(tiny_configs)
+        assert len(out["ours"]) == len(fresh_processes.expected)
         for o in out["ours"]:
             assert o["config"].startswith("hf_seqmodels.") and o["registered"] and o["lm"] and o["finite"], (order, o)
 
 
-def test_kernels_are_a_subpackage_and_no_top_level_kernels_module(fresh_process):
+def test_kernels_are_a_subpackage_and_no_top_level_kernels_module():
     import hf_seqmodels.kernels as kernels
 
     assert kernels.__name__ == "hf_seqmodels.kernels"
@@ -152,9 +82,14 @@ def test_kernels_are_a_subpackage_and_no_top_level_kernels_module(fresh_process)
     assert "kernels" not in top_level, top_level
     assert "hf-seqmodels" not in importlib.metadata.packages_distributions().get("kernels", [])
 
-    # What an interpreter outside the repository finds: no `kernels`, or one from another distribution (the
-    # kernel-hub library), never our kernels/ folder or anything inside our package.
-    out = fresh_process["kernels"]
+
+@pytest.mark.subprocess
+def test_no_top_level_kernels_module_of_ours_in_a_fresh_process(fresh_processes):
+    """What an interpreter outside the repository finds (fresh_process_child.py, mode "import", in an empty directory;
+    pytest's own sys.path holds the repository root, where the kernels/ source folder lives, so only a fresh process
+    can tell): no `kernels`, or one from another distribution (the kernel-hub library), never our kernels/ folder or
+    anything inside our package."""
+    out = fresh_processes.report("import")["kernels"]
     ours = [str(REPO_ROOT / "kernels"), *out["package_dir"]]
     found = [p for p in [out["origin"], *(out["locations"] or [])] if p]
     for path in found:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import re
+import signal
 import subprocess
 import sys
 
@@ -16,23 +18,59 @@ from integration_utils import HERE, blocks_of, build_lm, clean_env
 pytest.importorskip("accelerate")
 
 
-def test_two_process_ddp_matches_one_process(train_name, tmp_path):
-    script = HERE / "ddp_train.py"
-    common = [str(script), "--config", train_name, "--steps", "5", "--global-batch", "8"]
+@pytest.fixture(scope="module")
+def ddp_runs(tmp_path_factory):
+    """Every config of TRAIN_CONFIGS trained by two launches of ddp_train.py, started at once (each spends much of its
+    time starting Python and importing torch/transformers): one process, and torchrun with 2 processes. Returns
+    {n_processes: dict(dir=<one sub-folder per config>, rc=<exit status>, output=<stdout and stderr>)}."""
+    root = tmp_path_factory.mktemp("ddp")
+    common = [str(HERE / "ddp_train.py"), "--steps", "5", "--global-batch", "8"]
     commands = {
-        1: [sys.executable, *common, "--out", str(tmp_path / "one")],
+        1: [sys.executable, *common, "--out", str(root / "one")],
         2: [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", *common,
-            "--out", str(tmp_path / "two")],
+            "--out", str(root / "two")],
     }
-    # both runs at once: each spends most of its time starting Python and importing torch/transformers
-    procs = {n: subprocess.Popen(cmd, cwd=tmp_path, env=clean_env(), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                 stderr=subprocess.STDOUT, text=True) for n, cmd in commands.items()}
-    for n, proc in procs.items():
-        output, _ = proc.communicate(timeout=300)
-        assert proc.returncode == 0, f"{n}-process run failed:\n{output[-8000:]}"
+    # each launch in its own process group, so that a hung one is stopped with its workers
+    procs = {n: subprocess.Popen(cmd, cwd=root, env=clean_env(), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                 stderr=subprocess.STDOUT, text=True, start_new_session=True)
+             for n, cmd in commands.items()}
+    runs = {}
+    try:
+        for n, proc in procs.items():
+            try:
+                output, _ = proc.communicate(timeout=900)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                output = proc.communicate()[0] + "\n[stopped after 900 s]"
+            runs[n] = dict(dir=root / ("one" if n == 1 else "two"), rc=proc.returncode, output=output)
+    finally:
+        for proc in procs.values():
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+    return runs
 
-    one = json.loads((tmp_path / "one" / "log.json").read_text())
-    two = json.loads((tmp_path / "two" / "log.json").read_text())
+
+def _log(run, name, n):
+    path = run["dir"] / name / "log.json"
+    if not path.is_file():
+        pytest.fail(f"the {n}-process launch wrote no result for {name} (rc={run['rc']}):\n{run['output'][-8000:]}")
+    log = json.loads(path.read_text())
+    if "error" in log:
+        pytest.fail(f"{name} failed in the {n}-process launch:\n{log['error']}")
+    return log
+
+
+@pytest.mark.subprocess
+def test_ddp_launches_exit_cleanly(ddp_runs):
+    for n, run in ddp_runs.items():
+        assert run["rc"] == 0, f"the {n}-process launch failed (rc={run['rc']}):\n{run['output'][-8000:]}"
+
+
+@pytest.mark.subprocess
+def test_two_process_ddp_matches_one_process(train_name, ddp_runs):
+    one = _log(ddp_runs[1], train_name, 1)
+    two = _log(ddp_runs[2], train_name, 2)
     assert (one["world_size"], one["per_device"]) == (1, 8)
     assert (two["world_size"], two["per_device"]) == (2, 4)
     assert len(one["losses"]) == len(two["losses"]) == 5
@@ -43,8 +81,8 @@ def test_two_process_ddp_matches_one_process(train_name, tmp_path):
     # the gradient norm of every step: gradients are averaged, not summed, across processes
     torch.testing.assert_close(torch.tensor(two["grad_norms"]), torch.tensor(one["grad_norms"]), rtol=1e-4, atol=1e-6)
 
-    w1 = load_file(str(tmp_path / "one" / "final" / "model.safetensors"))
-    w2 = load_file(str(tmp_path / "two" / "final" / "model.safetensors"))
+    w1 = load_file(str(ddp_runs[1]["dir"] / train_name / "final" / "model.safetensors"))
+    w2 = load_file(str(ddp_runs[2]["dir"] / train_name / "final" / "model.safetensors"))
     assert set(w1) == set(w2)
     for k in w1:
         torch.testing.assert_close(w2[k], w1[k], rtol=1e-4, atol=1e-5, msg=k)

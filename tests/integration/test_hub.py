@@ -5,19 +5,15 @@ from __future__ import annotations
 import ast
 import json
 import os
-import subprocess
-import sys
-import textwrap
 
 import pytest
 import torch
 import yaml
 from safetensors import safe_open
-from safetensors.torch import load_file, save_file
 from transformers import AutoModel, AutoModelForCausalLM
 
 from hf_seqmodels.hub import CONFIG_FILE, MODELING_FILE
-from integration_utils import assert_logits_close, build_lm, classes_for, clean_env, random_ids
+from integration_utils import assert_logits_close, build_lm, classes_for, random_ids
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
 
@@ -116,70 +112,26 @@ def test_safetensors_round_trip_is_bit_exact(tiny_config, tmp_path):
         assert torch.equal(base(ids).last_hidden_state, model.model(ids).last_hidden_state)
 
 
-# Runs in a fresh interpreter: loads each saved folder either through the loader files (trust_remote_code=True,
-# hf_seqmodels not imported first) or after a plain `import hf_seqmodels`, and writes its logits for the inputs.
-_LOAD_CHILD = textwrap.dedent(
-    """
-    import json, sys
-    import torch
-    from safetensors.torch import load_file, save_file
-    from transformers import AutoModelForCausalLM
-    mode, root, names = sys.argv[1], sys.argv[2], sys.argv[3:]
-    assert "hf_seqmodels" not in sys.modules
-    report = {}
-    if mode == "remote":
-        try:  # without consent the loader files are not run
-            AutoModelForCausalLM.from_pretrained(f"{root}/{names[0]}", trust_remote_code=False)
-            report["refused_without_trust"] = False
-        except ValueError:
-            report["refused_without_trust"] = True
-        report["imported_without_trust"] = "hf_seqmodels" in sys.modules
-    else:
-        import hf_seqmodels
-    for name in names:
-        kwargs = {"trust_remote_code": True} if mode == "remote" else {}
-        model = AutoModelForCausalLM.from_pretrained(f"{root}/{name}", **kwargs).eval()
-        ids = load_file(f"{root}/{name}/inputs.safetensors")["input_ids"]
-        with torch.no_grad():
-            logits = model(ids).logits
-        save_file({"logits": logits.contiguous()}, f"{root}/{name}/logits_{mode}.safetensors")
-        report[name] = type(model).__module__ + "." + type(model).__name__
-    print(json.dumps(report))
-    """
-)
+@pytest.mark.subprocess
+def test_fresh_process_loads_with_remote_code(fresh_processes):
+    """The saved folders of every tiny config, loaded through their loader files (trust_remote_code=True) by an
+    interpreter that never imported hf_seqmodels (fresh_process_child.py, mode "remote")."""
+    report = fresh_processes.report("remote")
+    assert report["refused_without_trust"] and not report["imported_without_trust"], report
+    _check_loads(fresh_processes, "remote", report)
 
 
-def test_fresh_process_loads_with_remote_code_and_with_plain_import(tiny_configs, tmp_path):
-    """One pair of fresh processes covers every tiny config (each process start costs seconds)."""
-    expected, classes = {}, {}
-    for name, factory in tiny_configs.items():
-        config = factory()
-        lm_class = classes_for(config)[2]
-        classes[name] = f"{lm_class.__module__}.{lm_class.__name__}"
-        model = build_lm(config, perturb=True)
-        model.save_pretrained(tmp_path / name)  # the inputs travel in the model folder (an extra file is harmless)
-        ids = random_ids(config, 2, 13)
-        with torch.no_grad():
-            expected[name] = model(ids).logits
-        save_file({"input_ids": ids}, str(tmp_path / name / "inputs.safetensors"))
+@pytest.mark.subprocess
+def test_fresh_process_loads_with_plain_import(fresh_processes):
+    """The same folders loaded after a plain ``import hf_seqmodels`` (mode "import")."""
+    _check_loads(fresh_processes, "import", fresh_processes.report("import"))
 
-    env = clean_env(HF_MODULES_CACHE=tmp_path / "modules_cache", HF_HOME=tmp_path / "hf_home")
-    procs = {  # both children at once: each spends most of its time importing torch and transformers
-        mode: subprocess.Popen([sys.executable, "-c", _LOAD_CHILD, mode, str(tmp_path), *expected], cwd=tmp_path, env=env,
-                               stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        for mode in ("remote", "import")
-    }
-    for mode, proc in procs.items():
-        stdout, stderr = proc.communicate(timeout=300)
-        assert proc.returncode == 0, f"{mode}:\n{stdout[-3000:]}\n{stderr[-6000:]}"
-        report = json.loads(stdout.strip().splitlines()[-1])
-        if mode == "remote":
-            assert report["refused_without_trust"] and not report["imported_without_trust"], report
-        for name, logits in expected.items():
-            assert report[name] == classes[name], (mode, report)
-            got = load_file(str(tmp_path / name / f"logits_{mode}.safetensors"))["logits"]
-            # the same weights in another process: equal up to float rounding (matmul paths may differ there)
-            assert_logits_close(got, logits, f"{mode}/{name}")
+
+def _check_loads(fresh, mode, report):
+    assert report["loads"] == fresh.classes, (mode, report["loads"])
+    for name, logits in fresh.expected.items():
+        # the same weights in another process: equal up to float rounding (matmul paths may differ there)
+        assert_logits_close(fresh.logits(name, mode), logits, f"{mode}/{name} (seed={fresh.seed})")
 
 
 class _Payload:

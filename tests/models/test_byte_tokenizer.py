@@ -261,11 +261,13 @@ def _finish(run):
     return root, files
 
 
+@pytest.mark.subprocess
 def test_auto_tokenizer_after_import_fresh_process(fresh_processes):
     root, files = _finish(fresh_processes["after_import"])
     assert _saved_files(root / "resaved") == files
 
 
+@pytest.mark.subprocess
 def test_auto_tokenizer_remote_code_fresh_process(fresh_processes):
     root, files = _finish(fresh_processes["remote_code"])
     # saving a tokenizer loaded as remote code writes the loader file, not a copy of this package's module
