@@ -7,10 +7,11 @@ __version__ = "0.1.0"
 from .cache import RecurrentCache
 from .models import ARCHITECTURES, register_auto_classes, register_peft_targets
 from .models.gla import GLAConfig, GLAForCausalLM, GLAModel
-from .models.hnet import ByteTokenizer, HNetCompressionCallback, HNetConfig, HNetForCausalLM, HNetModel, hnet_parameter_groups
+from .models.hnet import ByteTokenizer, HNetConfig, HNetForCausalLM, HNetModel
 from .models.liger import LigerConfig, LigerForCausalLM, LigerModel
 from .models.lizard import LizardConfig, LizardForCausalLM, LizardModel
 from .models.pararnn import ParaRNNConfig, ParaRNNForCausalLM, ParaRNNModel
+from .training import HNetCompressionCallback, hnet_parameter_groups
 
 register_auto_classes()
 register_peft_targets()

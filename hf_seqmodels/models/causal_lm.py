@@ -1,7 +1,9 @@
 """The causal-LM scaffolding every architecture shares, written once.
 
 An architecture's ``modeling_<arch>.py`` only says how to build its token mixer (``build_mixer``) and, if it has
-parameters the generic init does not cover, how to initialize them (``init_extra_weights``).
+parameters the generic init does not cover, how to initialize them (``init_extra_weights``). An architecture with
+a forward of its own (H-Net) reuses the input handling: :func:`padding_mask`, :func:`packed_sequences` and
+:func:`resolve_return_dict`.
 """
 from __future__ import annotations
 
@@ -190,7 +192,7 @@ class SeqModel(SeqPreTrainedModel):
                 raise ValueError(f"`input_ids` must be [batch, seq_len], got shape {tuple(input_ids.shape)}")
             inputs_embeds = self.embed_tokens(input_ids)
         B, T, _ = inputs_embeds.shape
-        mask = _padding_mask(attention_mask, B, T)
+        mask = padding_mask(attention_mask, B, T)
         packed = packed_sequences(B, T, position_ids, kwargs)
         if packed is not None:
             self._check_packed(packed, mask, cache, use_cache)
@@ -212,7 +214,7 @@ class SeqModel(SeqPreTrainedModel):
         if cache is not None:
             cache.advance(T)
         out = model_output(hidden_states, cache, tuple(all_hidden) if all_hidden is not None else None)
-        return out if _return_dict(return_dict, self.config) else out.to_tuple()
+        return out if resolve_return_dict(return_dict, self.config) else out.to_tuple()
 
 
     def _check_packed(self, packed, mask, cache, use_cache):
@@ -280,13 +282,15 @@ def packed_sequences(batch_size, seq_len, position_ids, kwargs):
     return packed if packed.N > 1 else None
 
 
-def _return_dict(return_dict, config) -> bool:
-    """``return_dict=False`` (or ``config.return_dict = False``) returns tuples, as transformers' own models do."""
+def resolve_return_dict(return_dict, config) -> bool:
+    """Whether a forward returns a ``ModelOutput``: ``return_dict`` when given, else ``config.return_dict``
+    (default True). ``False`` gives tuples, as transformers' own models do."""
     return bool(getattr(config, "return_dict", True)) if return_dict is None else bool(return_dict)
 
 
-def _padding_mask(attention_mask, batch_size: int, seq_len: int):
-    """The 2-D padding mask for the current tokens ``[B, T]``, or None when nothing is padded."""
+def padding_mask(attention_mask, batch_size: int, seq_len: int):
+    """The 2-D padding mask of the current tokens ``[B, T]`` (the last ``seq_len`` columns of ``attention_mask``
+    ``[B, past + T]``), or None when nothing is padded; any other shape is an error naming it."""
     if attention_mask is None:
         return None
     if attention_mask.dim() != 2 or attention_mask.shape[0] != batch_size or attention_mask.shape[1] < seq_len:
@@ -367,4 +371,4 @@ class SeqForCausalLM(SeqPreTrainedModel, GenerationMixin):
         if labels is not None:
             loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.vocab_size, **kwargs)
         out = causal_lm_output(loss, logits, getattr(outputs, CACHE_KWARG), outputs.hidden_states)
-        return out if _return_dict(return_dict, self.config) else out.to_tuple()
+        return out if resolve_return_dict(return_dict, self.config) else out.to_tuple()

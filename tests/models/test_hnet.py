@@ -10,8 +10,8 @@ import hf_seqmodels
 from hf_seqmodels import HNetConfig, HNetForCausalLM
 from hf_seqmodels.layers.attention import CausalSelfAttention
 from hf_seqmodels.layers.hnet import ratio_loss, smooth_chunks
-from hf_seqmodels.models.hnet import PRESETS, hnet_parameter_groups
-from hf_seqmodels.models.hnet import modeling_hnet
+from hf_seqmodels.models.hnet import PRESETS, modeling_hnet
+from hf_seqmodels.training import hnet_parameter_groups
 
 _SMALL = dict(ssm_cfg={"d_state": 8, "head_dim": 8, "expand": 2}, initializer_range=0.2)
 

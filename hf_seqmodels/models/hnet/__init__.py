@@ -1,12 +1,5 @@
 from .configuration_hnet import PRESETS, HNetConfig
-from .modeling_hnet import (
-    HNetCausalLMOutput,
-    HNetCompressionCallback,
-    HNetForCausalLM,
-    HNetModel,
-    HNetPreTrainedModel,
-    hnet_parameter_groups,
-)
+from .modeling_hnet import HNetCausalLMOutput, HNetForCausalLM, HNetModel, HNetPreTrainedModel
 from .tokenization_byte import ByteTokenizer
 
 __all__ = [
@@ -15,8 +8,6 @@ __all__ = [
     "HNetForCausalLM",
     "HNetPreTrainedModel",
     "HNetCausalLMOutput",
-    "HNetCompressionCallback",
-    "hnet_parameter_groups",
     "ByteTokenizer",
     "PRESETS",
 ]

@@ -81,7 +81,8 @@ class HNetConfig(PretrainedConfig):
         ratio_loss_reduction: ``"sequence"`` (the paper: ``F``, ``G`` per sequence, loss averaged over sequences; the
             same however a batch is split over devices or accumulation steps) or ``"batch"`` (the reference's
             training code: ``F``, ``G`` over the whole micro-batch).
-        lr_multipliers: per-stage learning-rate multipliers, outermost first (see ``hnet_parameter_groups``).
+        lr_multipliers: per-stage learning-rate multipliers, outermost first (see
+            ``hf_seqmodels.training.hnet_parameter_groups``).
         boundary_router: ``"learned"`` (the routing module) or ``"word"`` (HAT's fixed word-boundary rule on the
             input bytes; outermost stage only, inner stages stay learned); ``word_max_chunk_bytes`` cuts long words.
         embedding_init_std: std of the byte embedding's init (reference: 1.0); other linears use

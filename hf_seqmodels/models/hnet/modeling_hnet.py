@@ -19,7 +19,6 @@ from types import SimpleNamespace
 
 import torch
 from torch import nn
-from transformers import TrainerCallback
 from transformers import initialization as init
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
 
@@ -38,9 +37,9 @@ from hf_seqmodels.models.causal_lm import (
     PACKING_KWARGS,
     SeqForCausalLM,
     SeqPreTrainedModel,
-    _padding_mask,
-    _return_dict,
     packed_sequences,
+    padding_mask,
+    resolve_return_dict,
 )
 
 from .configuration_hnet import LAYER_LETTERS, HNetConfig, parse_layer_string
@@ -337,7 +336,7 @@ class HNetModel(HNetPreTrainedModel):
                 "need a per-sequence reset at every stage. Pass a padded batch (attention_mask) instead"
             )
         cache = self.resolve_cache(cache, use_cache)
-        mask = _padding_mask(attention_mask, B, T)
+        mask = padding_mask(attention_mask, B, T)
         mask = None if mask is None else mask.bool()
 
         if cache is not None and cache.seen_tokens > 0 and T > 1:
@@ -359,7 +358,7 @@ class HNetModel(HNetPreTrainedModel):
             boundary_masks=tuple(s["b"] for s in stats), boundary_probs=tuple(s["p"] for s in stats),
             stage_masks=tuple(s["mask"] for s in stats), **{CACHE_KWARG: cache},
         )
-        return out if _return_dict(return_dict, self.config) else out.to_tuple()
+        return out if resolve_return_dict(return_dict, self.config) else out.to_tuple()
 
     def _run(self, embeds, mask, cache, input_ids):
         if mask is not None and bool(mask.all()):
@@ -419,7 +418,7 @@ class HNetForCausalLM(SeqForCausalLM, HNetPreTrainedModel):
             boundary_fractions=fractions, boundary_masks=outputs.boundary_masks, boundary_probs=outputs.boundary_probs,
             stage_masks=outputs.stage_masks, **{CACHE_KWARG: getattr(outputs, CACHE_KWARG)},
         )
-        return out if _return_dict(return_dict, self.config) else out.to_tuple()
+        return out if resolve_return_dict(return_dict, self.config) else out.to_tuple()
 
 
 def compression_stats(outputs, config: HNetConfig):
@@ -431,58 +430,3 @@ def compression_stats(outputs, config: HNetConfig):
         if config.boundary_router == "learned" or s > 0:
             ratio = loss_s if ratio is None else ratio + loss_s
     return ratio, torch.stack(fractions) if fractions else None
-
-
-def hnet_parameter_groups(model, lr: float, weight_decay: float = 0.1, lr_multipliers=None) -> list[dict]:
-    """Optimizer parameter groups for an H-Net (or a PEFT model wrapping one), as the reference trains it.
-
-    Each trainable parameter gets ``lr x lr_multipliers[stage]``, ``stage`` being the innermost stage that holds it
-    (embeddings and the LM head: stage 0; a stage's encoder, decoder, router and residual projection: that stage;
-    the innermost main network: the last stage). ``lr_multipliers`` defaults to ``config.lr_multipliers`` (reference
-    example: [3.0, 1.7, 0.9], outermost first). Biases, norms and 1-D parameters (Mamba-2's ``A_log``, ``D``,
-    ``dt_bias``, the pad vectors) get no weight decay. Use with any torch optimizer, e.g. with ``Trainer``:
-    ``Trainer(..., optimizers=(torch.optim.AdamW(hnet_parameter_groups(model, lr=1e-3)), None))``.
-    """
-    stages = [(name, m) for name, m in model.named_modules() if isinstance(m, HNetStage)]
-    if not stages:
-        raise ValueError(f"hnet_parameter_groups: {type(model).__name__} holds no H-Net stage")
-    multipliers = list(lr_multipliers if lr_multipliers is not None else stages[0][1].lr_multipliers)
-    if len(multipliers) != len(stages):
-        raise ValueError(f"hnet_parameter_groups: lr_multipliers needs one entry per stage ({len(stages)}), got {multipliers}")
-    groups: dict[tuple, dict] = {}
-    for name, param in model.named_parameters():
-        if not param.requires_grad:
-            continue
-        owner = [m.stage_idx for prefix, m in stages if name.startswith(prefix + ".")]
-        stage = max(owner) if owner else 0
-        no_decay = param.dim() < 2 or name.endswith(".bias") or "norm" in name.rsplit(".", 2)[-2].lower()
-        key = (stage, no_decay)
-        group = groups.setdefault(key, {"params": [], "lr": lr * multipliers[stage], "weight_decay": 0.0 if no_decay else weight_decay,
-                                        "stage": stage})
-        group["params"].append(param)
-    return [groups[k] for k in sorted(groups)]
-
-
-class HNetCompressionCallback(TrainerCallback):
-    """Adds the H-Net's last ratio loss and boundary fraction per stage to the Trainer's logs (and log history),
-    so the compression can be watched while training: ``Trainer(..., callbacks=[HNetCompressionCallback()])``."""
-
-    def on_log(self, args, state, control, logs=None, model=None, **kwargs):
-        stats = getattr(_unwrap_hnet(model), "last_compression", None) if model is not None else None
-        if not stats or logs is None:
-            return
-        extra = {}
-        if stats["ratio_loss"] is not None:
-            extra["ratio_loss"] = float(stats["ratio_loss"])
-        if stats["boundary_fractions"] is not None:
-            extra.update({f"boundary_fraction_{s}": float(f) for s, f in enumerate(stats["boundary_fractions"])})
-        logs.update(extra)
-        if state.log_history:
-            state.log_history[-1].update(extra)
-
-
-def _unwrap_hnet(model):
-    for m in model.modules():
-        if isinstance(m, HNetForCausalLM):
-            return m
-    return model
