@@ -6,8 +6,8 @@ once. Each measurement runs in a fresh process: inputs q, k, v, g ``[1, T, H, K]
 resident set (VmHWM) is reset (``/proc/self/clear_refs``), the op runs under ``torch.no_grad()``, and the new peak
 minus the resident set before the op is the op's extra memory (it includes the output ``o``, 1/4 of the inputs).
 
-    python benchmarks/gla_prefill_memory.py                   # T = 16k .. 262k, streamed; full path up to 131k
-    python benchmarks/gla_prefill_memory.py --full-max-T 262144
+    python -m benchmarks.gla_prefill_memory                   # T = 16k .. 262k, streamed; full path up to 131k
+    python -m benchmarks.gla_prefill_memory --full-max-T 262144
 
 Writes ``benchmarks/results/gla_prefill_memory.json``.
 """

@@ -1,12 +1,12 @@
 """Static estimate from compiled code, no GPU: the chunked GLA Triton kernels read from their sm_90 SASS.
 
-    .venv/bin/python benchmarks/gla_static.py [--shapes 8x2048,2x8192,1x32768] [--g-dtype bf16|fp32]
+    .venv/bin/python -m benchmarks.gla_static [--shapes 8x2048,2x8192,1x32768] [--g-dtype bf16|fp32]
                                               [--paths fast,blocked,exact] [--out PATH]
 
 Each kernel is compiled for sm_90 (and sm_80 for registers and spills) through the real host wrappers
-(``tests/sm90_harness.py``: a stand-in driver, compile instead of launch, meta tensors; ``chunk_gla`` forward and
-backward at H16 K128 V128 bf16). For each launch the script reads the SASS (``nvdisasm -g``: instructions with their
-source lines) and counts what one warp executes:
+(``benchmarks/lib/sm90_harness.py``: a stand-in driver, compile instead of launch, meta tensors; ``chunk_gla``
+forward and backward at H16 K128 V128 bf16). For each launch the script reads the SASS (``nvdisasm -g``:
+instructions with their source lines) and counts what one warp executes:
 
 * loops are the backward branches of the SASS; each is matched to the Python ``for`` of the kernel source that holds
   most of its instructions' source lines, and runs that loop's trip count, evaluated from the launch's arguments
@@ -50,12 +50,9 @@ import tempfile
 from collections import Counter
 from pathlib import Path
 
-os.environ.pop("TRITON_INTERPRET", None)  # before triton is imported: compiling needs the real JIT
+from benchmarks.lib import sm90_harness as H
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests"))
-
-import sm90_harness as H  # noqa: E402
-
 SMS = 132
 SCHEDULERS = 4
 REGS_PER_SM = 65536
@@ -124,7 +121,8 @@ def blocks(instrs: list[dict]) -> list[dict]:
         succ = []
         if ins["op"].startswith("BRA") and not ins["op"].startswith("BRA.DIV") and taken and "target_addr" in ins:
             succ.append(index[ins["target_addr"]])
-        ends = ins["op"].startswith(("EXIT", "RET")) or (ins["op"].startswith("BRA") and not ins["op"].startswith("BRA.DIV"))
+        branch = ins["op"].startswith("BRA") and not ins["op"].startswith("BRA.DIV")
+        ends = ins["op"].startswith(("EXIT", "RET")) or branch
         if not (ends and always and taken):
             succ.append(last + 1)
         out.append(dict(first=first, last=last, succ=[x for x in succ if x < len(instrs)]))
@@ -216,7 +214,7 @@ def _inside(outer, inner) -> bool:
     return any(p is outer for p in inner["parents"])
 
 
-# -- trip counts from the kernel source ----------------------------------------------------------------------------------
+# -- trip counts from the kernel source ------------------------------------------------------------------------------
 class _Tl:
     @staticmethod
     def cdiv(a, b):
@@ -489,9 +487,12 @@ def analyse(launch: dict, variant: dict, nvdisasm: str, sass_dir: Path | None = 
                 hot=hot, counts=dict(c), cycles=cyc, dram_bytes=dram, dram_by_tensor=per_tensor,
                 chunk_steps=max([lp["trips"] for lp in loops if "N" in re.findall(r"\w+", lp["source_text"])],
                                 default=0),
-                prefetched=all(any(i["op"].startswith("LDGSTS") for i in instrs if lp["start"] <= i["addr"] <= lp["end"])
-                               or not any(i["op"].startswith("LDG") for i in instrs if lp["start"] <= i["addr"] <= lp["end"])
-                               for lp in loops))
+                prefetched=all(any(i["op"].startswith("LDGSTS") for i in _in_loop(instrs, lp))
+                               or not any(i["op"].startswith("LDG") for i in _in_loop(instrs, lp)) for lp in loops))
+
+
+def _in_loop(instrs, lp):
+    return [i for i in instrs if lp["start"] <= i["addr"] <= lp["end"]]
 
 
 def estimate(k: dict, clock_hz: float, bandwidth: float, launch_us: float, step_latency: int, dram_latency: int):
@@ -558,6 +559,7 @@ def main(argv=None) -> int:
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "gla_static.json"))
     args = p.parse_args(argv)
     shapes = [tuple(int(x) for x in s.split("x")) for s in args.shapes.split(",")]
+    os.environ.pop("TRITON_INTERPRET", None)  # before triton is imported: compiling needs the real JIT
     import torch
 
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}[args.dtype]
@@ -599,8 +601,8 @@ def main(argv=None) -> int:
             print(f"\n# B{B} T{T} H16 K128 V128 {args.dtype} (g {args.g_dtype}), {path} path: sm_90 static estimate "
                   "from compiled code, no GPU")
             print(table(rows))
-            print(f"fwd+bwd: {tot_b:.2f} ms (issue/memory bound) .. {tot_a:.2f} ms (latency-adjusted)"
-                  + (f"; fla measured {fla:.2f} ms (H200): fla/ours {fla / tot_a:.2f}-{fla / tot_b:.2f}x" if fla else ""))
+            versus = f"; fla measured {fla:.2f} ms (H200): fla/ours {fla / tot_a:.2f}-{fla / tot_b:.2f}x" if fla else ""
+            print(f"fwd+bwd: {tot_b:.2f} ms (issue/memory bound) .. {tot_a:.2f} ms (latency-adjusted){versus}")
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     with open(args.out, "w") as f:
         json.dump(report, f, indent=1)

@@ -12,10 +12,10 @@ Variants (``train --variant NAME``):
   - ``word``: ``hnet`` with ``boundary_router="word"`` (HAT's fixed rule);
   - ``hnet_n2`` / ``hnet_n4``: ``hnet`` with target compression N = 2 / 4 (the sweep; ``hnet`` is N = 6).
 
-    python benchmarks/hnet_bpb.py train --variant hnet          # one model -> results/hnet_run_hnet.json
-    python benchmarks/hnet_bpb.py speed --model /tmp/hnet_bpb_models/hnet   # decoding bytes/s, cache vs none
-    python benchmarks/hnet_bpb.py report                         # merge -> results/hnet_bpb.{json,png,md}
-    python benchmarks/hnet_bpb.py all                            # all of the above, one after the other
+    python -m benchmarks.hnet_bpb train --variant hnet          # one model -> results/hnet_run_hnet.json
+    python -m benchmarks.hnet_bpb speed --model /tmp/hnet_bpb_models/hnet   # decoding bytes/s, cache vs none
+    python -m benchmarks.hnet_bpb report                         # merge -> results/hnet_bpb.{json,png,md}
+    python -m benchmarks.hnet_bpb all                            # all of the above, one after the other
 
 Recorded run (two processes side by side, 1 thread each): `train --variant hnet`, `llama`, `word` (300 steps each),
 `train --variant hnet_n2 --steps 150`, `hnet_n4 --steps 150`, then `speed` and `report`.

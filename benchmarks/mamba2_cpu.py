@@ -2,7 +2,7 @@
 path) with the same weights, forward and forward+backward; then where chunk_gla's time goes for a per-head gate
 broadcast over the key dimension.
 
-    python benchmarks/mamba2_cpu.py [--threads 1] [--quick] [--out benchmarks/results/mamba2_cpu.json]
+    python -m benchmarks.mamba2_cpu [--threads 1] [--quick] [--out benchmarks/results/mamba2_cpu.json]
 
 Section 1 times both mixers at hidden 256, head_dim 64 (8 heads), d_state 64/128, B 1-2, T 256/1024/4096.
 

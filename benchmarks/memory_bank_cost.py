@@ -1,6 +1,6 @@
 """Memory-bank cost on the CPU: bank size vs fetched size, fetch latency per sequence, resident memory.
 
-    .venv/bin/python benchmarks/memory_bank_cost.py [--bank-gb 1.5] [--work DIR] [--keep] [--reuse]
+    .venv/bin/python -m benchmarks.memory_bank_cost [--bank-gb 1.5] [--work DIR] [--keep] [--reuse]
 
 Builds a tiny GLA anchor (d 512, 6 layers, ~18M parameters) with a hierarchical bank (3 levels, branching 16,
 blocks (128, 32, 8) in every layer: 16 + 256 + 4096 clusters) of ~1.6 GB on disk, indexed on real text

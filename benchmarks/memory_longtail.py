@@ -1,10 +1,10 @@
 """Long-tail knowledge with hierarchical memory banks (arXiv 2510.02375): accuracy per fact frequency, on the CPU.
 
-    .venv/bin/python benchmarks/memory_longtail.py                      # everything, sequentially, then the report
-    .venv/bin/python benchmarks/memory_longtail.py --stage a &          # or one model per process (same data,
-    .venv/bin/python benchmarks/memory_longtail.py --stage b &          #  same batches), then
-    .venv/bin/python benchmarks/memory_longtail.py --stage c & wait
-    .venv/bin/python benchmarks/memory_longtail.py --stage report       # table + memory_longtail.{json,png}
+    .venv/bin/python -m benchmarks.memory_longtail                      # everything, sequentially, then the report
+    .venv/bin/python -m benchmarks.memory_longtail --stage a &          # or one model per process (same data,
+    .venv/bin/python -m benchmarks.memory_longtail --stage b &          #  same batches), then
+    .venv/bin/python -m benchmarks.memory_longtail --stage c & wait
+    .venv/bin/python -m benchmarks.memory_longtail --stage report       # table + memory_longtail.{json,png}
 
 Corpus (``make_corpus(seed=0)``, pure Python ``random.Random(seed)``, everything below at the defaults)
 -----------------------------------------------------------------------------------------------------
@@ -77,13 +77,11 @@ import json
 import math
 import os
 import random
-import sys
 import time
 
 import torch
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.dirname(HERE))
 RESULTS = os.path.join(HERE, "results")
 DATA = "/work/shared/data"
 MACHINE = "2-core x86_64 CPU, torch {} CPU, 1 thread".format(torch.__version__.split("+")[0])

@@ -1,14 +1,14 @@
 """Static report: every Triton kernel compiled offline for sm_90 (Hopper) and sm_80 (Ampere) on the CPU; nothing runs.
 
-    .venv/bin/python benchmarks/sm90_compile.py [--cases all|quick|NAME,...] [--arch 90,80] [--out PATH]
+    .venv/bin/python -m benchmarks.sm90_compile [--cases all|quick|NAME,...] [--arch 90,80] [--out PATH]
 
-Drives the public ops with meta tensors through the real host wrappers (``tests/sm90_harness.py``: a stand-in Triton
-driver, compile instead of launch), so the grids, tiles and constexprs are the production ones. Prints one row per
-compiled kernel variant (registers, spilled bytes, shared memory, warps, tensor-core instructions, compile time) and
-the compile time of a GLA model's first training step (chunk_gla forward + backward at B8 T2048 H16 K128 V128 bf16:
-every layer shares these kernels), measured cold in this fresh process with an empty Triton cache. Writes the report
-to ``benchmarks/results/sm90_compile.json``. Wall times include waiting for whoever shares the CPU; the CPU time is
-what an idle core would take.
+Drives the public ops with meta tensors through the real host wrappers (``benchmarks/lib/sm90_harness.py``: a
+stand-in Triton driver, compile instead of launch), so the grids, tiles and constexprs are the production ones.
+Prints one row per compiled kernel variant (registers, spilled bytes, shared memory, warps, tensor-core instructions,
+compile time) and the compile time of a GLA model's first training step (chunk_gla forward + backward at B8 T2048
+H16 K128 V128 bf16: every layer shares these kernels), measured cold in this fresh process with an empty Triton
+cache. Writes the report to ``benchmarks/results/sm90_compile.json``. Wall times include waiting for whoever shares
+the CPU; the CPU time is what an idle core would take.
 """
 from __future__ import annotations
 
@@ -19,11 +19,9 @@ import os
 import sys
 from pathlib import Path
 
-os.environ.pop("TRITON_INTERPRET", None)  # before triton is imported: compiling needs the real JIT
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests"))
+from benchmarks.lib import sm90_harness as H
 
-import sm90_harness as H  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def cpu_model() -> str:
@@ -40,6 +38,7 @@ def main(argv=None) -> int:
     p.add_argument("--arch", default="90,80", help="compute capabilities, comma-separated (default 90,80)")
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "sm90_compile.json"))
     args = p.parse_args(argv)
+    os.environ.pop("TRITON_INTERPRET", None)  # before triton is imported: compiling needs the real JIT
     names = H.select(args.cases)
     if "gla_train_step" in names:  # first, so that it is timed cold (a user's first step pays the start-up too)
         names = ["gla_train_step"] + [n for n in names if n != "gla_train_step"]

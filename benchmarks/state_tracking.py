@@ -4,8 +4,8 @@ Every model gets the same budget (steps x batch at the trained length, fresh bat
 scored at the trained length and at longer ones (length generalization), accuracy of the final state (the papers'
 metric); see ``hf_seqmodels/evaluation/state_tracking.py`` for the task generators.
 
-    python benchmarks/state_tracking.py run --task parity --models paragru,gla --seeds 0 1 2 --out results/p.json
-    python benchmarks/state_tracking.py report results/st_*.json --name state_tracking   # -> results/NAME.{md,png}
+    python -m benchmarks.state_tracking run --task parity --models paragru,gla --seeds 0 1 2 --out results/p.json
+    python -m benchmarks.state_tracking report results/st_*.json --name state_tracking   # -> results/NAME.{md,png}
 
 Runs are separate processes so that two can train side by side (``--threads 1`` each). ``report`` picks, per task
 and model, the learning rate with the best mean accuracy at the trained length over seeds, and gives the mean and

@@ -6,7 +6,7 @@ key count). Each measurement runs in a fresh process: q, k, v ``[1, T, H, D]`` f
 resident set (VmHWM) reset, forward + backward of ``o.sum()``; the new peak minus the resident set before is the
 op's extra memory.
 
-    python benchmarks/swa_memory.py          # T 8192, windows 64 .. 10**9
+    python -m benchmarks.swa_memory          # T 8192, windows 64 .. 10**9
 
 Writes ``benchmarks/results/swa_memory.json``.
 """
@@ -20,9 +20,10 @@ import sys
 import time
 from pathlib import Path
 
-from gla_prefill_memory import _status_kb  # the same /proc/self/status reader (this folder is on sys.path)
+from benchmarks.gla_prefill_memory import _status_kb  # the same /proc/self/status reader
 
-RESULTS = Path(__file__).resolve().parent / "results" / "swa_memory.json"
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results" / "swa_memory.json"
 
 
 def _one(T: int, window: int, H: int, D: int) -> dict:
@@ -57,8 +58,8 @@ def main():
         return
     rows = []
     for w in args.windows:
-        out = subprocess.run([sys.executable, __file__, "--one", str(args.T), str(w)], capture_output=True, text=True,
-                             check=True).stdout
+        out = subprocess.run([sys.executable, "-m", "benchmarks.swa_memory", "--one", str(args.T), str(w)],
+                             capture_output=True, text=True, check=True, cwd=ROOT).stdout
         rows.append(json.loads(out.strip().splitlines()[-1]))
         print(rows[-1], flush=True)
     RESULTS.parent.mkdir(parents=True, exist_ok=True)

@@ -4,20 +4,11 @@ A hand-written SASS listing in nvdisasm's format, with source lines pointing int
 exactly the executed-instruction counts worked out by hand; the branch-side selection, the occupancy and the traffic
 formulas are checked the same way.
 """
-import os
-import sys
 import textwrap
 
 import pytest
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
-                                "benchmarks"))
-os.environ.setdefault("TRITON_INTERPRET", "1")  # gla_static pops it for itself; restore it for the other tests
-_interp = os.environ.get("TRITON_INTERPRET")
-import gla_static as G  # noqa: E402
-
-if _interp is not None:
-    os.environ["TRITON_INTERPRET"] = _interp
+from benchmarks import gla_static as G
 
 SOURCE = textwrap.dedent("""\
     def kern(x, N, SUB, LIMIT):

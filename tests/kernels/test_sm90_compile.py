@@ -1,25 +1,27 @@
 """Every Triton kernel compiled for Hopper (sm_90) and Ampere (sm_80) on the CPU; nothing runs.
 
-``tests/sm90_harness.py`` drives the public ops with meta tensors under a stand-in Triton driver, so each launch the
-real host wrappers make (their grids, tiles, warps, constexprs) compiles through triton's bundled ptxas. It runs in a
-subprocess: the stand-in driver is process-wide, and this process may run Triton in interpreter mode. A case fails
-on a compile error, on shared memory above the target's per-block limit (sm_90 227 KB, sm_80 163 KB), on more than
-255 registers, and on register spills in the bf16/fp16 (production) cases. Registers, spills, shared memory and
+``benchmarks/lib/sm90_harness.py`` drives the public ops with meta tensors under a stand-in Triton driver, so each
+launch the real host wrappers make (their grids, tiles, warps, constexprs) compiles through triton's bundled ptxas. It
+runs in a subprocess: the stand-in driver is process-wide, and this process may run Triton in interpreter mode. A case
+fails on a compile error, on shared memory above the target's per-block limit (sm_90 227 KB, sm_80 163 KB), on more
+than 255 registers, and on register spills in the bf16/fp16 (production) cases. Registers, spills, shared memory and
 compile time per kernel are printed (``pytest -s``) and attached to the JUnit report.
 
 The default set (the production shapes and a few odd ones, ~2 min on a busy 2-core CPU) runs in CI; the exhaustive
-set is marked ``slow``. ``benchmarks/sm90_compile.py`` prints the same table and writes it to JSON.
+set is marked ``slow`` and compiles only the cases the default set leaves out. ``python -m benchmarks.sm90_compile``
+prints the same table and writes it to JSON.
 """
 import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
-import sm90_harness as H
+from benchmarks.lib import sm90_harness as H
 
-HARNESS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "sm90_harness.py")
+ROOT = Path(__file__).resolve().parents[2]
 ARCHS = (90, 80)
 # Kernels expected to spill (kernel, arch) -> why. A half-precision case whose only problems are these spills is an
 # expected failure; strict: once none of them spills in the case, it fails until the entry goes. Empty since the
@@ -37,8 +39,10 @@ def compile_report(cases, tmp_path):
     procs = {}
     for arch in ARCHS:
         out = tmp_path / f"sm_{arch}.json"
-        cmd = [sys.executable, HARNESS, "--cases", ",".join(cases), "--arch", str(arch), "--json", str(out), "--quiet"]
-        procs[arch] = (out, subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env))
+        cmd = [sys.executable, "-m", H.__name__, "--cases", ",".join(cases), "--arch", str(arch), "--json", str(out),
+               "--quiet"]
+        procs[arch] = (out, subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                                             cwd=ROOT))
     report = None
     for arch, (out, proc) in procs.items():
         try:
@@ -66,9 +70,13 @@ def quick_report(tmp_path_factory):
     return compile_report(H.QUICK, tmp_path_factory.mktemp("sm90_quick"))
 
 
+EXHAUSTIVE = [n for n in H.CASE_NAMES if n not in H.QUICK]
+
+
 @pytest.fixture(scope="module")
-def full_report(tmp_path_factory):
-    return compile_report(H.CASE_NAMES, tmp_path_factory.mktemp("sm90_all"))
+def exhaustive_report(tmp_path_factory):
+    """The cases the default set leaves out (the default ones are compiled once, by ``quick_report``)."""
+    return compile_report(EXHAUSTIVE, tmp_path_factory.mktemp("sm90_exhaustive"))
 
 
 def check_case(report, case, arch, record_property):
@@ -91,12 +99,14 @@ def check_case(report, case, arch, record_property):
     assert not bad, "\n".join(bad)
 
 
+@pytest.mark.subprocess
 @pytest.mark.parametrize("arch", ARCHS)
 @pytest.mark.parametrize("case", H.QUICK)
 def test_compiles_within_the_targets_limits(quick_report, case, arch, record_property):
     check_case(quick_report, case, arch, record_property)
 
 
+@pytest.mark.subprocess
 def test_gla_training_step_compiles_in_well_under_a_minute(quick_report):
     """The first training step of a GLA model compiles these kernels (every layer shares them). On an idle core
     the compile takes about its CPU time; the wall time here also waits for whoever shares the machine."""
@@ -109,13 +119,14 @@ def test_gla_training_step_compiles_in_well_under_a_minute(quick_report):
 
 
 @pytest.mark.slow
+@pytest.mark.subprocess
 @pytest.mark.skipif(os.environ.get("HF_SEQMODELS_SM90_ALL") != "1",
                     reason="the exhaustive compile set takes ~12 min on 2 cores: set HF_SEQMODELS_SM90_ALL=1 (or run "
-                           "benchmarks/sm90_compile.py)")
+                           "python -m benchmarks.sm90_compile)")
 @pytest.mark.parametrize("arch", ARCHS)
-@pytest.mark.parametrize("case", [n for n in H.CASE_NAMES if n not in H.QUICK])
-def test_exhaustive_cases_compile_within_the_targets_limits(full_report, case, arch, record_property):
-    check_case(full_report, case, arch, record_property)
+@pytest.mark.parametrize("case", EXHAUSTIVE)
+def test_exhaustive_cases_compile_within_the_targets_limits(exhaustive_report, case, arch, record_property):
+    check_case(exhaustive_report, case, arch, record_property)
 
 
 # -- the checker itself (no compiler needed) ---------------------------------------------------------------------------

@@ -12,9 +12,10 @@ Each compiled variant is read back from its cubin with ``cuobjdump --dump-resour
 spilled bytes, static shared memory) plus Triton's dynamic shared memory, and timed.
 
 Used by ``tests/kernels/test_sm90_compile.py`` (in a subprocess: the stand-in driver and the compile-only launch
-are process-wide, and the test process runs Triton in interpreter mode) and by ``benchmarks/sm90_compile.py``.
+are process-wide, and the test process runs Triton in interpreter mode), ``benchmarks/sm90_compile.py`` and
+``benchmarks/gla_static.py``. From the repository root:
 
-    python tests/sm90_harness.py [--cases quick|all|NAME,...] [--arch 90,80] [--json PATH]
+    python -m benchmarks.lib.sm90_harness [--cases quick|all|NAME,...] [--arch 90,80] [--json PATH]
 
 Needs triton's bundled ``ptxas`` and ``cuobjdump`` (``triton/backends/nvidia/bin``) and no ``TRITON_INTERPRET=1``.
 This module imports only the standard library and torch at import time (the tests read its case list).
@@ -473,7 +474,8 @@ def _compile(names, archs, by_name, rec, host_value, ptxas):
         kind="static, compiled offline on the CPU, nothing ran",
         triton=triton.__version__, torch=torch.__version__, python=platform.python_version(),
         machine=f"{os.cpu_count()}-core {platform.machine()} CPU", ptxas=ptxas,
-        archs=list(archs), smem_limit={f"sm_{a}": SMEM_LIMIT[a] for a in archs}, total_s=round(time.perf_counter() - t_start, 3),
+        archs=list(archs), smem_limit={f"sm_{a}": SMEM_LIMIT[a] for a in archs},
+        total_s=round(time.perf_counter() - t_start, 3),
         cases=cases, variants=[dataclasses.asdict(v) for v in rec.variants.values()], not_compiled=NOT_COMPILED,
     )
 
