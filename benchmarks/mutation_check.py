@@ -1,8 +1,8 @@
 """Does the suite catch bugs that are consistent with themselves? Apply each mutation to a copy of the package, run
 the tests that should catch it, and report caught / MISSED. Not part of CI (each mutation runs a test selection).
 
-    python benchmarks/mutation_check.py                 # every mutation
-    python benchmarks/mutation_check.py --only hnet     # those whose name contains "hnet"
+    python -m benchmarks.mutation_check                 # every mutation
+    python -m benchmarks.mutation_check --only hnet     # those whose name contains "hnet"
 
 The copy is importable without installing it: ``kernels/`` is copied to ``hf_seqmodels/kernels`` and the copy goes
 first on PYTHONPATH (an editable install's finder comes after the path).
