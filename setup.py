@@ -1,9 +1,9 @@
-"""Package list only (metadata lives in pyproject.toml): the top-level ``kernels/`` folder installs as the
-subpackage ``hf_seqmodels.kernels`` and never as a top-level ``kernels`` module (that name is the HF kernel hub's)."""
+"""Package list only (metadata lives in pyproject.toml). The kernels are the subpackage ``hf_seqmodels/kernels``: a
+top-level ``kernels/`` source folder would shadow the kernel-hub library ``kernels`` (which transformers >= 5.25
+requires and imports) in every process started from the repository root."""
 from setuptools import find_packages, setup
 
 packages = ["hf_seqmodels"] + [f"hf_seqmodels.{p}" for p in find_packages("hf_seqmodels")]
-packages += ["hf_seqmodels.kernels"] + [f"hf_seqmodels.kernels.{p}" for p in find_packages("kernels")]
 packages += ["hf_seqmodels.model_cards"]
 
 setup(packages=packages)

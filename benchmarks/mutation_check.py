@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parents[1]
 #: name, file, text to replace (each must occur exactly once), replacement, tests that should fail; a mutation may
 #: change several places at once (tuples), so that it stays consistent with itself (e.g. a step and its Jacobian)
 MUTATIONS = [
-    ("paragru-update-convention", "kernels/pararnn/cells.py",
+    ("paragru-update-convention", "hf_seqmodels/kernels/pararnn/cells.py",
      ("return (1 - z) * h + z * c",
       "return (1 - z) + (c - h) * z * (1 - z) * a[0] + z * (1 - c * c) * a[2] * (r + h * dr)"),
      ("return z * h + (1 - z) * c",
@@ -70,7 +70,7 @@ MUTATIONS = [
      "tests/layers/test_mamba2.py"),
     ("mamba2-no-d-skip", "hf_seqmodels/layers/mamba2.py", "y = y + self.D.to(cdt)[:, None] * x", "y = y + 0 * x",
      "tests/layers/test_mamba2.py"),
-    ("memory-ffn-gate-up-swapped", "kernels/memory/torch_ffn.py", "y = torch.bmm(F.silu(g) * u, wd)",
+    ("memory-ffn-gate-up-swapped", "hf_seqmodels/kernels/memory/torch_ffn.py", "y = torch.bmm(F.silu(g) * u, wd)",
      "y = torch.bmm(F.silu(u) * g, wd)", "tests/kernels/test_memory_ffn.py tests/memory"),
     ("memory-route-farthest-centroid", "hf_seqmodels/memory/index.py",
      "parent = children.gather(1, d2.argmin(1, keepdim=True)).squeeze(1)",
@@ -114,7 +114,6 @@ def make_copy(dest: Path) -> None:
             target = dest / f
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(src, target)
-    shutil.copytree(dest / "kernels", dest / "hf_seqmodels" / "kernels")
     shutil.copytree(dest / "model_cards", dest / "hf_seqmodels" / "model_cards")
 
 

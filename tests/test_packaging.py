@@ -46,3 +46,15 @@ def test_wheel_holds_every_package_and_no_top_level_kernels(dists):
     entry = next(n for n in names if n.endswith("entry_points.txt"))
     with zipfile.ZipFile(dists[0]) as whl:
         assert "hf-seqmodels = hf_seqmodels.commands.main:main" in whl.read(entry).decode()
+
+
+def test_the_repository_root_does_not_shadow_the_kernel_hub_library():
+    """transformers >= 5.25 requires the kernel-hub distribution ``kernels`` and imports it (``transformers.activations``):
+    a ``kernels`` package at the repository root would be imported instead in every process started there (pytest,
+    ``python -m benchmarks.NAME``), and ``import transformers.activations`` failed. Our kernels are
+    ``hf_seqmodels/kernels``."""
+    import importlib.util
+
+    assert not (ROOT / "kernels").exists()
+    spec = importlib.util.find_spec("kernels")
+    assert spec is None or not str(spec.origin or "").startswith(str(ROOT) + "/kernels"), spec

@@ -86,11 +86,10 @@ def test_kernels_are_a_subpackage_and_no_top_level_kernels_module():
 @pytest.mark.subprocess
 def test_no_top_level_kernels_module_of_ours_in_a_fresh_process(fresh_processes):
     """What an interpreter outside the repository finds (fresh_process_child.py, mode "import", in an empty directory;
-    pytest's own sys.path holds the repository root, where the kernels/ source folder lives, so only a fresh process
-    can tell): no `kernels`, or one from another distribution (the kernel-hub library), never our kernels/ folder or
-    anything inside our package."""
+    pytest's own sys.path holds the repository root, so only a fresh process can tell): no `kernels`, or one from
+    another distribution (the kernel-hub library), never anything inside our package."""
     out = fresh_processes.report("import")["kernels"]
-    ours = [str(REPO_ROOT / "kernels"), *out["package_dir"]]
+    ours = [str(REPO_ROOT / "kernels"), str(REPO_ROOT / "hf_seqmodels"), *out["package_dir"]]
     found = [p for p in [out["origin"], *(out["locations"] or [])] if p]
     for path in found:
         assert not any(path.startswith(o) for o in ours), f"a top-level `kernels` module of ours is importable: {out}"
