@@ -82,6 +82,7 @@ def test_pararnn_fields(kwargs, error, match):
     (dict(window_size=0), ValueError, r"window_size must be a positive int"),
     (dict(window_size=2.5), TypeError, r"window_size must be a positive int"),
     (dict(gate_logit_normalizer=-1.0), ValueError, r"gate_logit_normalizer must be a number > 0"),
+    (dict(gate_logit_normalizer=0), ValueError, r"gate_logit_normalizer must be a number > 0"),
     (dict(gla_scale=0.0), ValueError, r"gla_scale"),
     (dict(max_position_embeddings=0), ValueError, r"max_position_embeddings"),
 ])

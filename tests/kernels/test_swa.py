@@ -1,3 +1,5 @@
+import time
+
 import pytest
 import torch
 
@@ -106,3 +108,15 @@ def test_bad_arguments():
         sliding_window_attention(q, k, v, 2, sinks=torch.zeros(3))
     with pytest.raises(ValueError, match="key_mask"):
         sliding_window_attention(q, k, v, 2, key_mask=torch.ones(1, 4))
+
+
+def test_window_larger_than_the_sequence_is_capped():
+    q, k, v = (torch.randn(1, 8, 2, 16) for _ in range(3))
+    start = time.perf_counter()
+    huge = sliding_window_attention(q, k, v, window=10**9)
+    assert time.perf_counter() - start < 5
+    torch.testing.assert_close(huge, sliding_window_attention(q, k, v, window=8))
+    # and it is the full causal attention
+    ref = torch.nn.functional.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
+                                                           is_causal=True).transpose(1, 2)
+    torch.testing.assert_close(huge, ref, rtol=1e-5, atol=1e-5)

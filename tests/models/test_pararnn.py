@@ -58,6 +58,13 @@ def test_structure_check_catches_a_wrong_closed_form_jacobian():
         check_jacobian_structure(_WrongClosedFormCell(4, 3))
 
 
+def test_structure_check_leaves_the_cell_alone():
+    cell = ParaGRUCell(6, 4)
+    model = nn.Sequential(cell)
+    check_jacobian_structure(cell)
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+
+
 @pytest.mark.parametrize("cell_class", CELL_CLASSES)
 @pytest.mark.parametrize("B,T", [(1, 1), (2, 37), (3, 130)])
 def test_cell_parallel_equals_sequential_values_and_gradients(cell_class, B, T):
