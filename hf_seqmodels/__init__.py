@@ -17,6 +17,9 @@ register_auto_classes()
 register_peft_targets()
 
 from .linearize import linearize  # noqa: E402  (needs the registered classes)
+from .memory import register_memory_auto_classes  # noqa: E402
+
+register_memory_auto_classes()  # a folder saved with a memory bank loads through the Auto classes with its bank
 
 __all__ = [
     "ARCHITECTURES",

@@ -65,7 +65,8 @@ def _imports(*classes) -> str:
 
 
 def count_parameters(model) -> int:
-    return sum(p.numel() for p in model.parameters())
+    """The model's parameters, an attached memory bank's not (the card describes the bank in its own section)."""
+    return sum(p.numel() for n, p in model.named_parameters() if not n.startswith("memory_bank."))
 
 
 # -- base model: a Hub id and a license, found from what is on disk ------------------------------------------------
@@ -222,16 +223,34 @@ def is_generated_card(path) -> bool:
     return "- hf-seqmodels" in text and "## Results recorded at save time" in text
 
 
-def write_hub_files(model, save_directory) -> None:
-    config_class, model_class, lm_class = _classes_for(model)
+def write_loader_files(save_directory, config_class, *model_classes) -> dict:
+    """The two loader files (``trust_remote_code=True`` imports ``config_class`` and ``model_classes`` from
+    hf_seqmodels); returns their ``auto_map`` entries, ``{class name: "module.Class"}``."""
     with open(os.path.join(save_directory, CONFIG_FILE), "w") as f:
         f.write(_HEADER + _imports(config_class))
     with open(os.path.join(save_directory, MODELING_FILE), "w") as f:
-        f.write(_HEADER + _imports(model_class, lm_class))
+        f.write(_HEADER + _imports(*model_classes))
+    refs = {config_class.__name__: f"{CONFIG_FILE[:-3]}.{config_class.__name__}"}
+    refs.update({c.__name__: f"{MODELING_FILE[:-3]}.{c.__name__}" for c in model_classes})
+    return refs
+
+
+def write_card(model, save_directory, extra: dict | None = None, section: str = "") -> None:
+    """README.md: the model card (``extra``: card fields, default ``model.card_data``), ``section`` (Markdown)
+    appended; a README.md someone else wrote is left alone."""
     readme = os.path.join(save_directory, "README.md")
     if not os.path.exists(readme) or is_generated_card(readme):
+        text = model_card_text(model, extra)
+        if section:
+            text = text.rstrip("\n") + "\n\n" + section.strip() + "\n"
         with open(readme, "w", encoding="utf-8") as f:
-            f.write(model_card_text(model))
+            f.write(text)
+
+
+def write_hub_files(model, save_directory) -> None:
+    config_class, model_class, lm_class = _classes_for(model)
+    write_loader_files(save_directory, config_class, model_class, lm_class)
+    write_card(model, save_directory)
     if model.__dict__.get("_card_data_on_config", False):  # code that reads or fills config.card_data keeps working
         model.config.__dict__["card_data"] = card_data_of(model)
 

@@ -16,24 +16,29 @@ Public API::
     model.generate(prompt_ids, max_new_tokens=20)                       # prompt routed once, blocks reused
     model.save_pretrained(out_dir)                                      # anchor files + bank shards + index
     model = load_memory_model(out_dir, tokenizer=tok)                   # bank stays on disk, blocks read on fetch
+    model = AutoModelForCausalLM.from_pretrained(out_dir, tokenizer=tok)  # the same (config.json says so)
 
 Modules: :mod:`.config` (sizes), :mod:`.state` (the per-model state, ``use_memory_paths``, ``memory_disabled``),
-:mod:`.embedders`, :mod:`.index` (clustering, routing), :mod:`.bank` (storage), :mod:`.attach` (hooks, training
-helpers, save/load); each imports only those named before it. The per-sample FFN is
+:mod:`.embedders`, :mod:`.index` (clustering, routing), :mod:`.bank` (storage), :mod:`.folder` (what a saved
+folder's config.json says), :mod:`.attach` (hooks, training helpers, save/load, the Auto loader); each imports only
+those named before it. The per-sample FFN is
 :func:`hf_seqmodels.kernels.memory.memory_ffn` (Triton on CUDA, PyTorch elsewhere).
 """
 from .attach import (
+    MemoryModelForCausalLM,
     attach_memory_bank,
     detach_memory_bank,
     load_memory_model,
     memory_optimizer,
     memory_parameter_groups,
+    register_memory_auto_classes,
     route_input_ids,
     save_memory,
 )
 from .bank import MemoryBank, MemoryBankError
 from .config import MemoryBankConfig
 from .embedders import AnchorEmbedder, HashedNgramEmbedder, MiniLMEmbedder
+from .folder import MemoryModelConfig
 from .index import GENERIC, MemoryIndex, build_memory_index
 from .state import memory_disabled, use_memory_paths
 
@@ -46,6 +51,9 @@ __all__ = [
     "attach_memory_bank",
     "detach_memory_bank",
     "load_memory_model",
+    "MemoryModelConfig",
+    "MemoryModelForCausalLM",
+    "register_memory_auto_classes",
     "save_memory",
     "memory_optimizer",
     "memory_parameter_groups",

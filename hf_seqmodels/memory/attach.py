@@ -27,15 +27,20 @@ gradient (``None``), hence no update and no decay. Under ``Trainer``: ``Trainer(
 (memory_optimizer(model), None))``; batches may carry a ``memory_paths`` column (``remove_unused_columns=False`` for
 ``datasets.Dataset``), or attach with a tokenizer to route inside the model.
 
-Save / load: ``model.save_pretrained(out)`` writes the anchor exactly as without memory (its own files, no bank
-keys) plus ``memory_config.json``, ``memory_index.{json,safetensors}`` and the bank shards.
-``load_memory_model(out)`` loads the anchor, checks and opens the bank (blocks stay on disk) and re-attaches.
+Save / load: ``model.save_pretrained(out)`` writes the anchor's files (no bank keys in its weights) plus
+``memory_config.json``, ``memory_index.{json,safetensors}`` and the bank shards, and marks config.json as a memory
+model's (:mod:`.folder`: ``model_type`` ``hf_seqmodels_memory``, the anchor's in a ``memory_bank`` entry), so the
+folder never loads as the bare anchor by accident. ``load_memory_model(out)`` loads the anchor, checks and opens the
+bank (blocks stay on disk) and re-attaches; ``AutoModelForCausalLM.from_pretrained(out)`` and ``pipeline`` call it
+(:class:`MemoryModelForCausalLM`).
 """
 from __future__ import annotations
 
 import dataclasses
 import functools
 import inspect
+import os
+import textwrap
 import types
 
 import torch
@@ -46,6 +51,7 @@ from hf_seqmodels.kernels.memory import memory_ffn
 from .bank import MemoryBank, MemoryBankError
 from .config import MemoryBankConfig
 from .embedders import AnchorEmbedder
+from .folder import MEMORY_MODEL_TYPE, MemoryModelConfig, mark_memory_folder, memory_marker
 from .index import MemoryIndex
 from .state import MemoryState, check_paths, memory_state, use_memory_paths
 
@@ -181,6 +187,50 @@ def _save_pretrained(self, save_directory, *args, **kwargs):
     type(self).save_pretrained(self, save_directory, *args, state_dict=state_dict, **kwargs)
     if kwargs.get("is_main_process", True):
         save_memory(self, save_directory)
+        _write_memory_model_files(self, save_directory)
+
+
+def _write_memory_model_files(model, directory):
+    """config.json marked as a memory model's (:mod:`.folder`), the loader files, the card's memory section."""
+    from hf_seqmodels import hub
+
+    refs = hub.write_loader_files(directory, MemoryModelConfig, MemoryModelForCausalLM)
+    mark_memory_folder(directory, refs["MemoryModelConfig"], refs["MemoryModelForCausalLM"])
+    extra = dict(hub.card_data_of(model))
+    anchor_type = model.config.model_type
+    name = model.config.name_or_path
+    if (not anchor_type.startswith("hf_seqmodels_") and "base_model" not in extra and name
+            and os.path.abspath(name) != os.path.abspath(directory)):
+        extra["base_model"] = name  # another library's anchor (a Llama): it came from there
+    hub.write_card(model, directory, extra, section=_card_section(model, anchor_type))
+
+
+def _card_section(model, anchor_type):
+    cfg = memory_state(model).config
+    layers = _decoder_layers(model)
+    d, n = layers[0].mlp.gate_proj.in_features, len(layers)
+    anchor = type(model).__name__
+    about = (
+        f"This is a `{anchor}` anchor with a hierarchical FFN memory bank (hf-seqmodels; Pouransari et al., 2025, "
+        "arXiv 2510.02375): per sequence it fetches one block per level on the sequence's cluster path (block sizes "
+        f"{list(cfg.block_sizes)}, branching {cfg.branching}, layers {cfg.layer_indices(n)}), "
+        f"{cfg.fetched_parameters(d, n):,} of the bank's {cfg.bank_parameters(d, n):,} parameters. The memory is in "
+        "`memory_config.json`, `memory_index.json`, `memory_index.safetensors` and the `memory_bank*` files; "
+        f'config.json says `"model_type": "{MEMORY_MODEL_TYPE}"` (the anchor\'s, `{anchor_type}`, is in its '
+        "`memory_bank` entry), so that nothing loads the anchor without its memory by accident."
+    )
+    other = (
+        'After `import hf_seqmodels`, `AutoModelForCausalLM.from_pretrained("folder", tokenizer=tokenizer)` and '
+        '`pipeline("text-generation", model="folder")` load the same (without `tokenizer=`, the folder\'s tokenizer '
+        "routes the input, if it has one). transformers alone refuses the folder; with `trust_remote_code=True` it "
+        f'loads anchor and bank. `{anchor}.from_pretrained("folder")` gives the bare anchor (transformers warns that '
+        "the model type differs)."
+    )
+    code = ("```python\nfrom hf_seqmodels.memory import load_memory_model\n\n"
+            'model = load_memory_model("folder", tokenizer=tokenizer)  # bank stays on disk; trainable=True to train it'
+            "\n```")
+    fill = functools.partial(textwrap.fill, width=120, break_on_hyphens=False, break_long_words=False)
+    return "\n\n".join(["## Memory bank", fill(about), code, fill(other)]) + "\n"
 
 
 def save_memory(model, directory, max_shard_size: int = 2 << 30, part_size: int = 256 << 20) -> None:
@@ -295,10 +345,17 @@ def load_memory_model(path, model_class=None, tokenizer=None, trainable=False, r
                       embedder=None, **from_pretrained_kwargs):
     """Load a model saved with memory: anchor + bank (on disk unless ``trainable``) + index, re-attached.
 
-    Everything about the memory is checked before the anchor is loaded; nothing is ever written.
+    Everything about the memory is checked before the anchor is loaded; nothing is ever written. The anchor's
+    config is the one config.json records (see :mod:`.folder`) unless ``config=`` is given. Without ``tokenizer``,
+    the folder's own tokenizer (if it has one) routes the input.
     """
     import hf_seqmodels  # noqa: F401  (registers this package's architectures)
 
+    anchor_config = from_pretrained_kwargs.pop("config", None)
+    if isinstance(anchor_config, MemoryModelConfig):
+        anchor_config = anchor_config.anchor_config()
+    elif anchor_config is None and memory_marker(path) is not None:  # (folders saved before the marker: the anchor's)
+        anchor_config = MemoryModelConfig.from_pretrained(path).anchor_config()
     config = MemoryBankConfig.from_pretrained(path)
     index = MemoryIndex.from_pretrained(path)
     _check_index(config, index, where=f"load_memory_model({path})")
@@ -307,10 +364,43 @@ def load_memory_model(path, model_class=None, tokenizer=None, trainable=False, r
     if model_class is None:
         from transformers import AutoModelForCausalLM as model_class
     from_pretrained_kwargs.setdefault("use_safetensors", True)  # never unpickle
+    if anchor_config is not None:
+        from_pretrained_kwargs["config"] = anchor_config
     model = model_class.from_pretrained(path, **from_pretrained_kwargs)
+    if tokenizer is None and os.path.isfile(os.path.join(path, "tokenizer_config.json")):
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(path)
     layers = _decoder_layers(model)
     d = layers[0].mlp.gate_proj.in_features
     bank = MemoryBank.from_pretrained(path, config, hidden_size=d, layer_ids=config.layer_indices(len(layers)),
                                       trainable=trainable, reader=reader, verify=False,
                                       device=next(model.parameters()).device if trainable else None)
     return attach_memory_bank(model, config, index, tokenizer=tokenizer, bank=bank, embedder=embedder)
+
+
+class MemoryModelForCausalLM:
+    """What ``AutoModelForCausalLM`` loads a folder saved with a memory bank with (config.json ``model_type``
+    ``hf_seqmodels_memory``; registered by ``import hf_seqmodels``): ``from_pretrained`` is
+    :func:`load_memory_model`, whose keywords (``tokenizer``, ``trainable``, ``reader``, ...) it takes. It returns the
+    anchor's own class with the bank attached; this class itself is never instantiated."""
+
+    config_class = MemoryModelConfig
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *model_args, **kwargs):
+        if model_args:
+            raise TypeError("MemoryModelForCausalLM.from_pretrained takes the folder and keywords only")
+        return load_memory_model(pretrained_model_name_or_path, **kwargs)
+
+    @classmethod
+    def register_for_auto_class(cls, auto_class="AutoModelForCausalLM"):
+        """(called by transformers on remote code: nothing to record, the loader files name this class)"""
+
+
+def register_memory_auto_classes() -> None:
+    """Make ``AutoConfig`` / ``AutoModelForCausalLM`` read memory models' folders (``import hf_seqmodels`` does)."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    AutoConfig.register(MEMORY_MODEL_TYPE, MemoryModelConfig, exist_ok=True)
+    AutoModelForCausalLM.register(MemoryModelConfig, MemoryModelForCausalLM, exist_ok=True)

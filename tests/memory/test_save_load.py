@@ -75,10 +75,10 @@ def test_roundtrip_identical_logits_and_routing(tmp_path, index, arch, reader):
 
 
 def test_bare_anchor_loads_from_the_same_folder(tmp_path, index):
-    from transformers import AutoModelForCausalLM
-
+    """Only through the anchor's own class (the Auto classes load anchor + bank: test_auto_loading.py)."""
     model, tok, out = saved_model(tmp_path, index)
-    anchor = AutoModelForCausalLM.from_pretrained(out)
+    anchor = type(model).from_pretrained(out)
+    assert not hasattr(anchor, "memory_bank")
     ids = ids_for(NEW)
     with torch.no_grad():
         from hf_seqmodels.memory import memory_disabled
