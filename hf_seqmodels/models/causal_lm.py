@@ -325,6 +325,15 @@ class SeqForCausalLM(SeqPreTrainedModel, GenerationMixin):
     def set_output_embeddings(self, new_embeddings):
         self.lm_head = new_embeddings
 
+    def head_logits(self, hidden_states, logits_to_keep=0):
+        """The LM head on the positions ``logits_to_keep`` selects, as transformers' models take it: an int
+        ``n > 0``, the last ``n``; a tensor, those indices; 0, every position."""
+        if isinstance(logits_to_keep, int) and logits_to_keep > 0:
+            hidden_states = hidden_states[:, -logits_to_keep:]
+        elif isinstance(logits_to_keep, torch.Tensor):
+            hidden_states = hidden_states[:, logits_to_keep]
+        return self.lm_head(hidden_states)
+
     def _prepare_cache_for_generation(self, generation_config, model_kwargs, *args, **kwargs):
         cache = pop_cache(None, model_kwargs)
         if cache is None and generation_config.use_cache is not False:
@@ -361,12 +370,7 @@ class SeqForCausalLM(SeqPreTrainedModel, GenerationMixin):
             return_dict=True,
             **{name: kwargs[name] for name in PACKING_KWARGS if name in kwargs},
         )
-        hidden_states = outputs.last_hidden_state
-        if isinstance(logits_to_keep, int) and logits_to_keep > 0:
-            hidden_states = hidden_states[:, -logits_to_keep:]
-        elif isinstance(logits_to_keep, torch.Tensor):
-            hidden_states = hidden_states[:, logits_to_keep]
-        logits = self.lm_head(hidden_states)
+        logits = self.head_logits(outputs.last_hidden_state, logits_to_keep)
         loss = None
         if labels is not None:
             loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.vocab_size, **kwargs)

@@ -391,12 +391,7 @@ class HNetForCausalLM(SeqForCausalLM, HNetPreTrainedModel):
         outputs = self.model(input_ids=input_ids, attention_mask=attention_mask, cache=cache, inputs_embeds=inputs_embeds,
                              use_cache=use_cache, output_hidden_states=output_hidden_states, return_dict=True,
                              position_ids=position_ids, **{n: kwargs[n] for n in PACKING_KWARGS if n in kwargs})
-        hidden = outputs.last_hidden_state
-        if isinstance(logits_to_keep, int) and logits_to_keep > 0:
-            hidden = hidden[:, -logits_to_keep:]
-        elif isinstance(logits_to_keep, torch.Tensor):
-            hidden = hidden[:, logits_to_keep]
-        logits = self.lm_head(hidden)
+        logits = self.head_logits(outputs.last_hidden_state, logits_to_keep)
         ratio, fractions = compression_stats(outputs, self.config)
         loss = lm_loss = None
         if labels is not None:

@@ -1,13 +1,12 @@
 from hf_seqmodels.layers.liger import LigerAttention
-from hf_seqmodels.models.causal_lm import SeqForCausalLM, SeqPreTrainedModel
-from hf_seqmodels.models.linearized import LinearizedModel
+from hf_seqmodels.models.causal_lm import SeqForCausalLM
+from hf_seqmodels.models.linearized import LinearizedModel, LinearizedPreTrainedModel
 
 from .configuration_liger import LigerConfig
 
 
-class LigerPreTrainedModel(SeqPreTrainedModel):
+class LigerPreTrainedModel(LinearizedPreTrainedModel):
     config_class = LigerConfig
-    _no_split_modules = ["LinearizedDecoderBlock"]
 
 
 class LigerModel(LinearizedModel, LigerPreTrainedModel):

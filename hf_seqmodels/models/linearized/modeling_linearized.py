@@ -1,6 +1,13 @@
-"""The model body every linearized Llama-shaped model shares: Liger and Lizard only name their attention class."""
+"""The model classes every linearized Llama-shaped model shares: Liger and Lizard only name their config and their
+attention class."""
 from hf_seqmodels.layers.linearized import LinearizedDecoderBlock, SoftmaxAttention
-from hf_seqmodels.models.causal_lm import SeqModel
+from hf_seqmodels.models.causal_lm import SeqModel, SeqPreTrainedModel
+
+
+class LinearizedPreTrainedModel(SeqPreTrainedModel):
+    """Base of a linearized architecture's classes (it sets ``config_class``)."""
+
+    _no_split_modules = ["LinearizedDecoderBlock"]
 
 
 class LinearizedModel(SeqModel):

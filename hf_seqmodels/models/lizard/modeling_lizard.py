@@ -1,13 +1,12 @@
 from hf_seqmodels.layers.lizard import LizardAttention
-from hf_seqmodels.models.causal_lm import SeqForCausalLM, SeqPreTrainedModel
-from hf_seqmodels.models.linearized import LinearizedModel
+from hf_seqmodels.models.causal_lm import SeqForCausalLM
+from hf_seqmodels.models.linearized import LinearizedModel, LinearizedPreTrainedModel
 
 from .configuration_lizard import LizardConfig
 
 
-class LizardPreTrainedModel(SeqPreTrainedModel):
+class LizardPreTrainedModel(LinearizedPreTrainedModel):
     config_class = LizardConfig
-    _no_split_modules = ["LinearizedDecoderBlock"]
 
 
 class LizardModel(LinearizedModel, LizardPreTrainedModel):
