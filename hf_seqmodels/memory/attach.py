@@ -55,6 +55,7 @@ from .folder import MEMORY_MODEL_TYPE, MemoryModelConfig, mark_memory_folder, me
 from .index import MemoryIndex
 from .state import MemoryState, check_paths, memory_state, use_memory_paths
 
+
 def _decoder_layers(model):
     for owner in (getattr(model, "model", None), model):
         layers = getattr(owner, "layers", None) if owner is not None else None

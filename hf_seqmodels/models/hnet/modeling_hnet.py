@@ -28,7 +28,15 @@ from hf_seqmodels.kernels._dispatch import debug_checks_enabled
 from hf_seqmodels.layers.attention import CausalSelfAttention
 from hf_seqmodels.layers.block import DecoderBlock
 from hf_seqmodels.layers.gla import GatedLinearAttention
-from hf_seqmodels.layers.hnet import RoutingModule, StraightThrough, downsample, init_identity, ratio_loss, smooth_chunks, upsample
+from hf_seqmodels.layers.hnet import (
+    RoutingModule,
+    StraightThrough,
+    downsample,
+    init_identity,
+    ratio_loss,
+    smooth_chunks,
+    upsample,
+)
 from hf_seqmodels.layers.mamba2 import Mamba2Mixer
 from hf_seqmodels.layers.norm import RMSNorm
 from hf_seqmodels.layers.pararnn import ParaRNNMixer
