@@ -1,5 +1,5 @@
-"""``kernels/`` is the bottom layer (DESIGN.md): it imports torch and triton, never transformers, and nothing of
-hf_seqmodels above it. Checked by importing every kernels module in a fresh interpreter whose ``hf_seqmodels``
+"""``hf_seqmodels.kernels`` is the bottom layer (DESIGN.md): it imports torch and triton, never transformers, and
+nothing of hf_seqmodels above it. Checked by importing every kernels module in a fresh interpreter whose ``hf_seqmodels``
 package is an empty stand-in (the real ``hf_seqmodels/__init__.py`` imports transformers itself)."""
 import json
 import subprocess
