@@ -5,14 +5,13 @@ a plain fp64 loop of the layer's cell step, values and gradients for u, a and h0
 the non-convergence paths; the hook that makes the built-in cells use the kernel; the GPU suite's ParaRNN check at
 tiny sizes. Tests marked ``cuda`` repeat the comparison at larger shapes on a GPU.
 """
-import importlib.util
 import os
 import warnings
-from pathlib import Path
 
 import pytest
 import torch
 
+from benchmarks.gpu import checks, timings
 from hf_seqmodels.kernels.pararnn import NewtonConvergenceError, fused_triton, newton_solve, sequential_solve
 from hf_seqmodels.kernels.pararnn.fused_triton import fused_newton_gru, fused_newton_lstm
 from hf_seqmodels.kernels.scan import scan_triton
@@ -289,25 +288,15 @@ def test_a_subclass_that_changes_the_step_keeps_the_generic_solver(interpreter, 
 
 
 # -- the GPU suite's ParaRNN sections, at tiny sizes on the CPU -----------------------------------------------------
-def _gpu_suite():
-    path = Path(__file__).resolve().parents[2] / "benchmarks" / "gpu_suite.py"
-    spec = importlib.util.spec_from_file_location("gpu_suite", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_gpu_suite_pararnn_check_runs_in_the_interpreter(interpreter, capsys):
-    suite = _gpu_suite()
-    rows, ok = suite.pararnn_check_rows(suite.PARARNN_TINY_CASES, device="cpu")
+    rows, ok = checks.pararnn_check_rows(checks.PARARNN_TINY_CASES, device="cpu")
     assert ok, rows
     assert {r["cell"] for r in rows} == {"gru", "lstm"} and all(r["worst"] < 1e-3 for r in rows)
 
 
 def test_gpu_suite_pararnn_bench_methods_run_in_the_interpreter(interpreter):
-    suite = _gpu_suite()
     for cell in ("gru", "lstm"):
-        methods = suite.pararnn_methods(cell, B=1, T=6, H=4, dtype=torch.float32, device="cpu", backend="triton")
+        methods = timings.pararnn_methods(cell, B=1, T=6, H=4, dtype=torch.float32, device="cpu", backend="triton")
         assert set(methods) == {"fused", "generic", "cudnn", "loop"}
         for name, (fwd, fwd_bwd, leaves) in methods.items():
             fwd()
