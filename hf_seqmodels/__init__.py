@@ -15,12 +15,14 @@ from .models.pararnn import ParaRNNConfig, ParaRNNForCausalLM, ParaRNNModel
 register_auto_classes()
 register_peft_targets()
 
+from .conversion import convert  # noqa: E402  (fills the registry's checkpoint formats: converted on load)
 from .linearize import linearize  # noqa: E402  (needs the registered classes)
 
 __all__ = [
     "ARCHITECTURES",
     "RecurrentCache",
     "linearize",
+    "convert",
     "GLAConfig",
     "GLAModel",
     "GLAForCausalLM",

@@ -96,6 +96,12 @@ class SeqPreTrainedModel(PreTrainedModel):
 
     @classmethod
     def from_pretrained(cls, *args, **kwargs):
+        # A local folder in a published format (fla GLA, Liger-GLA: hf_seqmodels.conversion) is converted on load.
+        from hf_seqmodels.registry import checkpoint_format_of
+
+        fmt = checkpoint_format_of(args[0]) if args else None
+        if fmt is not None:
+            return cls._from_published(fmt, *args, **kwargs)
         # safetensors only: a folder or repo with nothing but pytorch_model.bin is refused rather than unpickled
         # (pass use_safetensors=False to opt in to transformers' weights-only unpickling).
         kwargs.setdefault("use_safetensors", True)
@@ -108,6 +114,27 @@ class SeqPreTrainedModel(PreTrainedModel):
             if why is None:
                 raise
             raise OSError(why) from err
+
+    @classmethod
+    def _from_published(cls, fmt, path, *args, **kwargs):
+        """``from_pretrained`` of a folder in a published checkpoint format: converted (safetensors only) and loaded
+        with transformers' own loader (``dtype``, ``device_map``... apply as usual)."""
+        from hf_seqmodels.registry import classes_for_config
+
+        where = f"{cls.__name__}.from_pretrained({path!r})"
+        if args or "config" in kwargs or "state_dict" in kwargs:
+            raise ValueError(f"{where}: the folder is a {fmt.description} checkpoint, converted on load; pass no "
+                             "config, state_dict or other positional arguments")
+        if kwargs.pop("use_safetensors", True) is False:
+            raise ValueError(f"{where}: a {fmt.description} checkpoint is converted from safetensors weights only")
+        converted = fmt.load(path)
+        if not isinstance(converted.config, cls.config_class):
+            lm_class = classes_for_config(converted.config)[2]
+            raise ValueError(f"{where}: the folder is a {fmt.description} checkpoint, which converts to "
+                             f"{lm_class.__name__}, not {cls.__name__}: load it with {lm_class.__name__}")
+        model = super().from_pretrained(None, config=converted.config, state_dict=converted.state_dict, **kwargs)
+        model.card_data = converted.card_data
+        return model
 
     @property
     def card_data(self) -> dict:
