@@ -18,6 +18,7 @@ COMMAND_MODULES = [
     "hf_seqmodels.evaluation.cli",  # eval mqar | eval ppl
     "hf_seqmodels.linearize.cli",  # linearize
     "hf_seqmodels.hnet_cli",  # hnet-chunks
+    "hf_seqmodels.commands.convert",  # convert
 ]
 
 

@@ -1,0 +1,1 @@
+"""The subcommands of ``hf-seqmodels``, one module each (``add_parser(subparsers)``)."""
