@@ -27,7 +27,8 @@ def classes_for_config(config) -> tuple[type, type, type]:
 
 
 #: name -> format record of every published checkpoint format converted on load (filled by hf_seqmodels.conversion;
-#: each record has ``detect(folder) -> bool`` and ``load(folder) -> converted config and state dict``)
+#: each record has ``detect(folder) -> bool``, ``load(folder) -> converted config and state dict`` and
+#: ``model_types``, the config.json model types of the format)
 CHECKPOINT_FORMATS: dict[str, object] = {}
 
 
@@ -38,5 +39,13 @@ def checkpoint_format_of(path):
         return None
     for fmt in CHECKPOINT_FORMATS.values():
         if fmt.detect(os.fspath(path)):
+            return fmt
+    return None
+
+
+def checkpoint_format_for_model_type(model_type):
+    """The registered checkpoint format whose config.json carries ``model_type`` (None if none does)."""
+    for fmt in CHECKPOINT_FORMATS.values():
+        if model_type in getattr(fmt, "model_types", ()):
             return fmt
     return None

@@ -26,7 +26,7 @@ def _overlap(out: Path, source: Path) -> str | None:
     return None
 
 
-def check_output_folder(out, *, inputs=(), overwrite: bool = False, flag: str = "--out") -> Path:
+def check_output_target(out, *, inputs=(), overwrite: bool = False, flag: str = "--out") -> Path:
     """The checks of :func:`safe_output_folder`, before any work: returns ``out`` resolved (symlinks followed), or
     raises ``ValueError`` naming ``flag`` when ``out`` is, holds or lies inside one of ``inputs`` (paths that do not
     exist, such as Hub ids, are skipped), is an existing file, or is an existing non-empty folder without
@@ -63,7 +63,7 @@ def safe_output_folder(out, *, inputs=(), overwrite: bool = False, flag: str = "
 
     Yields the temporary folder as a :class:`~pathlib.Path`.
     """
-    target = check_output_folder(out, inputs=inputs, overwrite=overwrite, flag=flag)
+    target = check_output_target(out, inputs=inputs, overwrite=overwrite, flag=flag)
     created = []
     parent = target.parent
     while not parent.exists():

@@ -19,15 +19,17 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model",
 class CheckpointFormat:
     """A published checkpoint format hf-seqmodels converts.
 
-    ``detect(folder)`` says from config.json alone (cheap, no weights read) whether ``folder`` is in this format,
+    ``detect(folder)`` says cheaply (config.json, file names; no weights read) whether ``folder`` is in this format,
     including variants the format then refuses by name; ``load(folder, progress=False)`` returns a :class:`Converted`
-    or raises ``ValueError`` saying what cannot be converted and why.
+    or raises ``ValueError`` saying what cannot be converted and why. ``model_types``: the config.json
+    ``model_type`` values of the format, if it has any (our configs refuse to be read from such a config).
     """
 
     name: str
     description: str
     detect: Callable[[str], bool]
     load: Callable[..., "Converted"]
+    model_types: tuple = ()
 
 
 @dataclass

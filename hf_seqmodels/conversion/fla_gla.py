@@ -220,4 +220,5 @@ FORMAT = CheckpointFormat(
     description="fla GLA (model_type 'gla': fla-hub/gla-340M-15B, gla-1.3B-100B, gla-2.7B-100B, gla-7B, ...)",
     detect=detect,
     load=load,
+    model_types=("gla",),
 )

@@ -103,4 +103,5 @@ FORMAT = CheckpointFormat(
     description="Liger-GLA (OpenSparseLLMs/Linearization, model_type 'liger_gla': linear-moe-hub/Liger-GLA-8B)",
     detect=detect,
     load=load,
+    model_types=("liger_gla", *REFUSED),
 )

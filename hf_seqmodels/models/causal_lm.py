@@ -63,6 +63,24 @@ class SeqModelConfig(PretrainedConfig):
             **kwargs,
         )
 
+    @classmethod
+    def get_config_dict(cls, *args, **kwargs):
+        """transformers' reader, refusing the config of a published checkpoint format (fla's ``gla``...), which our
+        config would read wrongly: such a folder loads through our model's ``from_pretrained`` or ``convert``."""
+        config_dict, rest = super().get_config_dict(*args, **kwargs)
+        from hf_seqmodels.registry import checkpoint_format_for_model_type
+
+        fmt = checkpoint_format_for_model_type(config_dict.get("model_type"))
+        if fmt is not None:
+            source = args[0] if args else kwargs.get("pretrained_model_name_or_path")
+            raise ValueError(
+                f"{cls.__name__}: {source!r} holds a {fmt.description} checkpoint (model_type "
+                f"{config_dict['model_type']!r}), not an hf-seqmodels config. Load its local folder with our "
+                "model class's from_pretrained (converted on load), or convert it once: hf-seqmodels convert SRC DST "
+                "(a Hub repository: download it first, e.g. `hf download REPO --local-dir SRC`)"
+            )
+        return config_dict, rest
+
 
 class SeqPreTrainedModel(PreTrainedModel):
     base_model_prefix = "model"

@@ -199,6 +199,15 @@ def test_wrong_class_is_named(tmp_path, fla_cpu):
         LigerForCausalLM.from_pretrained(tmp_path)
 
 
+def test_our_config_refuses_an_fla_config(tmp_path, fla_cpu):
+    """The path a Hub id takes (config first): our GLAConfig would read fla's fields wrongly (``norm_eps``...)."""
+    from hf_seqmodels import GLAConfig
+
+    save_fla(tmp_path, "fused_norm")
+    with pytest.raises(ValueError, match="fla GLA .*model_type 'gla'.*hf-seqmodels convert"):
+        GLAConfig.from_pretrained(tmp_path)
+
+
 def test_convert_round_trip_auto_class_and_pipeline(tmp_path, fla_cpu):
     from transformers import AutoModelForCausalLM, pipeline
 
