@@ -147,7 +147,9 @@ class HNetStage(nn.Module):
             self.decoder.mark_residual_outputs(n_res)
             self.main_network = HNetStage(config, stage + 1, layout[1], next_slot, n_res)
             self.routing_module = None if self.word_router else RoutingModule(self.d_model)
-            self.residual_proj = nn.Linear(self.d_model, self.d_model, dtype=torch.float32)
+            # at least fp32 (the reference keeps it fp32 under bf16; an fp64 model gets fp64)
+            self.residual_proj = nn.Linear(self.d_model, self.d_model,
+                                           dtype=torch.promote_types(torch.get_default_dtype(), torch.float32))
             self.residual_proj.init_zeros = True
             self.state_slot = next_slot()
         self.lr_multipliers = config.lr_multipliers
@@ -377,6 +379,22 @@ class HNetForCausalLM(SeqForCausalLM, HNetPreTrainedModel):
         self.vocab_size = config.vocab_size
         self.lm_head = nn.Linear(config.d_model[0], config.vocab_size, bias=False)
         self.post_init()
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path=None, *args, **kwargs):
+        """As transformers' ``from_pretrained``; a local folder holding the reference's release instead (its ``.pt``
+        state dict and ``configs/*.json``, see :mod:`hf_seqmodels.conversion.hnet`) is converted on load, without
+        executing anything in the pickle. Other keyword arguments (``dtype``, ``device_map``...) apply as usual."""
+        from hf_seqmodels.conversion import hnet as reference_format  # conversion/ sits above models/: import here
+
+        path = pretrained_model_name_or_path
+        if path is not None and "state_dict" not in kwargs and reference_format.detect(path):
+            if kwargs.get("config") is not None:
+                raise ValueError(f"HNetForCausalLM.from_pretrained: {path} holds an H-Net reference release, whose "
+                                 f"config comes from its JSON; do not pass `config`")
+            config, state_dict = reference_format.load(path)
+            return super().from_pretrained(None, *args, config=config, state_dict=state_dict, **kwargs)
+        return super().from_pretrained(path, *args, **kwargs)
 
     def get_input_embeddings(self):
         return self.model.embeddings
