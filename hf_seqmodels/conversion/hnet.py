@@ -51,6 +51,7 @@ _ATTN_FIELDS = {"num_heads", "rotary_emb_dim", "window_size"}
 _SSM_DEFAULTS = {"d_conv": 4, "expand": 2, "d_state": 128, "chunk_size": 256}  # the reference's SSMConfig
 _MLP_MULTIPLE = 128  # the reference's SwiGLU rounds d_intermediate up to this
 _MAX_JSON_BYTES = 1 << 20
+_NATIVE_WEIGHTS = ("model.safetensors", "model.safetensors.index.json")
 
 
 def _reference_json(path: str) -> dict | None:
@@ -88,8 +89,9 @@ def find_files(folder) -> tuple[str, str]:
 
 
 def detect(folder) -> bool:
-    """Whether ``folder`` holds a reference H-Net release (a ``.pt`` and a reference config JSON)."""
-    if not os.path.isdir(folder):
+    """Whether ``folder`` holds a reference H-Net release (a ``.pt`` and a reference config JSON) and no checkpoint
+    of our own format (``model.safetensors``, which ``from_pretrained`` then loads as usual)."""
+    if not os.path.isdir(folder) or any(os.path.exists(os.path.join(folder, n)) for n in _NATIVE_WEIGHTS):
         return False
     try:
         find_files(folder)

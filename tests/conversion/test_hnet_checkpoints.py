@@ -467,6 +467,10 @@ def test_detect_needs_a_checkpoint_and_a_reference_config(tmp_path):
     with pytest.raises(ValueError, match="cannot tell"):
         hnet_format.find_files(tmp_path)
     assert not hnet_format.detect(tmp_path)
+    os.remove(tmp_path / "hnet_b.json")
+    assert hnet_format.detect(tmp_path)
+    (tmp_path / "model.safetensors").write_bytes(b"")
+    assert not hnet_format.detect(tmp_path)  # a checkpoint of ours: from_pretrained loads it as usual
 
 
 def test_byte_tokenizer_matches_the_reference_convention():
