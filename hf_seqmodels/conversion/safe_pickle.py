@@ -100,9 +100,9 @@ def load(path, map_location="cpu"):
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"safe_pickle.load: no checkpoint file at {path!r}")
-    if not hasattr(torch.serialization, "safe_globals"):
-        raise RuntimeError(f"safe_pickle.load needs torch >= 2.6 (torch.serialization.safe_globals); this is "
-                           f"torch {torch.__version__}")
+    if tuple(int(v) for v in re.findall(r"\d+", torch.__version__)[:2]) < (2, 6):
+        raise RuntimeError(f"safe_pickle.load needs torch >= 2.6 (safe globals under given names); this is torch "
+                           f"{torch.__version__}")
     is_zip = zipfile.is_zipfile(path)
     with torch.serialization.safe_globals(_SAFE_GLOBALS):
         if is_zip:  # torch.save's format since 1.6: name every unsafe global at once, before anything is built
