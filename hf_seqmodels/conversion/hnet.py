@@ -40,6 +40,7 @@ import re
 import torch
 
 from hf_seqmodels.models.hnet.configuration_hnet import HNetConfig, parse_layer_string, stage_layouts
+from hf_seqmodels.models.hnet.modeling_hnet import HNetForCausalLM
 
 from . import safe_pickle
 
@@ -196,8 +197,6 @@ def _reference_name(ours: str) -> str:
 def convert_state_dict(ref_sd: dict, config: HNetConfig, dtype: torch.dtype | None = None) -> dict:
     """Our :class:`HNetForCausalLM` state dict from the reference's ``ref_sd``; every key checked (see the module
     docstring). ``dtype``: cast floating tensors (``residual_proj`` stays at least fp32); None keeps the file's."""
-    from hf_seqmodels.models.hnet.modeling_hnet import HNetForCausalLM
-
     with torch.device("meta"):
         expected = {k: tuple(v.shape) for k, v in HNetForCausalLM(config).state_dict().items()}
     if config.tie_word_embeddings and "lm_head.weight" in ref_sd:
