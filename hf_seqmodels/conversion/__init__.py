@@ -16,7 +16,7 @@ import shutil
 from hf_seqmodels.registry import CHECKPOINT_FORMATS, classes_for_config
 from hf_seqmodels.saving import safe_output_folder
 
-from . import fla_gla, liger
+from . import fla_gla, hnet, liger
 from .common import TOKENIZER_FILES, CheckpointFormat, Converted
 
 #: name -> CheckpointFormat of every format hf-seqmodels converts (the registry's table)
@@ -29,7 +29,7 @@ def register_format(fmt: CheckpointFormat) -> None:
     FORMATS[fmt.name] = fmt
 
 
-for _fmt in (fla_gla.FORMAT, liger.FORMAT):
+for _fmt in (fla_gla.FORMAT, liger.FORMAT, hnet.FORMAT):
     register_format(_fmt)
 
 
@@ -89,13 +89,19 @@ def convert(src, dst, *, overwrite: bool = False, progress: bool = True) -> str:
         copied = [n for n in TOKENIZER_FILES if os.path.isfile(os.path.join(src, n))]
         for name in copied:
             shutil.copy2(os.path.join(src, name), os.path.join(tmp, name))
+        tokenizer = f"copied from the source ({', '.join(copied)})" if copied else None
+        if not copied and converted.tokenizer is not None:
+            converted.tokenizer.save_pretrained(tmp)
+            tokenizer = f"the format's {type(converted.tokenizer).__name__} (the source folder holds none)"
         with open(os.path.join(tmp, "README.md"), "a", encoding="utf-8") as f:
-            f.write(_card_section(fmt, converted, copied))
+            f.write(_card_section(fmt, converted, tokenizer))
     print(f"wrote {dst}: {lm_class.__name__}, {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters "
           f"({next(model.parameters()).dtype}), converted from {converted.description}")
     for note in converted.notes:
         print(f"  {note}")
-    if not copied:
+    if tokenizer:
+        print(f"  tokenizer: {tokenizer}")
+    else:
         print(f"  {src} has no tokenizer files: save one into {dst} (tokenizer.save_pretrained) before using "
               "pipeline() or AutoTokenizer there")
     return dst
@@ -116,14 +122,14 @@ def _progress_bars(show: bool):
             hf_logging.enable_progress_bar()
 
 
-def _card_section(fmt: CheckpointFormat, converted: Converted, tokenizer_files: list) -> str:
+def _card_section(fmt: CheckpointFormat, converted: Converted, tokenizer: str | None) -> str:
     lines = ["", "## Conversion", "",
              f"Converted by `hf-seqmodels convert` from `{converted.source}` (format `{fmt.name}`:",
              f"{converted.description}): the same computation under our names, the weights in their original dtype.",
              ""]
     lines += [f"- {note}" for note in converted.notes]
-    if tokenizer_files:
-        lines.append(f"- tokenizer: copied from the source ({', '.join(tokenizer_files)})")
+    if tokenizer:
+        lines.append(f"- tokenizer: {tokenizer}")
     else:
         lines.append("- tokenizer: none in the source folder; this folder needs one "
                      "(`tokenizer.save_pretrained(folder)`)")

@@ -42,6 +42,8 @@ class Converted:
     source: str
     description: str
     notes: list = field(default_factory=list)
+    #: the tokenizer the source implies when its folder holds no tokenizer files (H-Net: the byte tokenizer)
+    tokenizer: object = None
 
     @property
     def card_data(self) -> dict:
