@@ -16,6 +16,7 @@ from .training import HNetCompressionCallback, hnet_parameter_groups
 register_auto_classes()
 register_peft_targets()
 
+from .conversion import convert  # noqa: E402  (fills the registry's checkpoint formats: converted on load)
 from .linearize import linearize  # noqa: E402  (needs the registered classes)
 from .memory import register_memory_auto_classes  # noqa: E402
 
@@ -25,6 +26,7 @@ __all__ = [
     "ARCHITECTURES",
     "RecurrentCache",
     "linearize",
+    "convert",
     "GLAConfig",
     "GLAModel",
     "GLAForCausalLM",

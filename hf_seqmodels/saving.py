@@ -1,68 +1,103 @@
-"""Writing a model folder without losing anything: the rule every command that writes a model follows.
+"""Writing a model folder safely: never into the folders being read, never over someone's folder by accident, never a
+half-written folder left behind.
 
-A command never writes into one of its input folders, never replaces an existing folder unless told to
-(``--overwrite``), and writes into a temporary folder beside the destination that is moved into place only once
-everything succeeded: an interrupted or failed run leaves the destination as it was and no half-written folder.
+Every command that writes a model writes it through :func:`safe_output_folder`.
 """
 from __future__ import annotations
 
 import contextlib
 import os
 import shutil
-import tempfile
+import uuid
 from pathlib import Path
 
 
-def _within(inner: Path, outer: Path) -> bool:
-    return inner == outer or outer in inner.parents
+def _resolved(path) -> Path:
+    return Path(os.path.abspath(os.path.expanduser(os.fspath(path)))).resolve()
 
 
-def check_output_folder_is_safe(out: str | os.PathLike, *, inputs=(), overwrite: bool = False,
-                                flag: str = "--out") -> None:
-    """Raise ``ValueError`` (naming ``flag``) if writing a model to ``out`` would touch an input (an input folder and
-    ``out`` the same or one inside the other, an input file inside ``out``; symlinks resolved) or replace an existing
-    non-empty folder without ``overwrite``.
-    Inputs that are not local paths (Hub ids) are ignored. Nothing is created."""
-    target = Path(out).expanduser().resolve()
+def _overlap(out: Path, source: Path) -> str | None:
+    if out == source:
+        return "is"
+    if source in out.parents:
+        return "is inside"
+    if out in source.parents:
+        return "contains"
+    return None
+
+
+def check_output_target(out, *, inputs=(), overwrite: bool = False, flag: str = "--out") -> Path:
+    """The checks of :func:`safe_output_folder`, before any work: returns ``out`` resolved (symlinks followed), or
+    raises ``ValueError`` naming ``flag`` when ``out`` is, holds or lies inside one of ``inputs`` (paths that do not
+    exist, such as Hub ids, are skipped), is an existing file, or is an existing non-empty folder without
+    ``overwrite``."""
+    if out is None or not os.fspath(out):
+        raise ValueError(f"{flag} must be a folder path, got {out!r}")
+    target = _resolved(out)
     for source in inputs:
-        if source is None or not os.path.exists(source):
+        if source is None or not os.path.exists(os.fspath(source)):
             continue
-        src = Path(source).expanduser().resolve()
-        # a folder input: neither inside the other; a file input (a text): not inside the output folder
-        if _within(src, target) or (src.is_dir() and _within(target, src)):
-            raise ValueError(f"{flag} {os.fspath(out)!r} would write into the input {os.fspath(source)!r}: "
-                             "choose another output folder (the input is never overwritten)")
-    if target.exists():
-        if not target.is_dir():
-            raise ValueError(f"{flag} {os.fspath(out)!r} exists and is not a folder")
-        if any(target.iterdir()) and not overwrite:
-            what = "a saved model" if (target / "config.json").is_file() else "files"
-            raise ValueError(f"{flag} {os.fspath(out)!r} already holds {what}: choose a new folder, or pass "
-                             "--overwrite to replace it (it is replaced only once the new model is complete)")
+        how = _overlap(target, _resolved(source))
+        if how is not None:
+            raise ValueError(f"{flag} {os.fspath(out)!r} {how} the input {os.fspath(source)!r}: write the output to a "
+                             "folder apart from the inputs")
+    if target.exists() and not target.is_dir():
+        raise ValueError(f"{flag} {os.fspath(out)!r} exists and is not a folder")
+    if target.is_dir() and any(target.iterdir()) and not overwrite:
+        option = "--overwrite" if flag.startswith("--") else "overwrite=True"
+        raise ValueError(f"{flag} {os.fspath(out)!r} exists and is not empty: choose a new folder, or pass {option} "
+                         "(the folder is replaced only once the new one is complete)")
+    return target
 
 
 @contextlib.contextmanager
-def safe_output_folder(out: str | os.PathLike, *, inputs=(), overwrite: bool = False, flag: str = "--out"):
-    """Yield a temporary folder beside ``out`` to write the model into; on success it becomes ``out`` (an existing
-    ``out``, allowed by ``overwrite``, is replaced only then); on any exception it is removed and ``out`` is left
-    untouched. The checks of :func:`check_output_folder_is_safe` run first."""
-    check_output_folder_is_safe(out, inputs=inputs, overwrite=overwrite, flag=flag)
-    target = Path(out).expanduser().resolve()
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.partial-", dir=target.parent))
+def safe_output_folder(out, *, inputs=(), overwrite: bool = False, flag: str = "--out"):
+    """Context manager giving a fresh temporary folder to write ``out`` into; the folder becomes ``out`` only when the
+    block finishes without an exception.
+
+    Refuses (``ValueError`` naming ``flag``) an ``out`` that is, holds or lies inside one of ``inputs`` (after
+    resolving symlinks), an existing file, or an existing non-empty folder unless ``overwrite``. The temporary folder
+    is created next to ``out`` (same file system, so the final move is a rename); missing parent folders are created.
+    On success it is moved into place; an existing ``out`` (with ``overwrite``) is replaced only then. On any exception
+    (Ctrl-C included) the temporary folder and any parent folders created for it are removed and ``out`` is left as it
+    was.
+
+    Yields the temporary folder as a :class:`~pathlib.Path`.
+    """
+    target = check_output_target(out, inputs=inputs, overwrite=overwrite, flag=flag)
+    created = []
+    parent = target.parent
+    while not parent.exists():
+        created.append(parent)
+        parent = parent.parent
+    for folder in reversed(created):
+        folder.mkdir()
+    tag = uuid.uuid4().hex[:8]
+    tmp = target.parent / f".{target.name}.partial-{tag}"
+    tmp.mkdir()  # mode from the umask, like any new folder (mkdtemp would make it private)
     try:
-        yield str(tmp)
-        if target.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
-            os.replace(target, old / target.name)  # kept until the new folder is in place
-            try:
-                os.replace(tmp, target)
-            except BaseException:
-                os.replace(old / target.name, target)
-                raise
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, target)
+        yield tmp
+        _move_into_place(tmp, target, tag)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
+        for folder in created:  # innermost first; only if still empty
+            with contextlib.suppress(OSError):
+                folder.rmdir()
         raise
+
+
+def _move_into_place(tmp: Path, target: Path, tag: str) -> None:
+    if not target.exists():
+        os.replace(tmp, target)
+        return
+    if not any(target.iterdir()):  # an empty folder: renaming over it is atomic
+        os.replace(tmp, target)
+        return
+    old = target.parent / f".{target.name}.old-{tag}"
+    os.replace(target, old)
+    try:
+        os.replace(tmp, target)
+    except BaseException:
+        os.replace(old, target)  # put the old folder back
+        raise
+    shutil.rmtree(old, ignore_errors=True)

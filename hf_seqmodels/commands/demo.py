@@ -38,12 +38,12 @@ def run(args):
     from transformers import AutoModelForCausalLM
 
     from ..evaluation.perplexity import describe_method, perplexity_of_ids
-    from ..saving import check_output_folder_is_safe, safe_output_folder
+    from ..saving import check_output_target, safe_output_folder
 
     if args.hidden_size % 4:
         raise ValueError(f"--hidden-size must be a multiple of the 4 heads, got {args.hidden_size}")
     check_output_folder("--out", args.out)  # before training, not at the final save
-    check_output_folder_is_safe(args.out, inputs=[args.text], overwrite=args.overwrite)
+    check_output_target(args.out, inputs=[args.text], overwrite=args.overwrite)
     torch.manual_seed(args.seed)
     text = read_text("--text", args.text) if args.text else default_text()
     tokens = byte_tokens(text)

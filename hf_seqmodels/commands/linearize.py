@@ -94,7 +94,7 @@ def run(args) -> int:
     from ..linearize import add_lora, attention_transfer, finetune, linearize, load_llama, token_blocks
     from ..linearize.convert import check_method, teacher_shape
     from ..linearize.train import check_lora_targets
-    from ..saving import check_output_folder_is_safe, safe_output_folder
+    from ..saving import check_output_target, safe_output_folder
 
     # -- every check before anything is loaded --
     needs = {"peft": "LoRA fine-tuning, --steps > 0"} if args.steps > 0 else {}
@@ -111,7 +111,7 @@ def run(args) -> int:
     inputs = [args.model, args.train_text, args.eval_text]
     if args.gguf_file:
         inputs.append(args.gguf_file if os.path.isabs(args.gguf_file) else os.path.join(args.model, args.gguf_file))
-    check_output_folder_is_safe(args.out, inputs=inputs, overwrite=args.overwrite)
+    check_output_target(args.out, inputs=inputs, overwrite=args.overwrite)
     gguf_path = check_model_folder("--model", args.model, args.gguf_file)
     teacher = teacher_shape(args.model, gguf_path)
     if teacher["model_type"] is not None:

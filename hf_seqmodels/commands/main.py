@@ -9,7 +9,7 @@ import sys
 
 from .args import HelpFormatter
 
-DESCRIPTION = """Train a demo, benchmark the kernels, evaluate, linearize a Llama, show H-Net chunks.
+DESCRIPTION = """Train a demo, benchmark the kernels, evaluate, linearize a Llama, show H-Net chunks, convert published checkpoints.
 
 Run `hf-seqmodels COMMAND --help` for a command's flags and their defaults. HF_SEQMODELS_DEBUG=1 shows the traceback
 of an input error."""
@@ -20,6 +20,7 @@ COMMAND_MODULES = [
     "hf_seqmodels.commands.eval",  # eval mqar | eval state-tracking | eval ppl
     "hf_seqmodels.commands.linearize",  # linearize
     "hf_seqmodels.commands.hnet_chunks",  # hnet-chunks
+    "hf_seqmodels.commands.convert",  # convert
 ]
 
 

@@ -45,6 +45,7 @@ class CausalSelfAttention(nn.Module):
         if rotary_dim % 2 or not 0 <= rotary_dim <= self.head_dim:
             raise ValueError(f"CausalSelfAttention: rotary_dim must be even and in [0, head_dim={self.head_dim}], got {rotary_dim}")
         self.rotary_dim, self.window, self.layer_idx = rotary_dim, window, layer_idx
+        self.rope_theta = float(rope_theta)
         self.q_proj = nn.Linear(hidden_size, hidden_size, bias=False)
         self.k_proj = nn.Linear(hidden_size, hidden_size, bias=False)
         self.v_proj = nn.Linear(hidden_size, hidden_size, bias=False)
@@ -65,7 +66,13 @@ class CausalSelfAttention(nn.Module):
     def _rotate(self, q, k, positions):
         if self.rotary_emb is None:
             return q, k
-        cos, sin = self.rotary_emb(q, positions.clamp(min=0))
+        if q.dtype == torch.float64:  # exact tables (transformers' are float32, ~1e-7 off)
+            half = torch.arange(0, self.rotary_dim, 2, dtype=torch.float64, device=q.device) / self.rotary_dim
+            angles = positions.clamp(min=0).to(torch.float64)[..., None] * self.rope_theta ** -half
+            angles = torch.cat([angles, angles], -1)
+            cos, sin = angles.cos(), angles.sin()
+        else:
+            cos, sin = self.rotary_emb(q, positions.clamp(min=0))
         r = self.rotary_dim
         qr, kr = apply_rotary_pos_emb(q[..., :r], k[..., :r], cos, sin, unsqueeze_dim=1)
         return torch.cat([qr, q[..., r:]], -1), torch.cat([kr, k[..., r:]], -1)

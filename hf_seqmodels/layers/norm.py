@@ -1,9 +1,20 @@
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers.models.llama.modeling_llama import LlamaRMSNorm as RMSNorm
+from transformers.models.llama.modeling_llama import LlamaRMSNorm
 
 __all__ = ["RMSNorm", "GatedRMSNorm"]
+
+
+class RMSNorm(LlamaRMSNorm):
+    """transformers' ``LlamaRMSNorm`` (statistics in fp32, result in the input's dtype), except that fp64 inputs
+    are normalized in fp64 (Llama's casts them to fp32 and back, a ~1e-7 error in fp64 checks)."""
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        if hidden_states.dtype != torch.float64:
+            return super().forward(hidden_states)
+        variance = hidden_states.pow(2).mean(-1, keepdim=True)
+        return self.weight * (hidden_states * torch.rsqrt(variance + self.variance_epsilon))
 
 
 class GatedRMSNorm(nn.Module):

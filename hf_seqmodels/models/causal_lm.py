@@ -65,6 +65,24 @@ class SeqModelConfig(PretrainedConfig):
             **kwargs,
         )
 
+    @classmethod
+    def get_config_dict(cls, *args, **kwargs):
+        """transformers' reader, refusing the config of a published checkpoint format (fla's ``gla``...), which our
+        config would read wrongly: such a folder loads through our model's ``from_pretrained`` or ``convert``."""
+        config_dict, rest = super().get_config_dict(*args, **kwargs)
+        from hf_seqmodels.registry import checkpoint_format_for_model_type
+
+        fmt = checkpoint_format_for_model_type(config_dict.get("model_type"))
+        if fmt is not None:
+            source = args[0] if args else kwargs.get("pretrained_model_name_or_path")
+            raise ValueError(
+                f"{cls.__name__}: {source!r} holds a {fmt.description} checkpoint (model_type "
+                f"{config_dict['model_type']!r}), not an hf-seqmodels config. Load its local folder with our "
+                "model class's from_pretrained (converted on load), or convert it once: hf-seqmodels convert SRC DST "
+                "(a Hub repository: download it first, e.g. `hf download REPO --local-dir SRC`)"
+            )
+        return config_dict, rest
+
 
 class SeqPreTrainedModel(PreTrainedModel):
     base_model_prefix = "model"
@@ -98,6 +116,12 @@ class SeqPreTrainedModel(PreTrainedModel):
 
     @classmethod
     def from_pretrained(cls, *args, **kwargs):
+        # A local folder in a published format (fla GLA, Liger-GLA: hf_seqmodels.conversion) is converted on load.
+        from hf_seqmodels.registry import checkpoint_format_of
+
+        fmt = checkpoint_format_of(args[0]) if args else None
+        if fmt is not None:
+            return cls._from_published(fmt, *args, **kwargs)
         # safetensors only: a folder or repo with nothing but pytorch_model.bin is refused rather than unpickled
         # (pass use_safetensors=False to opt in to transformers' weights-only unpickling).
         kwargs.setdefault("use_safetensors", True)
@@ -110,6 +134,27 @@ class SeqPreTrainedModel(PreTrainedModel):
             if why is None:
                 raise
             raise OSError(why) from err
+
+    @classmethod
+    def _from_published(cls, fmt, path, *args, **kwargs):
+        """``from_pretrained`` of a folder in a published checkpoint format: converted (safetensors only) and loaded
+        with transformers' own loader (``dtype``, ``device_map``... apply as usual)."""
+        from hf_seqmodels.registry import classes_for_config
+
+        where = f"{cls.__name__}.from_pretrained({path!r})"
+        if args or "config" in kwargs or "state_dict" in kwargs:
+            raise ValueError(f"{where}: the folder is a {fmt.description} checkpoint, converted on load; pass no "
+                             "config, state_dict or other positional arguments")
+        if kwargs.pop("use_safetensors", True) is False:
+            raise ValueError(f"{where}: a {fmt.description} checkpoint is converted from safetensors weights only")
+        converted = fmt.load(path)
+        if not isinstance(converted.config, cls.config_class):
+            lm_class = classes_for_config(converted.config)[2]
+            raise ValueError(f"{where}: the folder is a {fmt.description} checkpoint, which converts to "
+                             f"{lm_class.__name__}, not {cls.__name__}: load it with {lm_class.__name__}")
+        model = super().from_pretrained(None, config=converted.config, state_dict=converted.state_dict, **kwargs)
+        model.card_data = converted.card_data
+        return model
 
     @property
     def card_data(self) -> dict:

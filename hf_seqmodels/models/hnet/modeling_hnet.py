@@ -154,7 +154,9 @@ class HNetStage(nn.Module):
             self.decoder.mark_residual_outputs(n_res)
             self.main_network = HNetStage(config, stage + 1, layout[1], next_slot, n_res)
             self.routing_module = None if self.word_router else RoutingModule(self.d_model)
-            self.residual_proj = nn.Linear(self.d_model, self.d_model, dtype=torch.float32)
+            # at least fp32 (the reference keeps it fp32 under bf16; an fp64 model gets fp64)
+            self.residual_proj = nn.Linear(self.d_model, self.d_model,
+                                           dtype=torch.promote_types(torch.get_default_dtype(), torch.float32))
             self.residual_proj.init_zeros = True
             self.state_slot = next_slot()
         self.lr_multipliers = config.lr_multipliers
