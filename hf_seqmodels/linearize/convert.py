@@ -104,8 +104,9 @@ def gguf_architecture(path: str) -> str:
 def load_llama(path, gguf_file: str | None = None, dtype=torch.float32):
     """Load a Llama-shaped causal LM (a family of :data:`LLAMA_MODEL_TYPES`) from a safetensors folder (or Hub id) or
     a GGUF file in ``path``, after checking from the config / GGUF metadata alone that it is one. A GGUF model comes
-    back dequantized to ``dtype``."""
-    from transformers import AutoConfig, AutoModelForCausalLM
+    back dequantized to ``dtype`` as a plain model (savable, trainable: no quantizer marks, unlike
+    ``from_pretrained(path, gguf_file=...)``, which de-quantizes the weights but leaves them)."""
+    from transformers import AutoConfig, AutoModelForCausalLM, GgufConfig
 
     if gguf_file is not None:
         full = gguf_file if os.path.isabs(gguf_file) else os.path.join(path, gguf_file)
@@ -125,7 +126,13 @@ def load_llama(path, gguf_file: str | None = None, dtype=torch.float32):
                 f"linearize: {path!r} is a {config.model_type!r} model; only Llama-shaped decoders "
                 f"(model_type in {LLAMA_MODEL_TYPES}) can be linearized"
             )
-    model = AutoModelForCausalLM.from_pretrained(path, gguf_file=gguf_file, dtype=dtype)
+    # GGUF: ask for a dense model (transformers then drops its quantizer marks; 5.17 .. 5.24 otherwise keep the
+    # weights in GGUF blocks where a GGUF matmul kernel exists, or de-quantize them but keep the marks)
+    dense = {"quantization_config": GgufConfig(dequantize=True)} if gguf_file is not None else {}
+    model = AutoModelForCausalLM.from_pretrained(path, gguf_file=gguf_file, dtype=dtype, **dense)
+    if gguf_file is not None and (getattr(model, "hf_quantizer", None) is not None
+                                  or getattr(model.config, "quantization_config", None) is not None):
+        raise RuntimeError(f"load_llama: transformers kept {full!r} marked as quantized though dequantize=True")
     if gguf_file is not None:  # record which file of the folder it came from (the base model of a conversion)
         model.config.name_or_path = f"{os.fspath(path)}/{os.path.basename(gguf_file)}"
     return model
