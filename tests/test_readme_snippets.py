@@ -76,11 +76,20 @@ def test_readme_python_block_defines_what_it_uses(heading, n, code, skip):
     assert not missing, f"README block {heading!r} #{n} uses names it never defines or imports: {sorted(missing)}"
 
 
+#: what each README block left defined when it ran, (heading, n) -> namespace (the snippets' objects, for the checks
+#: that follow the runs)
+_NAMESPACES: dict = {}
+
+
 @pytest.mark.parametrize("heading, n, code, skip", PYTHON_BLOCKS, ids=_ids(PYTHON_BLOCKS))
 def test_readme_python_block_runs(heading, n, code, skip, tmp_path, monkeypatch, one_thread):
     if skip:
         pytest.skip(f"README block {heading!r} #{n}: {skip}")
-    monkeypatch.chdir(tmp_path)  # the snippets save folders such as my-gla/: here, not in the checkout
+    _NAMESPACES[heading, n] = _run_block(heading, n, code, tmp_path, monkeypatch)
+
+
+def _run_block(heading, n, code, folder, monkeypatch) -> dict:
+    monkeypatch.chdir(folder)  # the snippets save folders such as my-gla/: here, not in the checkout
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     torch.manual_seed(0)
     namespace = {"__name__": f"readme_block_{n}"}
@@ -96,6 +105,40 @@ def test_readme_python_block_runs(heading, n, code, skip, tmp_path, monkeypatch,
     finally:
         CELLS.clear()
         CELLS.update(registered)
+    return namespace
+
+
+SPECIAL_IDS = ("bos_token_id", "eos_token_id", "pad_token_id")
+
+
+def test_readme_models_and_tokenizers_agree_on_special_tokens(tmp_path, monkeypatch, one_thread):
+    """A snippet that builds a model (or a config) and a tokenizer gives both the same bos/eos/pad ids: the memory
+    quick start once paired a GLAConfig (bos 1, eos 2) with the ByteTokenizer (bos 254, eos 255), and its generate()
+    never stopped at <eos>. Every model's config and generation config is compared with every tokenizer."""
+    from transformers import GenerationConfig, PretrainedConfig, PreTrainedModel, PreTrainedTokenizerBase
+
+    pairs = 0
+    for i, (heading, n, code, skip) in enumerate(PYTHON_BLOCKS):
+        if skip:
+            continue
+        if (heading, n) not in _NAMESPACES:  # (this test run alone)
+            (tmp_path / str(i)).mkdir()
+            _NAMESPACES[heading, n] = _run_block(heading, n, code, tmp_path / str(i), monkeypatch)
+        configs, tokenizers = {}, {}
+        for name, value in _NAMESPACES[heading, n].items():
+            if isinstance(value, PreTrainedTokenizerBase):
+                tokenizers[name] = value
+            elif isinstance(value, (PretrainedConfig, GenerationConfig)):
+                configs[name] = value
+            elif isinstance(value, PreTrainedModel):
+                configs[f"{name}.config"], configs[f"{name}.generation_config"] = value.config, value.generation_config
+        for cname, config in configs.items():
+            for tname, tokenizer in tokenizers.items():
+                want = {k: getattr(tokenizer, k) for k in SPECIAL_IDS}
+                got = {k: getattr(config, k, None) for k in SPECIAL_IDS}
+                assert got == want, f"README block {heading!r} #{n}: {cname} has {got}, the tokenizer {tname} {want}"
+                pairs += 1
+    assert pairs >= 4, "the H-Net and memory quick starts each pair a model with a tokenizer"
 
 
 def _subcommands():
