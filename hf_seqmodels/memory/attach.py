@@ -51,7 +51,7 @@ from hf_seqmodels.kernels.memory import memory_ffn
 from .bank import MemoryBank, MemoryBankError
 from .config import MemoryBankConfig
 from .embedders import AnchorEmbedder
-from .folder import MEMORY_MODEL_TYPE, MemoryModelConfig, mark_memory_folder, memory_marker
+from .folder import MEMORY_MODEL_TYPE, MemoryModelConfig, is_memory_folder, mark_memory_folder
 from .index import MemoryIndex
 from .state import MemoryState, check_paths, memory_state, use_memory_paths
 
@@ -355,7 +355,7 @@ def load_memory_model(path, model_class=None, tokenizer=None, trainable=False, r
     anchor_config = from_pretrained_kwargs.pop("config", None)
     if isinstance(anchor_config, MemoryModelConfig):
         anchor_config = anchor_config.anchor_config()
-    elif anchor_config is None and memory_marker(path) is not None:  # (folders saved before the marker: the anchor's)
+    elif anchor_config is None and is_memory_folder(path):  # (a folder saved before the marker: the anchor's config)
         anchor_config = MemoryModelConfig.from_pretrained(path).anchor_config()
     config = MemoryBankConfig.from_pretrained(path)
     index = MemoryIndex.from_pretrained(path)

@@ -55,17 +55,18 @@ class MemoryModelConfig(PretrainedConfig):
         return CONFIG_MAPPING[anchor_type].from_dict(data)
 
 
-def memory_marker(path) -> dict | None:
-    """The ``memory_bank`` entry of ``path``'s config.json, or None (no such entry, or not a local folder)."""
+def is_memory_folder(path) -> bool:
+    """Whether ``path`` is a local folder whose config.json is a memory model's (False for one saved before
+    config.json was marked: it holds the anchor's own config)."""
     config_file = os.path.join(os.fspath(path), "config.json")
     if not os.path.isfile(config_file):
-        return None
+        return False
     try:
         with open(config_file, encoding="utf-8") as f:
             data = json.load(f)
     except ValueError as err:
         raise ValueError(f"{config_file} is not valid JSON: {err}") from None
-    return data.get(MARKER) if data.get("model_type") == MEMORY_MODEL_TYPE else None
+    return isinstance(data, dict) and data.get("model_type") == MEMORY_MODEL_TYPE
 
 
 def mark_memory_folder(directory, config_class_ref: str, model_class_ref: str) -> None:

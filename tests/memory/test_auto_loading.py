@@ -123,14 +123,22 @@ def test_old_folder_without_the_marker_still_loads(tmp_path, index):
         assert torch.equal(load_memory_model(out, tokenizer=tok)(**enc).logits, model(**enc).logits)
 
 
-def test_unknown_anchor_type_is_a_clear_error(tmp_path, index):
+@pytest.mark.parametrize("damage, match", [
+    (lambda c: c["memory_bank"].update(anchor_model_type="no_such_model"), "anchor_model_type 'no_such_model' is not"),
+    (lambda c: c.pop("memory_bank"), "needs a 'memory_bank' entry"),
+])
+@pytest.mark.parametrize("load", ["load_memory_model", "auto"])
+def test_a_damaged_marker_is_a_clear_error(tmp_path, index, damage, match, load):
     tok = ByteTokenizer()
     _, out = saved(tmp_path, index, "llama", tok)
     config = json.loads((out / "config.json").read_text())
-    config["memory_bank"]["anchor_model_type"] = "no_such_model"
+    damage(config)
     (out / "config.json").write_text(json.dumps(config))
-    with pytest.raises(ValueError, match="anchor_model_type 'no_such_model'"):
-        load_memory_model(out, tokenizer=tok)
+    with pytest.raises(ValueError, match=match):
+        if load == "auto":
+            AutoModelForCausalLM.from_pretrained(out, tokenizer=tok)
+        else:
+            load_memory_model(out, tokenizer=tok)
 
 
 CHILD = """
