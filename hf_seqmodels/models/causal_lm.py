@@ -11,6 +11,7 @@ from transformers import GenerationMixin, PretrainedConfig, PreTrainedModel
 
 from hf_seqmodels.cache import RecurrentCache
 from hf_seqmodels.compat import CACHE_KWARG, causal_lm_output, model_output, pop_cache
+from hf_seqmodels.kernels._dispatch import debug_checks_enabled
 from hf_seqmodels.layers.block import DecoderBlock
 from hf_seqmodels.layers.checks import check_int, check_number
 from hf_seqmodels.layers.norm import RMSNorm
@@ -77,6 +78,44 @@ class SeqPreTrainedModel(PreTrainedModel):
         init_extra = getattr(module, "init_extra_weights", None)
         if callable(init_extra):
             init_extra(self.config)
+
+    def check_inputs(self, input_ids, inputs_embeds) -> None:
+        """Refuse, by argument name, what the embedding or the mixers would fail on deep inside: both or neither of
+        ``input_ids`` and ``inputs_embeds``, a wrong shape, no positions (T = 0), or a token id outside
+        ``[0, config.vocab_size)``.
+
+        Cost: shape checks, plus one ``aminmax`` over the ids and two numbers read back. That read is free where the
+        ids are on the CPU; on an accelerator it would be a host synchronization in every forward (every generated
+        token), so there the ids are checked only under ``HF_SEQMODELS_DEBUG=1`` (elsewhere an out-of-range id stops
+        at the embedding's device-side assert), as are the kernels' value checks. Never on meta tensors or while
+        torch.compile traces. Padding ids are ids like any other: padded batches pass when the pad id is in the
+        vocabulary.
+        """
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("Pass exactly one of `input_ids` and `inputs_embeds`")
+        if inputs_embeds is not None:
+            width = self.config.hidden_size
+            if inputs_embeds.dim() != 3 or inputs_embeds.shape[-1] != width:
+                raise ValueError(f"`inputs_embeds` must be [batch, seq_len, hidden_size={width}], got shape "
+                                 f"{list(inputs_embeds.shape)}")
+            if inputs_embeds.shape[1] == 0:
+                raise ValueError(f"`inputs_embeds` has 0 positions (shape {list(inputs_embeds.shape)}): give at least "
+                                 "one position")
+            return
+        if input_ids.dim() != 2:
+            raise ValueError(f"`input_ids` must be [batch, seq_len], got shape {tuple(input_ids.shape)}")
+        if input_ids.dtype not in (torch.long, torch.int32):
+            raise ValueError(f"`input_ids` must hold token ids as torch.long (or int32), got dtype {input_ids.dtype}")
+        if input_ids.shape[1] == 0:
+            raise ValueError(f"`input_ids` has 0 positions (shape {list(input_ids.shape)}): give at least one token")
+        tracing = torch.compiler.is_compiling() if hasattr(torch, "compiler") else False
+        device = input_ids.device.type
+        if input_ids.numel() and not tracing and device != "meta" and (device == "cpu" or debug_checks_enabled()):
+            low, high = torch.aminmax(input_ids)
+            low, high, vocab = int(low), int(high), self.config.vocab_size
+            if low < 0 or high >= vocab:
+                raise ValueError(f"`input_ids` holds token id {low if low < 0 else high} but vocab_size is {vocab} "
+                                 f"(config field vocab_size): token ids must be in [0, {vocab})")
 
     def new_cache(self) -> RecurrentCache:
         """An empty cache with one slot per layer (an architecture with other slots overrides this)."""
@@ -183,11 +222,8 @@ class SeqModel(SeqPreTrainedModel):
         (1 = token); position_ids ``[B, T]``; cache: a RecurrentCache. Returns ``last_hidden_state``
         ``[B, T, hidden_size]`` (the embeddings' dtype), the cache, and per-layer hidden states if asked."""
         cache = pop_cache(cache, kwargs)
-        if (input_ids is None) == (inputs_embeds is None):
-            raise ValueError("Pass exactly one of `input_ids` and `inputs_embeds`")
+        self.check_inputs(input_ids, inputs_embeds)
         if inputs_embeds is None:
-            if input_ids.dim() != 2:
-                raise ValueError(f"`input_ids` must be [batch, seq_len], got shape {tuple(input_ids.shape)}")
             inputs_embeds = self.embed_tokens(input_ids)
         B, T, _ = inputs_embeds.shape
         mask = _padding_mask(attention_mask, B, T)
