@@ -8,17 +8,27 @@ from __future__ import annotations
 import torch
 from torch import nn
 from transformers import GenerationMixin, PretrainedConfig, PreTrainedModel
+from transformers.activations import ACT2FN
 
 from hf_seqmodels.cache import RecurrentCache
 from hf_seqmodels.compat import CACHE_KWARG, causal_lm_output, model_output, pop_cache
 from hf_seqmodels.kernels._dispatch import debug_checks_enabled
 from hf_seqmodels.layers.block import DecoderBlock
-from hf_seqmodels.layers.checks import check_int, check_number
+from hf_seqmodels.layers.checks import check_bool, check_choice, check_int, check_number
 from hf_seqmodels.layers.norm import RMSNorm
 
 
+def default_intermediate_size(hidden_size: int) -> int:
+    """The MLP width left unset: SwiGLU with 8/3 expansion, rounded up to a multiple of 64."""
+    return 64 * ((int(hidden_size * 8 / 3) + 63) // 64)
+
+
 class SeqModelConfig(PretrainedConfig):
-    """Fields every architecture shares: embeddings, depth, SwiGLU MLP, norms, init, special tokens."""
+    """Fields every architecture shares: embeddings, depth, SwiGLU MLP, norms, init, special tokens.
+
+    ``intermediate_size`` None: :func:`default_intermediate_size` of ``hidden_size``. ``pad_token_id``: None or an id
+    of the vocabulary (the embedding row kept at zero).
+    """
 
     def __init__(
         self,
@@ -42,13 +52,21 @@ class SeqModelConfig(PretrainedConfig):
         check_int(where, "hidden_size", hidden_size)
         check_int(where, "num_hidden_layers", num_hidden_layers)
         check_int(where, "intermediate_size", intermediate_size, allow_none=True)
+        check_choice(where, "hidden_act", hidden_act, ACT2FN)
+        check_bool(where, "mlp_bias", mlp_bias)
+        check_bool(where, "tie_word_embeddings", tie_word_embeddings)
         check_number(where, "rms_norm_eps", rms_norm_eps)
         check_number(where, "initializer_range", initializer_range, positive=False, minimum=0.0)
+        if pad_token_id is not None:  # torch's Embedding asserts otherwise (it also takes -vocab_size..-1)
+            check_int(where, "pad_token_id", pad_token_id, minimum=-vocab_size)
+            if pad_token_id >= vocab_size:
+                raise ValueError(f"{where}.pad_token_id must be None or a token id < vocab_size ({vocab_size}), got "
+                                 f"{pad_token_id}")
         self.vocab_size = vocab_size
         self.hidden_size = hidden_size
         self.num_hidden_layers = num_hidden_layers
-        if intermediate_size is None:  # SwiGLU with 8/3 expansion, rounded up to a multiple of 64
-            intermediate_size = 64 * ((int(hidden_size * 8 / 3) + 63) // 64)
+        if intermediate_size is None:
+            intermediate_size = default_intermediate_size(hidden_size)
         self.intermediate_size = intermediate_size
         self.hidden_act = hidden_act
         self.mlp_bias = mlp_bias
