@@ -34,7 +34,8 @@ from hf_seqmodels.models.hnet.tokenization_byte import ByteTokenizer
 V = 256
 _SEQ = dict(vocab_size=V, hidden_size=32, num_hidden_layers=1, intermediate_size=64, pad_token_id=0)
 _LLAMA = dict(num_attention_heads=4, num_key_value_heads=2, window_size=3)
-# short convolutions (conv_size 4) everywhere they exist: T = 0 used to fail inside them
+# short convolutions (conv_size 4) on GLA and ParaGRU, where T = 0 used to fail; none on ParaLSTM, where it reached
+# the Newton solve; Mamba-2 (conv) and the chunking stages in H-Net
 ARCHS = {
     "gla": lambda: GLAForCausalLM(GLAConfig(num_heads=2, use_short_conv=True, **_SEQ)),
     "paragru": lambda: ParaRNNForCausalLM(ParaRNNConfig(cell="gru", use_short_conv=True, **_SEQ)),
