@@ -116,6 +116,8 @@ def _pre_hook(model, args, kwargs):
     else:
         if input_ids is None:
             raise ValueError("memory model: with `inputs_embeds`, pass `memory_paths` (nothing to route)")
+        if callable(getattr(model, "check_inputs", None)):  # this package's models: bad ids named before routing
+            model.check_inputs(input_ids, None)
         paths = check_paths(route_input_ids(model, input_ids, kwargs.get("attention_mask")), st.config, B)
     st.source = paths
     if model.training and st.config.generic_memory_prob > 0:

@@ -53,8 +53,8 @@ class MemoryBankConfig:
     format_version: int = field(default=FORMAT_VERSION)
 
     def __post_init__(self):
-        if isinstance(self.block_sizes, int) or not all(isinstance(s, int) and not isinstance(s, bool)
-                                                        for s in self.block_sizes):
+        if not isinstance(self.block_sizes, (list, tuple)) or not all(isinstance(s, int) and not isinstance(s, bool)
+                                                                      for s in self.block_sizes):
             raise TypeError(f"MemoryBankConfig: `block_sizes` must be a sequence of ints, got {self.block_sizes!r}")
         self.block_sizes = tuple(int(s) for s in self.block_sizes)
         if not self.block_sizes or any(s < 0 for s in self.block_sizes) or sum(self.block_sizes) == 0:
@@ -69,8 +69,8 @@ class MemoryBankConfig:
         self.levels = len(self.block_sizes)
         check_int("MemoryBankConfig", "branching", self.branching, minimum=2)
         if self.layers != "all":
-            if isinstance(self.layers, (int, str)) or not all(isinstance(i, int) and not isinstance(i, bool)
-                                                               for i in self.layers):
+            if not isinstance(self.layers, (list, tuple, range)) or not all(
+                    isinstance(i, int) and not isinstance(i, bool) for i in self.layers):
                 raise TypeError(f"MemoryBankConfig: `layers` must be 'all' or a list of ints, got {self.layers!r}")
             self.layers = sorted(set(int(i) for i in self.layers))
             if not self.layers:

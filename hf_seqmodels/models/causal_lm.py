@@ -10,16 +10,27 @@ from __future__ import annotations
 import torch
 from torch import nn
 from transformers import GenerationMixin, PretrainedConfig, PreTrainedModel
+from transformers.activations import ACT2FN
 
 from hf_seqmodels.cache import RecurrentCache
 from hf_seqmodels.compat import CACHE_KWARG, causal_lm_output, model_output, pop_cache
+from hf_seqmodels.kernels._dispatch import debug_checks_enabled
 from hf_seqmodels.layers.block import DecoderBlock
-from hf_seqmodels.layers.checks import check_int, check_number
+from hf_seqmodels.layers.checks import check_bool, check_choice, check_int, check_number
 from hf_seqmodels.layers.norm import RMSNorm
 
 
+def default_intermediate_size(hidden_size: int) -> int:
+    """The MLP width left unset: SwiGLU with 8/3 expansion, rounded up to a multiple of 64."""
+    return 64 * ((int(hidden_size * 8 / 3) + 63) // 64)
+
+
 class SeqModelConfig(PretrainedConfig):
-    """Fields every architecture shares: embeddings, depth, SwiGLU MLP, norms, init, special tokens."""
+    """Fields every architecture shares: embeddings, depth, SwiGLU MLP, norms, init, special tokens.
+
+    ``intermediate_size`` None: :func:`default_intermediate_size` of ``hidden_size``. ``pad_token_id``: None or an id
+    of the vocabulary (the embedding row kept at zero).
+    """
 
     def __init__(
         self,
@@ -43,13 +54,21 @@ class SeqModelConfig(PretrainedConfig):
         check_int(where, "hidden_size", hidden_size)
         check_int(where, "num_hidden_layers", num_hidden_layers)
         check_int(where, "intermediate_size", intermediate_size, allow_none=True)
+        check_choice(where, "hidden_act", hidden_act, ACT2FN)
+        check_bool(where, "mlp_bias", mlp_bias)
+        check_bool(where, "tie_word_embeddings", tie_word_embeddings)
         check_number(where, "rms_norm_eps", rms_norm_eps)
         check_number(where, "initializer_range", initializer_range, positive=False, minimum=0.0)
+        if pad_token_id is not None:  # torch's Embedding asserts otherwise (it also takes -vocab_size..-1)
+            check_int(where, "pad_token_id", pad_token_id, minimum=-vocab_size)
+            if pad_token_id >= vocab_size:
+                raise ValueError(f"{where}.pad_token_id must be None or a token id < vocab_size ({vocab_size}), got "
+                                 f"{pad_token_id}")
         self.vocab_size = vocab_size
         self.hidden_size = hidden_size
         self.num_hidden_layers = num_hidden_layers
-        if intermediate_size is None:  # SwiGLU with 8/3 expansion, rounded up to a multiple of 64
-            intermediate_size = 64 * ((int(hidden_size * 8 / 3) + 63) // 64)
+        if intermediate_size is None:
+            intermediate_size = default_intermediate_size(hidden_size)
         self.intermediate_size = intermediate_size
         self.hidden_act = hidden_act
         self.mlp_bias = mlp_bias
@@ -97,6 +116,44 @@ class SeqPreTrainedModel(PreTrainedModel):
         init_extra = getattr(module, "init_extra_weights", None)
         if callable(init_extra):
             init_extra(self.config)
+
+    def check_inputs(self, input_ids, inputs_embeds) -> None:
+        """Refuse, by argument name, what the embedding or the mixers would fail on deep inside: both or neither of
+        ``input_ids`` and ``inputs_embeds``, a wrong shape, no positions (T = 0), or a token id outside
+        ``[0, config.vocab_size)``.
+
+        Cost: shape checks, plus one ``aminmax`` over the ids and two numbers read back. That read is free where the
+        ids are on the CPU; on an accelerator it would be a host synchronization in every forward (every generated
+        token), so there the ids are checked only under ``HF_SEQMODELS_DEBUG=1`` (elsewhere an out-of-range id stops
+        at the embedding's device-side assert), as are the kernels' value checks. Never on meta tensors or while
+        torch.compile traces. Padding ids are ids like any other: padded batches pass when the pad id is in the
+        vocabulary.
+        """
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("Pass exactly one of `input_ids` and `inputs_embeds`")
+        if inputs_embeds is not None:
+            width = self.config.hidden_size
+            if inputs_embeds.dim() != 3 or inputs_embeds.shape[-1] != width:
+                raise ValueError(f"`inputs_embeds` must be [batch, seq_len, hidden_size={width}], got shape "
+                                 f"{list(inputs_embeds.shape)}")
+            if inputs_embeds.shape[1] == 0:
+                raise ValueError(f"`inputs_embeds` has 0 positions (shape {list(inputs_embeds.shape)}): give at least "
+                                 "one position")
+            return
+        if input_ids.dim() != 2:
+            raise ValueError(f"`input_ids` must be [batch, seq_len], got shape {tuple(input_ids.shape)}")
+        if input_ids.dtype not in (torch.long, torch.int32):
+            raise ValueError(f"`input_ids` must hold token ids as torch.long (or int32), got dtype {input_ids.dtype}")
+        if input_ids.shape[1] == 0:
+            raise ValueError(f"`input_ids` has 0 positions (shape {list(input_ids.shape)}): give at least one token")
+        tracing = torch.compiler.is_compiling() if hasattr(torch, "compiler") else False
+        device = input_ids.device.type
+        if input_ids.numel() and not tracing and device != "meta" and (device == "cpu" or debug_checks_enabled()):
+            low, high = torch.aminmax(input_ids)
+            low, high, vocab = int(low), int(high), self.config.vocab_size
+            if low < 0 or high >= vocab:
+                raise ValueError(f"`input_ids` holds token id {low if low < 0 else high} but vocab_size is {vocab} "
+                                 f"(config field vocab_size): token ids must be in [0, {vocab})")
 
     def new_cache(self) -> RecurrentCache:
         """An empty cache with one slot per layer (an architecture with other slots overrides this)."""
@@ -230,11 +287,8 @@ class SeqModel(SeqPreTrainedModel):
         (1 = token); position_ids ``[B, T]``; cache: a RecurrentCache. Returns ``last_hidden_state``
         ``[B, T, hidden_size]`` (the embeddings' dtype), the cache, and per-layer hidden states if asked."""
         cache = pop_cache(cache, kwargs)
-        if (input_ids is None) == (inputs_embeds is None):
-            raise ValueError("Pass exactly one of `input_ids` and `inputs_embeds`")
+        self.check_inputs(input_ids, inputs_embeds)
         if inputs_embeds is None:
-            if input_ids.dim() != 2:
-                raise ValueError(f"`input_ids` must be [batch, seq_len], got shape {tuple(input_ids.shape)}")
             inputs_embeds = self.embed_tokens(input_ids)
         B, T, _ = inputs_embeds.shape
         mask = padding_mask(attention_mask, B, T)

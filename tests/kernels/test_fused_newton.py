@@ -220,7 +220,6 @@ def _args(**kw):
     [
         (dict(u=torch.randn(2, 5, 4)), r"`u` must have 4 dimensions"),
         (dict(u=torch.randn(2, 5, 2, 4, dtype=F64)), r"`u` must be \[B, T, 3, D\]"),
-        (dict(u=torch.randn(2, 0, 3, 4, dtype=F64)), r"sequence dimension"),
         (dict(a=torch.randn(5, 4, dtype=F64)), r"`a` must be \[3, D\]"),
         (dict(h0=torch.zeros(2, 4, 2, dtype=F64)), r"`h0` must have shape \(2, 4\)"),
         (dict(mask=torch.ones(2, 4)), r"`mask` must be a \[B, T\]"),

@@ -114,7 +114,6 @@ def _bad(**overrides):
         (dict(initial_state=torch.randn(1, 2, 4, 5)), "`initial_state` must be"),
         (dict(v=torch.randn(1, 8, 2, 4, dtype=torch.float64)), "must share a dtype"),
         (dict(q=torch.randint(0, 3, (1, 8, 2, 4))), "`q` must be a floating-point"),
-        (dict(q=torch.randn(1, 0, 2, 4), k=torch.randn(1, 0, 2, 4), v=torch.randn(1, 0, 2, 4), g=-torch.rand(1, 0, 2, 4)), "empty"),
     ],
 )
 def test_bad_input_raises_named_value_error(op, overrides, pattern):

@@ -280,7 +280,6 @@ def _args(**kw):
         (dict(h0=None), r"pass `h0` or a positive int `state_size`"),
         (dict(h0=torch.zeros(2, 4, 2)), r"`h0` must be \[B, D\]"),
         (dict(h0=torch.zeros(3, 4, dtype=torch.float64)), r"`h0` has batch 3"),
-        (dict(x=torch.randn(2, 0, 3)), r"sequence dimension"),
         (dict(step=lambda h, x, *p: h[..., :2]), r"`step` must return a tensor shaped like h_prev"),
         (dict(jac=lambda h, x, *p: h.unsqueeze(-1)), r"`jac` must return shape \(2, 5, 4\)"),
         (dict(on_fail="ignore"), r"`on_fail` must be one of"),

@@ -136,7 +136,6 @@ def test_non_contiguous_inputs(small_tiles):
         (dict(b=torch.randn(2, 4, 3)), r"`a` must have shape \(2, 4, 3\)"),
         (dict(a=torch.randn(2, 5, 3, dtype=torch.float64)), r"`a` and `b` must share a dtype"),
         (dict(a=torch.ones(2, 5, 3, dtype=torch.long), b=torch.ones(2, 5, 3, dtype=torch.long)), r"`a` must be a floating"),
-        (dict(a=torch.randn(2, 0, 3), b=torch.randn(2, 0, 3)), r"sequence dimension"),
         (dict(initial_state=torch.randn(2, 4)), r"`initial_state` must have shape \(2, 3\)"),
         (dict(initial_state=torch.randn(2, 3, device="meta")), r"`initial_state` is on meta"),
         (dict(backend="cuda"), r"backend must be one of"),

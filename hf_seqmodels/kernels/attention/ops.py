@@ -10,7 +10,8 @@ keys ``j`` with ``t - w < j <= t`` (so ``w = 1`` is the token alone, and ``w >= 
 Sinks: optional learned logits per head, ``[H]`` or ``[H, M]``; each adds ``exp(sink)`` to the softmax denominator
 with a zero value ("attend to nothing"). ``[H, M]`` is reduced by a log-sum-exp over ``M``.
 
-Only a PyTorch implementation exists for now; it runs on every device (CUDA included).
+Only a PyTorch implementation exists for now; it runs on every device (CUDA included). No queries (T = 0) give the
+empty output ``[B, 0, H, D]``.
 """
 from __future__ import annotations
 
@@ -65,8 +66,6 @@ def sliding_window_attention(q, k, v, window: int, sinks=None, scale=None, key_m
     sinks, scale = _check_common(op, q, k, v, sinks, scale)
     check_window(op, window, "`window`")
     B, T, H, D = q.shape
-    if T == 0:
-        raise ValueError(f"{op}: the sequence dimension (dim 1) of `q` is empty")
     if v.shape != k.shape or k.shape[0] != B or k.shape[3] != D:
         raise ValueError(
             f"{op}: `k` and `v` must both be [B, L, Hkv, D] with B = {B} and D = {D} as in `q`, got k "
@@ -89,7 +88,7 @@ def sliding_window_attention(q, k, v, window: int, sinks=None, scale=None, key_m
         seg = packed.seq_ids(q.device).unsqueeze(0)
         window = min(window, packed.max_len)
     # a query never sees more than the L keys there are: the same result, with O(T x min(window, L)) memory
-    return sliding_window_attention_torch(q, k, v, min(window, L), sinks, scale, key_mask, seg)
+    return sliding_window_attention_torch(q, k, v, max(1, min(window, L)), sinks, scale, key_mask, seg)
 
 
 def sliding_window_decode(q, k_cache, v_cache, cache_mask, sinks=None, scale=None):

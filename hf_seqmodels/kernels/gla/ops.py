@@ -3,6 +3,10 @@
 Signatures follow fla: q, k, g ``[B, T, H, K]``, v ``[B, T, H, V]``, g the log-space forget gate (<= 0) per key
 dimension, state ``[B, H, K, V]`` in fp32, ``scale`` defaulting to ``K ** -0.5``. Both return ``(o, final_state)``
 with ``final_state`` None unless ``output_final_state``.
+
+An empty sequence (T = 0) is no error: ``o`` is ``[B, 0, H, V]`` and the final state is ``initial_state`` unchanged
+(a copy in the state dtype; zeros when None), so a stream may be split anywhere, even into an empty piece. It is
+computed by the PyTorch implementation on any device (there is nothing for a kernel to do).
 """
 from __future__ import annotations
 
@@ -36,8 +40,6 @@ def _check_gla_args(op, q, k, v, g, scale, initial_state, backend, cu_seqlens=No
         raise ValueError(f"{op}: `g` must have the shape of `q` [B, T, H, K] = {tuple(q.shape)}, got {tuple(g.shape)}")
     if v.shape[:3] != q.shape[:3]:
         raise ValueError(f"{op}: `v` must be [B, T, H, V] with B, T, H = {(B, T, H)} as in `q`, got {tuple(v.shape)}")
-    if T == 0:
-        raise ValueError(f"{op}: the sequence dimension (dim 1) of `q` is empty")
     if not (q.dtype == k.dtype == v.dtype):
         raise ValueError(f"{op}: `q`, `k`, `v` must share a dtype, got {q.dtype}, {k.dtype}, {v.dtype}")
     packed = check_cu_seqlens(op, cu_seqlens, B, T)
@@ -51,6 +53,8 @@ def _check_gla_args(op, q, k, v, g, scale, initial_state, backend, cu_seqlens=No
         raise TypeError(f"{op}: `scale` must be a Python number, got {type(scale).__name__}")
     device = check_same_device(op, q=q, k=k, v=v, g=g, initial_state=initial_state)
     chosen = select_backend(op, device, backend)
+    if T == 0:  # the empty result (the initial state carried through): no kernel launch on an empty grid
+        chosen = "torch"
     if chosen == "triton":
         check_contiguous(op, q=q, k=k, v=v, g=g, initial_state=initial_state)
     # The gate is checked where it costs no device synchronization (CPU), or under HF_SEQMODELS_DEBUG=1; never on

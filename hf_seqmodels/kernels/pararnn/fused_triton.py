@@ -36,6 +36,7 @@ Everything is computed in fp32 (fp64 when an input is fp64) whatever the input d
 of ``u``, ``a`` and ``h0`` (as the cells' step gives it), and the default ``tol`` is that of the compute dtype
 (``DEFAULT_TOL``: fp32 1e-5, fp64 1e-12). The PyTorch backend (CPU tensors, ``HF_SEQMODELS_BACKEND=torch``) is
 ``newton_solve`` with the same closed forms (and its defaults: tol by state dtype, max_iter counting global sweeps).
+An empty sequence (T = 0) takes that backend too, on any device: ``newton_solve``'s empty solution.
 """
 from __future__ import annotations
 
@@ -397,8 +398,6 @@ def _check_args(op, cell, u, a, h0, mask, tol, max_iter, on_fail):
     check_tensor(op, "u", u, ndim=4)
     if u.shape[2] != 3:
         raise ValueError(f"{op}: `u` must be [B, T, 3, D] (input projections of the 3 gates), got {tuple(u.shape)}")
-    if u.shape[1] == 0:
-        raise ValueError(f"{op}: the sequence dimension (dim 1) of `u` is empty")
     B, T, _, D = u.shape
     n = NUM_DIAGONALS[cell]
     check_tensor(op, "a", a, ndim=2)
@@ -424,7 +423,7 @@ def _check_args(op, cell, u, a, h0, mask, tol, max_iter, on_fail):
 def _fused_newton(op, cell, u, a, h0, mask, tol, max_iter, on_fail, backend, return_info):
     device = _check_args(op, cell, u, a, h0, mask, tol, max_iter, on_fail)
     cfg = _Config(op, cell, tol, max_iter, on_fail)
-    if select_backend(op, device, backend) == "torch":
+    if select_backend(op, device, backend) == "torch" or u.shape[1] == 0:  # T = 0: newton_solve's empty solution
         h, info = _torch_solve(cfg, u, a, h0, mask, backend)
     else:
         acc = compute_dtype(u, a, h0)

@@ -20,6 +20,9 @@ and ``params`` a tuple of tensors the step uses (weights): pass them here rather
 gradients. ``jac=None`` derives the Jacobian with autograd from ``step`` (one extra backward pass per iteration for
 "diagonal", two for "block2"); it is only right when the Jacobian really has the declared structure.
 
+An empty sequence (T = 0) is solved by ``step(0, x)`` on the empty ``x``: the empty ``h`` (``h0`` is then the
+state after it, unchanged), converged in 0 iterations.
+
 Gradients (``newton_solve``) follow the adjoint method at the solution: one reverse scan
 ``lambda_t = dL/dh_t + J_{t+1}^T lambda_{t+1}`` and one batched vector-Jacobian product of ``step`` over all ``t``
 for ``x`` and ``params``; ``dL/dh0 = J_0^T lambda_0``. No Newton iterate is kept for the backward.
@@ -115,7 +118,15 @@ def _residual(h, f):
     return r / max(1.0, scale)
 
 
+def _empty_solution(step, x, params, state_shape, dtype):
+    """The solution of an empty sequence (T = 0): ``step`` on the empty inputs, ``[B, 0, ...]`` in its dtype."""
+    zeros = torch.zeros((state_shape[0], 0, *state_shape[1:]), dtype=dtype, device=x.device)
+    return _call_step(step, zeros, x, params)
+
+
 def _sequential(step, x, params, h0, state_shape, dtype, packed=None):
+    if x.shape[1] == 0:
+        return _empty_solution(step, x, params, state_shape, dtype)
     if packed is not None:  # one sequence after another, each from its own initial state
         out = []
         for i, (s, e) in enumerate(zip(packed.offsets, packed.offsets[1:])):
@@ -267,8 +278,6 @@ def _check_solve_args(op, step, jac, x, params, h0, state_size, structure, packe
         raise TypeError(f"{op}: `x` must be a floating-point tensor [B, T, ...], got {type(x).__name__}")
     if x.dim() < 2 or not x.is_floating_point():
         raise ValueError(f"{op}: `x` must be a floating-point tensor [B, T, ...], got {x.dtype} {tuple(x.shape)}")
-    if x.shape[1] == 0:
-        raise ValueError(f"{op}: the sequence dimension (dim 1) of `x` is empty")
     if not isinstance(params, (tuple, list)) or not all(isinstance(p, torch.Tensor) for p in params):
         raise TypeError(f"{op}: `params` must be a tuple of tensors")
     tail = () if structure == "diagonal" else (2,)
@@ -337,6 +346,11 @@ def newton_solve(
     packed = check_cu_seqlens(op, cu_seqlens, x.shape[0], x.shape[1]) if isinstance(x, torch.Tensor) and x.dim() >= 2 else None
     state_shape = _check_solve_args(op, step, jac, x, params, h0, state_size, structure, packed)
     check_newton_options(op, tol, max_iter, on_fail)
+    if x.shape[1] == 0:
+        dtype = torch.promote_types(x.dtype, h0.dtype) if h0 is not None else x.dtype
+        h = _empty_solution(step, x, tuple(params), state_shape, dtype)
+        info = NewtonInfo(iterations=0, residual=0.0, converged=True, fallback=False)
+        return (h, info) if return_info else h
     cfg = _Config(step, jac, structure, state_shape, tol, max_iter, on_fail, backend, packed=packed)
     h = _NewtonFunction.apply(cfg, x, h0, *params)
     return (h, cfg.info) if return_info else h

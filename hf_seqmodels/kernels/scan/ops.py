@@ -5,7 +5,8 @@
 ``reverse=True`` runs from the end: ``h_t = a_t h_{t+1} + b_t``. ``initial_state`` is the state before the first
 step (``h_{-1}``, or ``h_T`` when reversed; zero if None). Any real ``a`` is fine (zero, negative, above one).
 Accumulation is fp32 (fp64 for fp64 inputs); the output has the dtype of ``b``. Differentiable in ``a``, ``b`` and
-``initial_state``; the backward is itself a scan in the opposite direction.
+``initial_state``; the backward is itself a scan in the opposite direction. An empty sequence (T = 0) gives the empty
+``h`` (and a zero gradient for ``initial_state``), computed by the PyTorch implementation on any device.
 """
 from __future__ import annotations
 
@@ -34,8 +35,6 @@ def _check_scan_args(op, a, b, initial_state, reverse, backend, a_tail, b_tail, 
         raise ValueError(
             f"{op}: `{a_name}` must have shape {want_a} to match `b` {tuple(b.shape)}, got {tuple(a.shape)}"
         )
-    if b.shape[1] == 0:
-        raise ValueError(f"{op}: the sequence dimension (dim 1) of `b` is empty")
     packed = check_cu_seqlens(op, cu_seqlens, b.shape[0], b.shape[1])
     if initial_state is not None:
         check_tensor(op, "initial_state", initial_state, ndim=2 + len(b_tail))
@@ -49,7 +48,8 @@ def _check_scan_args(op, a, b, initial_state, reverse, backend, a_tail, b_tail, 
     if not isinstance(reverse, bool):
         raise TypeError(f"{op}: `reverse` must be a bool, got {type(reverse).__name__}")
     device = check_same_device(op, **{a_name: a, "b": b, "initial_state": initial_state})
-    return select_backend(op, device, backend), packed
+    chosen = select_backend(op, device, backend)
+    return ("torch" if b.shape[1] == 0 else chosen), packed  # T = 0: the empty result, no kernel launch
 
 
 def _reset_packed(packed, a, b, initial_state, reverse, apply):

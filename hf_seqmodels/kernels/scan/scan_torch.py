@@ -129,6 +129,8 @@ def scan_backward(kind, a, h, h0, dh, reverse, need_h0):
         h_prev = torch.cat((h[:, 1:], zero_h), 1)
         first = -1
     g = scan(kind, kind.transpose(coef), dh, None, reverse=not reverse)
+    if need_h0 and a.shape[1] == 0:  # an empty sequence: h does not depend on h0
+        return kind.outer(g, h_prev), g, torch.zeros_like(h0)
     dh0 = kind.apply(kind.transpose(a[:, first]), g[:, first]) if need_h0 else None
     return kind.outer(g, h_prev), g, dh0
 

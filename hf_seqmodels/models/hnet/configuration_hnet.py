@@ -7,6 +7,7 @@ import re
 from transformers import PretrainedConfig
 
 from hf_seqmodels.layers.checks import check_int, check_number
+from hf_seqmodels.models.causal_lm import default_intermediate_size
 
 #: layer letters: lowercase = mixer only, uppercase = mixer + SwiGLU MLP (needs d_intermediate > 0 for the stage)
 LAYER_LETTERS = {"m": "mamba2", "t": "attention", "g": "gla", "r": "paragru", "l": "paralstm"}
@@ -63,6 +64,29 @@ def stage_layouts(arch_layout) -> list[tuple]:
         layout, depth = layout[1], depth + 1
 
 
+def _given(cfg: dict | None) -> dict:
+    """The keys of a settings dict that are set (a key left None takes its default)."""
+    return {k: v for k, v in (cfg or {}).items() if v is not None}
+
+
+def _per_stage(name: str, values, minimum: int) -> list[int]:
+    """``d_model`` / ``d_intermediate``: a list with one int per stage (its length is checked with the layout)."""
+    if not isinstance(values, (list, tuple)):
+        raise TypeError(f"HNetConfig.{name} must be a list with one int per stage (outermost first), got "
+                        f"{type(values).__name__} {values!r}")
+    for s, value in enumerate(values):
+        check_int("HNetConfig", f"{name}[{s}]", value, minimum=minimum)
+    return [int(v) for v in values]
+
+
+def _numbers(name: str, values) -> list[float]:
+    """``compression_ratio`` / ``lr_multipliers``: one number per stage (a single number: a list of one)."""
+    values = values if isinstance(values, (list, tuple)) else [values]
+    for s, value in enumerate(values):
+        check_number("HNetConfig", f"{name}[{s}]", value)
+    return [float(v) for v in values]
+
+
 class HNetConfig(PretrainedConfig):
     """H-Net: a byte-level language model with learned dynamic chunking (Hwang, Wang, Gu, 2025).
 
@@ -70,12 +94,19 @@ class HNetConfig(PretrainedConfig):
         arch_layout: nested ``[encoder, inner, decoder]`` lists (innermost ``[main]``) of layer strings, e.g.
             ``["m4", ["T22"], "m4"]``. Letters: ``m`` Mamba-2, ``t`` softmax attention, ``g`` GLA, ``r`` ParaGRU,
             ``l`` ParaLSTM; uppercase adds a SwiGLU MLP to the layer.
+            Left None (with ``d_model`` and ``d_intermediate``): a small 1-stage model, ``["m2", ["T4"], "m2"]``.
         d_model / d_intermediate: width and MLP width per stage, outermost first (widths may only grow inward; a
-            wider stage pads with a learned vector and slices back on the way out).
+            wider stage pads with a learned vector and slices back on the way out). ``d_model`` is required with an
+            ``arch_layout``; ``d_intermediate`` left None is 0 for a stage without MLP layers and SwiGLU's 8/3 x
+            ``d_model`` rounded up to a multiple of 64 for a stage with them (1536 -> 4096, 2048 -> 5504 as in the
+            reference's released shapes).
         ssm_cfg: Mamba-2 settings (``d_state``, ``expand``, ``head_dim``, ``n_groups``, ``d_conv``, ``chunk_size``).
         attn_cfg: per stage ``num_heads``, ``rotary_emb_dim`` and ``window_size`` (the reference's flash-attn
-            convention: a query sees ``window_size`` earlier keys and itself; -1 = global).
+            convention: a query sees ``window_size`` earlier keys and itself; -1 = global). Defaults: ``d // 64``
+            heads, half of each head's width (rounded down to even) rotated, a 1023 window except in the innermost
+            stage.
         gla_cfg / pararnn_cfg: options of the GLA and ParaRNN layers (see GLAConfig / ParaRNNConfig).
+        In ``ssm_cfg``, ``attn_cfg``, ``gla_cfg`` and ``pararnn_cfg``, a key left out or None takes its default.
         compression_ratio: target ``N`` per chunking stage (outermost first); the ratio loss is minimal at 1/N.
         ratio_loss_weight: weight of the summed ratio losses in ``loss`` (paper: 0.03).
         ratio_loss_reduction: ``"sequence"`` (the paper: ``F``, ``G`` per sequence, loss averaged over sequences; the
@@ -122,34 +153,49 @@ class HNetConfig(PretrainedConfig):
         **kwargs,
     ):
         if arch_layout is None:  # a small 1-stage byte model (~3.6M parameters) that trains on a CPU
+            if d_model is not None or d_intermediate is not None:
+                raise ValueError("HNetConfig: d_model / d_intermediate were given without arch_layout; pass the "
+                                 "arch_layout they are for (left None, the default layout comes with its own widths)")
             arch_layout, d_model, d_intermediate = ["m2", ["T4"], "m2"], [128, 256], [0, 512]
-            ssm_cfg = {"d_state": 32, "head_dim": 32, **(ssm_cfg or {})}
+            ssm_cfg = {"d_state": 32, "head_dim": 32, **_given(ssm_cfg)}
             attn_cfg = attn_cfg or {"num_heads": [4, 4], "rotary_emb_dim": [16, 32], "window_size": [1023, -1]}
+        stages = stage_layouts(arch_layout)
+        if d_model is None:
+            raise ValueError(f"HNetConfig.d_model is required with arch_layout {arch_layout!r}: one width per stage, "
+                             f"outermost first ({len(stages)} entries)")
         self.arch_layout = copy.deepcopy(list(arch_layout))
-        self.d_model = [int(d) for d in d_model]
-        self.d_intermediate = [int(d) for d in (d_intermediate if d_intermediate is not None else [0] * len(self.d_model))]
+        self.d_model = _per_stage("d_model", d_model, minimum=1)
+        if d_intermediate is None:  # an MLP width where the stage has MLP layers (uppercase letters)
+            has_mlp = [any(c.isupper() for spec in stage for c in parse_layer_string(spec)) for stage in stages]
+            d_intermediate = [default_intermediate_size(d) if mlp else 0 for d, mlp in zip(self.d_model, has_mlp)]
+        self.d_intermediate = _per_stage("d_intermediate", d_intermediate, minimum=0)
         self.vocab_size = vocab_size
-        self.ssm_cfg = {**_SSM, **(ssm_cfg or {})}
+        self.ssm_cfg = {**_SSM, **_given(ssm_cfg)}
         S = len(self.d_model)
         default_heads = [max(1, d // 64) for d in self.d_model]
-        attn = dict(attn_cfg or {})
+        attn = _given(attn_cfg)
+        heads = list(attn.get("num_heads", default_heads))
+        # half of each head rotated, an even number (a bad head count is named by _validate)
+        half_head = [d // h // 4 * 2 if isinstance(h, int) and h > 0 else 0 for d, h in zip(self.d_model, heads)]
         self.attn_cfg = {
-            "num_heads": list(attn.get("num_heads", default_heads)),
-            "rotary_emb_dim": list(attn.get("rotary_emb_dim", [d // h // 2 for d, h in zip(self.d_model, default_heads)])),
+            "num_heads": heads,
+            "rotary_emb_dim": list(attn.get("rotary_emb_dim", half_head)),
             "window_size": list(attn.get("window_size", [1023] * (S - 1) + [-1])),
         }
-        self.gla_cfg = {"num_heads": 4, "expand_k": 0.5, "expand_v": 1.0, "use_short_conv": True, "conv_size": 4, **(gla_cfg or {})}
+        self.gla_cfg = {"num_heads": 4, "expand_k": 0.5, "expand_v": 1.0, "use_short_conv": True, "conv_size": 4,
+                        **_given(gla_cfg)}
         self.pararnn_cfg = {"num_heads": 1, "use_short_conv": True, "conv_size": 4, "mode": "parallel",
-                            "newton_max_iter": 10, "newton_tol": None, "newton_on_fail": "fallback", **(pararnn_cfg or {})}
+                            "newton_max_iter": 10, "newton_tol": None, "newton_on_fail": "fallback",
+                            **_given(pararnn_cfg)}
         n_chunk = S - 1
         if compression_ratio is None:
             compression_ratio = [6.0] if n_chunk == 1 else [3.0] + [2.0] * (n_chunk - 1)
-        self.compression_ratio = [float(n) for n in (compression_ratio if isinstance(compression_ratio, (list, tuple)) else [compression_ratio])]
-        self.ratio_loss_weight = float(ratio_loss_weight)
+        self.compression_ratio = _numbers("compression_ratio", compression_ratio)
+        self.ratio_loss_weight = ratio_loss_weight
         self.ratio_loss_reduction = ratio_loss_reduction
-        self.lr_multipliers = [float(m) for m in lr_multipliers] if lr_multipliers is not None else [1.0] * S
+        self.lr_multipliers = _numbers("lr_multipliers", lr_multipliers) if lr_multipliers is not None else [1.0] * S
         self.boundary_router = boundary_router
-        self.word_max_chunk_bytes = int(word_max_chunk_bytes)
+        self.word_max_chunk_bytes = word_max_chunk_bytes
         self.rms_norm_eps = rms_norm_eps
         self.initializer_range = initializer_range
         self.embedding_init_std = embedding_init_std
@@ -186,6 +232,7 @@ class HNetConfig(PretrainedConfig):
         check_number("HNetConfig", "initializer_range", self.initializer_range, positive=False, minimum=0.0)
         check_number("HNetConfig", "embedding_init_std", self.embedding_init_std, positive=False, minimum=0.0)
         check_number("HNetConfig", "ratio_loss_weight", self.ratio_loss_weight, positive=False, minimum=0.0)
+        check_number("HNetConfig", "rope_theta", self.rope_theta)
         check_int("HNetConfig", "word_max_chunk_bytes", self.word_max_chunk_bytes)
         for s, (d, di) in enumerate(zip(self.d_model, self.d_intermediate)):
             check_int("HNetConfig", f"d_model[{s}]", d)
@@ -237,3 +284,13 @@ class HNetConfig(PretrainedConfig):
                     h = self.attn_cfg["num_heads"][s]
                     if self.d_model[s] % h:
                         raise ValueError(f"HNetConfig.attn_cfg['num_heads'][{s}] = {h} must divide d_model[{s}] = {self.d_model[s]}")
+        for s, (layouts, d) in enumerate(zip(stages, self.d_model)):  # Mamba-2's shape check, stages that have it
+            if "m" in {c.lower() for spec in layouts for c in parse_layer_string(spec)}:
+                m = self.ssm_cfg
+                inner = m["expand"] * d
+                if inner != int(inner) or int(inner) % m["head_dim"] or int(inner) // m["head_dim"] % m["n_groups"]:
+                    raise ValueError(
+                        f"HNetConfig.ssm_cfg['head_dim'] = {m['head_dim']} must divide Mamba-2's inner width "
+                        f"ssm_cfg['expand'] * d_model[{s}] = {m['expand']} * {d} (an integer) into a number of heads "
+                        f"that ssm_cfg['n_groups'] = {m['n_groups']} divides"
+                    )

@@ -24,7 +24,6 @@ from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutpu
 
 from hf_seqmodels.cache import RecurrentCache
 from hf_seqmodels.compat import CACHE_KWARG, pop_cache
-from hf_seqmodels.kernels._dispatch import debug_checks_enabled
 from hf_seqmodels.layers.attention import CausalSelfAttention
 from hf_seqmodels.layers.block import DecoderBlock
 from hf_seqmodels.layers.gla import GatedLinearAttention
@@ -325,18 +324,10 @@ class HNetModel(HNetPreTrainedModel):
         Returns :class:`HNetModelOutput`: ``last_hidden_state`` ``[B, T, d_model[0]]`` and per-stage boundary
         masks/probabilities ``[B, T_s]``."""
         cache = pop_cache(cache, kwargs)
-        if (input_ids is None) == (inputs_embeds is None):
-            raise ValueError("Pass exactly one of `input_ids` and `inputs_embeds`")
-        if input_ids is not None and input_ids.dim() != 2:
-            raise ValueError(f"`input_ids` must be [batch, seq_len], got shape {tuple(input_ids.shape)}")
+        self.check_inputs(input_ids, inputs_embeds)
         if self.config.boundary_router == "word" and input_ids is None:
             raise ValueError("HNetConfig.boundary_router='word' reads the bytes: pass `input_ids`, not `inputs_embeds`")
         if inputs_embeds is None:
-            # checked where it costs no device synchronization (CPU), or under HF_SEQMODELS_DEBUG=1
-            check = input_ids.device.type == "cpu" or debug_checks_enabled()
-            if check and input_ids.numel() and (int(input_ids.min()) < 0 or int(input_ids.max()) >= self.config.vocab_size):
-                raise ValueError(f"`input_ids` must be byte ids in [0, {self.config.vocab_size}), got values in "
-                                 f"[{int(input_ids.min())}, {int(input_ids.max())}]")
             inputs_embeds = self.embeddings(input_ids)
         B, T, _ = inputs_embeds.shape
         if packed_sequences(B, T, position_ids, kwargs) is not None:

@@ -1,3 +1,4 @@
+from hf_seqmodels.layers.checks import check_number
 from hf_seqmodels.models.linearized import LinearizedLlamaConfig
 
 
@@ -13,6 +14,8 @@ class LigerConfig(LinearizedLlamaConfig):
     model_type = "hf_seqmodels_liger"
 
     def __init__(self, gla_weight: float = 0.5, window_size: int = 64, **kwargs):
-        self.gla_weight = gla_weight  # checked with the linear branch's other fields by LinearizedLlamaConfig
+        # checked here too: LinearizedLlamaConfig's check of the linear branch reads None as Lizard's "no gla_weight"
+        check_number(type(self).__name__, "gla_weight", gla_weight, positive=False, minimum=0.0, maximum=1.0)
+        self.gla_weight = gla_weight
         super().__init__(window_size=window_size, **kwargs)
         self.gla_weight = float(gla_weight)

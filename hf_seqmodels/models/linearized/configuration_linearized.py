@@ -1,7 +1,7 @@
 """The configuration every linearized Llama-shaped model shares (Liger and Lizard subclass it), and the checks of
 its hybrid layout (``softmax_layers``)."""
 from hf_seqmodels.kernels.attention import check_window
-from hf_seqmodels.layers.checks import check_int
+from hf_seqmodels.layers.checks import check_bool, check_int
 from hf_seqmodels.layers.families import get_family
 from hf_seqmodels.layers.linearized import check_linear_branch
 from hf_seqmodels.models.causal_lm import SeqModelConfig
@@ -62,7 +62,7 @@ class LinearizedLlamaConfig(SeqModelConfig):
         for name in ("rope_theta", "rope_scaling", "pretraining_tp", "attention_dropout"):
             kwargs.pop(name, None)  # legacy or unused Llama fields: RoPE comes from rope_parameters
         where = type(self).__name__
-        get_family(base_model_type, where)  # an unsupported family is named here
+        get_family(base_model_type, f"{where}.base_model_type")  # an unsupported family is named here
         if base_config is not None and not isinstance(base_config, dict):
             raise TypeError(f"{where}: base_config must be a dict of the teacher config's fields or None, got "
                             f"{type(base_config).__name__}")
@@ -72,6 +72,7 @@ class LinearizedLlamaConfig(SeqModelConfig):
         check_int(where, "num_key_value_heads", num_key_value_heads, allow_none=True)
         check_int(where, "head_dim", head_dim, allow_none=True)
         check_int(where, "max_position_embeddings", max_position_embeddings)
+        check_bool(where, "attention_bias", attention_bias)
         self.num_attention_heads = num_attention_heads
         self.num_key_value_heads = num_key_value_heads or num_attention_heads
         super().__init__(**kwargs)
@@ -82,6 +83,11 @@ class LinearizedLlamaConfig(SeqModelConfig):
         self.max_position_embeddings = max_position_embeddings
         self.rope_parameters = dict(rope_parameters or {"rope_type": "default", "rope_theta": 10000.0})
         self.rope_parameters.setdefault("rope_type", "default")
+        rotary = self.rope_parameters.get("partial_rotary_factor", self.base_config.get("partial_rotary_factor", 1.0))
+        if self.head_dim % 2 and int(self.head_dim * rotary) == self.head_dim:
+            derived = "" if head_dim else f" (hidden_size {self.hidden_size} // num_attention_heads; pass head_dim)"
+            raise ValueError(f"{where}: head_dim must be even, RoPE turns pairs of dimensions; got "
+                             f"{self.head_dim}{derived}")
         self.attention_bias = attention_bias
         self.window_size = window_size
         self.gate_logit_normalizer = gate_logit_normalizer
