@@ -210,7 +210,7 @@ def test_command_line_linearize(tmp_path, capsys):
     from tokenizers import Tokenizer, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
-    from hf_seqmodels.linearize.cli import add_parser
+    from hf_seqmodels.commands.linearize import add_parser
 
     text = " ".join(f"word{i % 37} and the {i % 11} of" for i in range(600))
     bpe = Tokenizer(models.BPE(unk_token="<unk>"))

@@ -304,7 +304,7 @@ def test_command_line_hybrid_phi3(tmp_path, capsys):
     from tokenizers import Tokenizer, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
-    from hf_seqmodels.linearize.cli import add_parser
+    from hf_seqmodels.commands.linearize import add_parser
 
     text = " ".join(f"word{i % 37} and the {i % 11} of" for i in range(400))
     bpe = Tokenizer(models.BPE(unk_token="<unk>"))
