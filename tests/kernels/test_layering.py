@@ -5,6 +5,8 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 CHECK = r"""
 import importlib, importlib.util, json, pkgutil, sys, types
 
@@ -32,6 +34,7 @@ print(json.dumps({"imported": names, "missing_triton": missing,
 """
 
 
+@pytest.mark.subprocess
 def test_kernels_import_neither_transformers_nor_the_layers_above():
     out = subprocess.run([sys.executable, "-c", CHECK], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr

@@ -156,6 +156,7 @@ print("REMOTE:", type(model).__name__, type(model.memory_bank).__name__)
 """
 
 
+@pytest.mark.subprocess
 def test_transformers_alone_refuses_a_llama_with_memory(tmp_path, index):
     """Without hf_seqmodels imported nothing of ours runs, so config.json itself must stop the bare load."""
     _, out = saved(tmp_path, index, "llama", ByteTokenizer())
