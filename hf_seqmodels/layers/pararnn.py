@@ -10,10 +10,12 @@ A cell only says how one step goes. Subclass :class:`ParallelRNNCell` and write
 * optionally ``jacobian(h_prev, u, *params)`` in closed form (default: autograd).
 
 The cell then trains in parallel (``mode="parallel"``: Newton iterations solved with parallel scans, adjoint
-backward) or step by step (``mode="sequential"``); both give the same result. :func:`check_jacobian_structure`
-verifies that a cell's Jacobian has the structure it declares (and a closed-form ``jacobian`` matches autograd);
-``register_cell`` and a cell class's first parallel forward run it once (:func:`verify_cell`). The built-in cells'
-maths live in ``hf_seqmodels.kernels.pararnn.cells``, shared with the fused solver's PyTorch path.
+backward) or step by step (``mode="sequential"``); both give the same result. ``mode="auto"`` (the mixer's and
+``ParaRNNConfig``'s default) picks the faster of the two for each call (:func:`resolve_mode`).
+:func:`check_jacobian_structure` verifies that a cell's Jacobian has the structure it declares (and a closed-form
+``jacobian`` matches autograd); ``register_cell`` and a cell class's first parallel forward run it once
+(:func:`verify_cell`). The built-in cells' maths live in ``hf_seqmodels.kernels.pararnn.cells``, shared with the
+fused solver's PyTorch path.
 
 Mixers here take keyword arguments and have a ``from_config(config, layer_idx)`` classmethod (the convention of
 every mixer in ``hf_seqmodels.layers``).
@@ -34,12 +36,25 @@ from hf_seqmodels.kernels.pararnn.newton import STRUCTURES
 
 from .checks import check_choice, check_int
 
-MODES = ("parallel", "sequential")
+MODES = ("auto", "parallel", "sequential")
 
 
 def check_mode(where: str, mode, name: str = "mode") -> None:
     """The one check of a ParaRNN solve mode (cells, mixer, ``ParaRNNConfig``)."""
     check_choice(where, name, mode, MODES)
+
+
+def resolve_mode(mode: str, x: torch.Tensor, tensors) -> str:
+    """``"auto"``: the faster solve for this call (measured: ``ParaRNNConfig``'s docstring,
+    ``benchmarks/pararnn_auto.py``). Newton (``"parallel"``) when a gradient will flow (grad mode on and ``x`` or
+    one of ``tensors``, the parameters and initial state, requires grad: the adjoint backward beats autograd through
+    the loop) or off the CPU (the fused solver); without gradients on the CPU, the step-by-step solve (one chain of
+    small ops per token, where Newton repeats passes over the whole sequence and its scans). Other modes are
+    returned as they are."""
+    if mode != "auto":
+        return mode
+    needs_grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, *tensors))
+    return "parallel" if needs_grad or x.device.type != "cpu" else "sequential"
 
 
 def pararnn_shape(where: str, hidden_size, state_size, num_heads) -> None:
@@ -121,6 +136,7 @@ class ParallelRNNCell(nn.Module):
         """x ``[B, T, input_size]`` -> (outputs ``[B, T, D]``, states ``[B, T, D(, 2)]``), optionally Newton info.
         ``cu_seqlens``: offsets of packed sequences (batch 1), each solved from its own ``h0`` row (``[N, D(, 2)]``)."""
         check_mode(type(self).__name__, mode)
+        mode = resolve_mode(mode, x, (h0, *self.parameters()))
         if mode == "parallel" and x.shape[1] > 1:
             verify_cell(self)  # once per class: structure and closed-form Jacobian, on a tiny fp64 copy
         u = self.input_projection(x)
@@ -378,7 +394,7 @@ class ParaRNNMixer(nn.Module):
         num_heads: int = 1,
         use_short_conv: bool = True,
         conv_size: int = 4,
-        mode: str = "parallel",
+        mode: str = "auto",
         newton_tol: float | None = None,
         newton_max_iter: int = 10,
         newton_on_fail: str = "fallback",
@@ -426,9 +442,10 @@ class ParaRNNMixer(nn.Module):
         )
 
     def configure_solver(self, mode: str, newton_tol: float | None, newton_max_iter: int, newton_on_fail: str) -> None:
-        """Set how the recurrence is solved (checked here, where the values enter): ``mode`` ``"parallel"`` or
-        ``"sequential"``, Newton ``tol`` (None: by dtype), ``max_iter`` and ``on_fail``. ``ParaRNNModel`` calls this
-        from its config before every forward, so ``model.config.mode = ...`` applies."""
+        """Set how the recurrence is solved (checked here, where the values enter): ``mode`` ``"auto"``
+        (:func:`resolve_mode`), ``"parallel"`` or ``"sequential"``, Newton ``tol`` (None: by dtype), ``max_iter`` and
+        ``on_fail``. ``ParaRNNModel`` calls this from its config before every forward, so ``model.config.mode = ...``
+        applies."""
         check_mode("ParaRNNMixer", mode)
         check_newton_options("ParaRNNMixer", newton_tol, newton_max_iter, newton_on_fail, prefix="newton_")
         self.mode, self.newton_tol = mode, newton_tol

@@ -103,6 +103,41 @@ def test_model_parallel_equals_sequential_for_every_parameter(cell):
         torch.testing.assert_close(g, grads["sequential"][1][name], rtol=1e-7, atol=1e-9, msg=name)
 
 
+@pytest.mark.parametrize("cell", ["gru", "lstm"])
+def test_auto_mode_equals_sequential_and_newton_with_and_without_grad(cell):
+    """``mode="auto"`` (the default) gives the outputs and gradients of both solves, and picks Newton exactly when
+    gradients flow (on the CPU): its NewtonInfo is there in training, None without gradients."""
+    torch.set_default_dtype(torch.float64)
+    try:
+        model = AutoModelForCausalLM.from_config(_tiny(cell))
+    finally:
+        torch.set_default_dtype(torch.float32)
+    assert model.config.mode == "auto" and model.model.layers[0].mixer.mode == "auto"
+    ids, mask = torch.randint(0, 64, (2, 29)), torch.ones(2, 29, dtype=torch.long)
+    mask[0, :4] = 0  # left padding
+    for grad in (False, True):
+        got = {}
+        for mode in ("auto", "sequential", "parallel"):
+            model.config.mode = mode
+            model.zero_grad()
+            with torch.set_grad_enabled(grad):
+                out = model(ids, attention_mask=mask, labels=ids)
+            if grad:
+                out.loss.backward()
+            infos = [layer.mixer.newton_info for layer in model.model.layers]
+            got[mode] = (out.logits.detach(), {n: p.grad for n, p in model.named_parameters()}, infos)
+        # "auto" ran Newton (NewtonInfo) when training, the step-by-step solve (no NewtonInfo) otherwise
+        assert all((info is not None) == grad for info in got["auto"][2]), (grad, got["auto"][2])
+        assert all(info is not None for info in got["parallel"][2])
+        for other in ("sequential", "parallel"):
+            torch.testing.assert_close(got["auto"][0][:, 4:], got[other][0][:, 4:], rtol=1e-8, atol=1e-9)
+            for name, g in got["auto"][1].items():
+                if grad:
+                    torch.testing.assert_close(g, got[other][1][name], rtol=1e-7, atol=1e-9, msg=name)
+                else:
+                    assert g is None and got[other][1][name] is None
+
+
 @pytest.mark.parametrize("cell_class", CELL_CLASSES)
 def test_newton_converges_in_a_few_iterations_on_random_inputs(cell_class):
     cell = cell_class(8, 16)

@@ -14,7 +14,13 @@ class ParaRNNConfig(SeqModelConfig):
         state_size: units of the cell (default: ``hidden_size``).
         num_heads: groups of the gated RMSNorm on the cell output.
         use_short_conv / conv_size: causal depthwise convolution before the cell.
-        mode: ``"parallel"`` (Newton + parallel scans) or ``"sequential"`` (step by step; same result).
+        mode: ``"auto"`` (default: the faster solve for each forward, below), ``"parallel"`` (Newton + parallel
+            scans) or ``"sequential"`` (step by step); all three give the same result. ``"auto"`` solves by Newton when
+            gradients flow (training) or off the CPU, and step by step without gradients on the CPU (prefill,
+            evaluation, decoding). Measured crossover (``python -m benchmarks.pararnn_auto``, ParaGRU mixer d 256,
+            B 4, 1 CPU thread, a loaded machine: indicative): without gradients the step-by-step solve takes 0.76-0.91x
+            Newton's time at T 64, 256 and 1024; with gradients it takes 1.5x, 2.9x and 6.6x (autograd through the
+            loop against Newton's adjoint backward), so neither side crosses over in that range.
         newton_tol / newton_max_iter: convergence threshold (relative residual; None = by dtype) and iteration cap.
         newton_on_fail: ``"fallback"`` (warn, solve sequentially) or ``"raise"`` when Newton does not converge.
         conv_init: ``"identity"`` (default: the short convolution starts by passing the current input through) or
@@ -43,7 +49,7 @@ class ParaRNNConfig(SeqModelConfig):
         num_heads: int = 1,
         use_short_conv: bool = True,
         conv_size: int = 4,
-        mode: str = "parallel",
+        mode: str = "auto",
         newton_tol: float | None = None,
         newton_max_iter: int = 10,
         newton_on_fail: str = "fallback",
