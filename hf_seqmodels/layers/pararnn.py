@@ -53,8 +53,12 @@ def resolve_mode(mode: str, x: torch.Tensor, tensors) -> str:
     returned as they are."""
     if mode != "auto":
         return mode
-    needs_grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, *tensors))
-    return "parallel" if needs_grad or x.device.type != "cpu" else "sequential"
+    return "parallel" if _needs_grad(x, *tensors) or x.device.type != "cpu" else "sequential"
+
+
+def _needs_grad(*tensors) -> bool:
+    """Whether a result computed from ``tensors`` now would record a graph."""
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
 
 
 def pararnn_shape(where: str, hidden_size, state_size, num_heads) -> None:
@@ -97,6 +101,9 @@ class ParallelRNNCell(nn.Module):
     # Built-in cells: a fused Triton solver for exactly their step, fused(u, *params, h0, mask, tol=, max_iter=,
     # on_fail=, return_info=True) -> (h, NewtonInfo). Used for mode="parallel" when Triton is the selected backend.
     fused_solver = None
+    # Built-in cells: their whole step-by-step solve without autograd, scan(u, *params, h0, mask) -> states. Used for
+    # a sequential solve (and a one-token step) that needs no gradient, on any backend.
+    scan = None
 
     def output(self, h: torch.Tensor) -> torch.Tensor:
         """What the layer emits from the state (``[.., D]``); block2 cells emit component 1 by default."""
@@ -121,15 +128,20 @@ class ParallelRNNCell(nn.Module):
             return torch.ones_like(J)
         return torch.eye(2, dtype=J.dtype, device=J.device).expand_as(J)
 
-    def _fused(self, u):
-        """The class's fused solver when it applies: Triton selected for ``u``'s device (CUDA, unless
-        ``HF_SEQMODELS_BACKEND=torch``) and ``step``/``jacobian``/``recurrent_params`` not overridden below it."""
-        owner = next(c for c in type(self).__mro__ if "fused_solver" in vars(c))
-        if owner.fused_solver is None or select_backend("ParaRNN fused solver", u.device) != "triton":
-            return None
+    def _builtin(self, name):
+        """The class's ``fused_solver`` or ``scan`` (``name``) when it applies: ``step``/``jacobian``/
+        ``recurrent_params`` not overridden below the class that set it."""
+        owner = next(c for c in type(self).__mro__ if name in vars(c))
         if any(getattr(type(self), n) is not getattr(owner, n) for n in ("step", "jacobian", "recurrent_params")):
             return None
-        return owner.fused_solver
+        return getattr(owner, name)
+
+    def _fused(self, u):
+        """The class's fused solver when it applies: Triton selected for ``u``'s device (CUDA, unless
+        ``HF_SEQMODELS_BACKEND=torch``) and the cell's maths not overridden (:meth:`_builtin`)."""
+        if select_backend("ParaRNN fused solver", u.device) != "triton":
+            return None
+        return self._builtin("fused_solver")
 
     def forward(self, x, h0=None, mask=None, mode="parallel", tol=None, max_iter=10, on_fail="fallback", return_info=False,
                 cu_seqlens=None):
@@ -147,14 +159,20 @@ class ParallelRNNCell(nn.Module):
                             return_info=True)
             out = self.output(h)
             return (out, h, info) if return_info else (out, h)
+        params = self.recurrent_params()
+        sequential = mode == "sequential" or x.shape[1] == 1
+        scan = self._builtin("scan") if sequential and cu_seqlens is None and not _needs_grad(u, h0, *params) else None
+        if scan is not None:  # the same solve as below in fewer ops per step
+            h = scan(u, *params, h0, mask)
+            out = self.output(h)
+            return (out, h, None) if return_info else (out, h)
         step, jac = self.step, self.jacobian
         if mask is not None:
             u = torch.cat([u, mask[:, :, None, None].to(u.dtype).expand(-1, -1, 1, u.shape[-1])], dim=-2)
             step = self._masked(self.step, None)
             jac = self._masked(self.jacobian, self._eye) if self.jacobian is not None else None
-        params = self.recurrent_params()
         info = None
-        if mode == "sequential" or x.shape[1] == 1:
+        if sequential:
             h = sequential_solve(step, u, params, h0, state_size=self.state_size, structure=self.structure,
                                  cu_seqlens=cu_seqlens)
         else:
@@ -230,6 +248,7 @@ class ParaGRUCell(GatedDiagonalCell):
     structure = "diagonal"
     num_gates = 3  # z, r, c
     fused_solver = fused_newton_gru
+    scan = cells.gru_scan
 
     def step(self, h, u, a):
         return cells.gru_step(h, u, a)
@@ -247,6 +266,7 @@ class ParaLSTMCell(GatedDiagonalCell):
     num_gates = 3  # f, z, o
     num_diagonals = 5  # recurrent a_f, a_z, a_o; peepholes p_f, p_o
     fused_solver = fused_newton_lstm
+    scan = cells.lstm_scan
 
     def step(self, state, u, a):
         return cells.lstm_step(state, u, a)

@@ -9,7 +9,7 @@ from transformers import AutoModelForCausalLM
 
 import hf_seqmodels
 from hf_seqmodels.compat import output_cache
-from hf_seqmodels.kernels.pararnn import NewtonConvergenceError
+from hf_seqmodels.kernels.pararnn import NewtonConvergenceError, sequential_solve
 from hf_seqmodels.layers.pararnn import CELLS, ParallelRNNCell, ParaGRUCell, ParaLSTMCell, check_jacobian_structure
 
 CELL_CLASSES = [ParaGRUCell, ParaLSTMCell]
@@ -101,6 +101,36 @@ def test_model_parallel_equals_sequential_for_every_parameter(cell):
     torch.testing.assert_close(grads["parallel"][0], grads["sequential"][0], rtol=1e-8, atol=1e-9)
     for name, g in grads["parallel"][1].items():
         torch.testing.assert_close(g, grads["sequential"][1][name], rtol=1e-7, atol=1e-9, msg=name)
+
+
+@pytest.mark.parametrize("cell_class", CELL_CLASSES)
+@pytest.mark.parametrize("T", [1, 23])
+def test_no_grad_sequential_scan_equals_the_step_loop(cell_class, T):
+    """Without gradients a built-in cell's sequential solve runs its fused step loop (``scan``); it must equal the
+    generic loop over the cell's ``step`` (``sequential_solve`` on the masked step), with h0 and padding."""
+    cell = cell_class(5, 4).double()
+    with torch.no_grad():
+        for p in cell.parameters():
+            p.copy_(torch.randn_like(p))  # O(1) weights: every term matters
+    B = 3
+    x = torch.randn(B, T, 5, dtype=torch.float64)
+    h0 = torch.randn(B, 4, *((2,) if cell.structure == "block2" else ()), dtype=torch.float64)
+    mask = torch.ones(B, T)
+    mask[0, : T // 2] = 0  # left padding
+    mask[2, T // 2] = 0  # and a hole
+    u = cell.input_projection(x).detach()
+    m = mask[:, :, None, None].to(u.dtype).expand(-1, -1, 1, u.shape[-1])
+    ref = sequential_solve(cell._masked(cell.step, None), torch.cat([u, m], -2), cell.recurrent_params(), h0,
+                           state_size=4, structure=cell.structure)
+    with torch.no_grad():
+        out, states = cell(x, h0=h0, mask=mask, mode="sequential")
+    torch.testing.assert_close(states, ref.detach(), rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(out, cell.output(ref).detach(), rtol=1e-12, atol=1e-12)
+    assert torch.equal(states[0, T // 2 - 1], h0[0]) if T > 1 else True  # padding keeps the initial state
+    # with gradients the generic loop runs (and agrees)
+    grad_out, _ = cell(x, h0=h0, mask=mask, mode="sequential")
+    assert grad_out.requires_grad
+    torch.testing.assert_close(grad_out.detach(), out, rtol=1e-12, atol=1e-12)
 
 
 @pytest.mark.parametrize("cell", ["gru", "lstm"])
