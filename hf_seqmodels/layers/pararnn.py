@@ -44,16 +44,24 @@ def check_mode(where: str, mode, name: str = "mode") -> None:
     check_choice(where, name, mode, MODES)
 
 
-def resolve_mode(mode: str, x: torch.Tensor, tensors) -> str:
+#: ``mode="auto"`` without gradients on the CPU: the step-by-step solve from this many state elements per step
+#: (batch x state_size, x 2 for block2 cells) up, Newton below, where the per-step overhead of the loop dominates
+#: (measured with ``benchmarks/pararnn_auto.py``, see ``ParaRNNConfig``'s docstring)
+AUTO_SEQUENTIAL_MIN_STATE = 256
+
+
+def resolve_mode(mode: str, x: torch.Tensor, tensors, state_elements: int) -> str:
     """``"auto"``: the faster solve for this call (measured: ``ParaRNNConfig``'s docstring,
     ``benchmarks/pararnn_auto.py``). Newton (``"parallel"``) when a gradient will flow (grad mode on and ``x`` or
     one of ``tensors``, the parameters and initial state, requires grad: the adjoint backward beats autograd through
-    the loop) or off the CPU (the fused solver); without gradients on the CPU, the step-by-step solve (one chain of
-    small ops per token, where Newton repeats passes over the whole sequence and its scans). Other modes are
-    returned as they are."""
+    the loop) or off the CPU (the fused solver); without gradients on the CPU, the step-by-step solve when a step
+    updates at least :data:`AUTO_SEQUENTIAL_MIN_STATE` state elements (``state_elements``, over the batch), Newton
+    for smaller states. Other modes are returned as they are."""
     if mode != "auto":
         return mode
-    return "parallel" if _needs_grad(x, *tensors) or x.device.type != "cpu" else "sequential"
+    if _needs_grad(x, *tensors) or x.device.type != "cpu":
+        return "parallel"
+    return "sequential" if state_elements >= AUTO_SEQUENTIAL_MIN_STATE else "parallel"
 
 
 def _needs_grad(*tensors) -> bool:
@@ -148,7 +156,8 @@ class ParallelRNNCell(nn.Module):
         """x ``[B, T, input_size]`` -> (outputs ``[B, T, D]``, states ``[B, T, D(, 2)]``), optionally Newton info.
         ``cu_seqlens``: offsets of packed sequences (batch 1), each solved from its own ``h0`` row (``[N, D(, 2)]``)."""
         check_mode(type(self).__name__, mode)
-        mode = resolve_mode(mode, x, (h0, *self.parameters()))
+        per_row = self.state_size * (2 if self.structure == "block2" else 1)
+        mode = resolve_mode(mode, x, (h0, *self.parameters()), x.shape[0] * per_row)
         if mode == "parallel" and x.shape[1] > 1:
             verify_cell(self)  # once per class: structure and closed-form Jacobian, on a tiny fp64 copy
         u = self.input_projection(x)

@@ -10,7 +10,14 @@ from transformers import AutoModelForCausalLM
 import hf_seqmodels
 from hf_seqmodels.compat import output_cache
 from hf_seqmodels.kernels.pararnn import NewtonConvergenceError, sequential_solve
-from hf_seqmodels.layers.pararnn import CELLS, ParallelRNNCell, ParaGRUCell, ParaLSTMCell, check_jacobian_structure
+from hf_seqmodels.layers.pararnn import (
+    AUTO_SEQUENTIAL_MIN_STATE,
+    CELLS,
+    ParaGRUCell,
+    ParaLSTMCell,
+    ParallelRNNCell,
+    check_jacobian_structure,
+)
 
 CELL_CLASSES = [ParaGRUCell, ParaLSTMCell]
 
@@ -133,17 +140,19 @@ def test_no_grad_sequential_scan_equals_the_step_loop(cell_class, T):
     torch.testing.assert_close(grad_out.detach(), out, rtol=1e-12, atol=1e-12)
 
 
-@pytest.mark.parametrize("cell", ["gru", "lstm"])
-def test_auto_mode_equals_sequential_and_newton_with_and_without_grad(cell):
-    """``mode="auto"`` (the default) gives the outputs and gradients of both solves, and picks Newton exactly when
-    gradients flow (on the CPU): its NewtonInfo is there in training, None without gradients."""
+@pytest.mark.parametrize("cell,B", [("gru", 2), ("gru", 16), ("lstm", 2), ("lstm", 8)])
+def test_auto_mode_equals_sequential_and_newton_with_and_without_grad(cell, B):
+    """``mode="auto"`` (the default) gives the outputs and gradients of both solves, and picks (on the CPU) Newton
+    when gradients flow, and without them the step-by-step solve from AUTO_SEQUENTIAL_MIN_STATE state elements per
+    step, Newton below: its NewtonInfo is there exactly when Newton ran."""
     torch.set_default_dtype(torch.float64)
     try:
         model = AutoModelForCausalLM.from_config(_tiny(cell))
     finally:
         torch.set_default_dtype(torch.float32)
     assert model.config.mode == "auto" and model.model.layers[0].mixer.mode == "auto"
-    ids, mask = torch.randint(0, 64, (2, 29)), torch.ones(2, 29, dtype=torch.long)
+    elements = B * 16 * (2 if cell == "lstm" else 1)  # state_size 16 (hidden_size)
+    ids, mask = torch.randint(0, 64, (B, 29)), torch.ones(B, 29, dtype=torch.long)
     mask[0, :4] = 0  # left padding
     for grad in (False, True):
         got = {}
@@ -156,9 +165,10 @@ def test_auto_mode_equals_sequential_and_newton_with_and_without_grad(cell):
                 out.loss.backward()
             infos = [layer.mixer.newton_info for layer in model.model.layers]
             got[mode] = (out.logits.detach(), {n: p.grad for n, p in model.named_parameters()}, infos)
-        # "auto" ran Newton (NewtonInfo) when training, the step-by-step solve (no NewtonInfo) otherwise
-        assert all((info is not None) == grad for info in got["auto"][2]), (grad, got["auto"][2])
+        newton = grad or elements < AUTO_SEQUENTIAL_MIN_STATE
+        assert all((info is not None) == newton for info in got["auto"][2]), (grad, elements, got["auto"][2])
         assert all(info is not None for info in got["parallel"][2])
+        assert all(info is None for info in got["sequential"][2])
         for other in ("sequential", "parallel"):
             torch.testing.assert_close(got["auto"][0][:, 4:], got[other][0][:, 4:], rtol=1e-8, atol=1e-9)
             for name, g in got["auto"][1].items():

@@ -16,11 +16,14 @@ class ParaRNNConfig(SeqModelConfig):
         use_short_conv / conv_size: causal depthwise convolution before the cell.
         mode: ``"auto"`` (default: the faster solve for each forward, below), ``"parallel"`` (Newton + parallel
             scans) or ``"sequential"`` (step by step); all three give the same result. ``"auto"`` solves by Newton when
-            gradients flow (training) or off the CPU, and step by step without gradients on the CPU (prefill,
-            evaluation, decoding). Measured crossover (``python -m benchmarks.pararnn_auto``, ParaGRU mixer d 256,
-            B 4, 1 CPU thread, a loaded machine: indicative): without gradients the step-by-step solve takes 0.76-0.91x
-            Newton's time at T 64, 256 and 1024; with gradients it takes 1.5x, 2.9x and 6.6x (autograd through the
-            loop against Newton's adjoint backward), so neither side crosses over in that range.
+            gradients flow (training) or off the CPU; without gradients on the CPU (prefill, evaluation, decoding) it
+            solves step by step when a step updates >= 256 state elements (batch x state_size, x 2 for ParaLSTM),
+            by Newton below. Measured (``python -m benchmarks.pararnn_auto``, 1 CPU thread, a loaded machine, so
+            indicative), step-by-step / Newton time without gradients: ParaGRU 0.55 at B 4, d 256 (T 256), 0.32 at
+            B 16, d 256, 1.1 at B 1, d 256 and B 4, d 64, 1.7-18 at B <= 2, d <= 128 (T 512-1024); ParaLSTM 0.1-0.7
+            from 256 state elements, 2.1-5.9 at B 1, d <= 64. With gradients Newton wins from T 64 on (ParaGRU mixer
+            B 4, d 256: step-by-step takes 1.5x, 2.9x, 6.6x Newton's time at T 64, 256, 1024: autograd through the
+            loop against Newton's adjoint backward).
         newton_tol / newton_max_iter: convergence threshold (relative residual; None = by dtype) and iteration cap.
         newton_on_fail: ``"fallback"`` (warn, solve sequentially) or ``"raise"`` when Newton does not converge.
         conv_init: ``"identity"`` (default: the short convolution starts by passing the current input through) or
