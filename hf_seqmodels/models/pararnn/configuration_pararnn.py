@@ -19,11 +19,11 @@ class ParaRNNConfig(SeqModelConfig):
             gradients flow (training) or off the CPU; without gradients on the CPU (prefill, evaluation, decoding) it
             solves step by step when a step updates >= 256 state elements (batch x state_size, x 2 for ParaLSTM),
             by Newton below. Measured (``python -m benchmarks.pararnn_auto``, 1 CPU thread, a loaded machine, so
-            indicative), step-by-step / Newton time without gradients: ParaGRU 0.55 at B 4, d 256 (T 256), 0.32 at
-            B 16, d 256, 1.1 at B 1, d 256 and B 4, d 64, 1.7-18 at B <= 2, d <= 128 (T 512-1024); ParaLSTM 0.1-0.7
-            from 256 state elements, 2.1-5.9 at B 1, d <= 64. With gradients Newton wins from T 64 on (ParaGRU mixer
-            B 4, d 256: step-by-step takes 1.5x, 2.9x, 6.6x Newton's time at T 64, 256, 1024: autograd through the
-            loop against Newton's adjoint backward).
+            indicative), step-by-step / Newton time without gradients, cells at T 512: ParaGRU 2.7-2.9 up to 64 state
+            elements, 1.8-2.7 at 128, 1.1 at 256, 0.70 at 512, 0.37 at 1024; ParaLSTM 4.1 at 32, 1.6 at 128, 0.8 at
+            256, 0.25-0.43 at 512, 0.11-0.24 above; the ParaGRU mixer at B 4, d 256: 0.50-0.61 at T 64-1024. With
+            gradients Newton wins from T 64 on (that mixer: step-by-step takes 1.4x, 2.0x, 5.3x Newton's time at
+            T 64, 256, 1024: autograd through the loop against Newton's adjoint backward).
         newton_tol / newton_max_iter: convergence threshold (relative residual; None = by dtype) and iteration cap.
         newton_on_fail: ``"fallback"`` (warn, solve sequentially) or ``"raise"`` when Newton does not converge.
         conv_init: ``"identity"`` (default: the short convolution starts by passing the current input through) or
