@@ -58,7 +58,7 @@ def test_gla_fields(kwargs, error, match):
     (dict(state_size=30, num_heads=4), ValueError, r"state_size \(30\) must be divisible by num_heads \(4\)"),
     (dict(cell=3), TypeError, r"ParaRNNConfig\.cell must be a str"),
     (dict(cell="transformer"), ValueError, r"ParaRNNConfig\.cell must be one of \[.*'gru'.*\] \(register_cell adds more\)"),
-    (dict(mode="fast"), ValueError, r"ParaRNNConfig\.mode must be one of \('parallel', 'sequential'\)"),
+    (dict(mode="fast"), ValueError, r"ParaRNNConfig\.mode must be one of \('auto', 'parallel', 'sequential'\)"),
     (dict(mode=None), TypeError, r"ParaRNNConfig\.mode must be a str"),
     (dict(newton_on_fail="ignore"), ValueError, r"`newton_on_fail` must be one of \('fallback', 'raise'\)"),
     (dict(newton_max_iter=-1), ValueError, r"`newton_max_iter` must be a non-negative int"),

@@ -7,8 +7,9 @@ mixes two branches: gated linear attention (GLA, no RoPE) through the shared ker
 sliding window of ``window_size`` keys (the query itself included) with the family's RoPE, grouped-query.
 
 Decoding state in the :class:`~hf_seqmodels.cache.RecurrentCache`, per layer: ``gla_state`` ``[B, H, K, D]`` (fp32)
-and the window's key/value ring buffer ``swa_k``/``swa_v`` ``[B, Hkv, window, D]`` with ``swa_mask`` ``[B, window]``
-(False for padding and unwritten slots). Decoding with the cache equals the full forward pass.
+and the window's key/value ring buffer ``swa_k``/``swa_v`` ``[B, Hkv, n, D]`` with ``swa_mask`` ``[B, n]``
+(False for padding), ``n = min(tokens seen, window)``: it grows with the input up to the window. Decoding with the
+cache equals the full forward pass.
 """
 from __future__ import annotations
 
@@ -174,10 +175,10 @@ class LinearizedAttention(nn.Module):
         idx = self.layer_idx
         buf = [cache.get(idx, n) for n in ("swa_k", "swa_v", "swa_mask")]
         if buf[0] is None:
-            buf = ring_buffer_init(B, self.num_kv_heads, window, self.head_dim, k.dtype, k.device)
+            buf = ring_buffer_init(B, self.num_kv_heads, self.head_dim, k.dtype, k.device)
         kt, vt = k.transpose(1, 2), v.transpose(1, 2)
         if T == 1 and seen > 0:
-            kb, vb, mb = ring_buffer_write(*buf, kt, vt, valid, seen)
+            kb, vb, mb = ring_buffer_write(*buf, kt, vt, valid, seen, window)
             o = sliding_window_decode(q, kb, vb, mb, sinks=sinks)
         else:
             if seen > 0:  # continue after earlier tokens: the window carried in the buffer is a key prefix
@@ -185,7 +186,7 @@ class LinearizedAttention(nn.Module):
                 v = torch.cat([ring_buffer_ordered(buf[1], seen).transpose(1, 2), v], 1)
                 valid = torch.cat([ring_buffer_ordered(buf[2], seen, dim=1), valid], 1)
             o = sliding_window_attention(q, k, v, window, sinks=sinks, key_mask=valid)
-            kb, vb, mb = ring_buffer_write(*buf, kt, vt, valid[:, -T:], seen)
+            kb, vb, mb = ring_buffer_write(*buf, kt, vt, valid[:, -T:], seen, window)
         cache.set(idx, "swa_k", kb), cache.set(idx, "swa_v", vb), cache.set(idx, "swa_mask", mb)
         return o
 
@@ -227,7 +228,7 @@ class SoftmaxAttention(LinearizedAttention):
     (Mistral, Qwen2 with ``use_sliding_window``, Phi-3).
 
     Decoding state under ``layer_idx``: with a teacher window, the window ring buffer the linearized layers use
-    (``swa_k``/``swa_v``/``swa_mask``, fixed size); global attention keeps every key, ``kv_k``/``kv_v``
+    (``swa_k``/``swa_v``/``swa_mask``, up to the window); global attention keeps every key, ``kv_k``/``kv_v``
     ``[B, Hkv, S, D]`` and ``kv_mask`` ``[B, S]`` (False for padding), grown by each call (O(S) per layer).
     """
 

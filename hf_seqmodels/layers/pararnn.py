@@ -10,10 +10,12 @@ A cell only says how one step goes. Subclass :class:`ParallelRNNCell` and write
 * optionally ``jacobian(h_prev, u, *params)`` in closed form (default: autograd).
 
 The cell then trains in parallel (``mode="parallel"``: Newton iterations solved with parallel scans, adjoint
-backward) or step by step (``mode="sequential"``); both give the same result. :func:`check_jacobian_structure`
-verifies that a cell's Jacobian has the structure it declares (and a closed-form ``jacobian`` matches autograd);
-``register_cell`` and a cell class's first parallel forward run it once (:func:`verify_cell`). The built-in cells'
-maths live in ``hf_seqmodels.kernels.pararnn.cells``, shared with the fused solver's PyTorch path.
+backward) or step by step (``mode="sequential"``); both give the same result. ``mode="auto"`` (the mixer's and
+``ParaRNNConfig``'s default) picks the faster of the two for each call (:func:`resolve_mode`).
+:func:`check_jacobian_structure` verifies that a cell's Jacobian has the structure it declares (and a closed-form
+``jacobian`` matches autograd); ``register_cell`` and a cell class's first parallel forward run it once
+(:func:`verify_cell`). The built-in cells' maths live in ``hf_seqmodels.kernels.pararnn.cells``, shared with the
+fused solver's PyTorch path.
 
 Mixers here take keyword arguments and have a ``from_config(config, layer_idx)`` classmethod (the convention of
 every mixer in ``hf_seqmodels.layers``).
@@ -34,12 +36,37 @@ from hf_seqmodels.kernels.pararnn.newton import STRUCTURES
 
 from .checks import check_choice, check_int
 
-MODES = ("parallel", "sequential")
+MODES = ("auto", "parallel", "sequential")
 
 
 def check_mode(where: str, mode, name: str = "mode") -> None:
     """The one check of a ParaRNN solve mode (cells, mixer, ``ParaRNNConfig``)."""
     check_choice(where, name, mode, MODES)
+
+
+#: ``mode="auto"`` without gradients on the CPU: the step-by-step solve from this many state elements per step
+#: (batch x state_size, x 2 for block2 cells) up, Newton below, where the per-step overhead of the loop dominates
+#: (measured with ``benchmarks/pararnn_auto.py``, see ``ParaRNNConfig``'s docstring)
+AUTO_SEQUENTIAL_MIN_STATE = 256
+
+
+def resolve_mode(mode: str, x: torch.Tensor, tensors, state_elements: int) -> str:
+    """``"auto"``: the faster solve for this call (measured: ``ParaRNNConfig``'s docstring,
+    ``benchmarks/pararnn_auto.py``). Newton (``"parallel"``) when a gradient will flow (grad mode on and ``x`` or
+    one of ``tensors``, the parameters and initial state, requires grad: the adjoint backward beats autograd through
+    the loop) or off the CPU (the fused solver); without gradients on the CPU, the step-by-step solve when a step
+    updates at least :data:`AUTO_SEQUENTIAL_MIN_STATE` state elements (``state_elements``, over the batch), Newton
+    for smaller states. Other modes are returned as they are."""
+    if mode != "auto":
+        return mode
+    if _needs_grad(x, *tensors) or x.device.type != "cpu":
+        return "parallel"
+    return "sequential" if state_elements >= AUTO_SEQUENTIAL_MIN_STATE else "parallel"
+
+
+def _needs_grad(*tensors) -> bool:
+    """Whether a result computed from ``tensors`` now would record a graph."""
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
 
 
 def pararnn_shape(where: str, hidden_size, state_size, num_heads) -> None:
@@ -82,6 +109,9 @@ class ParallelRNNCell(nn.Module):
     # Built-in cells: a fused Triton solver for exactly their step, fused(u, *params, h0, mask, tol=, max_iter=,
     # on_fail=, return_info=True) -> (h, NewtonInfo). Used for mode="parallel" when Triton is the selected backend.
     fused_solver = None
+    # Built-in cells: their whole step-by-step solve without autograd, scan(u, *params, h0, mask) -> states. Used for
+    # a sequential solve (and a one-token step) that needs no gradient, on any backend.
+    scan = None
 
     def output(self, h: torch.Tensor) -> torch.Tensor:
         """What the layer emits from the state (``[.., D]``); block2 cells emit component 1 by default."""
@@ -106,21 +136,28 @@ class ParallelRNNCell(nn.Module):
             return torch.ones_like(J)
         return torch.eye(2, dtype=J.dtype, device=J.device).expand_as(J)
 
-    def _fused(self, u):
-        """The class's fused solver when it applies: Triton selected for ``u``'s device (CUDA, unless
-        ``HF_SEQMODELS_BACKEND=torch``) and ``step``/``jacobian``/``recurrent_params`` not overridden below it."""
-        owner = next(c for c in type(self).__mro__ if "fused_solver" in vars(c))
-        if owner.fused_solver is None or select_backend("ParaRNN fused solver", u.device) != "triton":
-            return None
+    def _builtin(self, name):
+        """The class's ``fused_solver`` or ``scan`` (``name``) when it applies: ``step``/``jacobian``/
+        ``recurrent_params`` not overridden below the class that set it."""
+        owner = next(c for c in type(self).__mro__ if name in vars(c))
         if any(getattr(type(self), n) is not getattr(owner, n) for n in ("step", "jacobian", "recurrent_params")):
             return None
-        return owner.fused_solver
+        return getattr(owner, name)
+
+    def _fused(self, u):
+        """The class's fused solver when it applies: Triton selected for ``u``'s device (CUDA, unless
+        ``HF_SEQMODELS_BACKEND=torch``) and the cell's maths not overridden (:meth:`_builtin`)."""
+        if select_backend("ParaRNN fused solver", u.device) != "triton":
+            return None
+        return self._builtin("fused_solver")
 
     def forward(self, x, h0=None, mask=None, mode="parallel", tol=None, max_iter=10, on_fail="fallback", return_info=False,
                 cu_seqlens=None):
         """x ``[B, T, input_size]`` -> (outputs ``[B, T, D]``, states ``[B, T, D(, 2)]``), optionally Newton info.
         ``cu_seqlens``: offsets of packed sequences (batch 1), each solved from its own ``h0`` row (``[N, D(, 2)]``)."""
         check_mode(type(self).__name__, mode)
+        per_row = self.state_size * (2 if self.structure == "block2" else 1)
+        mode = resolve_mode(mode, x, (h0, *self.parameters()), x.shape[0] * per_row)
         if mode == "parallel" and x.shape[1] > 1:
             verify_cell(self)  # once per class: structure and closed-form Jacobian, on a tiny fp64 copy
         u = self.input_projection(x)
@@ -131,14 +168,20 @@ class ParallelRNNCell(nn.Module):
                             return_info=True)
             out = self.output(h)
             return (out, h, info) if return_info else (out, h)
+        params = self.recurrent_params()
+        sequential = mode == "sequential" or x.shape[1] == 1
+        scan = self._builtin("scan") if sequential and cu_seqlens is None and not _needs_grad(u, h0, *params) else None
+        if scan is not None:  # the same solve as below in fewer ops per step
+            h = scan(u, *params, h0, mask)
+            out = self.output(h)
+            return (out, h, None) if return_info else (out, h)
         step, jac = self.step, self.jacobian
         if mask is not None:
             u = torch.cat([u, mask[:, :, None, None].to(u.dtype).expand(-1, -1, 1, u.shape[-1])], dim=-2)
             step = self._masked(self.step, None)
             jac = self._masked(self.jacobian, self._eye) if self.jacobian is not None else None
-        params = self.recurrent_params()
         info = None
-        if mode == "sequential" or x.shape[1] == 1:
+        if sequential:
             h = sequential_solve(step, u, params, h0, state_size=self.state_size, structure=self.structure,
                                  cu_seqlens=cu_seqlens)
         else:
@@ -214,6 +257,7 @@ class ParaGRUCell(GatedDiagonalCell):
     structure = "diagonal"
     num_gates = 3  # z, r, c
     fused_solver = fused_newton_gru
+    scan = cells.gru_scan
 
     def step(self, h, u, a):
         return cells.gru_step(h, u, a)
@@ -231,6 +275,7 @@ class ParaLSTMCell(GatedDiagonalCell):
     num_gates = 3  # f, z, o
     num_diagonals = 5  # recurrent a_f, a_z, a_o; peepholes p_f, p_o
     fused_solver = fused_newton_lstm
+    scan = cells.lstm_scan
 
     def step(self, state, u, a):
         return cells.lstm_step(state, u, a)
@@ -378,7 +423,7 @@ class ParaRNNMixer(nn.Module):
         num_heads: int = 1,
         use_short_conv: bool = True,
         conv_size: int = 4,
-        mode: str = "parallel",
+        mode: str = "auto",
         newton_tol: float | None = None,
         newton_max_iter: int = 10,
         newton_on_fail: str = "fallback",
@@ -426,9 +471,10 @@ class ParaRNNMixer(nn.Module):
         )
 
     def configure_solver(self, mode: str, newton_tol: float | None, newton_max_iter: int, newton_on_fail: str) -> None:
-        """Set how the recurrence is solved (checked here, where the values enter): ``mode`` ``"parallel"`` or
-        ``"sequential"``, Newton ``tol`` (None: by dtype), ``max_iter`` and ``on_fail``. ``ParaRNNModel`` calls this
-        from its config before every forward, so ``model.config.mode = ...`` applies."""
+        """Set how the recurrence is solved (checked here, where the values enter): ``mode`` ``"auto"``
+        (:func:`resolve_mode`), ``"parallel"`` or ``"sequential"``, Newton ``tol`` (None: by dtype), ``max_iter`` and
+        ``on_fail``. ``ParaRNNModel`` calls this from its config before every forward, so ``model.config.mode = ...``
+        applies."""
         check_mode("ParaRNNMixer", mode)
         check_newton_options("ParaRNNMixer", newton_tol, newton_max_iter, newton_on_fail, prefix="newton_")
         self.mode, self.newton_tol = mode, newton_tol

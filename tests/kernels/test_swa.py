@@ -72,30 +72,52 @@ def test_extreme_logits_and_fully_masked_rows():
     torch.testing.assert_close(out.double(), swa_loop(q, k, v, 3, key_mask=key_mask).detach(), rtol=1e-4, atol=1e-4)
 
 
-@pytest.mark.parametrize("window", [1, 3, 5])
-def test_decode_with_ring_buffer_equals_full(window):
+@pytest.mark.parametrize("window,steps", [
+    (1, [4, 1, 1, 3, 1, 1]),
+    (3, [4, 1, 1, 3, 1, 1]),
+    (5, [4, 1, 1, 3, 1, 1]),  # full after the first decoding step
+    (7, [3, 1, 1, 1, 1, 1, 1, 2]),  # the window fills during one-token decoding and is crossed by a chunk of 2
+    (8, [5, 3, 1, 1, 1]),  # a chunk ends exactly at the window
+    (20, [4, 1, 1, 3, 1, 1]),  # never full
+])
+def test_decode_with_ring_buffer_equals_full(window, steps):
     B, T, H, Hkv, D = 2, 11, 4, 2, 8
+    assert sum(steps) == T
     q, k, v, s = _inputs(B, T, H, Hkv, D, dtype=torch.float64, sinks=(2,))
     key_mask = torch.ones(B, T, dtype=torch.bool)
     key_mask[1, :4] = False
     full = sliding_window_attention(q, k, v, window, sinks=s, key_mask=key_mask)
-    kb, vb, mb = ring_buffer_init(B, Hkv, window, D, torch.float64, "cpu")
-    # prefill 4 tokens (with the buffer as prefix), then decode one by one, then a chunk of 3, then one by one
-    steps, seen, outs = [4, 1, 1, 3, 1, 1], 0, []
+    kb, vb, mb = ring_buffer_init(B, Hkv, D, torch.float64, "cpu")
+    assert kb.shape == (B, Hkv, 0, D) and mb.shape == (B, 0)
+    seen, outs = 0, []
     for n in steps:
         sl = slice(seen, seen + n)
         kn, vn, mn = k[:, sl].transpose(1, 2), v[:, sl].transpose(1, 2), key_mask[:, sl]
-        if n == 1:
-            kb, vb, mb = ring_buffer_write(kb, vb, mb, kn, vn, mn, seen)
+        if n == 1 and seen > 0:
+            kb, vb, mb = ring_buffer_write(kb, vb, mb, kn, vn, mn, seen, window)
             outs.append(sliding_window_decode(q[:, sl], kb, vb, mb, sinks=s))
         else:
             kp = torch.cat([ring_buffer_ordered(kb, seen).transpose(1, 2), k[:, sl]], 1)
             vp = torch.cat([ring_buffer_ordered(vb, seen).transpose(1, 2), v[:, sl]], 1)
             mp = torch.cat([ring_buffer_ordered(mb, seen, dim=1), mn], 1)
             outs.append(sliding_window_attention(q[:, sl], kp, vp, window, sinks=s, key_mask=mp))
-            kb, vb, mb = ring_buffer_write(kb, vb, mb, kn, vn, mn, seen)
+            kb, vb, mb = ring_buffer_write(kb, vb, mb, kn, vn, mn, seen, window)
         seen += n
+        # the buffer holds the last min(seen, window) tokens, token p in slot p % window
+        kept = range(max(seen - window, 0), seen)
+        assert kb.shape == vb.shape == (B, Hkv, len(kept), D) and mb.shape == (B, len(kept))
+        for p in kept:
+            slot = p % window
+            assert torch.equal(kb[:, :, slot], k[:, p].detach()) and torch.equal(vb[:, :, slot], v[:, p].detach())
+            assert torch.equal(mb[:, slot], key_mask[:, p])
     torch.testing.assert_close(torch.cat(outs, 1), full, rtol=1e-10, atol=1e-10)
+
+
+def test_ring_buffer_refuses_a_buffer_of_the_wrong_size():
+    kb, vb, mb = ring_buffer_init(1, 1, 4, torch.float32, "cpu")
+    new = torch.randn(1, 1, 2, 4)
+    with pytest.raises(ValueError, match=r"min\(seen, window\) = 3"):
+        ring_buffer_write(kb, vb, mb, new, new, torch.ones(1, 2, dtype=torch.bool), 3, 5)
 
 
 def test_bad_arguments():

@@ -2,6 +2,7 @@
 import importlib.util
 import json
 import os
+import time
 
 import pytest
 import torch
@@ -62,7 +63,60 @@ def test_decoding_with_cache_equals_full_forward(gla_weight):
     names = set(cache.states[0])
     assert names == ({"gla_state"} if gla_weight == 1 else {"gla_state", "swa_k", "swa_v", "swa_mask"} - ({"gla_state"} if gla_weight == 0 else set()))
     if gla_weight != 1:
-        assert cache.get(0, "swa_k").shape == (2, 2, 4, 8)  # [B, Hkv, window, head_dim]: fixed size
+        assert cache.get(0, "swa_k").shape == (2, 2, 4, 8)  # [B, Hkv, window, head_dim]: 6 tokens fill the window
+
+
+@pytest.mark.parametrize("window,pieces", [
+    (9, [5, 1, 1, 1, 1, 1, 1, 3, 1, 1, 1]),  # the window fills one token at a time, then a chunk crosses it
+    (7, [3, 4, 1, 1, 7, 1]),  # a chunk ends exactly at the window; odd chunk lengths
+    (1_000_000, [6, 1, 1, 1, 5, 1, 1, 1]),  # never full
+])
+def test_decoding_equals_full_forward_while_the_window_buffer_grows(window, pieces):
+    """Batch 2 with left padding (5 and 2 pad tokens), the window crossed during decoding."""
+    model = linearize(tiny_llama(), "liger", window_size=window, gla_weight=0.5).double()
+    T = sum(pieces)
+    ids, mask = left_padded(2, T, 96, pad=(5, 2))
+    with torch.no_grad():
+        full = model(ids, attention_mask=mask).logits
+        stepped = decode_in_pieces(model, ids, mask, pieces)
+    torch.testing.assert_close(stepped[0, 5:], full[0, 5:], rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(stepped[1, 2:], full[1, 2:], rtol=1e-10, atol=1e-10)
+    if window < T:  # the window matters here: a model with a longer window differs
+        longer = linearize(tiny_llama(), "liger", window_size=T, gla_weight=0.5).double()
+        longer.load_state_dict(model.state_dict())
+        with torch.no_grad():
+            assert (longer(ids, attention_mask=mask).logits - full)[1, window + 2:].abs().max() > 1e-6
+
+
+def test_window_cache_grows_with_the_tokens_seen_up_to_the_window():
+    window, B = 5, 2
+    model = linearize(tiny_llama(), "liger", window_size=window, gla_weight=0.5)
+    Hkv, D = 2, 8  # tiny_llama: 2 key/value heads of 48 / 6 = 8 dims
+    per_token = B * (2 * Hkv * D * 4 + 1)  # fp32 key and value, one bool of mask
+    ids, mask = left_padded(B, 12, 96, pad=(2, 0))
+    cache = RecurrentCache(2)
+    sizes, seen = [], 0
+    with torch.no_grad():
+        for n in [3, 1, 1, 1, 1, 1, 2, 1, 1]:
+            model(ids[:, seen:seen + n], attention_mask=mask[:, :seen + n], cache=cache, use_cache=True)
+            seen += n
+            window_bytes = cache.nbytes(0) - cache.get(0, "gla_state").numel() * 4
+            assert window_bytes == min(seen, window) * per_token, seen
+            sizes.append(cache.nbytes())
+    assert sizes == sorted(sizes) and sizes[-1] == sizes[-2]  # grows, then stays at the window
+
+
+def test_huge_window_on_a_short_input_allocates_little_and_is_fast():
+    model = linearize(tiny_llama(), "liger", window_size=1_000_000)
+    ids = torch.randint(3, 96, (1, 8))
+    cache = RecurrentCache(2)
+    start = time.perf_counter()
+    with torch.no_grad():
+        stepped = decode_in_pieces(model, ids, torch.ones_like(ids), [7, 1], cache=cache)
+        full = model(ids).logits
+    assert time.perf_counter() - start < 1.0  # preallocating the window took ~1.5 s (2 x 129 MB)
+    assert cache.nbytes(0) < 8 * 1024  # a window-sized buffer would be 128 MB per layer
+    torch.testing.assert_close(stepped, full, rtol=1e-5, atol=1e-5)
 
 
 def test_generate_with_cache_equals_without():

@@ -9,8 +9,15 @@ from transformers import AutoModelForCausalLM
 
 import hf_seqmodels
 from hf_seqmodels.compat import output_cache
-from hf_seqmodels.kernels.pararnn import NewtonConvergenceError
-from hf_seqmodels.layers.pararnn import CELLS, ParallelRNNCell, ParaGRUCell, ParaLSTMCell, check_jacobian_structure
+from hf_seqmodels.kernels.pararnn import NewtonConvergenceError, sequential_solve
+from hf_seqmodels.layers.pararnn import (
+    AUTO_SEQUENTIAL_MIN_STATE,
+    CELLS,
+    ParaGRUCell,
+    ParaLSTMCell,
+    ParallelRNNCell,
+    check_jacobian_structure,
+)
 
 CELL_CLASSES = [ParaGRUCell, ParaLSTMCell]
 
@@ -101,6 +108,74 @@ def test_model_parallel_equals_sequential_for_every_parameter(cell):
     torch.testing.assert_close(grads["parallel"][0], grads["sequential"][0], rtol=1e-8, atol=1e-9)
     for name, g in grads["parallel"][1].items():
         torch.testing.assert_close(g, grads["sequential"][1][name], rtol=1e-7, atol=1e-9, msg=name)
+
+
+@pytest.mark.parametrize("cell_class", CELL_CLASSES)
+@pytest.mark.parametrize("T", [1, 23])
+def test_no_grad_sequential_scan_equals_the_step_loop(cell_class, T):
+    """Without gradients a built-in cell's sequential solve runs its fused step loop (``scan``); it must equal the
+    generic loop over the cell's ``step`` (``sequential_solve`` on the masked step), with h0 and padding."""
+    cell = cell_class(5, 4).double()
+    with torch.no_grad():
+        for p in cell.parameters():
+            p.copy_(torch.randn_like(p))  # O(1) weights: every term matters
+    B = 3
+    x = torch.randn(B, T, 5, dtype=torch.float64)
+    h0 = torch.randn(B, 4, *((2,) if cell.structure == "block2" else ()), dtype=torch.float64)
+    mask = torch.ones(B, T)
+    mask[0, : T // 2] = 0  # left padding
+    mask[2, T // 2] = 0  # and a hole
+    u = cell.input_projection(x).detach()
+    m = mask[:, :, None, None].to(u.dtype).expand(-1, -1, 1, u.shape[-1])
+    ref = sequential_solve(cell._masked(cell.step, None), torch.cat([u, m], -2), cell.recurrent_params(), h0,
+                           state_size=4, structure=cell.structure)
+    with torch.no_grad():
+        out, states = cell(x, h0=h0, mask=mask, mode="sequential")
+    torch.testing.assert_close(states, ref.detach(), rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(out, cell.output(ref).detach(), rtol=1e-12, atol=1e-12)
+    assert torch.equal(states[0, T // 2 - 1], h0[0]) if T > 1 else True  # padding keeps the initial state
+    # with gradients the generic loop runs (and agrees)
+    grad_out, _ = cell(x, h0=h0, mask=mask, mode="sequential")
+    assert grad_out.requires_grad
+    torch.testing.assert_close(grad_out.detach(), out, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("cell,B", [("gru", 2), ("gru", 16), ("lstm", 2), ("lstm", 8)])
+def test_auto_mode_equals_sequential_and_newton_with_and_without_grad(cell, B):
+    """``mode="auto"`` (the default) gives the outputs and gradients of both solves, and picks (on the CPU) Newton
+    when gradients flow, and without them the step-by-step solve from AUTO_SEQUENTIAL_MIN_STATE state elements per
+    step, Newton below: its NewtonInfo is there exactly when Newton ran."""
+    torch.set_default_dtype(torch.float64)
+    try:
+        model = AutoModelForCausalLM.from_config(_tiny(cell))
+    finally:
+        torch.set_default_dtype(torch.float32)
+    assert model.config.mode == "auto" and model.model.layers[0].mixer.mode == "auto"
+    elements = B * 16 * (2 if cell == "lstm" else 1)  # state_size 16 (hidden_size)
+    ids, mask = torch.randint(0, 64, (B, 29)), torch.ones(B, 29, dtype=torch.long)
+    mask[0, :4] = 0  # left padding
+    for grad in (False, True):
+        got = {}
+        for mode in ("auto", "sequential", "parallel"):
+            model.config.mode = mode
+            model.zero_grad()
+            with torch.set_grad_enabled(grad):
+                out = model(ids, attention_mask=mask, labels=ids)
+            if grad:
+                out.loss.backward()
+            infos = [layer.mixer.newton_info for layer in model.model.layers]
+            got[mode] = (out.logits.detach(), {n: p.grad for n, p in model.named_parameters()}, infos)
+        newton = grad or elements < AUTO_SEQUENTIAL_MIN_STATE
+        assert all((info is not None) == newton for info in got["auto"][2]), (grad, elements, got["auto"][2])
+        assert all(info is not None for info in got["parallel"][2])
+        assert all(info is None for info in got["sequential"][2])
+        for other in ("sequential", "parallel"):
+            torch.testing.assert_close(got["auto"][0][:, 4:], got[other][0][:, 4:], rtol=1e-8, atol=1e-9)
+            for name, g in got["auto"][1].items():
+                if grad:
+                    torch.testing.assert_close(g, got[other][1][name], rtol=1e-7, atol=1e-9, msg=name)
+                else:
+                    assert g is None and got[other][1][name] is None
 
 
 @pytest.mark.parametrize("cell_class", CELL_CLASSES)
