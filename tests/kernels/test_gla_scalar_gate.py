@@ -170,3 +170,36 @@ def test_bad_scalar_gates_raise_named_value_error(op, g, pattern):
     q, k, v = torch.randn(1, 8, 2, 4), torch.randn(1, 8, 2, 4), torch.randn(1, 8, 2, 4)
     with pytest.raises(ValueError, match=pattern):
         OPS[op](q, k, v, g)
+
+
+@pytest.mark.interpreter
+@pytest.mark.parametrize("op", OPS)
+@pytest.mark.parametrize("T,lengths", [(37, None), (1, None), (40, [9, 0, 31])])
+def test_triton_route_broadcasts_the_gate_interpreter(op, T, lengths):
+    """On the Triton backend a per-head gate runs the per-key kernels with the gate broadcast over K (no scalar-gate
+    kernel yet): the result and the gradients (d g summed back over K) are the loop's."""
+    H, K, V, scale = 2, 16, 16, 0.5
+    q, k, v, g, h0 = _inputs(1, T, H, K, V, torch.float32)
+    cu = None
+    if lengths is not None:
+        cu = torch.tensor([0] + lengths).cumsum(0)
+        h0 = torch.randn(len(lengths), H, K, V)
+    do = torch.randn(*v.shape, dtype=torch.float64)
+    dh = torch.randn(*h0.shape, dtype=torch.float64)
+
+    def ref(q, k, v, g, h0):
+        if cu is None:
+            return scalar_gla_loop(q, k, v, g, scale, h0)
+        parts = [scalar_gla_loop(q[:, s:e], k[:, s:e], v[:, s:e], g[:, s:e], scale, h0[i : i + 1])
+                 for i, (s, e) in enumerate(zip(cu[:-1].tolist(), cu[1:].tolist()))]
+        return torch.cat([p[0] for p in parts], 1), torch.cat([p[1] for p in parts])
+
+    o, h, grads = _grads(lambda *x: OPS[op](*x[:4], scale=scale, initial_state=x[4], output_final_state=True,
+                                            backend="triton", cu_seqlens=cu), (q, k, v, g, h0), do, dh)
+    ro, rh, rgrads = _grads(ref, (q, k, v, g, h0), do, dh)
+    torch.testing.assert_close(o.double(), ro, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(h.double(), rh, rtol=1e-4, atol=1e-4)
+    for name, a, b in zip("q k v g h0".split(), grads, rgrads):
+        assert a.shape == b.shape, name
+        torch.testing.assert_close(a.double(), b.double(), rtol=1e-3, atol=1e-3,
+                                   msg=lambda m, name=name: f"gradient of {name}: {m}")
