@@ -47,6 +47,7 @@ def _check_against_loop(fn, inputs, scale, tol, gtol=None):
     o, h, grads = _grads(fn, inputs, do, dh)
     ro, rh, rgrads = _grads(lambda *x: scalar_gla_loop(*x[:4], scale, x[4]), inputs, do, dh)
     assert o.dtype == q.dtype and o.shape == v.shape and h.shape == h0.shape
+    assert h.dtype == (torch.float64 if q.dtype == torch.float64 else torch.float32)
     torch.testing.assert_close(o.double(), ro, rtol=tol, atol=tol)
     torch.testing.assert_close(h.double(), rh, rtol=tol, atol=tol)
     for name, a, b in zip("q k v g h0".split(), grads, rgrads):
@@ -66,11 +67,15 @@ def test_matches_loop_fp64_values_and_gradients(op, gate, B, T, H, K, V):
                         _inputs(B, T, H, K, V, gate=gate), scale, 1e-10, 1e-9)
 
 
+@pytest.mark.parametrize("dtype,tol", [(torch.float32, 2e-4), (torch.bfloat16, 5e-2), (torch.float16, 1e-2)])
 @pytest.mark.parametrize("gate", ["normal", "fast"])
-def test_float32_matches_loop(gate):
+def test_lower_precision_matches_loop(dtype, tol, gate):
+    """fp32 arithmetic inside (the state is fp32); bf16/fp16 inputs and outputs, so their rounding sets the bound."""
     B, T, H, K, V = 2, 150, 2, 16, 8
+    inputs = _inputs(B, T, H, K, V, dtype, gate)
+    inputs[4] = inputs[4].float()  # the state is fp32 whatever the input dtype
     _check_against_loop(lambda *x: chunk_gla(*x[:4], initial_state=x[4], output_final_state=True),
-                        _inputs(B, T, H, K, V, torch.float32, gate), K ** -0.5, 2e-4, 1e-3)
+                        inputs, K ** -0.5, tol, 5 * tol)
 
 
 def test_equals_per_key_path_with_the_gate_broadcast_over_k():
