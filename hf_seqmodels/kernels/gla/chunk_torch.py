@@ -364,7 +364,7 @@ def _chunk_gla_streamed(q, k, v, g, scale, initial_state, output_final_state, ch
         for s in range(0, T, block):
             e = min(s + block, T)
             ob, state = _function(g).apply(q[:, s:e], k[:, s:e], v[:, s:e], g[:, s:e], scale, state, True,
-                                               _BatchLayout(B, e - s, chunk))
+                                           _BatchLayout(B, e - s, chunk))
             o[:, s:e] = ob
     return o, (state if output_final_state else None)
 
