@@ -4,12 +4,15 @@ broadcast over the key dimension.
 
     python -m benchmarks.mamba2_cpu [--threads 1] [--quick] [--out benchmarks/results/mamba2_cpu.json]
 
-Section 1 times both mixers at hidden 256, head_dim 64 (8 heads), d_state 64/128, B 1-2, T 256/1024/4096.
+Section 1 times both mixers at hidden 256, head_dim 64 (8 heads), d_state 64/128, B 1-2, T 256/1024/4096; the
+mixer runs chunk_gla's scalar-gate path (``g`` ``[B, T, H]``), and "ours_perkey" is the same mixer with its gate
+broadcast over the key dimension (the per-key path, what the mixer did before the scalar path existed).
 
 Section 2 asks "does chunk_gla waste work on a gate that is one number per head?" on the SSM core alone (the
-mixer's q, k, v, g shapes): chunk_gla with the broadcast gate, chunk_gla with g = 0 (same code path: its work does
-not depend on the gate's values, a sanity line), a matmul floor (the bmm's every chunked linear-attention form
-does: intra-chunk Q K^T and (.)V, chunk states K^T V and Q S, autograd for the backward; no gate at all) and
+mixer's q, k, v, g shapes): chunk_gla with the per-head gate ("chunk_gla_scalar"), chunk_gla with the broadcast
+gate, chunk_gla with g = 0 (same code path: its work does not depend on the gate's values, a sanity line), a
+matmul floor (the bmm's every chunked linear-attention form does: intra-chunk Q K^T and (.)V, chunk states K^T V
+and Q S, autograd for the backward; no gate at all) and
 transformers' scalar-gate SSD chunk scan (``mamba2_chunk_scan``, chunk 256 and 64) on the same inputs. The gap
 between chunk_gla and the floor bounds from above the time attributable to treating the gate as per-key (the
 per-key exps and scalings and the 8-token sub-block factoring they force); the gap to the faster of transformers'
@@ -79,6 +82,25 @@ def build_pair(hidden, d_state, head_dim):
     return ours, theirs, theirs_fwd
 
 
+class _PerKeyGate:
+    """Inside the block, Mamba2Mixer's chunk_gla/fused_recurrent_gla get the per-head gate broadcast over K."""
+
+    def __enter__(self):
+        import hf_seqmodels.layers.mamba2 as m
+
+        self.m, self.saved = m, (m.chunk_gla, m.fused_recurrent_gla)
+
+        def wrap(op):
+            def per_key(q, k, v, g, **kw):
+                return op(q, k, v, g.unsqueeze(-1).expand(q.shape).contiguous(), **kw)
+            return per_key
+
+        m.chunk_gla, m.fused_recurrent_gla = (wrap(op) for op in self.saved)
+
+    def __exit__(self, *exc):
+        self.m.chunk_gla, self.m.fused_recurrent_gla = self.saved
+
+
 def fwd_bwd(fn, u):
     def run():
         x = u.detach().requires_grad_(True)
@@ -103,13 +125,18 @@ def section_mixers(args):
             row["hf_fwd_ms"] = timeit(lambda: theirs_fwd(u))
         row["ours_fwdbwd_ms"] = timeit(fwd_bwd(ours, u))
         row["hf_fwdbwd_ms"] = timeit(fwd_bwd(theirs_fwd, u))
+        with _PerKeyGate():
+            with torch.no_grad():
+                row["ours_perkey_fwd_ms"] = timeit(lambda: ours(u))
+            row["ours_perkey_fwdbwd_ms"] = timeit(fwd_bwd(ours, u))
         row["fwd_speedup"] = row["hf_fwd_ms"] / row["ours_fwd_ms"]
         row["fwdbwd_speedup"] = row["hf_fwdbwd_ms"] / row["ours_fwdbwd_ms"]
         rows.append(row)
         print(f"  d_state={d_state} B={B} T={T}: ours {row['ours_fwd_ms']:.1f}/{row['ours_fwdbwd_ms']:.1f} ms, "
+              f"ours per-key gate {row['ours_perkey_fwd_ms']:.1f}/{row['ours_perkey_fwdbwd_ms']:.1f} ms, "
               f"transformers {row['hf_fwd_ms']:.1f}/{row['hf_fwdbwd_ms']:.1f} ms (fwd/fwd+bwd)", flush=True)
-    cols = ["d_state", "B", "T", "ours_fwd_ms", "hf_fwd_ms", "fwd_speedup", "ours_fwdbwd_ms", "hf_fwdbwd_ms",
-            "fwdbwd_speedup", "max_abs_diff"]
+    cols = ["d_state", "B", "T", "ours_fwd_ms", "ours_perkey_fwd_ms", "hf_fwd_ms", "fwd_speedup", "ours_fwdbwd_ms",
+            "ours_perkey_fwdbwd_ms", "hf_fwdbwd_ms", "fwdbwd_speedup", "max_abs_diff"]
     print_table("Mamba2Mixer: ours vs transformers torch path (ms; speedup = transformers / ours)", rows, cols)
     return rows
 
@@ -133,8 +160,9 @@ def ssm_inputs(B, T, H, N, P, requires_grad):
     dt = torch.nn.functional.softplus(torch.randn(B, T, H) - 1)
     A = -torch.exp(torch.empty(H).uniform_(math.log(0.02), 0.0))
     v = x * dt[..., None]
-    g = (dt * A)[..., None].expand(B, T, H, N).contiguous()
-    t = [q, k, v, g, x, dt]
+    gs = dt * A  # [B, T, H]: one gate per head
+    g = gs[..., None].expand(B, T, H, N).contiguous()
+    t = [q, k, v, g, gs, x, dt]
     if requires_grad:
         t = [z.requires_grad_(True) for z in t]
     return t, A
@@ -153,9 +181,10 @@ def section_gate(args):
     for B, T, N in shapes:
         for mode in ("fwd", "fwd+bwd"):
             grad = mode == "fwd+bwd"
-            (q, k, v, g, x, dt), A = ssm_inputs(B, T, H, N, P, grad)
+            (q, k, v, g, gs, x, dt), A = ssm_inputs(B, T, H, N, P, grad)
             g0 = torch.zeros_like(g, requires_grad=grad)
             methods = {
+                "chunk_gla_scalar": lambda: chunk_gla(q, k, v, gs, scale=1.0)[0],
                 "chunk_gla": lambda: chunk_gla(q, k, v, g, scale=1.0)[0],
                 "chunk_gla_g0": lambda: chunk_gla(q, k, v, g0, scale=1.0)[0],  # sanity: same work as chunk_gla
                 "matmul_floor": lambda: matmul_floor(q, k, v),
@@ -176,8 +205,8 @@ def section_gate(args):
             rows.append(row)
             timings = ", ".join(f"{m} {row[m]:.1f}" for m in methods if m in row)
             print(f"  B={B} T={T} N={N} {mode}: {timings}", flush=True)
-    cols = ["B", "T", "d_state", "mode", "chunk_gla", "chunk_gla_g0", "matmul_floor", "hf_ssd_c256", "hf_ssd_c64",
-            "gate_share_lower", "gate_share_upper"]
+    cols = ["B", "T", "d_state", "mode", "chunk_gla_scalar", "chunk_gla", "chunk_gla_g0", "matmul_floor",
+            "hf_ssd_c256", "hf_ssd_c64", "gate_share_lower", "gate_share_upper"]
     print_table("SSM core, H=8 head_dim=64 (ms); share of chunk_gla's time attributable to the per-key gate: "
                 "lower = 1 - best scalar-gate SSD / chunk_gla, upper = 1 - matmul floor / chunk_gla", rows, cols)
 
@@ -188,7 +217,7 @@ def section_gate(args):
     profiles = {}
     for mode in ("fwd", "fwd+bwd"):
         grad = mode == "fwd+bwd"
-        (q, k, v, g, x, dt), A = ssm_inputs(B, T, H, N, P, grad)
+        (q, k, v, g, gs, x, dt), A = ssm_inputs(B, T, H, N, P, grad)
 
         def run():
             if grad:

@@ -12,9 +12,10 @@ Per token, with ``d_inner = expand * hidden_size``, ``H = d_inner / head_dim`` h
     out            = out_proj(norm.weight * group_rmsnorm(y * silu(z)))             # norm per group of d_inner/G
 
 (``grp(h) = h // (H / G)``: heads are split into G consecutive blocks sharing B and C.) This is gated linear
-attention with one gate value per head shared by all key dimensions, so the shared kernels compute it::
+attention with one gate value per head shared by all key dimensions, so the shared kernels' scalar-gate path
+(``g`` ``[B, T, H]``) computes it::
 
-    q = C, k = B (expanded from groups to heads), v = dt * x, g = dt * A broadcast over N, scale = 1
+    q = C, k = B (expanded from groups to heads), v = dt * x, g = dt * A (one per head), scale = 1
 
 ``chunk_gla`` runs training and prefill (also a chunk of tokens after a cached state), ``fused_recurrent_gla`` a
 single decoding step. The SSM runs in fp32 (fp64 when the input is fp64), as transformers does.
@@ -236,7 +237,6 @@ class Mamba2Mixer(nn.Module):
         rep = H // G
         k = Bm.reshape(Bsz, T, G, N).repeat_interleave(rep, dim=2)
         q = Cm.reshape(Bsz, T, G, N).repeat_interleave(rep, dim=2)
-        g = g[..., None].expand(Bsz, T, H, N).contiguous()
 
         state = cache.get(idx, "ssm_state") if cache is not None else None
         op = fused_recurrent_gla if (state is not None and T == 1) else chunk_gla

@@ -8,6 +8,11 @@ reference so every exponent is <= 0; the diagonal sub-blocks are computed offset
 over the whole sequence), again with exponents <= 0. Chunks are linked through an fp32 state ``[K, V]``.
 Backward recomputes the chunk states instead of storing them. Packed sequences (``cu_seqlens``) use the same
 function over a chunk-aligned layout in which the state restarts at each sequence's first chunk.
+
+Scalar gate (fla's ``chunk_simple_gla``; Mamba-2): ``g`` ``[B, T, H]``, one decay per head shared by all key
+dimensions, ``S_t = alpha_t S_{t-1} + k_t^T v_t``. The in-chunk decays are then one ``[C, C]`` matrix
+``exp(G_i - G_j)`` (j <= i, exponent <= 0, exact for any decay rate): scores are ``(q k^T) * decay``, plain matmuls
+with no sub-blocks.
 """
 from __future__ import annotations
 
@@ -167,6 +172,38 @@ def _chunk_states(kdec, v, decay, h0, lay):
     return states, finals
 
 
+def _chunk_dstates(W, decay, dht, lay):
+    """The backward of :func:`_chunk_states`: the gradient w.r.t. the state leaving each chunk [B, H, N, K, V], run
+    backwards through each sequence's chunks (``W`` = the direct contribution of each chunk), and d h0."""
+    _, H, N, K, V = W.shape
+    # an empty sequence passes its initial state straight through: d h0 = d final for it
+    dh0 = dht.clone() if dht is not None else torch.zeros(lay.num_seqs, H, K, V, dtype=W.dtype, device=W.device)
+    dstates = torch.empty_like(W)
+    dS = None
+    for n in range(N - 1, -1, -1):
+        if n in lay.last:
+            dS = dht[lay.last[n]].clone() if dht is not None else torch.zeros_like(W[:, :, 0])
+        dstates[:, :, n] = dS
+        dS = decay[:, :, n, :, None] * dS + W[:, :, n]
+        if n in lay.first:
+            dh0[lay.first[n]] = dS
+    return dstates, dh0
+
+
+def _gate_grad(local, const, lay):
+    """d g from ``local`` [B, H, N, C, ...] (the in-chunk reversed cumsum of ``q dq - k dk``): add what the later
+    chunks of the same sequence contribute, plus the per-sequence constant ``const`` [num_seqs, H, ...] (from the
+    final state's gradient). Returns [B, H, N, C, ...]."""
+    carry = torch.empty_like(local[:, :, :, 0])  # [B, H, N, ...]: what the later chunks of the sequence add
+    acc = None
+    for n in range(local.shape[2] - 1, -1, -1):
+        if n in lay.last:
+            acc = const[lay.last[n]] if const is not None else torch.zeros_like(local[:, :, 0, 0])
+        carry[:, :, n] = acc
+        acc = acc + local[:, :, n, 0]
+    return local + carry.unsqueeze(3)
+
+
 def _prepare(q, k, v, g, scale, lay):
     from .._dispatch import compute_dtype
 
@@ -208,21 +245,10 @@ class ChunkGLAFunction(torch.autograd.Function):
         qexp = qc * torch.exp(G)
         # gradient of the loss w.r.t. the state leaving each chunk, run backwards through each sequence's chunks
         W = qexp.transpose(-1, -2) @ doc  # [B, H, N, K, V]
-        _, H, N, K, V = W.shape
         dht = None if dht is None else dht.to(dt)
-        # an empty sequence passes its initial state straight through: d h0 = d final for it
-        dh0 = dht.clone() if dht is not None else torch.zeros(lay.num_seqs, H, K, V, dtype=dt, device=q.device)
         # per-sequence constant of d g: (d final * final) summed over V, reaching every token of the sequence
         const = (dht * finals.to(dt)).sum(-1) if dht is not None else None  # [num_seqs, H, K]
-        dstates = torch.empty_like(W)
-        dS = None
-        for n in range(N - 1, -1, -1):
-            if n in lay.last:
-                dS = dht[lay.last[n]].clone() if dht is not None else torch.zeros_like(W[:, :, 0])
-            dstates[:, :, n] = dS
-            dS = decay[:, :, n, :, None] * dS + W[:, :, n]
-            if n in lay.first:
-                dh0[lay.first[n]] = dS
+        dstates, dh0 = _chunk_dstates(W, decay, dht, lay)
 
         causal = torch.ones(lay.chunk, lay.chunk, dtype=torch.bool, device=q.device).tril()
         dA = (doc @ vc.transpose(-1, -2)) * causal
@@ -234,18 +260,80 @@ class ChunkGLAFunction(torch.autograd.Function):
         # d g_t = sum over the later tokens s >= t of the same sequence of (q dq - k dk)_s (+ the constant):
         # within each chunk a reversed cumsum, across the chunks of a sequence a carried suffix sum
         local = (qc * dq - kc * dk).flip(-2).cumsum(-2).flip(-2)  # [B, H, N, C, K]
-        carry = torch.empty_like(local[..., 0, :])  # [B, H, N, K]: what the later chunks of the sequence add
-        acc = None
-        for n in range(N - 1, -1, -1):
-            if n in lay.last:
-                acc = const[lay.last[n]] if const is not None else torch.zeros_like(local[:, :, 0, 0])
-            carry[:, :, n] = acc
-            acc = acc + local[:, :, n, 0]
-        dg = lay.from_chunks(local + carry.unsqueeze(-2))
+        dg = lay.from_chunks(_gate_grad(local, const, lay))
         dq = lay.from_chunks(dq) * scale
         dk, dv = lay.from_chunks(dk), lay.from_chunks(dv)
         dh0 = dh0.to(h0.dtype) if h0 is not None else None
         return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype), dg.to(g.dtype), None, dh0, None, None
+
+
+def _prepare_scalar(q, k, v, g, scale, lay):
+    """As :func:`_prepare` for a scalar gate ``g`` [B, T, H]: G, Glast are [B, H, N, C] and [B, H, N]; also the
+    in-chunk decay matrix ``exp(G_i - G_j)`` for j <= i, 0 above the diagonal [B, H, N, C, C]."""
+    from .._dispatch import compute_dtype
+
+    dt = compute_dtype(q, k, v, g)
+    qc = lay.to_chunks(q, dt) * scale
+    kc, vc = lay.to_chunks(k, dt), lay.to_chunks(v, dt)
+    G = lay.to_chunks(g.unsqueeze(-1), dt).squeeze(-1).cumsum(-1)
+    Glast = G[..., -1]
+    kdec = kc * torch.exp(Glast.unsqueeze(-1) - G).unsqueeze(-1)
+    causal = torch.ones(lay.chunk, lay.chunk, dtype=torch.bool, device=q.device).tril()
+    decay = torch.exp((G.unsqueeze(-1) - G.unsqueeze(-2)).masked_fill(~causal, float("-inf")))
+    return qc, kc, vc, G, Glast, kdec, decay
+
+
+class ChunkScalarGLAFunction(torch.autograd.Function):
+    """Chunked GLA with one gate per head (``g`` [B, T, H]) over a layout, explicit backward that recomputes the
+    chunk states."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, g, scale, initial_state, output_final_state, lay):
+        qc, kc, vc, G, Glast, kdec, decay = _prepare_scalar(q, k, v, g, scale, lay)
+        A = (qc @ kc.transpose(-1, -2)) * decay
+        states, finals = _chunk_states(kdec, vc, torch.exp(Glast).unsqueeze(-1), initial_state, lay)
+        o = A @ vc + (qc * torch.exp(G).unsqueeze(-1)) @ states
+        ctx.save_for_backward(q, k, v, g, initial_state)
+        ctx.scale, ctx.lay = scale, lay
+        finals = finals.float() if finals.dtype != torch.float64 else finals
+        if not output_final_state:
+            ctx.mark_non_differentiable(finals)
+        return lay.from_chunks(o).to(q.dtype), finals
+
+    @staticmethod
+    def backward(ctx, do, dht):
+        q, k, v, g, h0 = ctx.saved_tensors
+        scale, lay = ctx.scale, ctx.lay
+        qc, kc, vc, G, Glast, kdec, decay = _prepare_scalar(q, k, v, g, scale, lay)
+        dt = qc.dtype
+        doc = lay.to_chunks(do, dt)
+        chunk_decay = torch.exp(Glast).unsqueeze(-1)  # [B, H, N, 1]: broadcasts over K
+        states, finals = _chunk_states(kdec, vc, chunk_decay, h0, lay)
+        eG = torch.exp(G).unsqueeze(-1)
+        W = (qc * eG).transpose(-1, -2) @ doc  # [B, H, N, K, V]
+        dht = None if dht is None else dht.to(dt)
+        const = (dht * finals.to(dt)).sum((-2, -1)) if dht is not None else None  # [num_seqs, H]
+        dstates, dh0 = _chunk_dstates(W, chunk_decay, dht, lay)
+
+        A = (qc @ kc.transpose(-1, -2)) * decay
+        dP = (doc @ vc.transpose(-1, -2)) * decay  # gradient w.r.t. q k^T
+        dq = dP @ kc + eG * (doc @ states.transpose(-1, -2))
+        kexp = torch.exp(Glast.unsqueeze(-1) - G).unsqueeze(-1)
+        dk = dP.transpose(-1, -2) @ qc + kexp * (vc @ dstates.transpose(-1, -2))
+        dv = A.transpose(-1, -2) @ doc + kdec @ dstates
+
+        # the per-key identity summed over K: d g_t = sum over the later tokens s >= t of (q . dq - k . dk)_s
+        local = (qc * dq - kc * dk).sum(-1).flip(-1).cumsum(-1).flip(-1)  # [B, H, N, C]
+        dg = lay.from_chunks(_gate_grad(local, const, lay).unsqueeze(-1)).squeeze(-1)
+        dq = lay.from_chunks(dq) * scale
+        dk, dv = lay.from_chunks(dk), lay.from_chunks(dv)
+        dh0 = dh0.to(h0.dtype) if h0 is not None else None
+        return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype), dg.to(g.dtype), None, dh0, None, None
+
+
+def _function(g):
+    """The autograd Function for the gate's layout: per key ``[B, T, H, K]`` or per head ``[B, T, H]``."""
+    return ChunkScalarGLAFunction if g.dim() == 3 else ChunkGLAFunction
 
 
 # Forward without gradients (prefill, evaluation) streams blocks of chunks carrying the state, so the temporaries
@@ -263,7 +351,7 @@ def chunk_gla_torch(q, k, v, g, scale, initial_state=None, output_final_state=Fa
     block = max(1, budget // max(1, B * H * chunk * max(K, v.shape[-1]))) * chunk  # tokens per streamed block
     if T > block and not _needs_graph(q, k, v, g, initial_state):
         return _chunk_gla_streamed(q, k, v, g, scale, initial_state, output_final_state, chunk, block)
-    o, final = ChunkGLAFunction.apply(q, k, v, g, scale, initial_state, output_final_state, _BatchLayout(B, T, chunk))
+    o, final = _function(g).apply(q, k, v, g, scale, initial_state, output_final_state, _BatchLayout(B, T, chunk))
     return o, (final if output_final_state else None)
 
 
@@ -275,14 +363,15 @@ def _chunk_gla_streamed(q, k, v, g, scale, initial_state, output_final_state, ch
     with torch.no_grad():
         for s in range(0, T, block):
             e = min(s + block, T)
-            ob, state = ChunkGLAFunction.apply(q[:, s:e], k[:, s:e], v[:, s:e], g[:, s:e], scale, state, True,
-                                               _BatchLayout(B, e - s, chunk))
+            ob, state = _function(g).apply(q[:, s:e], k[:, s:e], v[:, s:e], g[:, s:e], scale, state, True,
+                                           _BatchLayout(B, e - s, chunk))
             o[:, s:e] = ob
     return o, (state if output_final_state else None)
 
 
 def recurrent_gla_step_torch(q, k, v, g, scale, initial_state=None, output_final_state=False):
-    """One token (T == 1), the decode step: plain tensor ops, differentiable by autograd."""
+    """One token (T == 1), the decode step: plain tensor ops, differentiable by autograd. ``g`` [B, 1, H, K] or, one
+    gate per head, [B, 1, H]."""
     from .._dispatch import compute_dtype
 
     dt = compute_dtype(q, k, v, g)
@@ -290,7 +379,8 @@ def recurrent_gla_step_torch(q, k, v, g, scale, initial_state=None, output_final
     V = v.shape[-1]
     S = torch.zeros(B, H, K, V, dtype=dt, device=q.device) if initial_state is None else initial_state.to(dt)
     q0, k0, v0, g0 = (x[:, 0].to(dt) for x in (q, k, v, g))
-    S = torch.exp(g0).unsqueeze(-1) * S + k0.unsqueeze(-1) * v0.unsqueeze(-2)
+    alpha = torch.exp(g0).unsqueeze(-1) if g0.dim() == 3 else torch.exp(g0)[..., None, None]
+    S = alpha * S + k0.unsqueeze(-1) * v0.unsqueeze(-2)
     o = ((q0 * scale).unsqueeze(-2) @ S).squeeze(-2).unsqueeze(1).to(q.dtype)
     final = S if dt == torch.float64 else S.float()
     return o, (final if output_final_state else None)
@@ -313,5 +403,5 @@ def chunk_gla_packed_torch(q, k, v, g, scale, initial_state, output_final_state,
             finals.append(f)
         return o, (torch.cat(finals) if output_final_state else None)
     lay = _PackedLayout(packed, chunk, q.device)
-    o, finals = ChunkGLAFunction.apply(q, k, v, g, scale, initial_state, output_final_state, lay)
+    o, finals = _function(g).apply(q, k, v, g, scale, initial_state, output_final_state, lay)
     return o, (finals if output_final_state else None)

@@ -1,8 +1,9 @@
 """Public gated-linear-attention ops: argument checks, then the Triton or PyTorch implementation.
 
 Signatures follow fla: q, k, g ``[B, T, H, K]``, v ``[B, T, H, V]``, g the log-space forget gate (<= 0) per key
-dimension, state ``[B, H, K, V]`` in fp32, ``scale`` defaulting to ``K ** -0.5``. Both return ``(o, final_state)``
-with ``final_state`` None unless ``output_final_state``.
+dimension, or ``[B, T, H]``, one gate per head shared by all key dimensions (fla's ``chunk_simple_gla``; Mamba-2),
+chosen by the gate's shape; state ``[B, H, K, V]`` in fp32, ``scale`` defaulting to ``K ** -0.5``. Both return
+``(o, final_state)`` with ``final_state`` None unless ``output_final_state``.
 
 An empty sequence (T = 0) is no error: ``o`` is ``[B, 0, H, V]`` and the final state is ``initial_state`` unchanged
 (a copy in the state dtype; zeros when None), so a stream may be split anywhere, even into an empty piece. It is
@@ -30,14 +31,20 @@ _HALF = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 def _check_gla_args(op, q, k, v, g, scale, initial_state, backend, cu_seqlens=None):
     for name, x in (("q", q), ("k", k), ("v", v), ("g", g)):
-        check_tensor(op, name, x, ndim=4)
+        check_tensor(op, name, x, ndim=None if name == "g" else 4)
+        if name == "g" and g.dim() not in (3, 4):
+            raise ValueError(f"{op}: `g` must have 4 dimensions [B, T, H, K] (a gate per key) or 3 [B, T, H] (a gate "
+                             f"per head), got shape {tuple(g.shape)}")
         if x.dtype not in _HALF:
             raise ValueError(f"{op}: `{name}` must be float16, bfloat16, float32 or float64, got {x.dtype}")
     B, T, H, K = q.shape
     if k.shape != q.shape:
         raise ValueError(f"{op}: `k` must have the shape of `q` [B, T, H, K] = {tuple(q.shape)}, got {tuple(k.shape)}")
-    if g.shape != q.shape:
-        raise ValueError(f"{op}: `g` must have the shape of `q` [B, T, H, K] = {tuple(q.shape)}, got {tuple(g.shape)}")
+    if g.shape != q.shape and g.shape != q.shape[:3]:
+        raise ValueError(
+            f"{op}: `g` must be [B, T, H, K] = {tuple(q.shape)} (a gate per key) or [B, T, H] = {tuple(q.shape[:3])} "
+            f"(a gate per head), as `q`; got {tuple(g.shape)}"
+        )
     if v.shape[:3] != q.shape[:3]:
         raise ValueError(f"{op}: `v` must be [B, T, H, V] with B, T, H = {(B, T, H)} as in `q`, got {tuple(v.shape)}")
     if not (q.dtype == k.dtype == v.dtype):
@@ -84,6 +91,12 @@ def _packed_gla(fn, packed, q, k, v, g, scale, initial_state, output_final_state
     return packed.from_padded(o), final
 
 
+def _triton_gate(g, K):
+    """The Triton kernels take a gate per key: a per-head gate [B, T, H] is broadcast over K (same result; the
+    kernels have no scalar-gate path yet, so no speed-up on the GPU). Autograd sums its gradient back over K."""
+    return g.unsqueeze(-1).expand(*g.shape, K).contiguous() if g.dim() == 3 else g
+
+
 def chunk_gla(q, k, v, g, scale=None, initial_state=None, output_final_state=False, backend=None, cu_seqlens=None):
     """Chunkwise-parallel gated linear attention (training and prefill). Returns ``(o, final_state)``.
 
@@ -101,7 +114,7 @@ def chunk_gla(q, k, v, g, scale=None, initial_state=None, output_final_state=Fal
     if chosen == "triton":
         from .chunk_triton import chunk_gla_triton
 
-        fn = chunk_gla_triton
+        fn, g = chunk_gla_triton, _triton_gate(g, q.shape[-1])
     else:
         fn = chunk_gla_torch
     if packed is not None:
@@ -115,6 +128,8 @@ def fused_recurrent_gla(q, k, v, g, scale=None, initial_state=None, output_final
                         cu_seqlens=None):
     """Token-by-token gated linear attention (decoding). Same signature and result as :func:`chunk_gla`."""
     chosen, scale, packed = _check_gla_args("fused_recurrent_gla", q, k, v, g, scale, initial_state, backend, cu_seqlens)
+    if chosen == "triton":
+        g = _triton_gate(g, q.shape[-1])
     if packed is not None:
         if chosen == "torch":  # the torch path computes the recurrence in chunked form
             return chunk_gla_packed_torch(q, k, v, g, scale, initial_state, output_final_state, packed)
