@@ -134,7 +134,7 @@ def speed(args, llama) -> list[dict]:
         pos = torch.tensor([[ctx]])
         llama_bytes = _dynamic_cache_bytes(cache)
 
-        def llama_step():  # the cache grows by one token per step: a few tokens over `ctx` at most
+        def llama_step(cache=cache):  # the cache grows by one token per step: a few tokens over `ctx` at most
             llama(input_ids=token, position_ids=pos, use_cache=True, **{CACHE_KWARG: cache})
 
         t_llama = _time_decode(llama_step, args.repeats)
@@ -150,7 +150,7 @@ def speed(args, llama) -> list[dict]:
             rcache.seen_tokens = ctx
             nbytes = rcache.nbytes()
 
-            def step():  # softmax layers grow by a few keys over the timing; the recurrent state keeps its size
+            def step(model=model, rcache=rcache):  # softmax layers grow by a few keys; the recurrent state keeps its size
                 model(input_ids=token, use_cache=True, **{CACHE_KWARG: rcache})
                 rcache.seen_tokens = ctx
 

@@ -7,7 +7,6 @@ Sections live in ``SECTIONS`` (``--section``). A section turns the parsed argume
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import math
 import statistics

@@ -11,7 +11,7 @@ import torch
 
 from hf_seqmodels.kernels.attention import check_window
 from hf_seqmodels.layers.checks import check_int
-from hf_seqmodels.layers.families import FAMILIES, get_family
+from hf_seqmodels.layers.families import FAMILIES
 from hf_seqmodels.models.liger import LigerConfig, LigerForCausalLM
 from hf_seqmodels.models.linearized import LLAMA_FIELDS, check_softmax_layers, every_kth_layer
 from hf_seqmodels.models.lizard import LizardConfig, LizardForCausalLM

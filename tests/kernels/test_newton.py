@@ -126,7 +126,6 @@ def test_toy_jacobians_match_autograd(cell):
     spec = CELLS[cell]
     x, *params, _ = make_problem(cell, 2, 5, 4)
     hp = torch.randn(2, 5, 4, *spec["tail"], dtype=torch.float64, requires_grad=True)
-    out = spec["step"](hp, x, *params)
     J = spec["jac"](hp.detach(), x, *params)
     for b, t, d in [(0, 0, 0), (1, 4, 3), (1, 2, 1)]:
         # the full Jacobian of one output unit w.r.t. every previous state: nonzero only at the same (b, t, d)
