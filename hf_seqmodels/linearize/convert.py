@@ -62,43 +62,15 @@ def check_method(method, options: dict) -> None:
         check_softmax_layers("linearize", options["softmax_layers"], 2**62)
 
 
-_GGUF_SCALAR_SIZES = {0: 1, 1: 1, 2: 2, 3: 2, 4: 4, 5: 4, 6: 4, 7: 1, 10: 8, 11: 8, 12: 8}  # GGUF value type -> bytes
-_GGUF_STRING, _GGUF_ARRAY = 8, 9
-
-
 def gguf_architecture(path: str) -> str:
-    """The ``general.architecture`` of a GGUF file, read from the metadata at its start (no tensor data; gguf's
-    own reader parses every field, the 49k-entry vocabulary included, which takes about a minute)."""
-    import struct
+    """The ``general.architecture`` of a GGUF file, from its header alone (:func:`hf_seqmodels.gguf.gguf_metadata`;
+    gguf's own reader parses every field, the 49k-entry vocabulary included, which takes about a minute)."""
+    from hf_seqmodels.gguf import gguf_metadata
 
-    def skip(f, kind):
-        if kind == _GGUF_STRING:
-            f.seek(struct.unpack("<Q", f.read(8))[0], 1)
-        elif kind == _GGUF_ARRAY:
-            item, n = struct.unpack("<IQ", f.read(12))
-            if item in _GGUF_SCALAR_SIZES:
-                f.seek(n * _GGUF_SCALAR_SIZES[item], 1)
-            else:
-                for _ in range(n):
-                    skip(f, item)
-        elif kind in _GGUF_SCALAR_SIZES:
-            f.seek(_GGUF_SCALAR_SIZES[kind], 1)
-        else:
-            raise ValueError(f"{path}: not a readable GGUF file (unknown metadata type {kind})")
-
-    with open(path, "rb") as f:
-        if f.read(4) != b"GGUF":
-            raise ValueError(f"{path}: not a GGUF file (no GGUF magic number)")
-        version, _, n_kv = struct.unpack("<IQQ", f.read(20))
-        if version < 2:
-            raise ValueError(f"{path}: GGUF version {version} is not supported (2 or later expected)")
-        for _ in range(n_kv):
-            key = f.read(struct.unpack("<Q", f.read(8))[0]).decode("utf-8", "replace")
-            kind = struct.unpack("<I", f.read(4))[0]
-            if key == "general.architecture" and kind == _GGUF_STRING:
-                return f.read(struct.unpack("<Q", f.read(8))[0]).decode()
-            skip(f, kind)
-    raise ValueError(f"{path}: no general.architecture in the GGUF metadata")
+    arch = gguf_metadata(path).get("general.architecture")
+    if not isinstance(arch, str):
+        raise ValueError(f"{path}: no general.architecture in the GGUF metadata")
+    return arch
 
 
 def load_llama(path, gguf_file: str | None = None, dtype=torch.float32):
