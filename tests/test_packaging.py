@@ -1,5 +1,6 @@
 """What a user installs: the wheel and the sdist carry the license the metadata names, every package (the commands,
 the kernels as ``hf_seqmodels.kernels``, never a top-level ``kernels``) and the model cards."""
+import shutil
 import subprocess
 import sys
 import tarfile
@@ -13,10 +14,14 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="module")
 def dists(tmp_path_factory):
+    """The wheel and sdist, built from a copy of the checkout (building leaves build folders behind)."""
+    src = tmp_path_factory.mktemp("src") / "hf-seqmodels"
+    shutil.copytree(ROOT, src, ignore=shutil.ignore_patterns(".git", ".venv*", ".transformers-tests", "build", "dist",
+                                                             "bdist_wheel", "*.egg-info", "__pycache__", "demo_out"))
     out = tmp_path_factory.mktemp("dist")
     build = [sys.executable, "-c", "import sys, setuptools.build_meta as b; out = sys.argv[1]; "
              "b.build_wheel(out); b.build_sdist(out)", str(out)]
-    subprocess.run(build, cwd=ROOT, check=True, capture_output=True, text=True, timeout=300)
+    subprocess.run(build, cwd=src, check=True, capture_output=True, text=True, timeout=300)
     return next(out.glob("*.whl")), next(out.glob("*.tar.gz"))
 
 
