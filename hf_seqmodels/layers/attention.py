@@ -20,6 +20,7 @@ from torch import nn
 from transformers import LlamaConfig
 from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding, apply_rotary_pos_emb
 
+from ..kernels import sliding_window_attention
 from .checks import check_int
 
 
@@ -77,6 +78,37 @@ class CausalSelfAttention(nn.Module):
         qr, kr = apply_rotary_pos_emb(q[..., :r], k[..., :r], cos, sin, unsqueeze_dim=1)
         return torch.cat([qr, q[..., r:]], -1), torch.cat([kr, k[..., r:]], -1)
 
+    def _masked(self, q, k, v, qpos, kpos, valid):
+        """Attention under an explicit ``[B, T, L]`` mask built from the positions (decoding against a cache): q
+        ``[B, H, T, D]``, k, v ``[B, H, L, D]``, qpos ``[B, T]``, kpos ``[B, L]`` (-1: padding) -> ``[B, T, H, D]``."""
+        qp, kp = qpos[:, :, None], kpos[:, None, :]
+        allowed = (kp >= 0) & (kp <= qp)
+        if self.window is not None:
+            allowed &= qp - kp < self.window
+        allowed |= ~valid[:, :, None]  # padding queries attend to anything (outputs ignored), never to nothing
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=allowed[:, None]).transpose(1, 2)
+
+    def _full_sequence(self, q, k, v, pos, valid, padded):
+        """Attention of a whole sequence to itself (no cached keys): q, k, v ``[B, H, T, D]`` -> ``[B, T, H, D]``.
+        A windowed layer runs the shared sliding-window op (O(T x window) memory) with the padding as its key mask;
+        a global one runs SDPA with ``is_causal`` when no row is padded, the position mask otherwise."""
+        if self.window is None:
+            if padded:
+                return self._masked(q, k, v, pos, pos, valid)
+            return F.scaled_dot_product_attention(q, k, v, is_causal=True).transpose(1, 2)
+        q, k, v = (x.transpose(1, 2) for x in (q, k, v))  # the op's layout, [B, T, H, D]
+        if not padded:
+            return sliding_window_attention(q, k, v, self.window)
+        starts = valid & ~F.pad(valid, (1, 0), value=False)[:, :-1]
+        if bool((starts.sum(1) <= 1).all()):  # each row's tokens are one run: index distance = position distance
+            return sliding_window_attention(q, k, v, self.window, key_mask=valid)
+        # padding inside a row: move each row's tokens to its front (in order), attend there, move the outputs back
+        order = torch.sort((~valid).to(torch.uint8), dim=1, stable=True).indices
+        q, k, v = (x.gather(1, order[:, :, None, None].expand_as(x)) for x in (q, k, v))
+        out = sliding_window_attention(q, k, v, self.window, key_mask=valid.gather(1, order))
+        back = order.argsort(1)
+        return out.gather(1, back[:, :, None, None].expand_as(out))
+
     def forward(self, hidden_states, attention_mask=None, cache=None, **kwargs):
         """hidden_states ``[B, T, hidden_size]`` -> ``[B, T, hidden_size]`` (same dtype; padded positions 0 before
         ``o_proj``). ``attention_mask`` ``[B, >= T]`` (1 = token, last T columns used); ``cache``: a RecurrentCache
@@ -99,13 +131,11 @@ class CausalSelfAttention(nn.Module):
                 k = torch.cat([past_k, k], 2)
                 v = torch.cat([cache.get(idx, "attn_v"), v], 2)
                 kpos = torch.cat([cache.get(idx, "attn_pos"), pos], 1)
-        qp, kp = pos[:, :, None], kpos[:, None, :]
-        allowed = (kp >= 0) & (kp <= qp)
-        if self.window is not None:
-            allowed &= qp - kp < self.window
-        allowed |= ~valid[:, :, None]  # padding queries attend to anything (their outputs are ignored), never to nothing
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed[:, None])
-        out = out.masked_fill(~valid[:, None, :, None], 0.0)
+        if kpos is pos:  # the whole sequence at once (training, prefill): no [B, T, T] mask
+            out = self._full_sequence(q, k, v, pos, valid, padded=attention_mask is not None and not bool(valid.all()))
+        else:
+            out = self._masked(q, k, v, pos, kpos, valid)
+        out = out.masked_fill(~valid[:, :, None, None], 0.0)
 
         if cache is not None:
             new_count = count + valid.long().sum(1)
@@ -116,4 +146,4 @@ class CausalSelfAttention(nn.Module):
                 k, v, kpos = k[:, :, keep_from:], v[:, :, keep_from:], kpos[:, keep_from:]
             cache.set(idx, "attn_k", k), cache.set(idx, "attn_v", v), cache.set(idx, "attn_pos", kpos)
             cache.set(idx, "attn_count", new_count)
-        return self.o_proj(out.transpose(1, 2).reshape(B, T, H * D))
+        return self.o_proj(out.reshape(B, T, H * D))
