@@ -91,8 +91,9 @@ class CausalSelfAttention(nn.Module):
     def _full_sequence(self, q, k, v, pos, valid, padded):
         """Attention of a whole sequence to itself (no cached keys): q, k, v ``[B, H, T, D]`` -> ``[B, T, H, D]``.
         A windowed layer runs the shared sliding-window op (O(T x window) memory) with the padding as its key mask;
-        a global one runs SDPA with ``is_causal`` when no row is padded, the position mask otherwise."""
-        if self.window is None:
+        a global one (or one whose window covers the sequence) runs SDPA with ``is_causal`` when no row is padded,
+        the position mask otherwise."""
+        if self.window is None or self.window >= q.shape[2]:
             if padded:
                 return self._masked(q, k, v, pos, pos, valid)
             return F.scaled_dot_product_attention(q, k, v, is_causal=True).transpose(1, 2)
