@@ -25,6 +25,8 @@ from .checks import check_int
 
 
 class CausalSelfAttention(nn.Module):
+    SEGMENT_BLOCKS = 2  # query blocks of ``window`` per call of the sliding-window op (bounds its temporaries)
+
     def __init__(
         self,
         hidden_size: int,
@@ -88,6 +90,19 @@ class CausalSelfAttention(nn.Module):
         allowed |= ~valid[:, :, None]  # padding queries attend to anything (outputs ignored), never to nothing
         return F.scaled_dot_product_attention(q, k, v, attn_mask=allowed[:, None]).transpose(1, 2)
 
+    def _windowed(self, q, k, v, key_mask):
+        """The sliding-window op over ``[B, T, H, D]`` in segments of ``SEGMENT_BLOCKS`` windows of queries, each with
+        the ``window - 1`` keys before it as a prefix: the same result, and the op's temporaries (scores of every
+        block at once, forward and backward) stay those of one segment."""
+        T, w = q.shape[1], self.window
+        step = self.SEGMENT_BLOCKS * w
+        outs = []
+        for s in range(0, T, step):
+            lo, hi = max(0, s - w + 1), min(T, s + step)
+            km = None if key_mask is None else key_mask[:, lo:hi]
+            outs.append(sliding_window_attention(q[:, s:hi], k[:, lo:hi], v[:, lo:hi], w, key_mask=km))
+        return torch.cat(outs, 1)
+
     def _full_sequence(self, q, k, v, pos, valid, padded):
         """Attention of a whole sequence to itself (no cached keys): q, k, v ``[B, H, T, D]`` -> ``[B, T, H, D]``.
         A windowed layer runs the shared sliding-window op (O(T x window) memory) with the padding as its key mask;
@@ -99,14 +114,14 @@ class CausalSelfAttention(nn.Module):
             return F.scaled_dot_product_attention(q, k, v, is_causal=True).transpose(1, 2)
         q, k, v = (x.transpose(1, 2) for x in (q, k, v))  # the op's layout, [B, T, H, D]
         if not padded:
-            return sliding_window_attention(q, k, v, self.window)
+            return self._windowed(q, k, v, None)
         starts = valid & ~F.pad(valid, (1, 0), value=False)[:, :-1]
         if bool((starts.sum(1) <= 1).all()):  # each row's tokens are one run: index distance = position distance
-            return sliding_window_attention(q, k, v, self.window, key_mask=valid)
+            return self._windowed(q, k, v, valid)
         # padding inside a row: move each row's tokens to its front (in order), attend there, move the outputs back
         order = torch.sort((~valid).to(torch.uint8), dim=1, stable=True).indices
         q, k, v = (x.gather(1, order[:, :, None, None].expand_as(x)) for x in (q, k, v))
-        out = sliding_window_attention(q, k, v, self.window, key_mask=valid.gather(1, order))
+        out = self._windowed(q, k, v, valid.gather(1, order))
         back = order.argsort(1)
         return out.gather(1, back[:, :, None, None].expand_as(out))
 
