@@ -3,10 +3,11 @@ after it moved to the shared sliding-window op.
 
 "before" is the explicit ``[B, T, T]`` position mask through SDPA for every call (the layer's ``_masked``, which
 decoding against a cache still uses); "after" is the layer as it is: a windowed layer runs
-``kernels.sliding_window_attention`` (O(T x window) memory), a global one SDPA with ``is_causal`` when no row is
-padded. Each measurement runs in a fresh process: the model is built and warmed up on a short step, the peak
-resident set (VmHWM) is reset (``/proc/self/clear_refs``), one forward + backward of the language-model loss runs on
-``[1, T]`` random bytes, and the new peak minus the resident set before is the step's extra memory.
+``kernels.sliding_window_attention`` (O(T x window) memory, in segments of a few windows of queries so the op's
+temporaries stay bounded), a global one SDPA with ``is_causal`` when no row is padded. Each measurement runs in
+a fresh process: the model is built and warmed up on a short step, the peak resident set (VmHWM) is reset
+(``/proc/self/clear_refs``), one forward + backward of the language-model loss runs on ``[1, T]`` random bytes, and
+the new peak minus the resident set before is the step's extra memory.
 
     python -m benchmarks.hnet_memory                  # T 8192, the default config and a windowed one
     python -m benchmarks.hnet_memory --T 4096 --configs windowed

@@ -6,6 +6,10 @@ has position ``n - 1`` whatever padding precedes it, so a left-padded row, or a 
 the right, computes exactly what it computes alone. A query at position ``t`` sees the keys at positions ``j`` with
 ``t - window < j <= t`` of its own row (``window=None``: all of them).
 
+A whole sequence (training, prefill: no cached keys) never builds a ``[B, T, T]`` mask when it can avoid it: a
+windowed layer runs the shared ``sliding_window_attention`` op (O(T x window) memory, padding as its key mask), a
+global one SDPA with ``is_causal`` when no row is padded. Decoding against a cache uses the explicit position mask.
+
 Decoding state in the :class:`~hf_seqmodels.cache.RecurrentCache` under ``layer_idx``: ``attn_k`` / ``attn_v``
 ``[B, H, L, D]``, ``attn_pos`` ``[B, L]`` (the keys' positions, -1 for padding) and ``attn_count`` ``[B]`` (real tokens
 seen). Every call appends its keys for all rows (padding ones at position -1, never attended); keys that no future

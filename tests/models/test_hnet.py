@@ -432,8 +432,9 @@ def _attention_reference(attn, x, mask, window):
 @pytest.mark.parametrize("T", [1, 6, 23])
 def test_attention_full_sequence_matches_fp64_reference_with_padding_and_gradients(window, T):
     """Training / prefill path (the sliding-window op when windowed, SDPA otherwise) against the definition, with no
-    mask, left and right padding, padding inside a row and an all-padding row; windows below and above T; values and
-    the gradients of the input and of every projection, fp64 tight; and equal to the explicit-mask path (decoding's)."""
+    mask, left and right padding, padding inside a row and an all-padding row; windows below and above T (T = 23 spans
+    several of the layer's segments of SEGMENT_BLOCKS windows); values and the gradients of the input and of every
+    projection, fp64 tight; and equal to the explicit-mask path (decoding's)."""
     torch.manual_seed(T * 100 + (window or 0))
     attn = randomize(CausalSelfAttention(24, 3, rotary_dim=4, window=window, layer_idx=0).double())
     B = 5
