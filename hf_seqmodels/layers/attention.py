@@ -6,6 +6,10 @@ has position ``n - 1`` whatever padding precedes it, so a left-padded row, or a 
 the right, computes exactly what it computes alone. A query at position ``t`` sees the keys at positions ``j`` with
 ``t - window < j <= t`` of its own row (``window=None``: all of them).
 
+A whole sequence (training, prefill: no cached keys) never builds a ``[B, T, T]`` mask when it can avoid it: a
+windowed layer runs the shared ``sliding_window_attention`` op (O(T x window) memory, padding as its key mask), a
+global one SDPA with ``is_causal`` when no row is padded. Decoding against a cache uses the explicit position mask.
+
 Decoding state in the :class:`~hf_seqmodels.cache.RecurrentCache` under ``layer_idx``: ``attn_k`` / ``attn_v``
 ``[B, H, L, D]``, ``attn_pos`` ``[B, L]`` (the keys' positions, -1 for padding) and ``attn_count`` ``[B]`` (real tokens
 seen). Every call appends its keys for all rows (padding ones at position -1, never attended); keys that no future
@@ -20,10 +24,13 @@ from torch import nn
 from transformers import LlamaConfig
 from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding, apply_rotary_pos_emb
 
+from ..kernels import sliding_window_attention
 from .checks import check_int
 
 
 class CausalSelfAttention(nn.Module):
+    SEGMENT_BLOCKS = 2  # query blocks of ``window`` per call of the sliding-window op (bounds its temporaries)
+
     def __init__(
         self,
         hidden_size: int,
@@ -77,6 +84,51 @@ class CausalSelfAttention(nn.Module):
         qr, kr = apply_rotary_pos_emb(q[..., :r], k[..., :r], cos, sin, unsqueeze_dim=1)
         return torch.cat([qr, q[..., r:]], -1), torch.cat([kr, k[..., r:]], -1)
 
+    def _masked(self, q, k, v, qpos, kpos, valid):
+        """Attention under an explicit ``[B, T, L]`` mask built from the positions (decoding against a cache): q
+        ``[B, H, T, D]``, k, v ``[B, H, L, D]``, qpos ``[B, T]``, kpos ``[B, L]`` (-1: padding) -> ``[B, T, H, D]``."""
+        qp, kp = qpos[:, :, None], kpos[:, None, :]
+        allowed = (kp >= 0) & (kp <= qp)
+        if self.window is not None:
+            allowed &= qp - kp < self.window
+        allowed |= ~valid[:, :, None]  # padding queries attend to anything (outputs ignored), never to nothing
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=allowed[:, None]).transpose(1, 2)
+
+    def _windowed(self, q, k, v, key_mask):
+        """The sliding-window op over ``[B, T, H, D]`` in segments of ``SEGMENT_BLOCKS`` windows of queries, each with
+        the ``window - 1`` keys before it as a prefix: the same result, and the op's temporaries (scores of every
+        block at once, forward and backward) stay those of one segment."""
+        T, w = q.shape[1], self.window
+        step = self.SEGMENT_BLOCKS * w
+        outs = []
+        for s in range(0, T, step):
+            lo, hi = max(0, s - w + 1), min(T, s + step)
+            km = None if key_mask is None else key_mask[:, lo:hi]
+            outs.append(sliding_window_attention(q[:, s:hi], k[:, lo:hi], v[:, lo:hi], w, key_mask=km))
+        return torch.cat(outs, 1)
+
+    def _full_sequence(self, q, k, v, pos, valid, padded):
+        """Attention of a whole sequence to itself (no cached keys): q, k, v ``[B, H, T, D]`` -> ``[B, T, H, D]``.
+        A windowed layer runs the shared sliding-window op (O(T x window) memory) with the padding as its key mask;
+        a global one (or one whose window covers the sequence) runs SDPA with ``is_causal`` when no row is padded,
+        the position mask otherwise."""
+        if self.window is None or self.window >= q.shape[2]:
+            if padded:
+                return self._masked(q, k, v, pos, pos, valid)
+            return F.scaled_dot_product_attention(q, k, v, is_causal=True).transpose(1, 2)
+        q, k, v = (x.transpose(1, 2) for x in (q, k, v))  # the op's layout, [B, T, H, D]
+        if not padded:
+            return self._windowed(q, k, v, None)
+        starts = valid & ~F.pad(valid, (1, 0), value=False)[:, :-1]
+        if bool((starts.sum(1) <= 1).all()):  # each row's tokens are one run: index distance = position distance
+            return self._windowed(q, k, v, valid)
+        # padding inside a row: move each row's tokens to its front (in order), attend there, move the outputs back
+        order = torch.sort((~valid).to(torch.uint8), dim=1, stable=True).indices
+        q, k, v = (x.gather(1, order[:, :, None, None].expand_as(x)) for x in (q, k, v))
+        out = self._windowed(q, k, v, valid.gather(1, order))
+        back = order.argsort(1)
+        return out.gather(1, back[:, :, None, None].expand_as(out))
+
     def forward(self, hidden_states, attention_mask=None, cache=None, **kwargs):
         """hidden_states ``[B, T, hidden_size]`` -> ``[B, T, hidden_size]`` (same dtype; padded positions 0 before
         ``o_proj``). ``attention_mask`` ``[B, >= T]`` (1 = token, last T columns used); ``cache``: a RecurrentCache
@@ -99,13 +151,11 @@ class CausalSelfAttention(nn.Module):
                 k = torch.cat([past_k, k], 2)
                 v = torch.cat([cache.get(idx, "attn_v"), v], 2)
                 kpos = torch.cat([cache.get(idx, "attn_pos"), pos], 1)
-        qp, kp = pos[:, :, None], kpos[:, None, :]
-        allowed = (kp >= 0) & (kp <= qp)
-        if self.window is not None:
-            allowed &= qp - kp < self.window
-        allowed |= ~valid[:, :, None]  # padding queries attend to anything (their outputs are ignored), never to nothing
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed[:, None])
-        out = out.masked_fill(~valid[:, None, :, None], 0.0)
+        if kpos is pos:  # the whole sequence at once (training, prefill): no [B, T, T] mask
+            out = self._full_sequence(q, k, v, pos, valid, padded=attention_mask is not None and not bool(valid.all()))
+        else:
+            out = self._masked(q, k, v, pos, kpos, valid)
+        out = out.masked_fill(~valid[:, :, None, None], 0.0)
 
         if cache is not None:
             new_count = count + valid.long().sum(1)
@@ -116,4 +166,4 @@ class CausalSelfAttention(nn.Module):
                 k, v, kpos = k[:, :, keep_from:], v[:, :, keep_from:], kpos[:, keep_from:]
             cache.set(idx, "attn_k", k), cache.set(idx, "attn_v", v), cache.set(idx, "attn_pos", kpos)
             cache.set(idx, "attn_count", new_count)
-        return self.o_proj(out.transpose(1, 2).reshape(B, T, H * D))
+        return self.o_proj(out.reshape(B, T, H * D))

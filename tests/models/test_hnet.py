@@ -3,7 +3,7 @@ import math
 
 import pytest
 import torch
-from reference_hnet import attention_loop, boundary_probs_loop, hnet_stage_loop
+from reference_hnet import attention_loop, boundary_probs_loop, hnet_stage_loop, rotary_loop
 from transformers import AutoModelForCausalLM
 
 import hf_seqmodels
@@ -397,3 +397,67 @@ def test_pararnn_and_gla_letters_build_any_stage_and_decode():
         steps = [model(x[:, :5], cache=cache, use_cache=True).logits]
         steps += [model(x[:, t : t + 1], cache=cache, use_cache=True).logits for t in range(5, 15)]
     assert float((torch.cat(steps, 1) - full).abs().max()) < 1e-5 * float(full.abs().max())
+
+
+def _attention_reference(attn, x, mask, window):
+    """fp64 causal softmax attention written from the definition, row by row: a row's real tokens (``mask``) in order
+    get positions 0, 1, ...; the query at position t sees the real keys at positions t - window < j <= t (all j <= t
+    when window is None); padded positions output 0."""
+    Wq, Wk, Wv, Wo = (getattr(attn, n).weight for n in ("q_proj", "k_proj", "v_proj", "o_proj"))
+    B, T, d = x.shape
+    H = attn.num_heads
+    D = d // H
+    theta = float(attn.rotary_emb.config.rope_parameters["rope_theta"]) if attn.rotary_emb is not None else 10000.0
+    rows = []
+    for b in range(B):
+        idx = mask[b].nonzero().flatten()
+        xr = x[b, idx]
+        n = xr.shape[0]
+        pos = torch.arange(n)
+        q = rotary_loop((xr @ Wq.T).view(n, H, D), pos, attn.rotary_dim, theta)
+        k = rotary_loop((xr @ Wk.T).view(n, H, D), pos, attn.rotary_dim, theta)
+        v = (xr @ Wv.T).view(n, H, D)
+        sees = pos[None, :] <= pos[:, None]
+        if window is not None:
+            sees &= pos[:, None] - pos[None, :] < window
+        logits = torch.einsum("thd,jhd->htj", q, k) / math.sqrt(D)
+        p = torch.softmax(logits.masked_fill(~sees, float("-inf")), -1)
+        o = torch.einsum("htj,jhd->thd", p, v).reshape(n, d)
+        row = x.new_zeros(T, d).index_put((idx,), o)
+        rows.append(row @ Wo.T)
+    return torch.stack(rows)
+
+
+@pytest.mark.parametrize("window", [None, 1, 4, 7, 64])
+@pytest.mark.parametrize("T", [1, 6, 23])
+def test_attention_full_sequence_matches_fp64_reference_with_padding_and_gradients(window, T):
+    """Training / prefill path (the sliding-window op when windowed, SDPA otherwise) against the definition, with no
+    mask, left and right padding, padding inside a row and an all-padding row; windows below and above T (T = 23 spans
+    several of the layer's segments of SEGMENT_BLOCKS windows); values and the gradients of the input and of every
+    projection, fp64 tight; and equal to the explicit-mask path (decoding's)."""
+    torch.manual_seed(T * 100 + (window or 0))
+    attn = randomize(CausalSelfAttention(24, 3, rotary_dim=4, window=window, layer_idx=0).double())
+    B = 5
+    x = torch.randn(B, T, 24, dtype=torch.float64, requires_grad=True)
+    mask = torch.ones(B, T, dtype=torch.bool)
+    mask[1, : T // 2] = False  # left padding
+    mask[2, T - T // 3:] = False  # right padding
+    mask[3] = torch.rand(T) < 0.6  # holes
+    mask[4] = False if T < 6 else mask[4]  # a row with no token (T = 1: the only one)
+    dout = torch.randn(B, T, 24, dtype=torch.float64)
+    params = [x] + [getattr(attn, n).weight for n in ("q_proj", "k_proj", "v_proj", "o_proj")]
+    for m in (None, mask):
+        out = attn(x, attention_mask=m)
+        ref = _attention_reference(attn, x, torch.ones_like(mask) if m is None else m, window)
+        torch.testing.assert_close(out, ref, rtol=1e-10, atol=1e-10)
+        got = torch.autograd.grad((out * dout).sum(), params)
+        want = torch.autograd.grad((ref * dout).sum(), params)
+        for g, w in zip(got, want):
+            torch.testing.assert_close(g, w, rtol=1e-10, atol=1e-10)
+    # the sliding-window / is_causal path equals the explicit [B, T, T] mask path
+    q, k, v = (torch.randn(B, 3, T, 8, dtype=torch.float64) for _ in range(3))
+    for valid, padded in ((torch.ones_like(mask), False), (mask, True)):
+        p = torch.where(valid, valid.long().cumsum(1) - 1, -1)
+        fast = attn._full_sequence(q, k, v, p, valid, padded).masked_fill(~valid[:, :, None, None], 0)
+        slow = attn._masked(q, k, v, p, p, valid).masked_fill(~valid[:, :, None, None], 0)
+        torch.testing.assert_close(fast, slow, rtol=1e-12, atol=1e-12)
