@@ -11,6 +11,7 @@ minus the resident set before the op is the op's extra memory (it includes the o
 
 Writes ``benchmarks/results/gla_prefill_memory.json``.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -43,7 +44,7 @@ def _one(T: int, mode: str, H: int, K: int, threads: int) -> dict:
     torch.manual_seed(0)
     # warm up (library code, allocator) on a tiny input before measuring
     small = [torch.randn(1, 128, H, K) for _ in range(4)]
-    chunk_gla_torch(*small[:3], -small[3].abs(), K ** -0.5)
+    chunk_gla_torch(*small[:3], -small[3].abs(), K**-0.5)
     q, k, v = (torch.randn(1, T, H, K) for _ in range(3))
     g = torch.randn(1, T, H, K)
     g.copy_(F.logsigmoid(g)).div_(16)
@@ -54,15 +55,23 @@ def _one(T: int, mode: str, H: int, K: int, threads: int) -> dict:
         f.write("5")
     start = time.perf_counter()
     with torch.no_grad():
-        o, _ = chunk_gla_torch(q, k, v, g, K ** -0.5, None, True, stream_elements=None if mode == "streamed" else 1 << 62)
+        o, _ = chunk_gla_torch(q, k, v, g, K**-0.5, None, True, stream_elements=None if mode == "streamed" else 1 << 62)
     seconds = time.perf_counter() - start
     peak = _status_kb("VmHWM")
     out_bytes = o.numel() * o.element_size()
     extra = (peak - before) * 1024
     return {
-        "T": T, "H": H, "K": K, "V": K, "mode": mode, "input_bytes": input_bytes, "output_bytes": out_bytes,
-        "extra_peak_bytes": extra, "extra_peak_over_input": extra / input_bytes,
-        "extra_beyond_output_bytes": extra - out_bytes, "seconds": seconds,
+        "T": T,
+        "H": H,
+        "K": K,
+        "V": K,
+        "mode": mode,
+        "input_bytes": input_bytes,
+        "output_bytes": out_bytes,
+        "extra_peak_bytes": extra,
+        "extra_peak_over_input": extra / input_bytes,
+        "extra_beyond_output_bytes": extra - out_bytes,
+        "seconds": seconds,
     }
 
 
@@ -84,19 +93,39 @@ def main():
         for mode in ("streamed", "full"):
             if mode == "full" and T > a.full_max_T:
                 continue
-            cmd = [sys.executable, __file__, "--one", str(T), mode, "--heads", str(a.heads), "--dim", str(a.dim),
-                   "--threads", str(a.threads)]
+            cmd = [
+                sys.executable,
+                __file__,
+                "--one",
+                str(T),
+                mode,
+                "--heads",
+                str(a.heads),
+                "--dim",
+                str(a.dim),
+                "--threads",
+                str(a.threads),
+            ]
             res = subprocess.run(cmd, capture_output=True, text=True, check=True)
             row = json.loads(res.stdout.strip().splitlines()[-1])
             rows.append(row)
-            print(f"T={T:>7} {mode:>8}: inputs {row['input_bytes'] / 2**20:8.1f} MiB  extra peak "
-                  f"{row['extra_peak_bytes'] / 2**20:8.1f} MiB ({row['extra_peak_over_input']:.2f}x inputs; output "
-                  f"{row['output_bytes'] / 2**20:.1f} MiB)  {row['seconds']:.1f} s", flush=True)
+            print(
+                f"T={T:>7} {mode:>8}: inputs {row['input_bytes'] / 2**20:8.1f} MiB  extra peak "
+                f"{row['extra_peak_bytes'] / 2**20:8.1f} MiB ({row['extra_peak_over_input']:.2f}x inputs; output "
+                f"{row['output_bytes'] / 2**20:.1f} MiB)  {row['seconds']:.1f} s",
+                flush=True,
+            )
     import torch
 
-    meta = {"machine": f"{os.cpu_count()}-core {platform.machine()} CPU", "torch": torch.__version__,
-            "threads": a.threads, "dtype": "float32", "batch": 1,
-            "measure": "VmHWM after the op minus VmRSS before it (peak reset via /proc/self/clear_refs), fresh process each"}
+    meta = {
+        "machine": f"{os.cpu_count()}-core {platform.machine()} CPU",
+        "torch": torch.__version__,
+        "threads": a.threads,
+        "dtype": "float32",
+        "batch": 1,
+        "measure": "VmHWM after the op minus VmRSS before it (peak reset via /proc/self/clear_refs), "
+        "fresh process each",
+    }
     a.out.parent.mkdir(parents=True, exist_ok=True)
     a.out.write_text(json.dumps({"meta": meta, "rows": rows}, indent=1) + "\n")
     print(f"wrote {a.out}")

@@ -35,6 +35,7 @@ short of one per cycle; the "latency-adjusted" column divides the issue time by 
 scheduler / 4)``), and it ignores L2 hits, DRAM efficiency and clock changes. Per kernel it prints: hot loop
 (iterations x instructions per iteration, barriers, MUFU), registers, shared memory, blocks per SM, bytes, times.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -93,8 +94,17 @@ def parse_sass(text: str) -> list[dict]:
             pred, body = body.split(None, 1)
         op, _, operands = body.partition(" ")
         t = _TARGET.search(operands)
-        out.append(dict(addr=addr, pred=pred, op=op, operands=operands, file=src[0], line=src[1],
-                        target=t.group(1) if t else None))
+        out.append(
+            dict(
+                addr=addr,
+                pred=pred,
+                op=op,
+                operands=operands,
+                file=src[0],
+                line=src[1],
+                target=t.group(1) if t else None,
+            )
+        )
     for ins in out:
         if ins["target"] is not None:
             ins["target_addr"] = labels[ins["target"]]
@@ -136,7 +146,7 @@ def hot_instructions(instrs: list[dict], cold_lines: set) -> list[dict]:
     by_first = {b["first"]: b for b in bl}
 
     def cold(b):
-        lines = [(i["file"], i["line"]) for i in instrs[b["first"]:b["last"] + 1] if i["file"]]
+        lines = [(i["file"], i["line"]) for i in instrs[b["first"] : b["last"] + 1] if i["file"]]
         return bool(lines) and sum(x in cold_lines for x in lines) * 2 > len(lines)
 
     seen, todo = set(), [0]
@@ -146,7 +156,7 @@ def hot_instructions(instrs: list[dict], cold_lines: set) -> list[dict]:
             continue
         seen.add(f)
         todo.extend(by_first[f]["succ"])
-    hot = [i for f in sorted(seen) for i in instrs[by_first[f]["first"]:by_first[f]["last"] + 1]]
+    hot = [i for f in sorted(seen) for i in instrs[by_first[f]["first"] : by_first[f]["last"] + 1]]
     if not any(i["op"].startswith("EXIT") for i in hot):
         raise ValueError("no EXIT left on the hot path: the cold-line marking cut the kernel off")
     return [i for i in hot if i["pred"] != "@!PT"]
@@ -200,8 +210,11 @@ def cold_lines(path: str, kernel: str, mode: str) -> set:
 
 def find_loops(instrs: list[dict]) -> list[dict]:
     """Loops: backward branches; each covers the address range [target, branch]. Sorted outermost first."""
-    loops = [dict(start=ins["target_addr"], end=ins["addr"]) for ins in instrs
-             if ins["op"].startswith("BRA") and ins.get("target_addr", 1 << 62) <= ins["addr"]]
+    loops = [
+        dict(start=ins["target_addr"], end=ins["addr"])
+        for ins in instrs
+        if ins["op"].startswith("BRA") and ins.get("target_addr", 1 << 62) <= ins["addr"]
+    ]
     loops.sort(key=lambda lp: (lp["start"], -lp["end"]))
     for lp in loops:
         lp["parents"] = [o for o in loops if o is not lp and o["start"] <= lp["start"] and lp["end"] <= o["end"]]
@@ -224,8 +237,11 @@ class _Tl:
 def _for_nodes(path: str) -> list[ast.For]:
     """Loops of a source file that stay loops in the compiled code (``tl.static_range`` is unrolled)."""
     tree = ast.parse(Path(path).read_text())
-    return [n for n in ast.walk(tree) if isinstance(n, ast.While)
-            or (isinstance(n, ast.For) and "static_range" not in ast.unparse(n.iter))]
+    return [
+        n
+        for n in ast.walk(tree)
+        if isinstance(n, ast.While) or (isinstance(n, ast.For) and "static_range" not in ast.unparse(n.iter))
+    ]
 
 
 def _innermost_for(fors, line):
@@ -289,8 +305,25 @@ def op_class(op: str) -> str:
         return "bar"
     if base.startswith("U") or base in ("S2UR", "R2UR", "LDC", "ULDC"):
         return "uniform"
-    if base in ("BRA", "EXIT", "BSSY", "BSYNC", "WARPSYNC", "NOP", "DEPBAR", "LDGDEPBAR", "MEMBAR", "FENCE",
-                "WARPGROUP", "ERRBAR", "CCTL", "YIELD", "CALL", "RET", "BPT"):
+    if base in (
+        "BRA",
+        "EXIT",
+        "BSSY",
+        "BSYNC",
+        "WARPSYNC",
+        "NOP",
+        "DEPBAR",
+        "LDGDEPBAR",
+        "MEMBAR",
+        "FENCE",
+        "WARPGROUP",
+        "ERRBAR",
+        "CCTL",
+        "YIELD",
+        "CALL",
+        "RET",
+        "BPT",
+    ):
         return "control"
     return "alu"  # IADD3 LOP3 ISETP FSETP FSEL SEL SHF LEA PRMT MOV CS2R PLOP3 F2FP VIADD IMNMX FMNMX ...
 
@@ -353,10 +386,16 @@ def count(instrs, loops):
         body = [ins for ins in instrs if lp["start"] <= ins["addr"] <= lp["end"]]
         total = math.prod(o["trips"] for o in lp["parents"]) * lp["trips"] * len(body)
         if hot is None or total > hot["executed"]:
-            hot = dict(source=lp["source"], range=lp["source_text"], trips=lp["trips"], body=len(body),
-                       bar=sum(op_class(i["op"]) == "bar" for i in body),
-                       mufu=sum(i["op"].startswith("MUFU") for i in body),
-                       shfl=sum(op_class(i["op"]) == "shfl" for i in body), executed=total)
+            hot = dict(
+                source=lp["source"],
+                range=lp["source_text"],
+                trips=lp["trips"],
+                body=len(body),
+                bar=sum(op_class(i["op"]) == "bar" for i in body),
+                mufu=sum(i["op"].startswith("MUFU") for i in body),
+                shfl=sum(op_class(i["op"]) == "shfl" for i in body),
+                executed=total,
+            )
     return c, hot
 
 
@@ -364,8 +403,9 @@ def scheduler_cycles(c, warps: int) -> dict:
     """Cycles one program keeps each scheduler busy (warps spread evenly over the 4), per bound."""
     per = warps / SCHEDULERS
     fma = max(2 * c["imad"], c["fma"] + c["imad"])
-    return dict(issue=per * c["instr"], fma=per * fma, alu=per * 2 * c["alu"], xu=per * 8 * c["xu"],
-                shfl=per * 4 * c["shfl"])
+    return dict(
+        issue=per * c["instr"], fma=per * fma, alu=per * 2 * c["alu"], xu=per * 8 * c["xu"], shfl=per * 4 * c["shfl"]
+    )
 
 
 def program_cycles(c, warps: int, arch: int = 90) -> dict:
@@ -396,16 +436,40 @@ TRAFFIC: dict[str, dict[str, str]] = {
     "_output_slow_kernel": {n: "1 - fast" for n in ("q", "k", "v", "g", "h", "o", "A")} | {"flags": "1"},
     "_state_bwd_kernel": {"q": "g1", "do": "g2", "g": "g1", "gc": "g1", "dh": "1", "dht": "1", "dh0": "1"},
     # dv and the carry always; dq, dk, dg (and what only they need) in fast chunks
-    "_bwd_kernel": {"k": "1", "g": "1", "dh": "1", "do": "1", "A": "1", "dv": "1", "carry": "1", "h": "1",
-                    "q": "fast", "v": "fast", "dq": "fast", "dk": "fast", "dg": "fast", "flags": "1"},
+    "_bwd_kernel": {
+        "k": "1",
+        "g": "1",
+        "dh": "1",
+        "do": "1",
+        "A": "1",
+        "dv": "1",
+        "carry": "1",
+        "h": "1",
+        "q": "fast",
+        "v": "fast",
+        "dq": "fast",
+        "dk": "fast",
+        "dg": "fast",
+        "flags": "1",
+    },
     "_bwd_slow_kernel": {n: "1 - fast" for n in ("q", "k", "v", "g", "h", "dh", "do", "dq", "dk", "dg", "carry")}
-                        | {"flags": "1"},
+    | {"flags": "1"},
     # the kernels before the restructuring (commit 08144ae), for the before/after comparison
     "_cumsum_kernel": {"g": "1", "gc": "1"},
     "_output_kernel@08144ae": {"q": "g2", "k": "g2", "v": "1", "gc": "g2", "h": "1", "o": "1"},
     "_dv_kernel": {"q": "g2", "k": "g2", "gc": "g2", "do": "1", "dh": "1", "dv": "1"},
-    "_dqkg_kernel": {"q": "1", "k": "1", "v": "g2", "gc": "1", "do": "g2", "h": "1", "dh": "1", "dq": "1", "dk": "1",
-                     "dg": "1"},
+    "_dqkg_kernel": {
+        "q": "1",
+        "k": "1",
+        "v": "g2",
+        "gc": "1",
+        "do": "g2",
+        "h": "1",
+        "dh": "1",
+        "dq": "1",
+        "dk": "1",
+        "dg": "1",
+    },
 }
 
 
@@ -418,8 +482,13 @@ def traffic_bytes(kernel: str, tensors: dict, grid, args, path: str = "fast") ->
     unknown = set(tensors) - set(spec)
     if unknown:
         raise KeyError(f"{kernel}: tensor arguments {sorted(unknown)} missing from TRAFFIC")
-    ns = dict(args, g0=grid[0], g1=grid[1] if len(grid) > 1 else 1, g2=grid[2] if len(grid) > 2 else 1,
-              fast=int(path == "fast"))
+    ns = dict(
+        args,
+        g0=grid[0],
+        g1=grid[1] if len(grid) > 1 else 1,
+        g2=grid[2] if len(grid) > 2 else 1,
+        fast=int(path == "fast"),
+    )
     per = {name: int(eval(spec[name], {}, ns) * nbytes) for name, nbytes in tensors.items()}  # noqa: S307
     return sum(per.values()), per
 
@@ -447,9 +516,19 @@ class KeepingRecorder(H.Recorder):
             else:
                 scalars[name] = getattr(v, "value", v)
         key = f"{fn.__name__}@sm_{arch}:{kernel.hash[:16]}"
-        self.launches.append(dict(kernel=fn.__name__, arch=arch, key=key, grid=list(grid), args=scalars,
-                                  tensors=tensors, cubin=kernel.asm["cubin"], warps=kernel.metadata.num_warps,
-                                  stages=kernel.metadata.num_stages))
+        self.launches.append(
+            dict(
+                kernel=fn.__name__,
+                arch=arch,
+                key=key,
+                grid=list(grid),
+                args=scalars,
+                tensors=tensors,
+                cubin=kernel.asm["cubin"],
+                warps=kernel.metadata.num_warps,
+                stages=kernel.metadata.num_stages,
+            )
+        )
 
 
 def gla_run(B, T, H_, K, V, dtype, g_dtype):
@@ -479,16 +558,39 @@ def analyse(launch: dict, variant: dict, nvdisasm: str, sass_dir: Path | None = 
     programs = math.prod(launch["grid"])
     blocks = blocks_per_sm(variant["registers"], launch["warps"], variant["shared"])
     dram, per_tensor = traffic_bytes(launch["kernel"], launch["tensors"], launch["grid"], launch["args"], path)
-    return dict(kernel=launch["kernel"], grid=launch["grid"], programs=programs, warps=launch["warps"],
-                stages=launch["stages"], registers=variant["registers"], spill=variant["stack"],
-                shared=variant["shared"], blocks_per_sm=blocks, static_instr=len(instrs),
-                loops=[dict(source=lp["source"], range=lp["source_text"], trips=lp["trips"], depth=lp["depth"],
-                            body=sum(lp["start"] <= i["addr"] <= lp["end"] for i in instrs)) for lp in loops],
-                hot=hot, counts=dict(c), cycles=cyc, dram_bytes=dram, dram_by_tensor=per_tensor,
-                chunk_steps=max([lp["trips"] for lp in loops if "N" in re.findall(r"\w+", lp["source_text"])],
-                                default=0),
-                prefetched=all(any(i["op"].startswith("LDGSTS") for i in _in_loop(instrs, lp))
-                               or not any(i["op"].startswith("LDG") for i in _in_loop(instrs, lp)) for lp in loops))
+    return dict(
+        kernel=launch["kernel"],
+        grid=launch["grid"],
+        programs=programs,
+        warps=launch["warps"],
+        stages=launch["stages"],
+        registers=variant["registers"],
+        spill=variant["stack"],
+        shared=variant["shared"],
+        blocks_per_sm=blocks,
+        static_instr=len(instrs),
+        loops=[
+            dict(
+                source=lp["source"],
+                range=lp["source_text"],
+                trips=lp["trips"],
+                depth=lp["depth"],
+                body=sum(lp["start"] <= i["addr"] <= lp["end"] for i in instrs),
+            )
+            for lp in loops
+        ],
+        hot=hot,
+        counts=dict(c),
+        cycles=cyc,
+        dram_bytes=dram,
+        dram_by_tensor=per_tensor,
+        chunk_steps=max([lp["trips"] for lp in loops if "N" in re.findall(r"\w+", lp["source_text"])], default=0),
+        prefetched=all(
+            any(i["op"].startswith("LDGSTS") for i in _in_loop(instrs, lp))
+            or not any(i["op"].startswith("LDG") for i in _in_loop(instrs, lp))
+            for lp in loops
+        ),
+    )
 
 
 def _in_loop(instrs, lp):
@@ -503,8 +605,13 @@ def estimate(k: dict, clock_hz: float, bandwidth: float, launch_us: float, step_
     occupancy = min(max(1, k["blocks_per_sm"]), math.ceil(k["programs"] / SMS))
     eff = min(1.0, occupancy * k["warps"] / SCHEDULERS / 4)
     mem_s = k["dram_bytes"] / bandwidth
-    out = dict(waves=waves, issue_us=issue_s * 1e6, mem_us=mem_s * 1e6, resident_warps_per_scheduler=resident_warps,
-               issue_efficiency=eff)
+    out = dict(
+        waves=waves,
+        issue_us=issue_s * 1e6,
+        mem_us=mem_s * 1e6,
+        resident_warps_per_scheduler=resident_warps,
+        issue_efficiency=eff,
+    )
     floor_s = 0.0
     if k["chunk_steps"]:  # a program walks the chunks in order: a dependent chain of steps
         per_step = step_latency + (0 if k["prefetched"] else dram_latency)
@@ -543,18 +650,24 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--shapes", default="8x2048,2x8192,1x32768", help="BxT, comma-separated (H16 K128 V128)")
     p.add_argument("--dtype", default="bf16", choices=["bf16", "fp16"])
-    p.add_argument("--g-dtype", default="bf16", choices=["bf16", "fp32"], help="the gate's dtype (fla was timed "
-                   "with a bf16 gate)")
-    p.add_argument("--paths", default="fast,blocked,exact", help="which side of the gate-decay branches runs: fast "
-                   "(typical gates), blocked / exact (every chunk on per-block references, the diagonal blocks in "
-                   "the dot / pair by pair); see cold_lines")
+    p.add_argument(
+        "--g-dtype", default="bf16", choices=["bf16", "fp32"], help="the gate's dtype (fla was timed with a bf16 gate)"
+    )
+    p.add_argument(
+        "--paths",
+        default="fast,blocked,exact",
+        help="which side of the gate-decay branches runs: fast "
+        "(typical gates), blocked / exact (every chunk on per-block references, the diagonal blocks in "
+        "the dot / pair by pair); see cold_lines",
+    )
     p.add_argument("--arch", default="90,80", help="90 for the estimate; 80 adds its registers and spills")
     p.add_argument("--clock", type=float, default=1.755e9, help="SM clock, Hz")
     p.add_argument("--bandwidth", type=float, default=4.3e12, help="DRAM bytes/s")
     p.add_argument("--launch-us", type=float, default=2.0)
     p.add_argument("--step-latency", type=int, default=1000, help="cycles per chunk step of a state kernel")
-    p.add_argument("--dram-latency", type=int, default=1200, help="cycles, added per step when loads are not "
-                   "prefetched")
+    p.add_argument(
+        "--dram-latency", type=int, default=1200, help="cycles, added per step when loads are not prefetched"
+    )
     p.add_argument("--sass-dir", default=None, help="also write each kernel's SASS here")
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "gla_static.json"))
     args = p.parse_args(argv)
@@ -570,11 +683,21 @@ def main(argv=None) -> int:
     sass_dir = Path(args.sass_dir) if args.sass_dir else None
     if sass_dir:
         sass_dir.mkdir(parents=True, exist_ok=True)
-    report = dict(kind="static estimate from compiled code, no GPU", date=datetime.date.today().isoformat(),
-                  machine=f"{os.cpu_count()}-core CPU, triton {__import__('triton').__version__}",
-                  model=dict(clock_hz=args.clock, bandwidth=args.bandwidth, launch_us=args.launch_us,
-                             step_latency=args.step_latency, dram_latency=args.dram_latency),
-                  dtype=args.dtype, g_dtype=args.g_dtype, paths={})
+    report = dict(
+        kind="static estimate from compiled code, no GPU",
+        date=datetime.date.today().isoformat(),
+        machine=f"{os.cpu_count()}-core CPU, triton {__import__('triton').__version__}",
+        model=dict(
+            clock_hz=args.clock,
+            bandwidth=args.bandwidth,
+            launch_us=args.launch_us,
+            step_latency=args.step_latency,
+            dram_latency=args.dram_latency,
+        ),
+        dtype=args.dtype,
+        g_dtype=args.g_dtype,
+        paths={},
+    )
     sm80 = {}
     for (B, T, arch), launches in by_shape.items():
         if arch == 80:
@@ -591,15 +714,18 @@ def main(argv=None) -> int:
                 k = analyse(ln, variants[ln["key"]], nvdisasm, sass_dir if (B, T) == shapes[0] else None, path)
                 k["compile_s"] = variants[ln["key"]]["compile_s"]
                 k["sm80"] = sm80.get((B, T, ln["kernel"]))
-                k["time"] = estimate(k, args.clock, args.bandwidth, args.launch_us, args.step_latency,
-                                     args.dram_latency)
+                k["time"] = estimate(
+                    k, args.clock, args.bandwidth, args.launch_us, args.step_latency, args.dram_latency
+                )
                 rows.append(k)
             tot_b = sum(r["time"]["bound_us"] for r in rows) / 1e3
             tot_a = sum(r["time"]["adjusted_us"] for r in rows) / 1e3
             fla = FLA_MS.get((B, T))
             out[f"B{B}T{T}"] = dict(kernels=rows, total_ms=tot_b, total_adjusted_ms=tot_a, fla_ms=fla)
-            print(f"\n# B{B} T{T} H16 K128 V128 {args.dtype} (g {args.g_dtype}), {path} path: sm_90 static estimate "
-                  "from compiled code, no GPU")
+            print(
+                f"\n# B{B} T{T} H16 K128 V128 {args.dtype} (g {args.g_dtype}), {path} path: sm_90 static estimate "
+                "from compiled code, no GPU"
+            )
             print(table(rows))
             versus = f"; fla measured {fla:.2f} ms (H200): fla/ours {fla / tot_a:.2f}-{fla / tot_b:.2f}x" if fla else ""
             print(f"fwd+bwd: {tot_b:.2f} ms (issue/memory bound) .. {tot_a:.2f} ms (latency-adjusted){versus}")
@@ -611,20 +737,52 @@ def main(argv=None) -> int:
 
 
 def table(rows) -> str:
-    head = ("kernel", "grid", "warps", "regs", "smem KB", "blk/SM", "hot loop (iter x body, BAR, MUFU)",
-            "instr/warp", "MUFU/warp", "MB", "mem us", "issue us", "bound", "floor us", "est us", "adj us",
-            "sm80 regs/spill")
+    head = (
+        "kernel",
+        "grid",
+        "warps",
+        "regs",
+        "smem KB",
+        "blk/SM",
+        "hot loop (iter x body, BAR, MUFU)",
+        "instr/warp",
+        "MUFU/warp",
+        "MB",
+        "mem us",
+        "issue us",
+        "bound",
+        "floor us",
+        "est us",
+        "adj us",
+        "sm80 regs/spill",
+    )
     out = [head]
     for r in rows:
         h = r["hot"]
         hot = f"{h['trips']}x{h['body']}, {h['bar']}, {h['mufu']}" if h else "-"
         t = r["time"]
         s80 = f"{r['sm80']['registers']}/{r['sm80']['spill']}" if r.get("sm80") else "-"
-        out.append((r["kernel"], "x".join(map(str, r["grid"])), str(r["warps"]), str(r["registers"]),
-                    f"{r['shared'] / 1024:.1f}", str(r["blocks_per_sm"]), hot, str(r["counts"]["instr"]),
-                    str(r["counts"].get("mufu", 0)), f"{r['dram_bytes'] / 1e6:.0f}", f"{t['mem_us']:.0f}",
-                    f"{t['issue_us']:.0f}", r["cycles"]["bound"], f"{t['latency_floor_us']:.0f}",
-                    f"{t['bound_us']:.0f}", f"{t['adjusted_us']:.0f}", s80))
+        out.append(
+            (
+                r["kernel"],
+                "x".join(map(str, r["grid"])),
+                str(r["warps"]),
+                str(r["registers"]),
+                f"{r['shared'] / 1024:.1f}",
+                str(r["blocks_per_sm"]),
+                hot,
+                str(r["counts"]["instr"]),
+                str(r["counts"].get("mufu", 0)),
+                f"{r['dram_bytes'] / 1e6:.0f}",
+                f"{t['mem_us']:.0f}",
+                f"{t['issue_us']:.0f}",
+                r["cycles"]["bound"],
+                f"{t['latency_floor_us']:.0f}",
+                f"{t['bound_us']:.0f}",
+                f"{t['adjusted_us']:.0f}",
+                s80,
+            )
+        )
     w = [max(len(x[i]) for x in out) for i in range(len(head))]
     lines = ["  ".join(x.ljust(n) for x, n in zip(r, w)) for r in out]
     return "\n".join([lines[0], "  ".join("-" * n for n in w), *lines[1:]])

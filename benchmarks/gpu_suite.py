@@ -46,6 +46,7 @@ section registry, tables, timers). This module parses the arguments and runs the
 report after each. A section is a function ``(args) -> dict`` registered with ``@section(name, est_s, tiny_est_s)``;
 it returns ``{"ok": bool, "rows": [dict, ...]}`` and may add ``"plot": fn(ax_list)`` and ``"panels": n``.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -74,33 +75,68 @@ def _pairs(text):
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--sections", default=",".join(SECTIONS),
-                   help=f"comma-separated sections to run, in this order (default: all of {', '.join(SECTIONS)})")
-    p.add_argument("--out", default=os.environ.get("OUT") or "out",
-                   help="directory for gpu_suite.json and gpu_suite.png (default: $OUT if set, else ./out)")
-    p.add_argument("--device", choices=("cuda", "cpu"), default="cuda",
-                   help="cuda (default), or cpu for the smoke run (with --tiny; Triton kernels in the interpreter)")
+    p.add_argument(
+        "--sections",
+        default=",".join(SECTIONS),
+        help=f"comma-separated sections to run, in this order (default: all of {', '.join(SECTIONS)})",
+    )
+    p.add_argument(
+        "--out",
+        default=os.environ.get("OUT") or "out",
+        help="directory for gpu_suite.json and gpu_suite.png (default: $OUT if set, else ./out)",
+    )
+    p.add_argument(
+        "--device",
+        choices=("cuda", "cpu"),
+        default="cuda",
+        help="cuda (default), or cpu for the smoke run (with --tiny; Triton kernels in the interpreter)",
+    )
     p.add_argument("--tiny", action="store_true", help="tiny shapes everywhere (the CPU smoke run)")
-    p.add_argument("--budget-s", type=float, default=None,
-                   help="wall-clock budget of the whole run in seconds (default 420; --tiny: 900)")
-    p.add_argument("--gla-shapes", default=None,
-                   help="BxT pairs for gla_bench (H16 D128 bf16), default 8x2048,2x8192,1x32768")
-    p.add_argument("--fla-wait-s", type=float, default=150.0,
-                   help="most seconds gla_bench waits for the fla warm-up process (started with the suite) after\n"
-                        "the checks; past it fla's column is skipped with the reason (default 150)")
-    p.add_argument("--fla-shards", type=int, default=None,
-                   help="warm-up processes that compile fla's autotuning configs between them (default 8; --tiny: 2)")
-    p.add_argument("--fla-on-cpu", action="store_true",
-                   help="with --device cpu: run fla's column too (the smoke test uses it with a stand-in fla package)")
-    p.add_argument("--pararnn-shapes", default=None,
-                   help="BxT pairs for pararnn_bench (bf16, hidden --pararnn-hidden), default 8x2048,8x8192")
+    p.add_argument(
+        "--budget-s",
+        type=float,
+        default=None,
+        help="wall-clock budget of the whole run in seconds (default 420; --tiny: 900)",
+    )
+    p.add_argument(
+        "--gla-shapes", default=None, help="BxT pairs for gla_bench (H16 D128 bf16), default 8x2048,2x8192,1x32768"
+    )
+    p.add_argument(
+        "--fla-wait-s",
+        type=float,
+        default=150.0,
+        help="most seconds gla_bench waits for the fla warm-up process (started with the suite) after\n"
+        "the checks; past it fla's column is skipped with the reason (default 150)",
+    )
+    p.add_argument(
+        "--fla-shards",
+        type=int,
+        default=None,
+        help="warm-up processes that compile fla's autotuning configs between them (default 8; --tiny: 2)",
+    )
+    p.add_argument(
+        "--fla-on-cpu",
+        action="store_true",
+        help="with --device cpu: run fla's column too (the smoke test uses it with a stand-in fla package)",
+    )
+    p.add_argument(
+        "--pararnn-shapes",
+        default=None,
+        help="BxT pairs for pararnn_bench (bf16, hidden --pararnn-hidden), default 8x2048,8x8192",
+    )
     p.add_argument("--pararnn-hidden", type=int, default=None, help="hidden size for pararnn_bench (default 1024)")
-    p.add_argument("--pararnn-tiles", default="",
-                   help="optional BLOCK_TxBLOCK_D pairs (e.g. 32x32,64x32,128x16) to time the fused kernels with in\n"
-                        "pararnn_bench, at the first --pararnn-shapes entry (default: none, the built-in tiles)")
-    p.add_argument("--models", default=",".join(DEFAULT_MODELS),
-                   help=f"models for model_bench, from {', '.join(MODELS)} (default gla,llama; fla_gla is fla's own\n"
-                        "GLA-340M, whose cold start alone may not fit the budget)")
+    p.add_argument(
+        "--pararnn-tiles",
+        default="",
+        help="optional BLOCK_TxBLOCK_D pairs (e.g. 32x32,64x32,128x16) to time the fused kernels with in\n"
+        "pararnn_bench, at the first --pararnn-shapes entry (default: none, the built-in tiles)",
+    )
+    p.add_argument(
+        "--models",
+        default=",".join(DEFAULT_MODELS),
+        help=f"models for model_bench, from {', '.join(MODELS)} (default gla,llama; fla_gla is fla's own\n"
+        "GLA-340M, whose cold start alone may not fit the budget)",
+    )
     p.add_argument("--model-shapes", default=None, help="BxT pairs for model_bench, default 8x2048,8x8192")
     p.add_argument("--model-steps", type=int, default=None, help="timed steps per shape after the first (default 5)")
     # internal: the child processes (fla warm-up, one model's training steps)
@@ -153,7 +189,7 @@ def _plot(results, path):
     fig, axes = plt.subplots(1, n, figsize=(6 * n, 4.5), squeeze=False)
     i = 0
     for fn, panels in plots:
-        fn(list(axes[0][i:i + panels]))
+        fn(list(axes[0][i : i + panels]))
         i += panels
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -162,8 +198,12 @@ def _plot(results, path):
 
 
 def _write_json(path, meta, results, t_start, ok):
-    payload = dict(meta, ok=ok, elapsed_s=time.monotonic() - t_start,
-                   sections={n: {k: v for k, v in r.items() if k != "plot"} for n, r in results.items()})
+    payload = dict(
+        meta,
+        ok=ok,
+        elapsed_s=time.monotonic() - t_start,
+        sections={n: {k: v for k, v in r.items() if k != "plot"} for n, r in results.items()},
+    )
     tmp = path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(payload, indent=1, default=str))
     tmp.replace(path)
@@ -199,10 +239,17 @@ def main(argv=None):
         install_launch_ledger()
     import triton
 
-    meta = dict(date=datetime.datetime.now().isoformat(timespec="seconds"), host=platform.node(),
-                device=torch.cuda.get_device_name() if args.device == "cuda" else f"cpu ({platform.machine()})",
-                torch=torch.__version__, triton=triton.__version__, python=platform.python_version(),
-                tiny=args.tiny, budget_s=args.budget_s, argv=sys.argv[1:] if argv is None else list(argv))
+    meta = dict(
+        date=datetime.datetime.now().isoformat(timespec="seconds"),
+        host=platform.node(),
+        device=torch.cuda.get_device_name() if args.device == "cuda" else f"cpu ({platform.machine()})",
+        torch=torch.__version__,
+        triton=triton.__version__,
+        python=platform.python_version(),
+        tiny=args.tiny,
+        budget_s=args.budget_s,
+        argv=sys.argv[1:] if argv is None else list(argv),
+    )
     try:
         import transformers
 
@@ -212,13 +259,15 @@ def main(argv=None):
     key = args.est_key = "tiny_est_s" if args.tiny else "est_s"
     meta["plan_s"] = {name: SECTIONS[name][key] for name in args.sections}
     print(json.dumps(meta))
-    print(f"plan: {', '.join(f'{n} ~{s} s' for n, s in meta['plan_s'].items())}; total ~{sum(meta['plan_s'].values())}"
-          f" s of a {args.budget_s:.0f} s budget ({'CPU smoke estimates' if args.tiny else 'H100/H200 estimates'})")
+    print(
+        f"plan: {', '.join(f'{n} ~{s} s' for n, s in meta['plan_s'].items())}; total ~{sum(meta['plan_s'].values())}"
+        f" s of a {args.budget_s:.0f} s budget ({'CPU smoke estimates' if args.tiny else 'H100/H200 estimates'})"
+    )
     results, ok = {}, True
     json_path = out / "gpu_suite.json"
     for i, name in enumerate(args.sections):
         est = SECTIONS[name][key]
-        args.later_est_s = sum(SECTIONS[n][key] for n in args.sections[i + 1:])
+        args.later_est_s = sum(SECTIONS[n][key] for n in args.sections[i + 1 :])
         left = remaining(args)
         t0 = time.monotonic()
         if left < est / 2:
@@ -238,8 +287,10 @@ def main(argv=None):
             remove_launch_ledger()  # the timings below run without the ledger's wrapper, even if coverage was skipped
         results[name]["seconds"] = time.monotonic() - t0
         results[name]["estimate_s"] = est
-        print(f"-- {name}: {results[name]['seconds']:.1f} s (estimate {est} s), ok={results[name].get('ok')}; "
-              f"{time.monotonic() - t_start:.0f} s elapsed")
+        print(
+            f"-- {name}: {results[name]['seconds']:.1f} s (estimate {est} s), ok={results[name].get('ok')}; "
+            f"{time.monotonic() - t_start:.0f} s elapsed"
+        )
         _write_json(json_path, meta, results, t_start, ok)  # a run cut short keeps every finished section
     remove_launch_ledger()
     if args.warmup is not None:
@@ -251,8 +302,10 @@ def main(argv=None):
         traceback.print_exc()
     _write_json(json_path, meta, results, t_start, ok)
     skipped = [n for n, r in results.items() if r.get("skipped")]
-    print(f"\nwrote {json_path}" + (f" and {png}" if png else "") + f"; {time.monotonic() - t_start:.0f} s; "
-          f"all ok: {ok}" + (f"; skipped: {skipped}" if skipped else ""))
+    print(
+        f"\nwrote {json_path}" + (f" and {png}" if png else "") + f"; {time.monotonic() - t_start:.0f} s; "
+        f"all ok: {ok}" + (f"; skipped: {skipped}" if skipped else "")
+    )
     return 0 if ok else 1
 
 

@@ -22,6 +22,7 @@ Recorded run (two processes side by side, 1 thread each): `train --variant hnet`
 
 Runs are separate processes so that two can train side by side (``--threads 1`` each).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -101,17 +102,30 @@ def llama_matched(target: int, d: int = 256, layers: int = 4, heads: int = 4):
     # per layer: 4 d^2 (q, k, v, o) + 3 d I (SwiGLU) + 2 d (norms); plus 2 x 256 d embeddings/head and a final norm
     fixed = layers * (4 * d * d + 2 * d) + 2 * 256 * d + d
     inter = max(32, round((target - fixed) / (3 * d * layers) / 32) * 32)
-    cfg = LlamaConfig(vocab_size=256, hidden_size=d, intermediate_size=inter, num_hidden_layers=layers,
-                      num_attention_heads=heads, num_key_value_heads=heads, max_position_embeddings=4096,
-                      tie_word_embeddings=False, bos_token_id=BOS, eos_token_id=255, pad_token_id=253)
+    cfg = LlamaConfig(
+        vocab_size=256,
+        hidden_size=d,
+        intermediate_size=inter,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        num_key_value_heads=heads,
+        max_position_embeddings=4096,
+        tie_word_embeddings=False,
+        bos_token_id=BOS,
+        eos_token_id=255,
+        pad_token_id=253,
+    )
     return LlamaForCausalLM(cfg)
 
 
 def build(variant: str):
     if variant == "llama":
         return llama_matched(n_params(HNetForCausalLM(HNetConfig())))
-    kw = {"word": dict(boundary_router="word"), "hnet_n2": dict(compression_ratio=[2.0]),
-          "hnet_n4": dict(compression_ratio=[4.0])}.get(variant, {})
+    kw = {
+        "word": dict(boundary_router="word"),
+        "hnet_n2": dict(compression_ratio=[2.0]),
+        "hnet_n4": dict(compression_ratio=[4.0]),
+    }.get(variant, {})
     return HNetForCausalLM(HNetConfig(**kw))
 
 
@@ -178,18 +192,44 @@ def train(args) -> dict:
     ood = eval_windows(ood_bytes(args.ood_bytes), args.context)
     ood_bpb, ood_frac = bits_per_byte(model, ood, args.eval_batch)
     result = {
-        "variant": args.variant, "model": type(model).__name__, "params": n_params(model),
-        "config": model.config.to_diff_dict() if not is_hnet else {k: getattr(model.config, k, None) for k in (
-            "arch_layout", "d_model", "d_intermediate", "compression_ratio", "ratio_loss_weight", "boundary_router",
-            "ratio_loss_reduction", "lr_multipliers", "ssm_cfg", "attn_cfg")},
-        "budget": {"steps": args.steps, "batch_size": args.batch_size, "context": args.context,
-                   "bytes": args.steps * args.batch_size * args.context, "lr": args.lr, "weight_decay": args.weight_decay},
-        "train_seconds": train_seconds, "seconds_per_step": train_seconds / args.steps,
+        "variant": args.variant,
+        "model": type(model).__name__,
+        "params": n_params(model),
+        "config": model.config.to_diff_dict()
+        if not is_hnet
+        else {
+            k: getattr(model.config, k, None)
+            for k in (
+                "arch_layout",
+                "d_model",
+                "d_intermediate",
+                "compression_ratio",
+                "ratio_loss_weight",
+                "boundary_router",
+                "ratio_loss_reduction",
+                "lr_multipliers",
+                "ssm_cfg",
+                "attn_cfg",
+            )
+        },
+        "budget": {
+            "steps": args.steps,
+            "batch_size": args.batch_size,
+            "context": args.context,
+            "bytes": args.steps * args.batch_size * args.context,
+            "lr": args.lr,
+            "weight_decay": args.weight_decay,
+        },
+        "train_seconds": train_seconds,
+        "seconds_per_step": train_seconds / args.steps,
         "held_out": {"bpb": held_bpb, "bytes": full[:, 1:].numel(), "boundary_fraction": held_frac},
         "ood_pydoc": {"bpb": ood_bpb, "bytes": ood[:, 1:].numel(), "boundary_fraction": ood_frac},
         "target_fraction": [1 / n for n in model.config.compression_ratio] if is_hnet else None,
-        "curve": curve, "curve_windows": len(curve_windows), "train_log": log,
-        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "machine": machine(args.threads),
+        "curve": curve,
+        "curve_windows": len(curve_windows),
+        "train_log": log,
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "machine": machine(args.threads),
     }
     os.makedirs(RESULTS, exist_ok=True)
     path = os.path.join(RESULTS, f"hnet_run_{args.variant}.json")
@@ -199,13 +239,17 @@ def train(args) -> dict:
         model.save_pretrained(target)
         if is_hnet:
             ByteTokenizer().save_pretrained(target)
-    print(f"{args.variant}: held-out {held_bpb:.4f} bpb, pydoc {ood_bpb:.4f} bpb, boundary fraction {held_frac}, "
-          f"{train_seconds:.0f}s ({train_seconds / args.steps:.2f}s/step) -> {path}", flush=True)
+    print(
+        f"{args.variant}: held-out {held_bpb:.4f} bpb, pydoc {ood_bpb:.4f} bpb, boundary fraction {held_frac}, "
+        f"{train_seconds:.0f}s ({train_seconds / args.steps:.2f}s/step) -> {path}",
+        flush=True,
+    )
     return result
 
 
 def machine(threads: int) -> str:
-    return f"{os.cpu_count()}-core {platform.machine()} CPU, torch {torch.__version__.split('+')[0]} CPU, {threads} thread(s)"
+    torch_version = torch.__version__.split("+")[0]
+    return f"{os.cpu_count()}-core {platform.machine()} CPU, torch {torch_version} CPU, {threads} thread(s)"
 
 
 # -- decoding speed ---------------------------------------------------------------------------------------------------
@@ -223,8 +267,14 @@ def speed(args) -> dict:
         mask = torch.ones_like(prompts)
         model.generate(prompts[:, :8], attention_mask=mask[:, :8], max_new_tokens=4, do_sample=False, pad_token_id=253)
         t = time.perf_counter()
-        cached = model.generate(prompts, attention_mask=mask, max_new_tokens=args.new_tokens, min_new_tokens=args.new_tokens,
-                                do_sample=False, pad_token_id=253)
+        cached = model.generate(
+            prompts,
+            attention_mask=mask,
+            max_new_tokens=args.new_tokens,
+            min_new_tokens=args.new_tokens,
+            do_sample=False,
+            pad_token_id=253,
+        )
         t_cache = time.perf_counter() - t
         ids = prompts
         t = time.perf_counter()
@@ -233,22 +283,41 @@ def speed(args) -> dict:
             ids = torch.cat([ids, logits.argmax(-1, keepdim=True)], 1)
         t_full = time.perf_counter() - t
         new = batch * args.new_tokens
-        rows.append({"batch": batch, "prompt_bytes": args.prompt_len + 1, "new_bytes": args.new_tokens,
-                     "cache_bytes_per_s": new / t_cache, "full_forward_bytes_per_s": new / t_full,
-                     "speedup": t_full / t_cache, "greedy_equal": bool(torch.equal(cached[:, -args.new_tokens:],
-                                                                                    ids[:, -args.new_tokens:]))})
-        print(f"batch {batch}: cache {new / t_cache:.1f} B/s, full forward {new / t_full:.1f} B/s "
-              f"(x{t_full / t_cache:.1f}), greedy equal: {rows[-1]['greedy_equal']}", flush=True)
-    result = {"model": args.model, "rows": rows, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-              "machine": machine(args.threads)}
+        rows.append(
+            {
+                "batch": batch,
+                "prompt_bytes": args.prompt_len + 1,
+                "new_bytes": args.new_tokens,
+                "cache_bytes_per_s": new / t_cache,
+                "full_forward_bytes_per_s": new / t_full,
+                "speedup": t_full / t_cache,
+                "greedy_equal": bool(torch.equal(cached[:, -args.new_tokens :], ids[:, -args.new_tokens :])),
+            }
+        )
+        print(
+            f"batch {batch}: cache {new / t_cache:.1f} B/s, full forward {new / t_full:.1f} B/s "
+            f"(x{t_full / t_cache:.1f}), greedy equal: {rows[-1]['greedy_equal']}",
+            flush=True,
+        )
+    result = {
+        "model": args.model,
+        "rows": rows,
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "machine": machine(args.threads),
+    }
     os.makedirs(RESULTS, exist_ok=True)
     json.dump(result, open(os.path.join(RESULTS, "hnet_run_speed.json"), "w"), indent=1)
     return result
 
 
 # -- report -----------------------------------------------------------------------------------------------------------
-LABELS = {"hnet": "H-Net 1-stage, learned (N=6)", "llama": "isotropic byte Llama", "word": "H-Net, word router (HAT)",
-          "hnet_n2": "H-Net learned, N=2", "hnet_n4": "H-Net learned, N=4"}
+LABELS = {
+    "hnet": "H-Net 1-stage, learned (N=6)",
+    "llama": "isotropic byte Llama",
+    "word": "H-Net, word router (HAT)",
+    "hnet_n2": "H-Net learned, N=2",
+    "hnet_n4": "H-Net learned, N=4",
+}
 
 
 def report(args) -> str:
@@ -263,50 +332,78 @@ def report(args) -> str:
         raise SystemExit("no runs in benchmarks/results (run `train --variant ...` first)")
     any_run = next(iter(runs.values()))
     b = any_run["budget"]
-    lines = [f"H-Net vs isotropic byte Llama, {any_run['date'][:10]}, {any_run['machine']}",
-             f"budget per model: {b['steps']} steps x batch {b['batch_size']} x context {b['context']} "
-             f"= {b['bytes'] / 1e6:.2f}M bytes of tinyshakespeare (first 90%), AdamW lr {b['lr']:g}, wd {b['weight_decay']:g}, "
-             "warm-up 10% + cosine to 10%",
-             "", "| model | params | held-out bpb | pydoc bpb (OOD) | boundary fraction (target) | wall s/step (loaded machine) |",
-             "|---|---|---|---|---|---|"]
+    lines = [
+        f"H-Net vs isotropic byte Llama, {any_run['date'][:10]}, {any_run['machine']}",
+        f"budget per model: {b['steps']} steps x batch {b['batch_size']} x context {b['context']} "
+        f"= {b['bytes'] / 1e6:.2f}M bytes of tinyshakespeare (first 90%), AdamW lr {b['lr']:g}, wd "
+        f"{b['weight_decay']:g}, "
+        "warm-up 10% + cosine to 10%",
+        "",
+        "| model | params | held-out bpb | pydoc bpb (OOD) | boundary fraction (target) "
+        "| wall s/step (loaded machine) |",
+        "|---|---|---|---|---|---|",
+    ]
     for v in ("hnet", "llama", "word"):
         if v in runs:
             r = runs[v]
-            frac = "-" if r["held_out"]["boundary_fraction"] is None else \
-                ", ".join(f"{f:.3f}" for f in r["held_out"]["boundary_fraction"]) + \
-                (f" ({', '.join(f'{t:.3f}' for t in r['target_fraction'])})" if v != "word" else " (fixed rule)")
-            lines.append(f"| {LABELS[v]} | {r['params'] / 1e6:.2f}M | {r['held_out']['bpb']:.4f} | {r['ood_pydoc']['bpb']:.4f} "
-                         f"| {frac} | {r['seconds_per_step']:.2f} |")
+            frac = (
+                "-"
+                if r["held_out"]["boundary_fraction"] is None
+                else ", ".join(f"{f:.3f}" for f in r["held_out"]["boundary_fraction"])
+                + (f" ({', '.join(f'{t:.3f}' for t in r['target_fraction'])})" if v != "word" else " (fixed rule)")
+            )
+            lines.append(
+                f"| {LABELS[v]} | {r['params'] / 1e6:.2f}M | {r['held_out']['bpb']:.4f} | {r['ood_pydoc']['bpb']:.4f} "
+                f"| {frac} | {r['seconds_per_step']:.2f} |"
+            )
     sweep = [(v, n) for v, n in (("hnet_n2", 2), ("hnet_n4", 4), ("hnet", 6)) if v in runs]
     if sweep:
-        lines += ["", "| target N | 1/N | selected fraction (held-out) | rel. error | within 20% | held-out bpb | steps |",
-                  "|---|---|---|---|---|---|---|"]
+        lines += [
+            "",
+            "| target N | 1/N | selected fraction (held-out) | rel. error | within 20% | held-out bpb | steps |",
+            "|---|---|---|---|---|---|---|",
+        ]
         for v, n in sweep:
             r = runs[v]
             f = r["held_out"]["boundary_fraction"][0]
             err = f * n - 1
-            lines.append(f"| {n} | {1 / n:.3f} | {f:.3f} | {err:+.0%} | {'yes' if abs(err) <= 0.2 else 'no'} "
-                         f"| {r['held_out']['bpb']:.4f} | {r['budget']['steps']} |")
+            lines.append(
+                f"| {n} | {1 / n:.3f} | {f:.3f} | {err:+.0%} | {'yes' if abs(err) <= 0.2 else 'no'} "
+                f"| {r['held_out']['bpb']:.4f} | {r['budget']['steps']} |"
+            )
         sweep_steps = {runs[v]["budget"]["steps"] for v, _ in sweep if v != "hnet"}
         for v, n in sweep:  # the longer run read at the sweep's step count too (curve windows, not the full held-out)
             r = runs[v]
             for c in r["curve"]:
                 if c["step"] in sweep_steps and c["step"] != r["budget"]["steps"] and c["boundary_fraction"]:
                     f = c["boundary_fraction"][0]
-                    lines.append(f"| {n} (at step {c['step']}, {r['curve_windows']} curve windows) | {1 / n:.3f} | {f:.3f} "
-                                 f"| {f * n - 1:+.0%} | {'yes' if abs(f * n - 1) <= 0.2 else 'no'} | {c['bpb']:.4f} | {c['step']} |")
+                    lines.append(
+                        f"| {n} (at step {c['step']}, {r['curve_windows']} curve windows) | {1 / n:.3f} | {f:.3f} "
+                        f"| {f * n - 1:+.0%} | {'yes' if abs(f * n - 1) <= 0.2 else 'no'} "
+                        f"| {c['bpb']:.4f} | {c['step']} |"
+                    )
     if speed_res:
-        lines += ["", f"decoding ({os.path.basename(speed_res['model'].rstrip('/'))}, greedy, "
-                      f"{speed_res['rows'][0]['prompt_bytes']}-byte prompt, {speed_res['rows'][0]['new_bytes']} new bytes per row)",
-                  "", "| batch | cache bytes/s | full forward per byte, bytes/s | speed-up | same greedy bytes |",
-                  "|---|---|---|---|---|"]
+        lines += [
+            "",
+            f"decoding ({os.path.basename(speed_res['model'].rstrip('/'))}, greedy, "
+            f"{speed_res['rows'][0]['prompt_bytes']}-byte prompt, "
+            f"{speed_res['rows'][0]['new_bytes']} new bytes per row)",
+            "",
+            "| batch | cache bytes/s | full forward per byte, bytes/s | speed-up | same greedy bytes |",
+            "|---|---|---|---|---|",
+        ]
         for r in speed_res["rows"]:
-            lines.append(f"| {r['batch']} | {r['cache_bytes_per_s']:.1f} | {r['full_forward_bytes_per_s']:.1f} "
-                         f"| {r['speedup']:.1f}x | {r['greedy_equal']} |")
+            lines.append(
+                f"| {r['batch']} | {r['cache_bytes_per_s']:.1f} | {r['full_forward_bytes_per_s']:.1f} "
+                f"| {r['speedup']:.1f}x | {r['greedy_equal']} |"
+            )
     table = "\n".join(lines)
     print(table)
-    summary = {"runs": {v: {k: r[k] for k in r if k != "train_log"} for v, r in runs.items()}, "speed": speed_res,
-               "table": table}
+    summary = {
+        "runs": {v: {k: r[k] for k in r if k != "train_log"} for v, r in runs.items()},
+        "speed": speed_res,
+        "table": table,
+    }
     json.dump(summary, open(os.path.join(RESULTS, "hnet_bpb.json"), "w"), indent=1)
     open(os.path.join(RESULTS, "hnet_bpb.md"), "w").write(table + "\n")
     plot(runs)
@@ -322,18 +419,30 @@ def plot(runs: dict) -> None:
     fig, (ax, ax2) = plt.subplots(1, 2, figsize=(12, 4.5))
     for v, r in runs.items():
         steps = [c["step"] for c in r["curve"]]
-        ax.plot(steps, [c["bpb"] for c in r["curve"]], marker="o", ms=3, label=f"{LABELS[v]} ({r['params'] / 1e6:.2f}M)")
+        ax.plot(
+            steps, [c["bpb"] for c in r["curve"]], marker="o", ms=3, label=f"{LABELS[v]} ({r['params'] / 1e6:.2f}M)"
+        )
         if r["train_log"] and "boundary_fraction" in r["train_log"][0] and r["variant"] != "word":
-            ax2.plot([e["step"] for e in r["train_log"]], [e["boundary_fraction"][0] for e in r["train_log"]],
-                     lw=1, label=f"{LABELS[v]}")
+            ax2.plot(
+                [e["step"] for e in r["train_log"]],
+                [e["boundary_fraction"][0] for e in r["train_log"]],
+                lw=1,
+                label=f"{LABELS[v]}",
+            )
             ax2.axhline(r["target_fraction"][0], ls=":", color=ax2.lines[-1].get_color())
     b = next(iter(runs.values()))["budget"]
-    ax.set(xlabel="training step", ylabel="held-out bits per byte",
-           title=f"tinyshakespeare, batch {b['batch_size']} x {b['context']} bytes per step")
+    ax.set(
+        xlabel="training step",
+        ylabel="held-out bits per byte",
+        title=f"tinyshakespeare, batch {b['batch_size']} x {b['context']} bytes per step",
+    )
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    ax2.set(xlabel="training step", ylabel="boundary fraction (stage 0, train batch)",
-            title="learned compression vs target 1/N (dotted)")
+    ax2.set(
+        xlabel="training step",
+        ylabel="boundary fraction (stage 0, train batch)",
+        title="learned compression vs target 1/N (dotted)",
+    )
     ax2.grid(alpha=0.3)
     ax2.legend(fontsize=8)
     fig.tight_layout()
@@ -347,7 +456,9 @@ def main(argv=None):
     p.add_argument("--variant", choices=VARIANTS, default="hnet")
     p.add_argument("--data", default=DEFAULT_DATA)
     p.add_argument("--steps", type=int, default=300)
-    p.add_argument("--sweep-steps", type=int, default=150, help="steps of hnet_n2/hnet_n4 in `all` (the recorded run: 150)")
+    p.add_argument(
+        "--sweep-steps", type=int, default=150, help="steps of hnet_n2/hnet_n4 in `all` (the recorded run: 150)"
+    )
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--context", type=int, default=256)
     p.add_argument("--lr", type=float, default=2e-3)

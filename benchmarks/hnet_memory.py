@@ -17,6 +17,7 @@ model with attention in the outer stage too (``arch_layout = ["t1m1", ["T4"], "m
 both stages, as the paper's presets have in their outer stages. Times are indicative only (shared machine).
 Writes ``benchmarks/results/hnet_memory.json``.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -33,9 +34,13 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "hnet_memory.json"
 CONFIGS = {
     "default": {},
-    "windowed": {"arch_layout": ["t1m1", ["T4"], "m1t1"], "d_model": [128, 256], "d_intermediate": [0, 512],
-                 "ssm_cfg": {"d_state": 32, "head_dim": 32},
-                 "attn_cfg": {"num_heads": [4, 4], "rotary_emb_dim": [16, 32], "window_size": [1023, 1023]}},
+    "windowed": {
+        "arch_layout": ["t1m1", ["T4"], "m1t1"],
+        "d_model": [128, 256],
+        "d_intermediate": [0, 512],
+        "ssm_cfg": {"d_state": 32, "head_dim": 32},
+        "attn_cfg": {"num_heads": [4, 4], "rotary_emb_dim": [16, 32], "window_size": [1023, 1023]},
+    },
 }
 
 
@@ -46,6 +51,7 @@ def _one(mode: str, name: str, T: int) -> dict:
     from hf_seqmodels.layers.attention import CausalSelfAttention
 
     if mode == "before":  # every full-sequence call through the explicit [B, T, T] mask
+
         def full_mask(self, q, k, v, pos, valid, padded):
             return self._masked(q, k, v, pos, pos, valid)
 
@@ -82,18 +88,29 @@ def main():
     rows = []
     for name in args.configs:
         for mode in ("before", "after"):
-            out = subprocess.run([sys.executable, "-m", "benchmarks.hnet_memory", "--one", mode, name, str(args.T)],
-                                 capture_output=True, text=True, check=True, cwd=ROOT).stdout
+            out = subprocess.run(
+                [sys.executable, "-m", "benchmarks.hnet_memory", "--one", mode, name, str(args.T)],
+                capture_output=True,
+                text=True,
+                check=True,
+                cwd=ROOT,
+            ).stdout
             rows.append(json.loads(out.strip().splitlines()[-1]))
             print(rows[-1], flush=True)
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps({"date": time.strftime("%Y-%m-%d"), "machine": f"{platform.machine()} CPU, 1 thread",
-                                   "rows": rows}, indent=1))
+    RESULTS.write_text(
+        json.dumps(
+            {"date": time.strftime("%Y-%m-%d"), "machine": f"{platform.machine()} CPU, 1 thread", "rows": rows},
+            indent=1,
+        )
+    )
     print("| config | T | before: extra peak (MiB) | after (MiB) | before / after | s before / after |")
     print("|---|---|---|---|---|---|")
     for b, a in zip(rows[::2], rows[1::2]):
-        print(f"| {b['config']} | {b['T']} | {b['extra_peak_mib']} | {a['extra_peak_mib']} | "
-              f"{b['extra_peak_mib'] / max(a['extra_peak_mib'], 1e-9):.2f} | {b['seconds']} / {a['seconds']} |")
+        print(
+            f"| {b['config']} | {b['T']} | {b['extra_peak_mib']} | {a['extra_peak_mib']} | "
+            f"{b['extra_peak_mib'] / max(a['extra_peak_mib'], 1e-9):.2f} | {b['seconds']} / {a['seconds']} |"
+        )
 
 
 if __name__ == "__main__":

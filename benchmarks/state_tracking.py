@@ -12,6 +12,7 @@ and model, the learning rate with the best mean accuracy at the trained length o
 the range over those seeds; the plot has one panel per task (mean learning curve, shaded min-max over seeds) and a
 panel of Newton iterations per solve over training for the ParaRNN models.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -39,10 +40,18 @@ RECIPES = {
     "dense-gru": dict(config="dense-gru", layers=1),
     "dense-lstm": dict(config="dense-lstm", layers=1),
 }
-NAMES = {"paragru": "ParaGRU", "paralstm": "ParaLSTM", "paragru-lminit": "ParaGRU, LM init (xavier_clipped)",
-         "paralstm-lminit": "ParaLSTM, LM init (xavier_clipped)", "paragru-clip": "ParaGRU, recurrent_clip 0.9",
-         "paralstm-clip": "ParaLSTM, recurrent_clip 0.9", "gla": "GLA", "llama": "Llama (2 layers)",
-         "dense-gru": "torch.nn.GRU", "dense-lstm": "torch.nn.LSTM"}
+NAMES = {
+    "paragru": "ParaGRU",
+    "paralstm": "ParaLSTM",
+    "paragru-lminit": "ParaGRU, LM init (xavier_clipped)",
+    "paralstm-lminit": "ParaLSTM, LM init (xavier_clipped)",
+    "paragru-clip": "ParaGRU, recurrent_clip 0.9",
+    "paralstm-clip": "ParaLSTM, recurrent_clip 0.9",
+    "gla": "GLA",
+    "llama": "Llama (2 layers)",
+    "dense-gru": "torch.nn.GRU",
+    "dense-lstm": "torch.nn.LSTM",
+}
 DEFAULT_MODELS = ("paragru", "paralstm", "gla", "llama", "dense-gru", "dense-lstm")
 
 
@@ -64,17 +73,31 @@ def run(args):
                 if (model, lr, seed, args.steps, args.length) in done:  # resume an interrupted sweep
                     continue
                 start = time.time()
-                r = train_and_evaluate(args.task, train_length=args.length, test_lengths=args.test_lengths,
-                                       steps=args.steps, batch_size=args.batch_size, lr=lr, d_model=args.d_model,
-                                       seed=seed, eval_every=args.eval_every or max(1, args.steps // 20),
-                                       num_test=args.num_test, progress=not args.no_progress, **recipe)
+                r = train_and_evaluate(
+                    args.task,
+                    train_length=args.length,
+                    test_lengths=args.test_lengths,
+                    steps=args.steps,
+                    batch_size=args.batch_size,
+                    lr=lr,
+                    d_model=args.d_model,
+                    seed=seed,
+                    eval_every=args.eval_every or max(1, args.steps // 20),
+                    num_test=args.num_test,
+                    progress=not args.no_progress,
+                    **recipe,
+                )
                 r["model"] = model
                 r["time_s"] = round(time.time() - start, 1)
                 r["machine"] = f"{platform.machine()} CPU, {args.threads} thread(s), torch {torch.__version__}"
                 r["date"] = time.strftime("%Y-%m-%d")
                 results.append(r)
-                print(json.dumps({k: r[k] for k in ("task", "model", "lr", "seed", "accuracy", "newton", "time_s")
-                                  if k in r}), flush=True)
+                print(
+                    json.dumps(
+                        {k: r[k] for k in ("task", "model", "lr", "seed", "accuracy", "newton", "time_s") if k in r}
+                    ),
+                    flush=True,
+                )
                 os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
                 with open(args.out, "w") as f:
                     json.dump(results, f, indent=1)
@@ -89,7 +112,9 @@ def select(runs):
     seeds; ties: the smaller lr)}, and {(task, train_length, model): {lr: mean}} for the record."""
     groups = {}
     for r in runs:
-        groups.setdefault((r["task"], r["train_length"], r.get("model", r["config"])), {}).setdefault(r["lr"], []).append(r)
+        groups.setdefault((r["task"], r["train_length"], r.get("model", r["config"])), {}).setdefault(
+            r["lr"], []
+        ).append(r)
     best, by_lr = {}, {}
     for key, lrs in groups.items():
         means = {lr: sum(_acc(r, r["train_length"]) for r in rs) / len(rs) for lr, rs in lrs.items()}
@@ -100,8 +125,11 @@ def select(runs):
 
 def _curve_arrays(rs):
     steps = [p["step"] if isinstance(p, dict) else p[0] for p in rs[0]["curve"]]
-    accs = [[p["accuracy"] if isinstance(p, dict) else p[1] for p in r["curve"]] for r in rs
-            if len(r["curve"]) == len(steps)]
+    accs = [
+        [p["accuracy"] if isinstance(p, dict) else p[1] for p in r["curve"]]
+        for r in rs
+        if len(r["curve"]) == len(steps)
+    ]
     return steps, accs
 
 
@@ -118,9 +146,12 @@ def report(args):
     best, by_lr = select(runs)
     keys = sorted(best, key=lambda k: (k[0], k[1], list(RECIPES).index(k[2]) if k[2] in RECIPES else 99))
     panels = sorted({(t, L) for t, L, _ in keys})
-    lines = ["| task | L (trained) | model | steps x batch | lr (swept: mean acc at 1x) | seeds | final-state acc, mean [min-max]: "
-             "1x | 2x | 4x | Newton it/solve train mean (max) [at 4x] | fallbacks | s/run |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| task | L (trained) | model | steps x batch | lr (swept: mean acc at 1x) | seeds | final-state acc, mean "
+        "[min-max]: "
+        "1x | 2x | 4x | Newton it/solve train mean (max) [at 4x] | fallbacks | s/run |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
     newton_models = [k for k in keys if any(r.get("newton") for r in best[k])]
     ncols = len(panels) + (1 if newton_models else 0)
     grid = min(3, ncols)
@@ -143,25 +174,36 @@ def report(args):
                 long_it = [r["accuracy"][lengths[-1]].get("newton") for r in rs]
                 long_it = [n["mean_iterations"] for n in long_it if n]
                 top = [n["max_iterations"] for n in newton if n.get("max_iterations")]  # older files: mean only
-                nw = (f"{mean_it:.2f}" + (f" ({max(top)})" if top else "")
-                      + (f" [{sum(long_it) / len(long_it):.2f}]" if long_it else ""))
+                nw = (
+                    f"{mean_it:.2f}"
+                    + (f" ({max(top)})" if top else "")
+                    + (f" [{sum(long_it) / len(long_it):.2f}]" if long_it else "")
+                )
                 fb = str(sum(n["fallbacks"] for n in newton))
             else:
                 nw = fb = "-"
             swept = ", ".join(f"{lr:g}: {by_lr[key][lr]:.2f}" for lr in sorted(by_lr[key]))
             r0 = rs[0]
-            lines.append(f"| {task} | {length} | {NAMES.get(key[2], key[2])} | {r0['steps']} x {r0['batch_size']} | "
-                         f"{r0['lr']:g} ({swept}) | {len(rs)} | " + " | ".join(cells)
-                         + f" | {nw} | {fb} | {sum(r['time_s'] for r in rs) / len(rs):.0f} |")
+            lines.append(
+                f"| {task} | {length} | {NAMES.get(key[2], key[2])} | {r0['steps']} x {r0['batch_size']} | "
+                f"{r0['lr']:g} ({swept}) | {len(rs)} | "
+                + " | ".join(cells)
+                + f" | {nw} | {fb} | {sum(r['time_s'] for r in rs) / len(rs):.0f} |"
+            )
             steps, accs = _curve_arrays(rs)
             if not accs:
                 continue
             mean = [sum(c) / len(c) for c in zip(*accs)]
             color = f"C{list(RECIPES).index(key[2]) % 10}" if key[2] in RECIPES else None  # one colour per model
-            line, = ax.plot(steps, mean, color=color, label=f"{NAMES.get(key[2], key[2])} (lr {r0['lr']:g})")
+            (line,) = ax.plot(steps, mean, color=color, label=f"{NAMES.get(key[2], key[2])} (lr {r0['lr']:g})")
             if len(accs) > 1:
-                ax.fill_between(steps, [min(c) for c in zip(*accs)], [max(c) for c in zip(*accs)],
-                                color=line.get_color(), alpha=0.15)
+                ax.fill_between(
+                    steps,
+                    [min(c) for c in zip(*accs)],
+                    [max(c) for c in zip(*accs)],
+                    color=line.get_color(),
+                    alpha=0.15,
+                )
         ax.set_title(f"{task}, L={length}")
         ax.set_xlabel("step")
         ax.set_ylim(0, 1.02)
@@ -172,8 +214,11 @@ def report(args):
         for key in newton_models:
             for r in best[key][:1]:
                 pts = [p for p in r["curve"] if isinstance(p, dict) and p.get("newton")]
-                ax.plot([p["step"] for p in pts], [p["newton"]["mean_iterations"] for p in pts],
-                        label=f"{NAMES.get(key[2], key[2])} {key[0]} L{key[1]}")
+                ax.plot(
+                    [p["step"] for p in pts],
+                    [p["newton"]["mean_iterations"] for p in pts],
+                    label=f"{NAMES.get(key[2], key[2])} {key[0]} L{key[1]}",
+                )
         ax.set_title("Newton iterations per solve (training)")
         ax.set_xlabel("step")
         ax.legend(fontsize=6)

@@ -10,6 +10,7 @@ op's extra memory.
 
 Writes ``benchmarks/results/swa_memory.json``.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -42,8 +43,15 @@ def _one(T: int, window: int, H: int, D: int) -> dict:
     sliding_window_attention(q, k, v, window=window).sum().backward()
     seconds = time.perf_counter() - start
     extra = (_status_kb("VmHWM") - before) / 1024
-    return {"T": T, "window": window, "H": H, "D": D, "extra_peak_mib": round(extra, 1),
-            "inputs_mib": round(3 * T * H * D * 4 / 2**20, 1), "seconds": round(seconds, 2)}
+    return {
+        "T": T,
+        "window": window,
+        "H": H,
+        "D": D,
+        "extra_peak_mib": round(extra, 1),
+        "inputs_mib": round(3 * T * H * D * 4 / 2**20, 1),
+        "seconds": round(seconds, 2),
+    }
 
 
 def main():
@@ -58,13 +66,22 @@ def main():
         return
     rows = []
     for w in args.windows:
-        out = subprocess.run([sys.executable, "-m", "benchmarks.swa_memory", "--one", str(args.T), str(w)],
-                             capture_output=True, text=True, check=True, cwd=ROOT).stdout
+        out = subprocess.run(
+            [sys.executable, "-m", "benchmarks.swa_memory", "--one", str(args.T), str(w)],
+            capture_output=True,
+            text=True,
+            check=True,
+            cwd=ROOT,
+        ).stdout
         rows.append(json.loads(out.strip().splitlines()[-1]))
         print(rows[-1], flush=True)
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps({"date": time.strftime("%Y-%m-%d"), "machine": f"{platform.machine()} CPU, 1 thread",
-                                   "rows": rows}, indent=1))
+    RESULTS.write_text(
+        json.dumps(
+            {"date": time.strftime("%Y-%m-%d"), "machine": f"{platform.machine()} CPU, 1 thread", "rows": rows},
+            indent=1,
+        )
+    )
     print("| window | extra peak (MiB) | inputs (MiB) | s |\n|---|---|---|---|")
     for r in rows:
         print(f"| {r['window']} | {r['extra_peak_mib']} | {r['inputs_mib']} | {r['seconds']} |")

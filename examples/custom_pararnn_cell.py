@@ -7,6 +7,7 @@ weight, ``h_t = (1 - l) * h_{t-1} + l * tanh(w * h_{t-1} + B x_t + b)`` with a l
 The Jacobian is diagonal; hf-seqmodels derives it with autograd (a closed-form ``jacobian`` method is optional and
 faster). ``register_cell`` makes it available to ``ParaRNNConfig(cell=...)``.
 """
+
 import torch
 from torch import nn
 from transformers import AutoModelForCausalLM

@@ -4,6 +4,7 @@
 
 GLA's documented LoRA targets are `GLAConfig.lora_target_modules` (q_proj, k_proj, v_proj, g_proj, o_proj).
 """
+
 import argparse
 
 import torch
@@ -26,10 +27,19 @@ def main():
         if args.model:
             return AutoModelForCausalLM.from_pretrained(args.model)
         torch.manual_seed(0)
-        return AutoModelForCausalLM.from_config(hf_seqmodels.GLAConfig(vocab_size=256, hidden_size=128, num_hidden_layers=2, num_heads=4))
+        return AutoModelForCausalLM.from_config(
+            hf_seqmodels.GLAConfig(vocab_size=256, hidden_size=128, num_hidden_layers=2, num_heads=4)
+        )
 
-    model = get_peft_model(base(), LoraConfig(r=args.rank, lora_alpha=2 * args.rank, target_modules=hf_seqmodels.GLAConfig.lora_target_modules,
-                                                 task_type="CAUSAL_LM"))  # AutoPeftModelForCausalLM can reload it
+    model = get_peft_model(
+        base(),
+        LoraConfig(
+            r=args.rank,
+            lora_alpha=2 * args.rank,
+            target_modules=hf_seqmodels.GLAConfig.lora_target_modules,
+            task_type="CAUSAL_LM",
+        ),
+    )  # AutoPeftModelForCausalLM can reload it
     model.print_trainable_parameters()
     tokens = byte_tokens(default_text())
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)

@@ -6,6 +6,7 @@
 The text is loaded with `datasets` ("text" builder on a local file), tokenized as UTF-8 bytes (vocabulary 256),
 and cut into fixed-length blocks. Any checkpoint saved by hf-seqmodels can be passed with --model to continue.
 """
+
 import argparse
 import os
 import tempfile
@@ -47,18 +48,39 @@ def main():
     if args.model:
         model = AutoModelForCausalLM.from_pretrained(args.model)
     else:
-        config = hf_seqmodels.GLAConfig(vocab_size=256, hidden_size=128, num_hidden_layers=4, num_heads=4,
-                                        use_short_conv=True, bos_token_id=None, eos_token_id=None)
+        config = hf_seqmodels.GLAConfig(
+            vocab_size=256,
+            hidden_size=128,
+            num_hidden_layers=4,
+            num_heads=4,
+            use_short_conv=True,
+            bos_token_id=None,
+            eos_token_id=None,
+        )
         model = AutoModelForCausalLM.from_config(config)
 
     training_args = TrainingArguments(
-        output_dir=args.out, max_steps=args.steps, per_device_train_batch_size=args.batch_size,
-        per_device_eval_batch_size=args.batch_size, learning_rate=args.lr, lr_scheduler_type="cosine",
-        warmup_steps=max(1, args.steps // 20), logging_steps=10, eval_strategy="steps", eval_steps=max(10, args.steps // 4),
-        save_strategy="no", report_to=[], use_cpu=not __import__("torch").cuda.is_available(),
+        output_dir=args.out,
+        max_steps=args.steps,
+        per_device_train_batch_size=args.batch_size,
+        per_device_eval_batch_size=args.batch_size,
+        learning_rate=args.lr,
+        lr_scheduler_type="cosine",
+        warmup_steps=max(1, args.steps // 20),
+        logging_steps=10,
+        eval_strategy="steps",
+        eval_steps=max(10, args.steps // 4),
+        save_strategy="no",
+        report_to=[],
+        use_cpu=not __import__("torch").cuda.is_available(),
     )
-    trainer = Trainer(model=model, args=training_args, train_dataset=data["train"], eval_dataset=data["test"],
-                      data_collator=default_data_collator)
+    trainer = Trainer(
+        model=model,
+        args=training_args,
+        train_dataset=data["train"],
+        eval_dataset=data["test"],
+        data_collator=default_data_collator,
+    )
     trainer.train()
     metrics = trainer.evaluate()
     print(f"held-out loss {metrics['eval_loss']:.3f} nats/byte")

@@ -2,6 +2,7 @@
 
 ``import hf_seqmodels`` registers every architecture with AutoConfig / AutoModel / AutoModelForCausalLM.
 """
+
 __version__ = "0.1.0"
 
 from .cache import RecurrentCache

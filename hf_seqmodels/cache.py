@@ -4,6 +4,7 @@ A layer keeps whatever its decoding needs under names of its choosing: a recurre
 short-convolution tails, a sliding-window KV ring buffer, per-stage state. The model advances the token count
 once per forward. Recurrent state cannot be rolled back, so cropping (assisted decoding) is refused.
 """
+
 from __future__ import annotations
 
 import torch
@@ -93,4 +94,6 @@ class RecurrentCache(Cache):
         self.seen_tokens = 0
 
     def crop(self, max_length: int) -> None:
-        raise ValueError("RecurrentCache cannot be cropped: a recurrent state cannot be rolled back to an earlier token")
+        raise ValueError(
+            "RecurrentCache cannot be cropped: a recurrent state cannot be rolled back to an earlier token"
+        )

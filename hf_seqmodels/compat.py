@@ -2,6 +2,7 @@
 
 5.24 renamed the cache argument and output field ``past_key_values`` to ``cache``.
 """
+
 from __future__ import annotations
 
 import transformers
@@ -25,7 +26,9 @@ def pop_cache(cache, kwargs: dict):
 
 
 def model_output(last_hidden_state, cache=None, hidden_states=None) -> BaseModelOutputWithPast:
-    return BaseModelOutputWithPast(last_hidden_state=last_hidden_state, hidden_states=hidden_states, **{CACHE_KWARG: cache})
+    return BaseModelOutputWithPast(
+        last_hidden_state=last_hidden_state, hidden_states=hidden_states, **{CACHE_KWARG: cache}
+    )
 
 
 def causal_lm_output(loss, logits, cache=None, hidden_states=None) -> CausalLMOutputWithPast:

@@ -1,4 +1,5 @@
 """Text for demos, examples and tests that every machine has: the stdlib's pydoc topics (~465 KB of English)."""
+
 from __future__ import annotations
 
 import torch

@@ -2,6 +2,7 @@
 :func:`gguf_metadata`) and whether it is whole (:func:`check_gguf_file`: a truncated download is named as such, not
 left to fail as a reshape error deep in transformers' loader). Reads only the header; loads no tensor.
 """
+
 from __future__ import annotations
 
 import os
@@ -10,9 +11,28 @@ import struct
 _GGUF_SCALARS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?", 10: "<Q", 11: "<q", 12: "<d"}
 _GGUF_STRING, _GGUF_ARRAY = 8, 9
 # block size, bytes per block of the common GGML types (gguf's table is used when it is installed)
-_GGML_SIZES = {0: (1, 4), 1: (1, 2), 2: (32, 18), 3: (32, 20), 6: (32, 22), 7: (32, 24), 8: (32, 34), 9: (32, 36),
-               10: (256, 84), 11: (256, 110), 12: (256, 144), 13: (256, 176), 14: (256, 210), 15: (256, 292),
-               24: (1, 1), 25: (1, 2), 26: (1, 4), 27: (1, 8), 28: (1, 8), 30: (1, 2)}
+_GGML_SIZES = {
+    0: (1, 4),
+    1: (1, 2),
+    2: (32, 18),
+    3: (32, 20),
+    6: (32, 22),
+    7: (32, 24),
+    8: (32, 34),
+    9: (32, 36),
+    10: (256, 84),
+    11: (256, 110),
+    12: (256, 144),
+    13: (256, 176),
+    14: (256, 210),
+    15: (256, 292),
+    24: (1, 1),
+    25: (1, 2),
+    26: (1, 4),
+    27: (1, 8),
+    28: (1, 8),
+    30: (1, 2),
+}
 
 
 class _Reader:
@@ -53,8 +73,9 @@ class _Reader:
 
 def _gguf_header(path: str, tensors: bool):
     size = os.path.getsize(path)
-    truncated = (f"{path}: the GGUF file is truncated ({size:,} bytes; an incomplete download or copy?): "
-                 "download it again")
+    truncated = (
+        f"{path}: the GGUF file is truncated ({size:,} bytes; an incomplete download or copy?): download it again"
+    )
     meta, infos = {}, []
     with open(path, "rb") as f:
         r = _Reader(f, path)
@@ -97,8 +118,10 @@ def _gguf_header(path: str, tensors: bool):
             block, nbytes = table.get(kind, (1, 0))
             end = max(end, start + offset + n // block * nbytes)
         if end > size:
-            raise ValueError(f"{path}: the GGUF file is truncated: {size:,} bytes, but its {len(infos)} tensors end at "
-                             f"byte {end:,} (an incomplete download or copy?): download it again")
+            raise ValueError(
+                f"{path}: the GGUF file is truncated: {size:,} bytes, but its {len(infos)} tensors end at "
+                f"byte {end:,} (an incomplete download or copy?): download it again"
+            )
     return meta
 
 

@@ -6,6 +6,7 @@ README.md was written by someone else: only a card carrying :data:`CARD_MARKER` 
 every card it writes) is replaced. Extra card fields come from ``model.card_data`` (a dict on the model, never saved
 in config.json): ``license``, ``base_model`` (a Hub id), ``tags`` and any ``metric: value`` rows.
 """
+
 from __future__ import annotations
 
 import json
@@ -121,8 +122,14 @@ def base_model_info(base) -> dict:
             if hub_id:
                 info["hub_id"] = hub_id
                 break
-        if "hub_id" not in info and meta.get("general.base_model.0.organization") and meta.get("general.base_model.0.name"):
-            candidate = f"{meta['general.base_model.0.organization']}/{meta['general.base_model.0.name']}".replace(" ", "-")
+        if (
+            "hub_id" not in info
+            and meta.get("general.base_model.0.organization")
+            and meta.get("general.base_model.0.name")
+        ):
+            candidate = f"{meta['general.base_model.0.organization']}/{meta['general.base_model.0.name']}".replace(
+                " ", "-"
+            )
             if _HUB_ID.match(candidate):
                 info["hub_id"] = candidate
         if meta.get("general.name"):
@@ -136,8 +143,10 @@ def base_model_info(base) -> dict:
             config = json.load(open(os.path.join(base, "config.json")))
         except (OSError, ValueError):
             config = {}
-        for candidate in (card.get("base_model") if isinstance(card.get("base_model"), str) else None,
-                          config.get("_name_or_path")):
+        for candidate in (
+            card.get("base_model") if isinstance(card.get("base_model"), str) else None,
+            config.get("_name_or_path"),
+        ):
             if looks_like_hub_id(candidate):
                 info.setdefault("hub_id", candidate)
     return info
@@ -148,8 +157,15 @@ def base_model_info(base) -> dict:
 
 def _yaml_scalar(value) -> str:
     value = str(value)
-    if re.match(r"^[A-Za-z0-9][A-Za-z0-9_./+-]*$", value) and value.lower() not in ("yes", "no", "true", "false",
-                                                                                    "null", "on", "off"):
+    if re.match(r"^[A-Za-z0-9][A-Za-z0-9_./+-]*$", value) and value.lower() not in (
+        "yes",
+        "no",
+        "true",
+        "false",
+        "null",
+        "on",
+        "off",
+    ):
         return value
     return json.dumps(value)  # a JSON string is a valid YAML scalar
 
@@ -191,8 +207,10 @@ def model_card_text(model, extra: dict | None = None) -> str:
     if license_:
         license_text = f"License: {license_}" + (" (the base model's)." if license_source == "base" else ".")
     else:
-        license_text = ("License: that of the base model (not recorded in its files; set `model.card_data"
-                        "['license']` before saving).")
+        license_text = (
+            "License: that of the base model (not recorded in its files; set `model.card_data"
+            "['license']` before saving)."
+        )
     text = Template((cards / "template.md").read_text()).substitute(
         front_matter="\n".join(front),
         marker=CARD_MARKER,
@@ -262,10 +280,17 @@ def pickle_only_message(folder) -> str | None:
     names = os.listdir(folder)
     if any(n.endswith(".safetensors") or n == "model.safetensors.index.json" for n in names):
         return None
-    pickles = sorted(n for n in names if n.endswith((".bin", ".pt", ".pth", ".ckpt")) and "pytorch_model" in n or
-                     n in ("model.pt", "model.pth", "model.ckpt"))
+    pickles = sorted(
+        n
+        for n in names
+        if n.endswith((".bin", ".pt", ".pth", ".ckpt"))
+        and "pytorch_model" in n
+        or n in ("model.pt", "model.pth", "model.ckpt")
+    )
     if not pickles:
         return None
-    return (f"{os.fspath(folder)!r} holds its weights only as {pickles[0]}, a pickle file, and no model.safetensors: "
-            "hf-seqmodels loads safetensors only, because unpickling a file can run arbitrary code. If you trust the "
-            "file, convert it once: from_pretrained(folder, use_safetensors=False).save_pretrained(folder)")
+    return (
+        f"{os.fspath(folder)!r} holds its weights only as {pickles[0]}, a pickle file, and no model.safetensors: "
+        "hf-seqmodels loads safetensors only, because unpickling a file can run arbitrary code. If you trust the "
+        "file, convert it once: from_pretrained(folder, use_safetensors=False).save_pretrained(folder)"
+    )

@@ -4,6 +4,7 @@ published checkpoint formats converted on load.
 ``hf_seqmodels.models`` fills it; code that needs every architecture (the Hub files, the Auto-class registration)
 reads it. It imports nothing of the package, so no module depends on the registry of its own subclasses.
 """
+
 from __future__ import annotations
 
 import os

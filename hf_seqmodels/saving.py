@@ -3,6 +3,7 @@ half-written folder left behind.
 
 Every command that writes a model writes it through :func:`safe_output_folder`.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -39,14 +40,18 @@ def check_output_target(out, *, inputs=(), overwrite: bool = False, flag: str = 
             continue
         how = _overlap(target, _resolved(source))
         if how is not None:
-            raise ValueError(f"{flag} {os.fspath(out)!r} {how} the input {os.fspath(source)!r}: write the output to a "
-                             "folder apart from the inputs")
+            raise ValueError(
+                f"{flag} {os.fspath(out)!r} {how} the input {os.fspath(source)!r}: write the output to a "
+                "folder apart from the inputs"
+            )
     if target.exists() and not target.is_dir():
         raise ValueError(f"{flag} {os.fspath(out)!r} exists and is not a folder")
     if target.is_dir() and any(target.iterdir()) and not overwrite:
         option = "--overwrite" if flag.startswith("--") else "overwrite=True"
-        raise ValueError(f"{flag} {os.fspath(out)!r} exists and is not empty: choose a new folder, or pass {option} "
-                         "(the folder is replaced only once the new one is complete)")
+        raise ValueError(
+            f"{flag} {os.fspath(out)!r} exists and is not empty: choose a new folder, or pass {option} "
+            "(the folder is replaced only once the new one is complete)"
+        )
     return target
 
 

@@ -20,9 +20,12 @@ INTERPRETER_FIXTURES = ("interpreter", "small_tiles")
 
 def _is_interpreter_test(item) -> bool:
     name = getattr(item, "originalname", item.name)
-    return bool(item.get_closest_marker("interpreter")
-                or any(f in getattr(item, "fixturenames", ()) for f in INTERPRETER_FIXTURES)
-                or ("interpreter" in name and "without_interpreter" not in name))
+    return bool(
+        item.get_closest_marker("interpreter")
+        or any(f in getattr(item, "fixturenames", ()) for f in INTERPRETER_FIXTURES)
+        or ("interpreter" in name and "without_interpreter" not in name)
+    )
+
 
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
@@ -63,8 +66,10 @@ def one_thread():
 
 def pytest_configure(config):
     config.addinivalue_line(
-        "markers", "interpreter: runs Triton kernels on CPU tensors in the Triton interpreter (skipped on a CUDA host "
-        "unless TRITON_INTERPRET=1)")
+        "markers",
+        "interpreter: runs Triton kernels on CPU tensors in the Triton interpreter (skipped on a CUDA host "
+        "unless TRITON_INTERPRET=1)",
+    )
 
 
 def pytest_collection_modifyitems(config, items):
@@ -72,11 +77,18 @@ def pytest_collection_modifyitems(config, items):
     if not CUDA:
         skip_cuda = pytest.mark.skip(reason="needs a CUDA GPU")
     elif INTERPRETING:
-        skip_cuda = pytest.mark.skip(reason="TRITON_INTERPRET=1 runs every Triton kernel of this process in the "
-                                            "interpreter; run the GPU tests in a pytest run without it")
-    skip_interp = None if INTERPRETING else pytest.mark.skip(
-        reason="Triton kernels compile for the GPU in this process (interpreter mode is process-wide); run the "
-               "interpreter tests with TRITON_INTERPRET=1 pytest -m 'not cuda'")
+        skip_cuda = pytest.mark.skip(
+            reason="TRITON_INTERPRET=1 runs every Triton kernel of this process in the "
+            "interpreter; run the GPU tests in a pytest run without it"
+        )
+    skip_interp = (
+        None
+        if INTERPRETING
+        else pytest.mark.skip(
+            reason="Triton kernels compile for the GPU in this process (interpreter mode is process-wide); run the "
+            "interpreter tests with TRITON_INTERPRET=1 pytest -m 'not cuda'"
+        )
+    )
     for item in items:
         if "cuda" in item.keywords:
             if skip_cuda is not None:

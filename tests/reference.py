@@ -1,4 +1,5 @@
 """Plain-loop fp64 references for the kernels: slow, obvious, independent of the implementations under test."""
+
 import torch
 
 
@@ -7,7 +8,7 @@ def gla_loop(q, k, v, g, scale=None, initial_state=None):
     q, k, v, g = (x.double() for x in (q, k, v, g))
     B, T, H, K = q.shape
     V = v.shape[-1]
-    scale = K ** -0.5 if scale is None else scale
+    scale = K**-0.5 if scale is None else scale
     S = torch.zeros(B, H, K, V, dtype=torch.float64) if initial_state is None else initial_state.double().clone()
     outs = []
     for t in range(T):
@@ -23,7 +24,7 @@ def swa_loop(q, k, v, window, sinks=None, scale=None, key_mask=None):
     q, k, v = (x.double() for x in (q, k, v))
     B, T, H, D = q.shape
     L, Hkv = k.shape[1], k.shape[2]
-    scale = D ** -0.5 if scale is None else scale
+    scale = D**-0.5 if scale is None else scale
     rows = []
     for b in range(B):
         heads = []

@@ -4,6 +4,7 @@ They read the weights of the modules under test but never call their forward pas
 (routing, down/upsampling, EMA, rotary): the sub-networks of a stage (encoder, main network, decoder stacks) are
 the only modules called, as black boxes, on one unpadded row at a time.
 """
+
 import math
 
 import torch

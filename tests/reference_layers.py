@@ -1,9 +1,9 @@
 """fp64 references for the GLA and Liger token mixers, recomputed from their weights with the papers' equations,
 token by token. They read the modules' parameters and never call their forward passes, the kernels or helpers."""
+
 import math
 
 import torch
-
 from reference_hnet import rotary_loop
 
 
@@ -50,7 +50,7 @@ def gla_layer_loop(layer, x):
         v = _causal_conv_silu(v, layer.v_conv.conv.weight.double())
     low, high = layer.gk_proj[0], layer.gk_proj[1]
     g = torch.nn.functional.logsigmoid((x @ w(low).T) @ w(high).T + high.bias.double()) / layer.gate_logit_normalizer
-    o = _gla_recurrence(q.view(T, H, K), k.view(T, H, K), v.view(T, H, V), g.view(T, H, K), K ** -0.5)
+    o = _gla_recurrence(q.view(T, H, K), k.view(T, H, K), v.view(T, H, V), g.view(T, H, K), K**-0.5)
     o = o * torch.rsqrt(o.pow(2).mean(-1, keepdim=True) + layer.g_norm.variance_epsilon) * layer.g_norm.weight.double()
     o = o * _silu((x @ w(layer.g_proj).T).view(T, H, V))
     return o.reshape(T, H * V) @ w(layer.o_proj).T
@@ -73,7 +73,7 @@ def liger_attention_loop(attn, x, rope_theta=10000.0):
     out = 0
     if attn.gla_weight != 0:
         g = torch.nn.functional.logsigmoid(kh) / attn.gate_logit_normalizer
-        scale = D ** -0.5 if attn.gla_scale is None else attn.gla_scale
+        scale = D**-0.5 if attn.gla_scale is None else attn.gla_scale
         out = attn.gla_weight * _gla_recurrence(q.softmax(-1), kh.softmax(-1), vh, g, scale)
     if attn.gla_weight != 1:
         pos = torch.arange(T)

@@ -5,6 +5,7 @@ builds and runs a forward pass on 3 tokens, or is refused with a ValueError nami
 is a wrong type: a TypeError (or ValueError) naming it. Never an error from deep inside (a TypeError such as
 "'NoneType' object is not iterable", an AttributeError, IndexError or KeyError, an assertion in torch).
 """
+
 import inspect
 
 import pytest
@@ -20,9 +21,14 @@ from hf_seqmodels.registry import classes_for_config
 
 _SEQ = dict(vocab_size=64, hidden_size=32, num_hidden_layers=1, intermediate_size=48)
 _LLAMA = dict(_SEQ, num_attention_heads=4, num_key_value_heads=2, window_size=2)
-_HNET = dict(arch_layout=["m1", ["T1"], "m1"], d_model=[32, 48], d_intermediate=[0, 64], vocab_size=256,
-             ssm_cfg={"d_state": 8, "head_dim": 16},
-             attn_cfg={"num_heads": [2, 2], "rotary_emb_dim": [8, 8], "window_size": [3, -1]})
+_HNET = dict(
+    arch_layout=["m1", ["T1"], "m1"],
+    d_model=[32, 48],
+    d_intermediate=[0, 64],
+    vocab_size=256,
+    ssm_cfg={"d_state": 8, "head_dim": 16},
+    attn_cfg={"num_heads": [2, 2], "rotary_emb_dim": [8, 8], "window_size": [3, -1]},
+)
 _MEMORY = dict(block_sizes=(4, 2), branching=2, generic_memory_prob=0.0)
 
 #: config class -> the small fields every case starts from
@@ -52,8 +58,11 @@ def _fields(config_class):
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-NONE_CASES = [pytest.param(cls, name, default is None, id=f"{cls.__name__}.{name}")
-              for cls in BASES for name, default in _fields(cls)]
+NONE_CASES = [
+    pytest.param(cls, name, default is None, id=f"{cls.__name__}.{name}")
+    for cls in BASES
+    for name, default in _fields(cls)
+]
 
 
 @pytest.fixture(scope="module")
@@ -110,8 +119,17 @@ EDGES = [
     # H-Net: the issue's example; the widths cannot be derived, the MLP widths can
     (HNetConfig, dict(arch_layout=["m2", ["T4"], "m2"], d_model=None, d_intermediate=None), "d_model"),
     (HNetConfig, dict(d_intermediate=None), None),
-    (HNetConfig, dict(arch_layout=["m1", ["t1", ["G1"], "r1"], "L1"], d_model=[32, 48, 64], d_intermediate=None,
-                      attn_cfg=None, gla_cfg={"num_heads": 2}), None),
+    (
+        HNetConfig,
+        dict(
+            arch_layout=["m1", ["t1", ["G1"], "r1"], "L1"],
+            d_model=[32, 48, 64],
+            d_intermediate=None,
+            attn_cfg=None,
+            gla_cfg={"num_heads": 2},
+        ),
+        None,
+    ),
     (HNetConfig, dict(arch_layout=None), "arch_layout"),  # d_model without its layout is not silently replaced
     (HNetConfig, dict(arch_layout=None, d_model=None, d_intermediate=None, ssm_cfg=None, attn_cfg=None), None),
     (HNetConfig, dict(arch_layout="m1", d_model=None), "arch_layout"),
@@ -130,8 +148,9 @@ EDGES = [
 
 
 @pytest.mark.filterwarnings("ignore:newton_solve. no convergence after 0:RuntimeWarning")  # newton_max_iter=0
-@pytest.mark.parametrize("config_class,overrides,refused", EDGES,
-                         ids=[f"{c.__name__}-{'-'.join(o)}" for c, o, _ in EDGES])
+@pytest.mark.parametrize(
+    "config_class,overrides,refused", EDGES, ids=[f"{c.__name__}-{'-'.join(o)}" for c, o, _ in EDGES]
+)
 def test_edge_values(config_class, overrides, refused, memory_index):
     kwargs = {**BASES[config_class], **overrides}
     if refused is not None:

@@ -1,5 +1,6 @@
 """Configs refuse bad fields when they are made, naming the field (issue 11), with TypeError for a wrong type and
 ValueError for a wrong value (issue 10); valid configs still build with defaults, from dicts and from disk."""
+
 import pytest
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM
@@ -32,116 +33,151 @@ def test_shared_fields(config_class, kwargs, error, match):
         config_class(**kwargs)
 
 
-@pytest.mark.parametrize("kwargs,error,match", [
-    (dict(num_heads=0), ValueError, r"GLAConfig\.num_heads must be an int >= 1, got 0"),
-    (dict(num_heads=-2), ValueError, r"GLAConfig\.num_heads"),
-    (dict(num_heads=2.0), TypeError, r"GLAConfig\.num_heads"),
-    (dict(expand_k=0), ValueError, r"GLAConfig\.expand_k must be a number > 0"),
-    (dict(expand_v=-1.0), ValueError, r"GLAConfig\.expand_v"),
-    (dict(expand_k="0.5"), TypeError, r"GLAConfig\.expand_k"),
-    (dict(num_heads=3), ValueError, r"GLAConfig: hidden_size\*expand_k .* multiples of num_heads \(3\)"),
-    (dict(expand_k=0.001), ValueError, r"multiples of num_heads"),  # int(512 * 0.001) = 0 keys
-    (dict(gate_low_rank_dim=0), ValueError, r"GLAConfig\.gate_low_rank_dim"),
-    (dict(gate_logit_normalizer=0), ValueError, r"GLAConfig\.gate_logit_normalizer must be a number > 0"),
-    (dict(conv_size=0), ValueError, r"GLAConfig\.conv_size"),
-    (dict(use_short_conv="yes"), TypeError, r"GLAConfig\.use_short_conv must be a bool"),
-])
+@pytest.mark.parametrize(
+    "kwargs,error,match",
+    [
+        (dict(num_heads=0), ValueError, r"GLAConfig\.num_heads must be an int >= 1, got 0"),
+        (dict(num_heads=-2), ValueError, r"GLAConfig\.num_heads"),
+        (dict(num_heads=2.0), TypeError, r"GLAConfig\.num_heads"),
+        (dict(expand_k=0), ValueError, r"GLAConfig\.expand_k must be a number > 0"),
+        (dict(expand_v=-1.0), ValueError, r"GLAConfig\.expand_v"),
+        (dict(expand_k="0.5"), TypeError, r"GLAConfig\.expand_k"),
+        (dict(num_heads=3), ValueError, r"GLAConfig: hidden_size\*expand_k .* multiples of num_heads \(3\)"),
+        (dict(expand_k=0.001), ValueError, r"multiples of num_heads"),  # int(512 * 0.001) = 0 keys
+        (dict(gate_low_rank_dim=0), ValueError, r"GLAConfig\.gate_low_rank_dim"),
+        (dict(gate_logit_normalizer=0), ValueError, r"GLAConfig\.gate_logit_normalizer must be a number > 0"),
+        (dict(conv_size=0), ValueError, r"GLAConfig\.conv_size"),
+        (dict(use_short_conv="yes"), TypeError, r"GLAConfig\.use_short_conv must be a bool"),
+    ],
+)
 def test_gla_fields(kwargs, error, match):
     with pytest.raises(error, match=match):
         GLAConfig(**kwargs)
 
 
-@pytest.mark.parametrize("kwargs,error,match", [
-    (dict(state_size=0), ValueError, r"ParaRNNConfig\.state_size must be an int >= 1, got 0"),
-    (dict(state_size=-16), ValueError, r"ParaRNNConfig\.state_size"),
-    (dict(num_heads=0), ValueError, r"ParaRNNConfig\.num_heads must be an int >= 1, got 0"),
-    (dict(state_size=30, num_heads=4), ValueError, r"state_size \(30\) must be divisible by num_heads \(4\)"),
-    (dict(cell=3), TypeError, r"ParaRNNConfig\.cell must be a str"),
-    (dict(cell="transformer"), ValueError, r"ParaRNNConfig\.cell must be one of \[.*'gru'.*\] \(register_cell adds more\)"),
-    (dict(mode="fast"), ValueError, r"ParaRNNConfig\.mode must be one of \('auto', 'parallel', 'sequential'\)"),
-    (dict(mode=None), TypeError, r"ParaRNNConfig\.mode must be a str"),
-    (dict(newton_on_fail="ignore"), ValueError, r"`newton_on_fail` must be one of \('fallback', 'raise'\)"),
-    (dict(newton_max_iter=-1), ValueError, r"`newton_max_iter` must be a non-negative int"),
-    (dict(newton_max_iter=2.5), TypeError, r"`newton_max_iter`"),
-    (dict(newton_tol=0.0), ValueError, r"`newton_tol` must be a positive number or None"),
-    (dict(newton_tol="1e-5"), TypeError, r"`newton_tol`"),
-    (dict(conv_size=0), ValueError, r"ParaRNNConfig\.conv_size"),
-])
+@pytest.mark.parametrize(
+    "kwargs,error,match",
+    [
+        (dict(state_size=0), ValueError, r"ParaRNNConfig\.state_size must be an int >= 1, got 0"),
+        (dict(state_size=-16), ValueError, r"ParaRNNConfig\.state_size"),
+        (dict(num_heads=0), ValueError, r"ParaRNNConfig\.num_heads must be an int >= 1, got 0"),
+        (dict(state_size=30, num_heads=4), ValueError, r"state_size \(30\) must be divisible by num_heads \(4\)"),
+        (dict(cell=3), TypeError, r"ParaRNNConfig\.cell must be a str"),
+        (
+            dict(cell="transformer"),
+            ValueError,
+            r"ParaRNNConfig\.cell must be one of \[.*'gru'.*\] \(register_cell adds more\)",
+        ),
+        (dict(mode="fast"), ValueError, r"ParaRNNConfig\.mode must be one of \('auto', 'parallel', 'sequential'\)"),
+        (dict(mode=None), TypeError, r"ParaRNNConfig\.mode must be a str"),
+        (dict(newton_on_fail="ignore"), ValueError, r"`newton_on_fail` must be one of \('fallback', 'raise'\)"),
+        (dict(newton_max_iter=-1), ValueError, r"`newton_max_iter` must be a non-negative int"),
+        (dict(newton_max_iter=2.5), TypeError, r"`newton_max_iter`"),
+        (dict(newton_tol=0.0), ValueError, r"`newton_tol` must be a positive number or None"),
+        (dict(newton_tol="1e-5"), TypeError, r"`newton_tol`"),
+        (dict(conv_size=0), ValueError, r"ParaRNNConfig\.conv_size"),
+    ],
+)
 def test_pararnn_fields(kwargs, error, match):
     with pytest.raises(error, match=match):
         ParaRNNConfig(**kwargs)
 
 
 @pytest.mark.parametrize("config_class", [LigerConfig, LizardConfig])
-@pytest.mark.parametrize("kwargs,error,match", [
-    (dict(num_attention_heads=0), ValueError, r"num_attention_heads must be an int >= 1, got 0"),
-    (dict(num_attention_heads=1024), ValueError, r"hidden_size \(512\) // num_attention_heads \(1024\) is 0"),
-    (dict(num_key_value_heads=0), ValueError, r"num_key_value_heads"),
-    (dict(num_key_value_heads=3), ValueError, r"multiple of num_key_value_heads"),
-    (dict(head_dim=-4), ValueError, r"head_dim"),
-    (dict(window_size=0), ValueError, r"window_size must be a positive int"),
-    (dict(window_size=2.5), TypeError, r"window_size must be a positive int"),
-    (dict(gate_logit_normalizer=-1.0), ValueError, r"gate_logit_normalizer must be a number > 0"),
-    (dict(gate_logit_normalizer=0), ValueError, r"gate_logit_normalizer must be a number > 0"),
-    (dict(gla_scale=0.0), ValueError, r"gla_scale"),
-    (dict(max_position_embeddings=0), ValueError, r"max_position_embeddings"),
-])
+@pytest.mark.parametrize(
+    "kwargs,error,match",
+    [
+        (dict(num_attention_heads=0), ValueError, r"num_attention_heads must be an int >= 1, got 0"),
+        (dict(num_attention_heads=1024), ValueError, r"hidden_size \(512\) // num_attention_heads \(1024\) is 0"),
+        (dict(num_key_value_heads=0), ValueError, r"num_key_value_heads"),
+        (dict(num_key_value_heads=3), ValueError, r"multiple of num_key_value_heads"),
+        (dict(head_dim=-4), ValueError, r"head_dim"),
+        (dict(window_size=0), ValueError, r"window_size must be a positive int"),
+        (dict(window_size=2.5), TypeError, r"window_size must be a positive int"),
+        (dict(gate_logit_normalizer=-1.0), ValueError, r"gate_logit_normalizer must be a number > 0"),
+        (dict(gate_logit_normalizer=0), ValueError, r"gate_logit_normalizer must be a number > 0"),
+        (dict(gla_scale=0.0), ValueError, r"gla_scale"),
+        (dict(max_position_embeddings=0), ValueError, r"max_position_embeddings"),
+    ],
+)
 def test_linearized_fields(config_class, kwargs, error, match):
     with pytest.raises(error, match=match):
         config_class(**kwargs)
 
 
-@pytest.mark.parametrize("kwargs,error,match", [
-    (dict(gla_weight=1.5), ValueError, r"LigerConfig\.gla_weight must be in \[0.0, 1.0\]"),
-    (dict(gla_weight="half"), TypeError, r"LigerConfig\.gla_weight must be a number"),
-])
+@pytest.mark.parametrize(
+    "kwargs,error,match",
+    [
+        (dict(gla_weight=1.5), ValueError, r"LigerConfig\.gla_weight must be in \[0.0, 1.0\]"),
+        (dict(gla_weight="half"), TypeError, r"LigerConfig\.gla_weight must be a number"),
+    ],
+)
 def test_liger_fields(kwargs, error, match):
     with pytest.raises(error, match=match):
         LigerConfig(**kwargs)
 
 
-@pytest.mark.parametrize("kwargs,error,match", [
-    (dict(num_sinks=-1), ValueError, r"LizardConfig\.num_sinks must be an int >= 0"),
-    (dict(num_sinks=2.0), TypeError, r"LizardConfig\.num_sinks"),
-    (dict(feature_dim=0), ValueError, r"LizardConfig\.feature_dim must be an int >= 1 or None"),
-    (dict(sink_init="low"), TypeError, r"LizardConfig\.sink_init"),
-])
+@pytest.mark.parametrize(
+    "kwargs,error,match",
+    [
+        (dict(num_sinks=-1), ValueError, r"LizardConfig\.num_sinks must be an int >= 0"),
+        (dict(num_sinks=2.0), TypeError, r"LizardConfig\.num_sinks"),
+        (dict(feature_dim=0), ValueError, r"LizardConfig\.feature_dim must be an int >= 1 or None"),
+        (dict(sink_init="low"), TypeError, r"LizardConfig\.sink_init"),
+    ],
+)
 def test_lizard_fields(kwargs, error, match):
     with pytest.raises(error, match=match):
         LizardConfig(**kwargs)
 
 
-_HNET = dict(arch_layout=["m1", ["T1"], "m1"], d_model=[32, 64], d_intermediate=[0, 128],
-             ssm_cfg={"d_state": 8, "head_dim": 16}, attn_cfg={"num_heads": [2, 2], "rotary_emb_dim": [8, 16],
-                                                              "window_size": [15, -1]})
+_HNET = dict(
+    arch_layout=["m1", ["T1"], "m1"],
+    d_model=[32, 64],
+    d_intermediate=[0, 128],
+    ssm_cfg={"d_state": 8, "head_dim": 16},
+    attn_cfg={"num_heads": [2, 2], "rotary_emb_dim": [8, 16], "window_size": [15, -1]},
+)
 
 
-@pytest.mark.parametrize("kwargs,error,match", [
-    (dict(d_model=[0, 64]), ValueError, r"HNetConfig\.d_model\[0\] must be an int >= 1, got 0"),
-    (dict(d_intermediate=[0, -128]), ValueError, r"HNetConfig\.d_intermediate\[1\]"),
-    (dict(attn_cfg={"num_heads": [2, 0], "rotary_emb_dim": [8, 16], "window_size": [15, -1]}), ValueError,
-     r"HNetConfig\.attn_cfg\['num_heads'\]\[1\] must be an int >= 1"),
-    (dict(attn_cfg={"num_heads": [2, 2], "rotary_emb_dim": [8, 16], "window_size": [-3, -1]}), ValueError,
-     r"attn_cfg\['window_size'\]\[0\] must be an int >= -1"),
-    (dict(ssm_cfg={"d_state": 0}), ValueError, r"HNetConfig\.ssm_cfg\['d_state'\]"),
-    (dict(vocab_size=0), ValueError, r"HNetConfig\.vocab_size"),
-    (dict(arch_layout=["g1", ["T1"], "g1"], gla_cfg={"num_heads": 0}), ValueError, r"gla_cfg.*num_heads"),
-    (dict(arch_layout=["g1", ["T1"], "g1"], gla_cfg={"num_heads": 3}), ValueError, r"multiples of num_heads \(3\)"),
-    (dict(arch_layout=["r1", ["T1"], "l1"], pararnn_cfg={"num_heads": 0}), ValueError, r"pararnn_cfg.*num_heads"),
-    (dict(arch_layout=["r1", ["T1"], "r1"], pararnn_cfg={"mode": "fast"}), ValueError, r"pararnn_cfg\.mode"),
-    (dict(arch_layout=["r1", ["T1"], "r1"], pararnn_cfg={"newton_max_iter": -2}), ValueError, r"newton_max_iter"),
-])
+@pytest.mark.parametrize(
+    "kwargs,error,match",
+    [
+        (dict(d_model=[0, 64]), ValueError, r"HNetConfig\.d_model\[0\] must be an int >= 1, got 0"),
+        (dict(d_intermediate=[0, -128]), ValueError, r"HNetConfig\.d_intermediate\[1\]"),
+        (
+            dict(attn_cfg={"num_heads": [2, 0], "rotary_emb_dim": [8, 16], "window_size": [15, -1]}),
+            ValueError,
+            r"HNetConfig\.attn_cfg\['num_heads'\]\[1\] must be an int >= 1",
+        ),
+        (
+            dict(attn_cfg={"num_heads": [2, 2], "rotary_emb_dim": [8, 16], "window_size": [-3, -1]}),
+            ValueError,
+            r"attn_cfg\['window_size'\]\[0\] must be an int >= -1",
+        ),
+        (dict(ssm_cfg={"d_state": 0}), ValueError, r"HNetConfig\.ssm_cfg\['d_state'\]"),
+        (dict(vocab_size=0), ValueError, r"HNetConfig\.vocab_size"),
+        (dict(arch_layout=["g1", ["T1"], "g1"], gla_cfg={"num_heads": 0}), ValueError, r"gla_cfg.*num_heads"),
+        (dict(arch_layout=["g1", ["T1"], "g1"], gla_cfg={"num_heads": 3}), ValueError, r"multiples of num_heads \(3\)"),
+        (dict(arch_layout=["r1", ["T1"], "l1"], pararnn_cfg={"num_heads": 0}), ValueError, r"pararnn_cfg.*num_heads"),
+        (dict(arch_layout=["r1", ["T1"], "r1"], pararnn_cfg={"mode": "fast"}), ValueError, r"pararnn_cfg\.mode"),
+        (dict(arch_layout=["r1", ["T1"], "r1"], pararnn_cfg={"newton_max_iter": -2}), ValueError, r"newton_max_iter"),
+    ],
+)
 def test_hnet_fields(kwargs, error, match):
     with pytest.raises(error, match=match):
         HNetConfig(**{**_HNET, **kwargs})
 
 
-@pytest.mark.parametrize("kwargs,error,match", [
-    (dict(memory_lr=-1.0), ValueError, r"memory_lr"),
-    (dict(init_std=0.0), ValueError, r"init_std"),
-    (dict(branching=True), TypeError, r"branching"),
-    (dict(embedder=3), TypeError, r"embedder"),
-])
+@pytest.mark.parametrize(
+    "kwargs,error,match",
+    [
+        (dict(memory_lr=-1.0), ValueError, r"memory_lr"),
+        (dict(init_std=0.0), ValueError, r"init_std"),
+        (dict(branching=True), TypeError, r"branching"),
+        (dict(embedder=3), TypeError, r"embedder"),
+    ],
+)
 def test_memory_bank_fields(kwargs, error, match):
     with pytest.raises(error, match=match):
         MemoryBankConfig(**kwargs)
@@ -229,5 +265,6 @@ def test_wrong_types_raise_type_error_in_kernels_and_layers():
     with pytest.raises(TypeError, match=r"CausalSelfAttention\.window must be an int"):
         CausalSelfAttention(16, 2, window=4.0)
     with pytest.raises(TypeError, match="RecurrentCache"):
-        AutoModelForCausalLM.from_config(GLAConfig(hidden_size=16, num_heads=2, num_hidden_layers=1,
-                                                   vocab_size=8))(torch.zeros(1, 2, dtype=torch.long), cache={})
+        AutoModelForCausalLM.from_config(GLAConfig(hidden_size=16, num_heads=2, num_hidden_layers=1, vocab_size=8))(
+            torch.zeros(1, 2, dtype=torch.long), cache={}
+        )

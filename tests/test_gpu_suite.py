@@ -5,6 +5,7 @@ on it. The GPU numbers themselves come only from a GPU (benchmarks/GPU.md).
 Two smoke runs, each made once, started together and read by the tests that need them: every section with a
 stand-in fla, and gla_bench alone with an fla whose import raises. Both run as on the GPU machine, ``python -m
 benchmarks.gpu_suite`` from the repository root, in a fresh process (the interpreter mode is process-wide)."""
+
 import json
 import math
 import os
@@ -69,7 +70,8 @@ STAND_IN_FLA = {  # a working "fla" (our PyTorch path under fla's name and signa
     "fla/ops/gla/__init__.py": (
         "from hf_seqmodels.kernels import chunk_gla as _ours\n\n\n"
         "def chunk_gla(q, k, v, g, scale=None, initial_state=None, output_final_state=False, cu_seqlens=None):\n"
-        "    return _ours(q, k, v, g, scale, initial_state, output_final_state, backend='torch')\n"),
+        "    return _ours(q, k, v, g, scale, initial_state, output_final_state, backend='torch')\n"
+    ),
 }
 # an fla whose import raises (as a Triton/torch version mismatch does at import time)
 BROKEN_FLA = {"fla/__init__.py": f"raise RuntimeError({PLANTED_FAILURE!r})\n"}
@@ -165,7 +167,8 @@ def test_smoke_model_bench_steps_both_models(smoke):
     """Both models, every shape, a finite loss near log(vocab) at initialisation."""
     rows = _section(smoke, "model_bench")["rows"]
     assert {(r["model"], r["B"], r["T"]) for r in rows} == {(m, 1, 32) for m in ("gla", "llama")} | {
-        (m, 2, 24) for m in ("gla", "llama")}
+        (m, 2, 24) for m in ("gla", "llama")
+    }
     for r in rows:
         assert _finite_positive(r["tokens_per_s"]) and _finite_positive(r["first_step_s"]), r
         if (r["B"], r["T"]) == (1, 32):  # the first shape: the cold start (imports, build) includes its first step
@@ -186,8 +189,9 @@ def test_budget_skips_a_section_with_the_reason(tmp_path, monkeypatch):
         monkeypatch.setenv(var, os.environ.get(var, "0" if var == "TRITON_INTERPRET" else "auto"))
     threads = torch.get_num_threads()
     try:
-        rc = gpu_suite.main(["--device", "cpu", "--tiny", "--sections", "memory_check", "--budget-s", "1",
-                            "--out", str(tmp_path)])
+        rc = gpu_suite.main(
+            ["--device", "cpu", "--tiny", "--sections", "memory_check", "--budget-s", "1", "--out", str(tmp_path)]
+        )
     finally:
         torch.set_num_threads(threads)
     report = json.loads((tmp_path / "gpu_suite.json").read_text())
@@ -252,12 +256,23 @@ def test_model_configs_match_the_named_sizes():
         with torch.device("meta"):
             counts[name] = sum(p.numel() for p in cls(config).parameters())
         assert (config.hidden_size, config.num_hidden_layers, config.intermediate_size, config.vocab_size) == (
-            1024, 24, 2816, 32000)
+            1024,
+            24,
+            2816,
+            32000,
+        )
     assert counts == {"gla": 341_707_776, "llama": 373_867_520}
 
 
-@pytest.mark.parametrize("args,word", [(["--sections", "nope"], "unknown sections"), (["--models", "gpt2"], "--models"),
-                                      (["--gla-shapes", ","], "at least one"), (["--device", "tpu"], "--device")])
+@pytest.mark.parametrize(
+    "args,word",
+    [
+        (["--sections", "nope"], "unknown sections"),
+        (["--models", "gpt2"], "--models"),
+        (["--gla-shapes", ","], "at least one"),
+        (["--device", "tpu"], "--device"),
+    ],
+)
 def test_bad_arguments_are_refused(args, word, capsys):
     with pytest.raises(SystemExit) as exc:
         gpu_suite.parse_args(args)

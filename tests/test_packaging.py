@@ -1,5 +1,6 @@
 """What a user installs: the wheel and the sdist carry the license the metadata names, every package (the commands,
 the kernels as ``hf_seqmodels.kernels``, never a top-level ``kernels``) and the model cards."""
+
 import shutil
 import subprocess
 import sys
@@ -16,11 +17,28 @@ ROOT = Path(__file__).resolve().parents[1]
 def dists(tmp_path_factory):
     """The wheel and sdist, built from a copy of the checkout (building leaves build folders behind)."""
     src = tmp_path_factory.mktemp("src") / "hf-seqmodels"
-    shutil.copytree(ROOT, src, ignore=shutil.ignore_patterns(".git", ".venv*", ".transformers-tests", "build", "dist",
-                                                             "bdist_wheel", "*.egg-info", "__pycache__", "demo_out"))
+    shutil.copytree(
+        ROOT,
+        src,
+        ignore=shutil.ignore_patterns(
+            ".git",
+            ".venv*",
+            ".transformers-tests",
+            "build",
+            "dist",
+            "bdist_wheel",
+            "*.egg-info",
+            "__pycache__",
+            "demo_out",
+        ),
+    )
     out = tmp_path_factory.mktemp("dist")
-    build = [sys.executable, "-c", "import sys, setuptools.build_meta as b; out = sys.argv[1]; "
-             "b.build_wheel(out); b.build_sdist(out)", str(out)]
+    build = [
+        sys.executable,
+        "-c",
+        "import sys, setuptools.build_meta as b; out = sys.argv[1]; b.build_wheel(out); b.build_sdist(out)",
+        str(out),
+    ]
     subprocess.run(build, cwd=src, check=True, capture_output=True, text=True, timeout=300)
     return next(out.glob("*.whl")), next(out.glob("*.tar.gz"))
 
@@ -54,10 +72,10 @@ def test_wheel_holds_every_package_and_no_top_level_kernels(dists):
 
 
 def test_the_repository_root_does_not_shadow_the_kernel_hub_library():
-    """transformers >= 5.25 requires the kernel-hub distribution ``kernels`` and imports it (``transformers.activations``):
-    a ``kernels`` package at the repository root would be imported instead in every process started there (pytest,
-    ``python -m benchmarks.NAME``), and ``import transformers.activations`` failed. Our kernels are
-    ``hf_seqmodels/kernels``."""
+    """transformers >= 5.25 requires the kernel-hub distribution ``kernels`` and imports it
+    (``transformers.activations``): a ``kernels`` package at the repository root would be imported instead in every
+    process started there (pytest, ``python -m benchmarks.NAME``), and ``import transformers.activations`` failed.
+    Our kernels are ``hf_seqmodels/kernels``."""
     import importlib.util
 
     assert not (ROOT / "kernels").exists()

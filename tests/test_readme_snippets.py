@@ -2,6 +2,7 @@
 folder), except those marked on the line above with ``<!-- readme-test: skip: REASON -->`` (a Hub download, a GPU,
 minutes of CPU); those are still compiled and checked for names used but never defined. The ``hf-seqmodels`` lines of
 the bash blocks name only commands and flags that exist."""
+
 from __future__ import annotations
 
 import argparse
@@ -32,8 +33,14 @@ def _blocks(language: str):
             if lang == language:
                 skip = SKIP.search(lines[i - 1]) if i else None
                 count[heading] = count.get(heading, 0) + 1
-                out.append((heading, count[heading], "\n".join(lines[i + 1:end]) + "\n",
-                            skip.group(1) or "marked skip" if skip else None))
+                out.append(
+                    (
+                        heading,
+                        count[heading],
+                        "\n".join(lines[i + 1 : end]) + "\n",
+                        skip.group(1) or "marked skip" if skip else None,
+                    )
+                )
             i = end
         i += 1
     return out
@@ -167,8 +174,9 @@ def test_readme_command_lines_name_real_commands_and_flags():
             path = ()
             while words and (*path, words[0]) in parsers:
                 path, words = (*path, words[0]), words[1:]
-            assert path or words and words[0].startswith("--"), \
+            assert path or words and words[0].startswith("--"), (
                 f"README ({heading}): {line!r} names no hf-seqmodels command"
+            )
             known = set(parsers[path]._option_string_actions)
             flags = {w.split("=")[0] for w in words if w.startswith("--")}
             assert flags <= known, f"README ({heading}): {line!r} uses unknown flags {sorted(flags - known)}"
@@ -182,12 +190,23 @@ def test_readme_linearize_block_runs_on_a_tiny_llama(tmp_path, monkeypatch, one_
     from tokenizers import Regex, Tokenizer, models, pre_tokenizers
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-    (heading, n, code, skip), = [b for b in PYTHON_BLOCKS if "hf_seqmodels.linearize(" in b[2]]
+    ((heading, n, code, skip),) = [b for b in PYTHON_BLOCKS if "hf_seqmodels.linearize(" in b[2]]
     assert skip, "the linearize block runs as is: this test can go"
     folder = tmp_path / "tiny-llama"
-    LlamaForCausalLM(LlamaConfig(vocab_size=128, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                                 num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
-                                 bos_token_id=None, eos_token_id=None, pad_token_id=0)).save_pretrained(folder)
+    LlamaForCausalLM(
+        LlamaConfig(
+            vocab_size=128,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            max_position_embeddings=64,
+            bos_token_id=None,
+            eos_token_id=None,
+            pad_token_id=0,
+        )
+    ).save_pretrained(folder)
     vocab = {chr(i): i for i in range(32, 128)}
     vocab["[UNK]"] = 0
     raw = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
@@ -195,8 +214,11 @@ def test_readme_linearize_block_runs_on_a_tiny_llama(tmp_path, monkeypatch, one_
     PreTrainedTokenizerFast(tokenizer_object=raw, unk_token="[UNK]").save_pretrained(folder)
     (tmp_path / "train.txt").write_text("the quick brown fox jumps over the lazy dog. " * 20)
     small = code
-    for old, new in (('"HuggingFaceTB/SmolLM2-135M"', repr(str(folder))), ("steps=200", "steps=2"),
-                     ("seq_len=512", "seq_len=16")):
+    for old, new in (
+        ('"HuggingFaceTB/SmolLM2-135M"', repr(str(folder))),
+        ("steps=200", "steps=2"),
+        ("seq_len=512", "seq_len=16"),
+    ):
         assert old in small, f"the README linearize block no longer holds {old!r}: update this test"
         small = small.replace(old, new)
     monkeypatch.chdir(tmp_path)

@@ -1,5 +1,6 @@
 """register_cell and a cell's first parallel forward check the cell (issues 10/11): a step that mixes units while
 declaring "diagonal", or a wrong closed-form Jacobian, would otherwise train silently with wrong gradients."""
+
 import pytest
 import torch
 from torch import nn

@@ -1,5 +1,6 @@
 """State-tracking tasks: the generators against plain per-sequence Python written from the task definitions, and a
 tiny training run (the full runs live in benchmarks/state_tracking.py)."""
+
 import itertools
 import random
 
@@ -16,7 +17,7 @@ def _seed(fresh_seed):
 def test_parity_and_cycle_labels(fresh_seed):
     x, y = st.TASKS["parity"].data(7, 13, seed=_seed(fresh_seed))
     for row, lab in zip(x.tolist(), y.tolist()):
-        assert lab == [sum(row[:t + 1]) % 2 for t in range(len(row))]
+        assert lab == [sum(row[: t + 1]) % 2 for t in range(len(row))]
     x, y = st.TASKS["cycle"].data(7, 13, seed=_seed(fresh_seed))
     assert set(x.unique().tolist()) <= {0, 1, 2}
     for row, lab in zip(x.tolist(), y.tolist()):
@@ -37,13 +38,16 @@ def test_modular_labels_follow_operator_precedence(fresh_seed, length):
                 assert token in symbols and lab[t] == st.IGNORE_INDEX
                 continue
             assert 0 <= token < 5
-            expression = "".join(str(v) if i % 2 == 0 else symbols[v] for i, v in enumerate(row[:t + 1]))
+            expression = "".join(str(v) if i % 2 == 0 else symbols[v] for i, v in enumerate(row[: t + 1]))
             assert lab[t] == eval(expression) % 5, expression  # Python's precedence: * before + and -
 
 
 def test_a5_labels_are_running_products(fresh_seed):
-    perms = [p for p in itertools.permutations(range(5))
-             if sum(p[i] > p[j] for i in range(5) for j in range(i + 1, 5)) % 2 == 0]
+    perms = [
+        p
+        for p in itertools.permutations(range(5))
+        if sum(p[i] > p[j] for i in range(5) for j in range(i + 1, 5)) % 2 == 0
+    ]
     assert len(perms) == 60
     x, y = st.TASKS["a5"].data(5, 11, seed=_seed(fresh_seed))
     for row, lab in zip(x.tolist(), y.tolist()):
@@ -97,9 +101,20 @@ def test_tiny_run_learns_parity(config, one_thread):
     seeds = random.sample(range(1000), 3 if config.startswith("para") else 1)
     results = []
     for seed in seeds:
-        result = st.train_and_evaluate("parity", config, train_length=8, test_lengths=(8,), steps=400,
-                                       batch_size=32, lr=1e-2, d_model=32, num_test=128, seed=seed, progress=False,
-                                       eval_every=100)
+        result = st.train_and_evaluate(
+            "parity",
+            config,
+            train_length=8,
+            test_lengths=(8,),
+            steps=400,
+            batch_size=32,
+            lr=1e-2,
+            d_model=32,
+            num_test=128,
+            seed=seed,
+            progress=False,
+            eval_every=100,
+        )
         results.append(result)
         if result["accuracy"]["8"]["last"] > 0.95:
             break
@@ -121,8 +136,27 @@ def test_cli_prints_a_table_and_writes_json(tmp_path, capsys, one_thread):
     from hf_seqmodels.commands.main import main
 
     out = tmp_path / "st.json"
-    code = main(["eval", "state-tracking", "--task", "cycle", "--config", "dense-lstm", "--length", "5", "--steps",
-                 "3", "--num-test", "8", "--lrs", "1e-3,1e-2", "--no-progress", "--out", str(out)])
+    code = main(
+        [
+            "eval",
+            "state-tracking",
+            "--task",
+            "cycle",
+            "--config",
+            "dense-lstm",
+            "--length",
+            "5",
+            "--steps",
+            "3",
+            "--num-test",
+            "8",
+            "--lrs",
+            "1e-3,1e-2",
+            "--no-progress",
+            "--out",
+            str(out),
+        ]
+    )
     assert code in (0, None)
     table = capsys.readouterr().out
     assert "| dense-lstm | 0.001 | 0 |" in table and "| dense-lstm | 0.01 | 0 |" in table
@@ -136,16 +170,53 @@ def test_cli_sets_config_fields(tmp_path, capsys, one_thread):
     from hf_seqmodels.commands.main import main
 
     out = tmp_path / "st.json"
-    code = main(["eval", "state-tracking", "--task", "parity", "--config", "paralstm", "--length", "5", "--steps", "2",
-                 "--num-test", "8", "--d-model", "8", "--set", "recurrent_init=xavier_clipped", "--set",
-                 "recurrent_clip=0.9", "--no-progress", "--out", str(out)])
+    code = main(
+        [
+            "eval",
+            "state-tracking",
+            "--task",
+            "parity",
+            "--config",
+            "paralstm",
+            "--length",
+            "5",
+            "--steps",
+            "2",
+            "--num-test",
+            "8",
+            "--d-model",
+            "8",
+            "--set",
+            "recurrent_init=xavier_clipped",
+            "--set",
+            "recurrent_clip=0.9",
+            "--no-progress",
+            "--out",
+            str(out),
+        ]
+    )
     assert code in (0, None)
-    run, = json.loads(out.read_text())
+    (run,) = json.loads(out.read_text())
     assert run["overrides"] == {"recurrent_init": "xavier_clipped", "recurrent_clip": 0.9}  # JSON number, not "0.9"
     capsys.readouterr()
     with pytest.raises(SystemExit):  # before anything trains: the usage line and the message
-        main(["eval", "state-tracking", "--task", "parity", "--config", "paralstm", "--length", "5", "--steps", "2",
-              "--set", "not_a_field=1", "--no-progress"])
+        main(
+            [
+                "eval",
+                "state-tracking",
+                "--task",
+                "parity",
+                "--config",
+                "paralstm",
+                "--length",
+                "5",
+                "--steps",
+                "2",
+                "--set",
+                "not_a_field=1",
+                "--no-progress",
+            ]
+        )
     assert "`not_a_field` is not a field of ParaRNNConfig" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["eval", "state-tracking", "--task", "parity", "--set", "recurrent_init"])
@@ -158,8 +229,18 @@ def test_newton_fallbacks_are_counted_not_warned(one_thread):
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        result = st.train_and_evaluate("parity", "paragru", train_length=9, test_lengths=(9,), steps=3, batch_size=4,
-                                       d_model=8, num_test=4, progress=False, newton_max_iter=1)
+        result = st.train_and_evaluate(
+            "parity",
+            "paragru",
+            train_length=9,
+            test_lengths=(9,),
+            steps=3,
+            batch_size=4,
+            d_model=8,
+            num_test=4,
+            progress=False,
+            newton_max_iter=1,
+        )
     assert result["newton"]["solves"] == 3 and result["newton"]["fallbacks"] == 3
     assert result["accuracy"]["9"]["newton"]["fallbacks"] == 1
     assert not [w for w in caught if "Newton iterations" in str(w.message)]
@@ -175,12 +256,32 @@ def test_benchmark_script_runs_resumes_and_reports(tmp_path, one_thread):
     from benchmarks import state_tracking as bench
 
     out = tmp_path / "runs.json"
-    common = ["run", "--task", "parity", "--length", "4", "--steps", "2", "--batch-size", "4", "--d-model", "8",
-              "--num-test", "8", "--no-progress", "--out", str(out)]
+    common = [
+        "run",
+        "--task",
+        "parity",
+        "--length",
+        "4",
+        "--steps",
+        "2",
+        "--batch-size",
+        "4",
+        "--d-model",
+        "8",
+        "--num-test",
+        "8",
+        "--no-progress",
+        "--out",
+        str(out),
+    ]
     bench.main(common + ["--models", "dense-lstm,paragru-lminit", "--lr", "1e-3", "1e-2"])
     runs = json.loads(out.read_text())
-    assert [(r["model"], r["lr"]) for r in runs] == [("dense-lstm", 1e-3), ("dense-lstm", 1e-2),
-                                                     ("paragru-lminit", 1e-3), ("paragru-lminit", 1e-2)]
+    assert [(r["model"], r["lr"]) for r in runs] == [
+        ("dense-lstm", 1e-3),
+        ("dense-lstm", 1e-2),
+        ("paragru-lminit", 1e-3),
+        ("paragru-lminit", 1e-2),
+    ]
     assert runs[2]["overrides"] == {"recurrent_init": "xavier_clipped"}
     bench.main(common + ["--models", "dense-lstm", "--lr", "1e-2", "3e-2"])  # 1e-2 is there: only 3e-2 runs
     runs = json.loads(out.read_text())

@@ -10,6 +10,7 @@ PyTorch path in fp64 on the same inputs, errors relative to the reference's larg
 Each ``*_rows(cases, device)`` function runs on any device (the CPU smoke run and the tests use it in the Triton
 interpreter); a failing row records its error and the section carries on.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -35,8 +36,9 @@ def _grads(fn, inputs, weights):
     leaves = [x.detach().clone().requires_grad_() if x is not None else None for x in inputs]
     out = fn(*leaves)
     outs = list(out) if isinstance(out, (tuple, list)) else [out]
-    sum(((o.double() * w).sum() for o, w in zip(outs, weights)), torch.zeros((), dtype=FP64, device=outs[0].device)
-        ).backward()
+    sum(
+        ((o.double() * w).sum() for o, w in zip(outs, weights)), torch.zeros((), dtype=FP64, device=outs[0].device)
+    ).backward()
     return [o.detach() for o in outs] + [x.grad for x in leaves if x is not None]
 
 
@@ -126,10 +128,19 @@ def gla_check_rows(cases, device):
         # dg = q*dq - k*dk summed backwards: its error is relative to those products, not to dg itself
         dg_scale = max(float(ref[5].abs().max()), float((q * ref[2]).abs().max()), float((k * ref[3]).abs().max()))
         for op_name, op in (("chunk", chunk_gla), ("recurrent", fused_recurrent_gla)):
-            row = dict(op=op_name, shape=f"B{B} T{T} H{H} K{K} V{V}", dtype=dtype_name(dtype), g=dtype_name(g_dtype),
-                       gates=gates)
-            _guarded(row, lambda r: _check_row(r, _GLA_NAMES, _grads(_gla_op(op, "triton"), inputs, weights), ref,
-                                               _TOL[dtype], {"dg": dg_scale}))
+            row = dict(
+                op=op_name,
+                shape=f"B{B} T{T} H{H} K{K} V{V}",
+                dtype=dtype_name(dtype),
+                g=dtype_name(g_dtype),
+                gates=gates,
+            )
+            _guarded(
+                row,
+                lambda r: _check_row(
+                    r, _GLA_NAMES, _grads(_gla_op(op, "triton"), inputs, weights), ref, _TOL[dtype], {"dg": dg_scale}
+                ),
+            )
             ok &= bool(row["ok"])
             rows.append(row)
     return rows, ok
@@ -138,8 +149,11 @@ def gla_check_rows(cases, device):
 @section("gla_check", est_s=40, tiny_est_s=25)
 def gla_check(args):
     rows, ok = gla_check_rows(GLA_TINY_CASES if args.tiny else GLA_CHECK_CASES, args.device)
-    print_table("GLA Triton vs PyTorch path in fp64 (max abs error / max |ref|; fwd, final state and all gradients)",
-                rows, ["op", "shape", "dtype", "g", "gates", *_GLA_NAMES, "ok", "error"])
+    print_table(
+        "GLA Triton vs PyTorch path in fp64 (max abs error / max |ref|; fwd, final state and all gradients)",
+        rows,
+        ["op", "shape", "dtype", "g", "gates", *_GLA_NAMES, "ok", "error"],
+    )
     return {"ok": ok, "rows": rows}
 
 
@@ -152,8 +166,12 @@ SCAN_CHECK_CASES = [  # B, T, D, dtype, initial state, reverse
     (3, 2048, 256, BF16, False, False),  # the Newton solver's production shape class
     (4, 1, 64, FP32, True, True),
 ]
-SCAN_TINY_CASES = [(1, 13, 5, FP32, True, False), (2, 9, 3, FP32, True, True), (1, 1, 4, FP32, True, False),
-                   (1, 17, 6, BF16, False, False)]
+SCAN_TINY_CASES = [
+    (1, 13, 5, FP32, True, False),
+    (2, 9, 3, FP32, True, True),
+    (1, 1, 4, FP32, True, False),
+    (1, 17, 6, BF16, False, False),
+]
 _SCAN_TOL = {FP32: 1e-4, BF16: 3e-2}
 
 
@@ -198,8 +216,11 @@ def scan_check_rows(cases, device):
 @section("scan_check", est_s=12, tiny_est_s=8)
 def scan_check(args):
     rows, ok = scan_check_rows(SCAN_TINY_CASES if args.tiny else SCAN_CHECK_CASES, args.device)
-    print_table("Scans: Triton vs PyTorch path in fp64 (max abs error / max |ref|)", rows,
-                ["op", "shape", "dtype", "h0", "reverse", "h", "da", "db", "dh0", "ok", "error"])
+    print_table(
+        "Scans: Triton vs PyTorch path in fp64 (max abs error / max |ref|)",
+        rows,
+        ["op", "shape", "dtype", "h0", "reverse", "h", "da", "db", "dh0", "ok", "error"],
+    )
     return {"ok": ok, "rows": rows}
 
 
@@ -272,8 +293,9 @@ def pararnn_check_rows(cases, device="cuda", generic_cases=()):
             ok &= bool(row["ok"])
             rows.append(row)
         for B, T, D, dtype, h0 in generic_cases:
-            row = dict(solver="newton_solve", cell=cell, shape=f"B{B} T{T} D{D}", dtype=dtype_name(dtype), h0=h0,
-                       mask=False)
+            row = dict(
+                solver="newton_solve", cell=cell, shape=f"B{B} T{T} D{D}", dtype=dtype_name(dtype), h0=h0, mask=False
+            )
 
             def check_generic(r):
                 layer = cls(4, D)  # step/jacobian only: the weights below are explicit inputs
@@ -282,8 +304,18 @@ def pararnn_check_rows(cases, device="cuda", generic_cases=()):
 
                 def solve(backend):
                     def run(u, a, s0, _mask):
-                        return newton_solve(layer.step, layer.jacobian, u, (a,), s0, state_size=D,
-                                            structure=layer.structure, on_fail="raise", backend=backend)
+                        return newton_solve(
+                            layer.step,
+                            layer.jacobian,
+                            u,
+                            (a,),
+                            s0,
+                            state_size=D,
+                            structure=layer.structure,
+                            on_fail="raise",
+                            backend=backend,
+                        )
+
                     return run
 
                 got = _pararnn_grads(solve("triton"), inputs, weight)
@@ -315,12 +347,33 @@ def pararnn_check_rows(cases, device="cuda", generic_cases=()):
 
 @section("pararnn_check", est_s=55, tiny_est_s=15)
 def pararnn_check(args):
-    rows, ok = pararnn_check_rows(PARARNN_TINY_CASES if args.tiny else PARARNN_CHECK_CASES, args.device,
-                                  NEWTON_GENERIC_TINY_CASES if args.tiny else NEWTON_GENERIC_CASES)
-    print_table("ParaRNN: fused Triton Newton and newton_solve on the Triton scans vs the PyTorch path in fp64 "
-                "(max abs error / max |ref|)", rows,
-                ["solver", "cell", "shape", "dtype", "h0", "mask", "iters", "h", "du", "da", "dh0", "fallback_h",
-                 "fused_used", "ok", "error"])
+    rows, ok = pararnn_check_rows(
+        PARARNN_TINY_CASES if args.tiny else PARARNN_CHECK_CASES,
+        args.device,
+        NEWTON_GENERIC_TINY_CASES if args.tiny else NEWTON_GENERIC_CASES,
+    )
+    print_table(
+        "ParaRNN: fused Triton Newton and newton_solve on the Triton scans vs the PyTorch path in fp64 "
+        "(max abs error / max |ref|)",
+        rows,
+        [
+            "solver",
+            "cell",
+            "shape",
+            "dtype",
+            "h0",
+            "mask",
+            "iters",
+            "h",
+            "du",
+            "da",
+            "dh0",
+            "fallback_h",
+            "fused_used",
+            "ok",
+            "error",
+        ],
+    )
     return {"ok": ok, "rows": rows}
 
 
@@ -334,7 +387,7 @@ _MEMORY_TOL = {FP32: 1e-4, BF16: 3e-2}
 
 def _memory_inputs(B, T, S, d, dtype, device):
     x = torch.randn(B, T, d, device=device)
-    ws = [torch.randn(B, S, d, device=device) * d ** -0.5 for _ in range(3)]
+    ws = [torch.randn(B, S, d, device=device) * d**-0.5 for _ in range(3)]
     return [t.to(dtype) for t in [x] + ws]
 
 
@@ -357,20 +410,23 @@ def memory_check(args):
                 leaves = [x.detach().requires_grad_() for x in inputs]
                 dy = torch.randn(B, T, d, device=args.device, dtype=dtype)
                 for backend in ("triton", "torch"):
-                    r[f"{backend}_ms"] = bench(args, lambda: memory_ffn(*leaves, backend=backend).backward(dy),
-                                                leaves)
+                    r[f"{backend}_ms"] = bench(args, lambda: memory_ffn(*leaves, backend=backend).backward(dy), leaves)
                 r["torch/triton"] = r["torch_ms"] / r["triton_ms"]
 
         _guarded(row, check)
         ok &= bool(row["ok"])
         rows.append(row)
-    print_table("memory_ffn: Triton vs PyTorch path in fp64 (max abs error / max |ref|); fwd+bwd median ms", rows,
-                ["shape", "dtype", *names, "ok", "triton_ms", "torch_ms", "torch/triton", "error"])
+    print_table(
+        "memory_ffn: Triton vs PyTorch path in fp64 (max abs error / max |ref|); fwd+bwd median ms",
+        rows,
+        ["shape", "dtype", *names, "ok", "triton_ms", "torch_ms", "torch/triton", "error"],
+    )
     return {"ok": ok, "rows": rows}
 
 
 # ---------------------------------------------------------------------------------------------------------------
 # Packed sequences
+
 
 @section("packed_check", est_s=18, tiny_est_s=10)
 def packed_check(args):
@@ -393,6 +449,7 @@ def packed_check(args):
         rows.append(row)
 
     for name, op in (("chunk_gla", chunk_gla), ("fused_recurrent_gla", fused_recurrent_gla)):
+
         def check_gla(r, op=op):
             q, k, v, g, _ = _gla_inputs(1, T, H, K, V, FP32, device=dev, state=False)
             inputs = (q, k, v, g, torch.randn(N, H, K, V, device=dev))
@@ -402,11 +459,13 @@ def packed_check(args):
 
         add(dict(op=name), check_gla)
     for kind, op in (("diagonal", linear_scan), ("block2", block2_scan)):
+
         def check_scan(r, kind=kind, op=op):
             a, b, _ = _scan_inputs(kind, 1, T, D, FP32, False, dev)
             s0 = torch.randn(N, D, *(() if kind == "diagonal" else (2,)), device=dev)
             weight = torch.randn(b.shape, dtype=FP64, device=dev)
             for reverse in (False, True):
+
                 def fn(backend):
                     return lambda a, b, s0: op(a, b, s0, reverse=reverse, backend=backend, cu_seqlens=cu)
 
@@ -418,6 +477,7 @@ def packed_check(args):
 
         add(dict(op=op.__name__), check_scan)
     for cls in (ParaGRUCell, ParaLSTMCell):
+
         def check_layer(r, cls=cls):  # the layers' packed path: newton_solve on packed scans (no fused kernel)
             layer = cls(8, 16).to(dev)
             x = torch.randn(1, T, 8, device=dev)
@@ -431,6 +491,9 @@ def packed_check(args):
             _check_row(r, ["out", "dx", "dh0"], got, ref, 1e-4)
 
         add(dict(op=f"{cls.__name__}(cu_seqlens)"), check_layer)
-    print_table("Packed sequences: Triton vs PyTorch path in fp64 (max abs error / max |ref|)", rows,
-                ["op", "lengths", "worst", "reverse", "ok", "error"])
+    print_table(
+        "Packed sequences: Triton vs PyTorch path in fp64 (max abs error / max |ref|)",
+        rows,
+        ["op", "lengths", "worst", "reverse", "ok", "error"],
+    )
     return {"ok": ok, "rows": rows}

@@ -1,5 +1,6 @@
 """What every part of the GPU suite shares: the section registry, tables, timers, and the child processes (the fla
 warm-up and the model steps run ``python -m benchmarks.gpu_suite --child ...`` from the repository root)."""
+
 from __future__ import annotations
 
 import json
@@ -95,9 +96,26 @@ def peak_mib(args, fn):
 def spawn_child(args, kind, out, log, env, extra=()):
     """Start a child process of the suite (``kind``: "warmup" or "model") that writes its report to ``out`` and its
     output to the open file ``log``; it gets the suite's shapes and device."""
-    cmd = [sys.executable, "-m", ENTRY, "--child", kind, "--child-out", str(out), "--child-spawned", repr(time.time()),
-           "--device", args.device, "--gla-shapes", args.gla_shapes_str, "--model-shapes", args.model_shapes_str,
-           "--model-steps", str(args.model_steps), *extra]
+    cmd = [
+        sys.executable,
+        "-m",
+        ENTRY,
+        "--child",
+        kind,
+        "--child-out",
+        str(out),
+        "--child-spawned",
+        repr(time.time()),
+        "--device",
+        args.device,
+        "--gla-shapes",
+        args.gla_shapes_str,
+        "--model-shapes",
+        args.model_shapes_str,
+        "--model-steps",
+        str(args.model_steps),
+        *extra,
+    ]
     if args.tiny:
         cmd.append("--tiny")
     if args.fla_on_cpu:

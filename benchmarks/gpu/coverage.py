@@ -2,6 +2,7 @@
 the checks (``benchmarks.gpu.checks``) that ran before it. A ledger wrapped around Triton's launch records, per
 kernel, the section that first launched it; the kernels are found by walking the package.
 """
+
 from __future__ import annotations
 
 from benchmarks.gpu.common import print_table, section
@@ -83,10 +84,13 @@ def coverage(args):
     kernels = triton_kernels()
     rows = [dict(kernel=k, launched_by=KERNEL_LAUNCHES.get(k)) for k in sorted(kernels)]
     missing = [r["kernel"] for r in rows if r["launched_by"] is None]
-    before = args.sections[:args.sections.index("coverage")]
+    before = args.sections[: args.sections.index("coverage")]
     checks = [s for s in CHECK_SECTIONS if s in before]
-    print_table(f"Triton kernels in hf_seqmodels.kernels launched by the checks ({', '.join(checks) or 'none ran'})",
-                rows, ["kernel", "launched_by"])
+    print_table(
+        f"Triton kernels in hf_seqmodels.kernels launched by the checks ({', '.join(checks) or 'none ran'})",
+        rows,
+        ["kernel", "launched_by"],
+    )
     if missing:
         print(f"NOT COVERED by a check: {missing}")
     return {"ok": bool(kernels) and not missing, "rows": rows, "missing": missing, "checks_run": checks}

@@ -7,6 +7,7 @@
 
 Times are medians of triton's ``do_bench`` on the GPU, of a few wall-clock runs on the CPU (``common.bench``).
 """
+
 from __future__ import annotations
 
 import time
@@ -125,28 +126,61 @@ def gla_bench(args):
         del methods
         if args.device == "cuda":
             torch.cuda.empty_cache()
-    cold = {"ours": report.get("ours_first_fwd_bwd_s"), "fla": report.get("fla_first_fwd_bwd_s"),
-            "fla_one_process_estimate_s": report.get("fla_first_calls_sum_s")}
-    print_table(f"GLA chunked, H{H} D{D} bf16, median ms; peer/ours above 1: ours faster", rows,
-                ["shape", "mode", "ours_ms", "fla_ms", "sdpa_ms", "fla/ours", "sdpa/ours", "ours_MiB", "fla_MiB",
-                 "sdpa_MiB", "max_err_vs_fla", "skipped"])
-    print(f"cold first fwd+bwd (fresh process, empty Triton cache, beside the checks): ours {cold['ours']} s; fla "
-          f"(compile + autotune, its configs split over {report.get('shards')} processes) {cold['fla']} s per shape, "
-          f"{cold['fla_one_process_estimate_s']} s summed over the processes (~one process); first call in this "
-          f"process (fla: autotuning on the idle GPU from the compiled kernels): {first_call}")
+    cold = {
+        "ours": report.get("ours_first_fwd_bwd_s"),
+        "fla": report.get("fla_first_fwd_bwd_s"),
+        "fla_one_process_estimate_s": report.get("fla_first_calls_sum_s"),
+    }
+    print_table(
+        f"GLA chunked, H{H} D{D} bf16, median ms; peer/ours above 1: ours faster",
+        rows,
+        [
+            "shape",
+            "mode",
+            "ours_ms",
+            "fla_ms",
+            "sdpa_ms",
+            "fla/ours",
+            "sdpa/ours",
+            "ours_MiB",
+            "fla_MiB",
+            "sdpa_MiB",
+            "max_err_vs_fla",
+            "skipped",
+        ],
+    )
+    print(
+        f"cold first fwd+bwd (fresh process, empty Triton cache, beside the checks): ours {cold['ours']} s; fla "
+        f"(compile + autotune, its configs split over {report.get('shards')} processes) {cold['fla']} s per shape, "
+        f"{cold['fla_one_process_estimate_s']} s summed over the processes (~one process); first call in this "
+        f"process (fla: autotuning on the idle GPU from the compiled kernels): {first_call}"
+    )
     ok = ok and any(r.get("ours_ms") for r in rows)
 
     def plot(axes):
         for ax, mode in zip(axes, ("fwd", "fwd+bwd")):
-            _plot_bars(ax, [r for r in rows if r.get("mode") == mode], ("ours", "fla", "sdpa"), lambda r: r["shape"],
-                       f"GLA H{H} D{D} bf16, {mode}")
+            _plot_bars(
+                ax,
+                [r for r in rows if r.get("mode") == mode],
+                ("ours", "fla", "sdpa"),
+                lambda r: r["shape"],
+                f"GLA H{H} D{D} bf16, {mode}",
+            )
 
-    return {"ok": ok, "rows": rows, "fla": {"skipped": fla_reason, "version": report.get("fla_version")},
-            "cold_first_fwd_bwd_s": cold, "first_call_in_process_s": first_call, "warmup": report, "plot": plot,
-            "panels": 2}
+    return {
+        "ok": ok,
+        "rows": rows,
+        "fla": {"skipped": fla_reason, "version": report.get("fla_version")},
+        "cold_first_fwd_bwd_s": cold,
+        "first_call_in_process_s": first_call,
+        "warmup": report,
+        "plot": plot,
+        "panels": 2,
+    }
 
 
 # -- ParaRNN: beside cuDNN GRU/LSTM and a sequential loop ---------------------------------------------------------
+
 
 def pararnn_methods(cell, B, T, H, dtype, device="cuda", backend=None):
     """name -> (forward, forward+backward or None, leaves) for one ParaGRU/ParaLSTM layer (input projection
@@ -214,8 +248,9 @@ def pararnn_bench(args):
                     try:
                         if mode == "fwd":
                             with torch.no_grad():
-                                row[f"{name}_ms"] = (time_capped(args, fwd, budget_s=3.0) if name == "loop"
-                                                     else bench(args, fwd))
+                                row[f"{name}_ms"] = (
+                                    time_capped(args, fwd, budget_s=3.0) if name == "loop" else bench(args, fwd)
+                                )
                         elif fwd_bwd is not None:
                             row[f"{name}_ms"] = bench(args, fwd_bwd, leaves)
                     except Exception as e:
@@ -232,19 +267,46 @@ def pararnn_bench(args):
                 torch.cuda.empty_cache()
     tile_rows = _pararnn_tile_sweep(args, H, dt) if args.pararnn_tiles else []
     compile_s = ", ".join(f"{c} {s:.1f} s" for c, s in first_call.items())
-    print_table(f"ParaRNN layer (input projection + solve), bf16, median ms; other/fused above 1: fused faster "
-                f"(first fused fwd+bwd in this process: {compile_s})", rows,
-                ["cell", "shape", "mode", "fused_ms", "generic_ms", "cudnn_ms", "loop_ms", "loop/fused",
-                 "cudnn/fused", "generic/fused", "fused_iters", "skipped"])
+    print_table(
+        f"ParaRNN layer (input projection + solve), bf16, median ms; other/fused above 1: fused faster "
+        f"(first fused fwd+bwd in this process: {compile_s})",
+        rows,
+        [
+            "cell",
+            "shape",
+            "mode",
+            "fused_ms",
+            "generic_ms",
+            "cudnn_ms",
+            "loop_ms",
+            "loop/fused",
+            "cudnn/fused",
+            "generic/fused",
+            "fused_iters",
+            "skipped",
+        ],
+    )
     ok = ok and any(r.get("fused_ms") for r in rows)
 
     def plot(axes):
         for ax, mode in zip(axes, ("fwd", "fwd+bwd")):
-            _plot_bars(ax, [r for r in rows if r.get("mode") == mode], ("fused", "generic", "cudnn", "loop"),
-                       lambda r: f"{r['cell']} T{r['T']}", f"ParaRNN H{H} bf16, {mode}", log=True)
+            _plot_bars(
+                ax,
+                [r for r in rows if r.get("mode") == mode],
+                ("fused", "generic", "cudnn", "loop"),
+                lambda r: f"{r['cell']} T{r['T']}",
+                f"ParaRNN H{H} bf16, {mode}",
+                log=True,
+            )
 
-    return {"ok": ok, "rows": rows, "tile_rows": tile_rows, "first_call_in_process_s": first_call, "plot": plot,
-            "panels": 2}
+    return {
+        "ok": ok,
+        "rows": rows,
+        "tile_rows": tile_rows,
+        "first_call_in_process_s": first_call,
+        "plot": plot,
+        "panels": 2,
+    }
 
 
 def _pararnn_tile_sweep(args, H, dt):
@@ -274,6 +336,9 @@ def _pararnn_tile_sweep(args, H, dt):
     finally:
         fused_triton.MAX_BLOCK_T.update(saved[0])
         fused_triton.MAX_BLOCK_D = saved[1]
-    print_table("ParaRNN fused kernel by tile size (BLOCK_T x BLOCK_D), bf16, median ms", rows,
-                ["cell", "shape", "tiles", "fwd_ms", "fwd+bwd_ms", "error"])
+    print_table(
+        "ParaRNN fused kernel by tile size (BLOCK_T x BLOCK_D), bf16, median ms",
+        rows,
+        ["cell", "shape", "tiles", "fwd_ms", "fwd+bwd_ms", "error"],
+    )
     return rows

@@ -3,6 +3,7 @@ fused AdamW), each model in a fresh process with an empty Triton cache (``model_
 what a user's first step costs on a fresh machine; then the timed steps per shape. Out of memory is a row, and the
 same length is retried at half the batch (``train_rows``).
 """
+
 from __future__ import annotations
 
 import gc
@@ -38,35 +39,61 @@ def model_config(name, tiny, max_len):
     expand_k 0.5, expand_v 1, SwiGLU 2816, tied embeddings, vocab 32000), Llama-374M (the same width, depth, MLP and
     vocabulary; 16 heads of 64, untied embeddings) or fla's own GLA-340M (the peer, opt-in). ``tiny``: 2 layers of
     32."""
-    size = dict(vocab_size=256, hidden_size=32, num_hidden_layers=2, intermediate_size=64) if tiny else dict(
-        vocab_size=32000, hidden_size=1024, num_hidden_layers=24, intermediate_size=2816)
+    size = (
+        dict(vocab_size=256, hidden_size=32, num_hidden_layers=2, intermediate_size=64)
+        if tiny
+        else dict(vocab_size=32000, hidden_size=1024, num_hidden_layers=24, intermediate_size=2816)
+    )
     heads = 2 if tiny else 4
     if name == "gla":
         from hf_seqmodels import GLAConfig, GLAForCausalLM
 
-        return GLAConfig(num_heads=heads, expand_k=0.5, expand_v=1.0, tie_word_embeddings=True, use_cache=False,
-                         **size), GLAForCausalLM, "hf-seqmodels GLA-340M"
+        return (
+            GLAConfig(num_heads=heads, expand_k=0.5, expand_v=1.0, tie_word_embeddings=True, use_cache=False, **size),
+            GLAForCausalLM,
+            "hf-seqmodels GLA-340M",
+        )
     if name == "llama":
         from transformers import LlamaConfig, LlamaForCausalLM
 
-        config = LlamaConfig(num_attention_heads=2 if tiny else 16, num_key_value_heads=2 if tiny else 16,
-                             max_position_embeddings=max_len, rms_norm_eps=1e-6, tie_word_embeddings=False,
-                             use_cache=False, **size)
+        config = LlamaConfig(
+            num_attention_heads=2 if tiny else 16,
+            num_key_value_heads=2 if tiny else 16,
+            max_position_embeddings=max_len,
+            rms_norm_eps=1e-6,
+            tie_word_embeddings=False,
+            use_cache=False,
+            **size,
+        )
         config._attn_implementation = "sdpa"
         return config, LlamaForCausalLM, "transformers Llama-374M (SDPA)"
     if name == "fla_gla":
         from fla.models import GLAConfig as FlaGLAConfig
         from fla.models import GLAForCausalLM as FlaGLAForCausalLM
 
-        return FlaGLAConfig(num_heads=heads, expand_k=0.5, expand_v=1.0, hidden_ratio=4, tie_word_embeddings=True,
-                            use_cache=False, attn_mode="chunk", fuse_norm=True, fuse_cross_entropy=True,
-                            **{**size, "intermediate_size": None}), FlaGLAForCausalLM, "fla GLA-340M"
+        return (
+            FlaGLAConfig(
+                num_heads=heads,
+                expand_k=0.5,
+                expand_v=1.0,
+                hidden_ratio=4,
+                tie_word_embeddings=True,
+                use_cache=False,
+                attn_mode="chunk",
+                fuse_norm=True,
+                fuse_cross_entropy=True,
+                **{**size, "intermediate_size": None},
+            ),
+            FlaGLAForCausalLM,
+            "fla GLA-340M",
+        )
     raise ValueError(f"model must be one of {MODELS}, got {name!r}")
 
 
 def is_oom(e):
-    return isinstance(e, OOM_ERRORS) or (isinstance(e, RuntimeError) and (
-        "out of memory" in str(e).lower() or "CUBLAS_STATUS_ALLOC_FAILED" in str(e)))
+    return isinstance(e, OOM_ERRORS) or (
+        isinstance(e, RuntimeError) and ("out of memory" in str(e).lower() or "CUBLAS_STATUS_ALLOC_FAILED" in str(e))
+    )
 
 
 def train_rows(run_shape, shapes, emit=lambda rows: None, deadline=None, free=lambda: None):
@@ -84,8 +111,15 @@ def train_rows(run_shape, shapes, emit=lambda rows: None, deadline=None, free=la
             except Exception as e:  # the traceback (and the step's tensors) are released when this block ends
                 if not is_oom(e):
                     traceback.print_exc()
-                row = dict(B=b, T=T, **({"oom": str(e).splitlines()[0][:300]} if is_oom(e) else
-                                        {"error": f"{type(e).__name__}: {e}"[:300]}))
+                row = dict(
+                    B=b,
+                    T=T,
+                    **(
+                        {"oom": str(e).splitlines()[0][:300]}
+                        if is_oom(e)
+                        else {"error": f"{type(e).__name__}: {e}"[:300]}
+                    ),
+                )
             free()
             rows.append(row)
             emit(rows)
@@ -167,7 +201,7 @@ def model_bench(args):
     names = list(args.models)
     for i, name in enumerate(names):
         left = remaining(args) - 5
-        reserve = 40 * sum(1 for n in names[i + 1:] if n in DEFAULT_MODELS)  # leave the next default models a chance
+        reserve = 40 * sum(1 for n in names[i + 1 :] if n in DEFAULT_MODELS)  # leave the next default models a chance
         timeout = left - reserve if left - reserve > 30 else left
         if timeout < 20:
             rows.append(dict(model=name, skipped=f"budget: {left:.0f} s left"))
@@ -203,10 +237,27 @@ def model_bench(args):
         broken = any(r.get("error") for r in report.get("rows", []))
         if name in DEFAULT_MODELS:
             ok = ok and measured and not broken and proc.returncode == 0
-    print_table("Training step, bf16 autocast + fused AdamW, median of the timed steps (first step: compile "
-                "included for the first shape; cold start: process start to the end of the first step)", rows,
-                ["model", "params_M", "B", "T", "tokens_per_s", "step_ms", "first_step_s", "cold_start_s", "peak_GiB",
-                 "loss_first", "loss_last", "oom", "error", "skipped"])
+    print_table(
+        "Training step, bf16 autocast + fused AdamW, median of the timed steps (first step: compile "
+        "included for the first shape; cold start: process start to the end of the first step)",
+        rows,
+        [
+            "model",
+            "params_M",
+            "B",
+            "T",
+            "tokens_per_s",
+            "step_ms",
+            "first_step_s",
+            "cold_start_s",
+            "peak_GiB",
+            "loss_first",
+            "loss_last",
+            "oom",
+            "error",
+            "skipped",
+        ],
+    )
 
     def plot(axes):
         done = [r for r in rows if r.get("tokens_per_s")]

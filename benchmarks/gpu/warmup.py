@@ -7,6 +7,7 @@ times our chunk_gla's first forward+backward (cold). gla_bench (``benchmarks.gpu
 (``finish_warmup``), merges their compiled kernels into its own cache, and imports fla only if every shard imported
 it: an fla that fails to import, crashes or hangs costs only fla's column, with the reason.
 """
+
 from __future__ import annotations
 
 import os
@@ -177,9 +178,13 @@ def finish_warmup(args, warm, wait_s):
     _merge_triton_cache(warm["cache"])
     shutil.rmtree(warm["folder"], ignore_errors=True)
     first = shards[0]
-    report = dict(shards=len(shards), seconds_since_start=since, fla_version=first.get("fla_version"),
-                  ours_first_fwd_bwd_s=first.get("ours_first_fwd_bwd_s", first.get("ours_error")),
-                  log_tail=first["log_tail"])
+    report = dict(
+        shards=len(shards),
+        seconds_since_start=since,
+        fla_version=first.get("fla_version"),
+        ours_first_fwd_bwd_s=first.get("ours_first_fwd_bwd_s", first.get("ours_error")),
+        log_tail=first["log_tail"],
+    )
     times = [sh.get("fla_first_fwd_bwd_s") or {} for sh in shards]
     report["fla_shard_errors"] = [sh["fla_shard_error"] for sh in shards if "fla_shard_error" in sh]
     if all(times) and all(len(t) == len(args.gla_shapes) for t in times):
@@ -194,9 +199,16 @@ def finish_warmup(args, warm, wait_s):
     if not bad:
         return report, None
     i, sh = bad[0]
-    stage = ("fla's first calls (compile + autotune)" if "fla_import_s" in sh else
-             "fla's import" if i > 0 or "ours_first_fwd_bwd_s" in sh else "the warm-up (our first call)")
+    stage = (
+        "fla's first calls (compile + autotune)"
+        if "fla_import_s" in sh
+        else "fla's import"
+        if i > 0 or "ours_first_fwd_bwd_s" in sh
+        else "the warm-up (our first call)"
+    )
     if sh["returncode"] == -9:
         return report, f"{stage} did not finish within {since:.0f} s of the suite's start"
-    return report, f"{stage} failed in warm-up process {i}: exit status {sh['returncode']}; last output: " \
-                   f"{sh['log_tail'][-400:]}"
+    return (
+        report,
+        f"{stage} failed in warm-up process {i}: exit status {sh['returncode']}; last output: {sh['log_tail'][-400:]}",
+    )

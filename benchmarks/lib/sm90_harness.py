@@ -20,6 +20,7 @@ are process-wide, and the test process runs Triton in interpreter mode), ``bench
 Needs triton's bundled ``ptxas`` and ``cuobjdump`` (``triton/backends/nvidia/bin``) and no ``TRITON_INTERPRET=1``.
 This module imports only the standard library and torch at import time (the tests read its case list).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -74,8 +75,9 @@ def resource_usage(cubin: bytes, cuobjdump: str) -> dict:
     with tempfile.NamedTemporaryFile(suffix=".cubin", delete=False) as f:
         f.write(cubin)
     try:
-        out = subprocess.run([cuobjdump, "--dump-resource-usage", f.name], capture_output=True, text=True,
-                             check=True).stdout
+        out = subprocess.run(
+            [cuobjdump, "--dump-resource-usage", f.name], capture_output=True, text=True, check=True
+        ).stdout
     finally:
         os.unlink(f.name)
     return parse_resource_usage(out)
@@ -125,8 +127,12 @@ class StandInDriver:
 
     def get_device_properties(self, device):
         arch = self.archs[device]
-        return {"max_shared_mem": SMEM_LIMIT[arch], "multiprocessor_count": SM_COUNT[arch], "max_num_regs": 65536,
-                "warpSize": 32}
+        return {
+            "max_shared_mem": SMEM_LIMIT[arch],
+            "multiprocessor_count": SM_COUNT[arch],
+            "max_num_regs": 65536,
+            "warpSize": 32,
+        }
 
     def get_active_torch_device(self):
         return torch.device("meta")
@@ -177,10 +183,20 @@ class Recorder:
             ptx = kernel.asm["ptx"]
             mma = "wgmma" if "wgmma.mma_async" in ptx else "mma" if "mma.sync" in ptx else "-"
             self.variants[key] = Variant(
-                kernel=fn.__name__, arch=arch, constexprs=_constexprs(fn, args, kwargs), num_warps=md.num_warps,
-                num_stages=md.num_stages, grid=list(grid) if isinstance(grid, (tuple, list)) else [str(grid)],
-                registers=ru["reg"], stack=ru["stack"], local=ru["local"], shared=md.shared + ru["shared"], mma=mma,
-                compile_s=round(wall, 3), cpu_s=round(cpu, 3), key=key,
+                kernel=fn.__name__,
+                arch=arch,
+                constexprs=_constexprs(fn, args, kwargs),
+                num_warps=md.num_warps,
+                num_stages=md.num_stages,
+                grid=list(grid) if isinstance(grid, (tuple, list)) else [str(grid)],
+                registers=ru["reg"],
+                stack=ru["stack"],
+                local=ru["local"],
+                shared=md.shared + ru["shared"],
+                mma=mma,
+                compile_s=round(wall, 3),
+                cpu_s=round(cpu, 3),
+                key=key,
             )
         v = self.variants[key]
         if self.case is not None:
@@ -248,8 +264,11 @@ def compile_only(recorder: Recorder, host_value: list | None = None):
     def item(self):
         return float(host_value[0]) if self.is_meta else orig_item(self)
 
-    patched = [name for name, mod in list(sys.modules.items())
-               if name.startswith("hf_seqmodels.kernels") and getattr(mod, "select_backend", None) is orig_select]
+    patched = [
+        name
+        for name, mod in list(sys.modules.items())
+        if name.startswith("hf_seqmodels.kernels") and getattr(mod, "select_backend", None) is orig_select
+    ]
     previous = driver._active  # None until something asked for the default (which fails without a GPU)
     driver.set_active(stand_in)
     JITFunction.run = run
@@ -340,8 +359,13 @@ def memory_case(B, T, S, D, dtype):
     def run():
         from hf_seqmodels.kernels import memory_ffn
 
-        y = memory_ffn(meta(B, T, D, dtype=dtype), meta(B, S, D, dtype=dtype), meta(B, S, D, dtype=dtype),
-                       meta(B, S, D, dtype=dtype), backend="triton")
+        y = memory_ffn(
+            meta(B, T, D, dtype=dtype),
+            meta(B, S, D, dtype=dtype),
+            meta(B, S, D, dtype=dtype),
+            meta(B, S, D, dtype=dtype),
+            backend="triton",
+        )
         backward(y)
 
     return run
@@ -351,44 +375,120 @@ def memory_case(B, T, S, D, dtype):
 # model's), timed cold in a fresh process. Production: B8 T2048 H16 K128 V128 bf16 (the gpu_suite shape), the gate
 # fp32 as the GLA layer computes it (logsigmoid in fp32 at least).
 CASES = [
-    Case("gla_train_step", gla_case("chunk", 8, 2048, 16, 128, 128, BF16, FP32), True, True,
-         note="chunk_gla fwd+bwd, B8 T2048 H16 K128 V128 bf16, g fp32, no state"),
-    Case("gla_odd_bf16_state", gla_case("chunk", 3, 77, 3, 100, 36, BF16, state=True), True, True,
-         note="chunk_gla fwd+bwd, K=100 V=36, few heads (smaller state tiles), initial + final state"),
-    Case("gla_decode_bf16", gla_case("recurrent", 8, 1, 16, 128, 128, BF16, FP32, state=True, grad=False), True, True,
-         note="fused_recurrent_gla T=1 decode step, B8 H16, state in and out"),
-    Case("gla_recurrent_t1_bf16", gla_case("recurrent", 1, 1, 2, 128, 128, BF16, state=True), True, True,
-         note="fused_recurrent_gla fwd+bwd at T=1"),
-    Case("scan_diag_bf16", scan_case("diagonal", 8, 2048, 1024, BF16, directions=(False,)), True, True,
-         note="linear_scan fwd+bwd, B8 T2048 D1024"),
-    Case("scan_block2_bf16", scan_case("block2", 8, 2048, 1024, BF16, directions=(False,)), True, True,
-         note="block2_scan fwd+bwd, B8 T2048 D1024"),
-    Case("newton_gru_bf16", newton_case("gru", 8, 2048, 1024, BF16), True, True,
-         note="fused Newton GRU fwd+bwd, hidden 1024, B8 T2048"),
-    Case("newton_lstm_bf16", newton_case("lstm", 8, 2048, 1024, BF16), True, True,
-         note="fused Newton LSTM fwd+bwd, hidden 1024, B8 T2048"),
-    Case("newton_fallback_bf16", lambda: (newton_case("gru", 8, 2048, 1024, BF16)(),
-                                          newton_case("lstm", 8, 2048, 1024, BF16)()), True, True, host_value=1.0,
-         note="not converged: the sequential GRU/LSTM fallback kernels"),
-    Case("memory_ffn_bf16", memory_case(8, 2048, 336, 512, BF16), True, True,
-         note="memory_ffn fwd+bwd, B8 T2048 S336 d512"),
+    Case(
+        "gla_train_step",
+        gla_case("chunk", 8, 2048, 16, 128, 128, BF16, FP32),
+        True,
+        True,
+        note="chunk_gla fwd+bwd, B8 T2048 H16 K128 V128 bf16, g fp32, no state",
+    ),
+    Case(
+        "gla_odd_bf16_state",
+        gla_case("chunk", 3, 77, 3, 100, 36, BF16, state=True),
+        True,
+        True,
+        note="chunk_gla fwd+bwd, K=100 V=36, few heads (smaller state tiles), initial + final state",
+    ),
+    Case(
+        "gla_decode_bf16",
+        gla_case("recurrent", 8, 1, 16, 128, 128, BF16, FP32, state=True, grad=False),
+        True,
+        True,
+        note="fused_recurrent_gla T=1 decode step, B8 H16, state in and out",
+    ),
+    Case(
+        "gla_recurrent_t1_bf16",
+        gla_case("recurrent", 1, 1, 2, 128, 128, BF16, state=True),
+        True,
+        True,
+        note="fused_recurrent_gla fwd+bwd at T=1",
+    ),
+    Case(
+        "scan_diag_bf16",
+        scan_case("diagonal", 8, 2048, 1024, BF16, directions=(False,)),
+        True,
+        True,
+        note="linear_scan fwd+bwd, B8 T2048 D1024",
+    ),
+    Case(
+        "scan_block2_bf16",
+        scan_case("block2", 8, 2048, 1024, BF16, directions=(False,)),
+        True,
+        True,
+        note="block2_scan fwd+bwd, B8 T2048 D1024",
+    ),
+    Case(
+        "newton_gru_bf16",
+        newton_case("gru", 8, 2048, 1024, BF16),
+        True,
+        True,
+        note="fused Newton GRU fwd+bwd, hidden 1024, B8 T2048",
+    ),
+    Case(
+        "newton_lstm_bf16",
+        newton_case("lstm", 8, 2048, 1024, BF16),
+        True,
+        True,
+        note="fused Newton LSTM fwd+bwd, hidden 1024, B8 T2048",
+    ),
+    Case(
+        "newton_fallback_bf16",
+        lambda: (newton_case("gru", 8, 2048, 1024, BF16)(), newton_case("lstm", 8, 2048, 1024, BF16)()),
+        True,
+        True,
+        host_value=1.0,
+        note="not converged: the sequential GRU/LSTM fallback kernels",
+    ),
+    Case(
+        "memory_ffn_bf16",
+        memory_case(8, 2048, 336, 512, BF16),
+        True,
+        True,
+        note="memory_ffn fwd+bwd, B8 T2048 S336 d512",
+    ),
     # exhaustive (slow marker / --cases all)
-    Case("gla_state_bf16", gla_case("chunk", 2, 1000, 4, 128, 128, BF16, state=True), True,
-         note="chunk_gla fwd+bwd, 8 (batch, head) pairs (smaller state tiles), initial + final state"),
-    Case("gla_odd_fp32", gla_case("chunk", 3, 77, 3, 100, 36, FP32, state=True), False,
-         note="chunk_gla fwd+bwd, K=100 V=36, fp32 (tf32x3), with state"),
-    Case("scan_reverse_bf16", lambda: (scan_case("diagonal", 8, 2048, 1024, BF16, directions=(True,))(),
-                                       scan_case("block2", 8, 2048, 1024, BF16, directions=(True,))()), True,
-         note="linear_scan and block2_scan with reverse=True, fwd+bwd"),
-    Case("gla_bench_bf16", gla_case("chunk", 8, 2048, 16, 128, 128, BF16), True,
-         note="chunk_gla fwd+bwd as gpu_suite times it (g bf16)"),
-    Case("gla_fp16_state", gla_case("chunk", 8, 2048, 16, 128, 128, FP16, FP32, state=True), True,
-         note="chunk_gla fwd+bwd fp16, with state"),
+    Case(
+        "gla_state_bf16",
+        gla_case("chunk", 2, 1000, 4, 128, 128, BF16, state=True),
+        True,
+        note="chunk_gla fwd+bwd, 8 (batch, head) pairs (smaller state tiles), initial + final state",
+    ),
+    Case(
+        "gla_odd_fp32",
+        gla_case("chunk", 3, 77, 3, 100, 36, FP32, state=True),
+        False,
+        note="chunk_gla fwd+bwd, K=100 V=36, fp32 (tf32x3), with state",
+    ),
+    Case(
+        "scan_reverse_bf16",
+        lambda: (
+            scan_case("diagonal", 8, 2048, 1024, BF16, directions=(True,))(),
+            scan_case("block2", 8, 2048, 1024, BF16, directions=(True,))(),
+        ),
+        True,
+        note="linear_scan and block2_scan with reverse=True, fwd+bwd",
+    ),
+    Case(
+        "gla_bench_bf16",
+        gla_case("chunk", 8, 2048, 16, 128, 128, BF16),
+        True,
+        note="chunk_gla fwd+bwd as gpu_suite times it (g bf16)",
+    ),
+    Case(
+        "gla_fp16_state",
+        gla_case("chunk", 8, 2048, 16, 128, 128, FP16, FP32, state=True),
+        True,
+        note="chunk_gla fwd+bwd fp16, with state",
+    ),
     Case("gla_fp32", gla_case("chunk", 2, 300, 4, 64, 128, FP32), False, note="chunk_gla fwd+bwd fp32, K64 V128"),
     Case("gla_t1_bf16", gla_case("chunk", 1, 1, 2, 128, 128, BF16, state=True), True, note="chunk_gla at T=1"),
     Case("gla_odd_bf16", gla_case("chunk", 3, 77, 3, 100, 36, BF16), True, note="chunk_gla K=100 V=36 bf16"),
-    Case("gla_recurrent_odd_fp32", gla_case("recurrent", 3, 77, 3, 100, 36, FP32, state=True), False,
-         note="fused_recurrent_gla fwd+bwd K=100 V=36"),
+    Case(
+        "gla_recurrent_odd_fp32",
+        gla_case("recurrent", 3, 77, 3, 100, 36, FP32, state=True),
+        False,
+        note="fused_recurrent_gla fwd+bwd K=100 V=36",
+    ),
     Case("scan_diag_fp32_state", scan_case("diagonal", 2, 1000, 96, FP32, state=True), False),
     Case("scan_block2_fp64_state", scan_case("block2", 2, 500, 64, FP64, state=True), False),
     Case("scan_diag_t1", scan_case("diagonal", 4, 1, 64, FP32, state=True), False),
@@ -396,8 +496,11 @@ CASES = [
     Case("newton_lstm_fp32_mask", newton_case("lstm", 3, 333, 80, FP32, state=True, mask=True), False),
     Case("newton_gru_fp64", newton_case("gru", 2, 500, 64, FP64, state=True, mask=True), False),
     Case("newton_lstm_fp64", newton_case("lstm", 2, 500, 64, FP64, state=True, mask=True), False),
-    Case("newton_t1", lambda: (newton_case("gru", 4, 1, 64, FP32, state=True)(),
-                               newton_case("lstm", 4, 1, 64, FP32, state=True)()), False),
+    Case(
+        "newton_t1",
+        lambda: (newton_case("gru", 4, 1, 64, FP32, state=True)(), newton_case("lstm", 4, 1, 64, FP32, state=True)()),
+        False,
+    ),
     Case("memory_ffn_fp32", memory_case(8, 2048, 336, 512, FP32), False),
 ]
 CASE_NAMES = [c.name for c in CASES]
@@ -462,21 +565,35 @@ def _compile(names, archs, by_name, rec, host_value, ptxas):
                 except Exception as e:  # noqa: BLE001 - reported per case
                     error = f"{type(e).__name__}: {e}"[:4000]
                 keys = rec.used.get(rec.case, [])
-                cases[rec.case] = dict(case=name, arch=arch, half=case.half, note=case.note, error=error,
-                                       wall_s=round(time.perf_counter() - t0, 3),
-                                       cpu_s=round(_cpu_seconds() - c0, 3), variants=keys,
-                                       compile_s=round(sum(rec.variants[k].compile_s for k in keys
-                                                           if rec.variants[k].cases[0] == rec.case), 3))
+                cases[rec.case] = dict(
+                    case=name,
+                    arch=arch,
+                    half=case.half,
+                    note=case.note,
+                    error=error,
+                    wall_s=round(time.perf_counter() - t0, 3),
+                    cpu_s=round(_cpu_seconds() - c0, 3),
+                    variants=keys,
+                    compile_s=round(
+                        sum(rec.variants[k].compile_s for k in keys if rec.variants[k].cases[0] == rec.case), 3
+                    ),
+                )
         rec.case = None
     import triton
 
     return dict(
         kind="static, compiled offline on the CPU, nothing ran",
-        triton=triton.__version__, torch=torch.__version__, python=platform.python_version(),
-        machine=f"{os.cpu_count()}-core {platform.machine()} CPU", ptxas=ptxas,
-        archs=list(archs), smem_limit={f"sm_{a}": SMEM_LIMIT[a] for a in archs},
+        triton=triton.__version__,
+        torch=torch.__version__,
+        python=platform.python_version(),
+        machine=f"{os.cpu_count()}-core {platform.machine()} CPU",
+        ptxas=ptxas,
+        archs=list(archs),
+        smem_limit={f"sm_{a}": SMEM_LIMIT[a] for a in archs},
         total_s=round(time.perf_counter() - t_start, 3),
-        cases=cases, variants=[dataclasses.asdict(v) for v in rec.variants.values()], not_compiled=NOT_COMPILED,
+        cases=cases,
+        variants=[dataclasses.asdict(v) for v in rec.variants.values()],
+        not_compiled=NOT_COMPILED,
     )
 
 
@@ -493,17 +610,29 @@ def problems(report: dict, case_key: str) -> list[str]:
         if v["registers"] > MAX_REGISTERS:
             out.append(f"{key}: {v['registers']} registers")
         if c["half"] and (v["stack"] or v["local"]):
-            out.append(f"{key}: spills ({v['stack']} B stack, {v['local']} B local; {v['registers']} registers; "
-                       f"{v['constexprs']})")
+            out.append(
+                f"{key}: spills ({v['stack']} B stack, {v['local']} B local; {v['registers']} registers; "
+                f"{v['constexprs']})"
+            )
     return out
 
 
 def table(report: dict) -> str:
     rows = [("kernel", "target", "case (first)", "regs", "spill B", "smem KB", "warps", "mma", "compile s")]
     for v in sorted(report["variants"], key=lambda v: (-v["arch"], v["cases"][0] if v["cases"] else "", v["kernel"])):
-        rows.append((v["kernel"], f"sm_{v['arch']}", v["cases"][0].split("@")[0] if v["cases"] else "-",
-                     str(v["registers"]), str(max(v["stack"], v["local"])), f"{v['shared'] / 1024:.1f}",
-                     str(v["num_warps"]), v["mma"], f"{v['compile_s']:.2f}"))
+        rows.append(
+            (
+                v["kernel"],
+                f"sm_{v['arch']}",
+                v["cases"][0].split("@")[0] if v["cases"] else "-",
+                str(v["registers"]),
+                str(max(v["stack"], v["local"])),
+                f"{v['shared'] / 1024:.1f}",
+                str(v["num_warps"]),
+                v["mma"],
+                f"{v['compile_s']:.2f}",
+            )
+        )
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(x.ljust(w) for x, w in zip(r, widths)) for r in rows]
     return "\n".join([lines[0], "  ".join("-" * w for w in widths), *lines[1:]])

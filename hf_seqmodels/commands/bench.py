@@ -4,6 +4,7 @@ Sections live in ``SECTIONS`` (``--section``). A section turns the parsed argume
 (ours first, then the peers); the generic pieces, :func:`run_section`, :func:`time_call`, :func:`print_table`,
 :func:`plot_results` and :func:`save_json`, work for any section, so a new one only says what to time.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -18,8 +19,15 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from .args import (HelpFormatter, check_output_folder, device, positive_float, positive_int, positive_list,
-                   require_packages)
+from .args import (
+    HelpFormatter,
+    check_output_folder,
+    device,
+    positive_float,
+    positive_int,
+    positive_list,
+    require_packages,
+)
 
 MODES = ("fwd", "fwd+bwd")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -172,8 +180,11 @@ def plot_results(records: list[dict], path: str | Path, title: str) -> Path:
     methods = list(dict.fromkeys(r["method"] for r in records))
     for ax, mode in zip(axes[0], modes):
         for name in methods:
-            pts = sorted((r["T"], r["median_s"]) for r in records
-                         if r["mode"] == mode and r["method"] == name and "median_s" in r)
+            pts = sorted(
+                (r["T"], r["median_s"])
+                for r in records
+                if r["mode"] == mode and r["method"] == name and "median_s" in r
+            )
             if pts:
                 ax.plot([p[0] for p in pts], [p[1] * 1e3 for p in pts], marker="o", label=name)
         ax.set_xscale("log", base=2)
@@ -239,9 +250,11 @@ def _gla_inputs(args, device, T, backward):
 def _timed(forward, tensors, backward):
     """Wrap ``forward()`` (which returns one output tensor) into the call to time."""
     if not backward:
+
         def call():
             with torch.no_grad():
                 return forward()
+
         return call
     grad_out = None
 
@@ -260,7 +273,7 @@ def _timed(forward, tensors, backward):
 def _gla_methods(args, device):
     from hf_seqmodels.kernels import chunk_gla
 
-    scale = args.head_dim ** -0.5
+    scale = args.head_dim**-0.5
     backend = None if args.backend == "auto" else args.backend
 
     def ours(T, backward):
@@ -283,8 +296,10 @@ def _gla_describe(args):
     from hf_seqmodels.kernels import select_backend
 
     backend = select_backend("chunk_gla", torch.device(args.device), None if args.backend == "auto" else args.backend)
-    return (f"gla: chunk_gla ({backend} backend) vs causal SDPA vs token loop, B{args.batch} H{args.heads} "
-            f"D{args.head_dim} {args.dtype}")
+    return (
+        f"gla: chunk_gla ({backend} backend) vs causal SDPA vs token loop, B{args.batch} H{args.heads} "
+        f"D{args.head_dim} {args.dtype}"
+    )
 
 
 register_section(Section("gla", _gla_methods, _gla_describe))
@@ -309,6 +324,7 @@ def _pararnn_methods(cell_name):
             def setup(T, backward):
                 x = inputs(T, backward)
                 return _timed(lambda: cell(x, mode=mode)[0], [x, *cell.parameters()], backward)
+
             return setup
 
         def torch_rnn(T, backward):
@@ -316,8 +332,11 @@ def _pararnn_methods(cell_name):
             return _timed(lambda: peer(x)[0], [x, *peer.parameters()], backward)
 
         name = "para" + cell_name
-        return [Method(f"{name}-parallel", run_cell("parallel"), 1), Method(f"{name}-sequential", run_cell("sequential"), 1),
-                Method(f"torch.nn.{cell_name.upper()}", torch_rnn, 1)]
+        return [
+            Method(f"{name}-parallel", run_cell("parallel"), 1),
+            Method(f"{name}-sequential", run_cell("sequential"), 1),
+            Method(f"torch.nn.{cell_name.upper()}", torch_rnn, 1),
+        ]
 
     return methods
 
@@ -326,9 +345,13 @@ def _pararnn_describe(cell_name):
     def describe(args):
         from hf_seqmodels.kernels import select_backend
 
-        backend = select_backend("newton_solve", torch.device(args.device), None if args.backend == "auto" else args.backend)
-        return (f"para{cell_name}: Newton-parallel ({backend} backend) vs sequential vs torch.nn.{cell_name.upper()}, "
-                f"B{args.batch} hidden {args.hidden_size} {args.dtype}")
+        backend = select_backend(
+            "newton_solve", torch.device(args.device), None if args.backend == "auto" else args.backend
+        )
+        return (
+            f"para{cell_name}: Newton-parallel ({backend} backend) vs sequential vs torch.nn.{cell_name.upper()}, "
+            f"B{args.batch} hidden {args.hidden_size} {args.dtype}"
+        )
 
     return describe
 
@@ -343,32 +366,52 @@ for _cell in ("gru", "lstm"):
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser(
-        "bench", help="time our ops against the peers (SDPA, a token loop, ...) over sequence lengths",
+        "bench",
+        help="time our ops against the peers (SDPA, a token loop, ...) over sequence lengths",
         description="Time our ops beside the peers a user would pick instead (causal SDPA, a token-by-token loop, "
-                    "torch.nn.GRU/LSTM), over sequence lengths; print a table with how much faster or slower ours is "
-                    "than each peer, and write a JSON file and a PNG plot to --out.",
+        "torch.nn.GRU/LSTM), over sequence lengths; print a table with how much faster or slower ours is "
+        "than each peer, and write a JSON file and a PNG plot to --out.",
         formatter_class=HelpFormatter,
     )
     p.add_argument("--section", default="gla", help=f"what to benchmark: one of {sorted(SECTIONS)}")
     p.add_argument("--device", type=device("--device"), default="cpu", help="torch device, e.g. cpu or cuda")
-    p.add_argument("--seq-lens", type=positive_list(int, "--seq-lens"), default=None,
-                   help="comma-separated lengths (default: the section's, 256..16384 doubling)")
+    p.add_argument(
+        "--seq-lens",
+        type=positive_list(int, "--seq-lens"),
+        default=None,
+        help="comma-separated lengths (default: the section's, 256..16384 doubling)",
+    )
     p.add_argument("--batch", type=positive_int("--batch"), default=1, help="batch size")
     p.add_argument("--heads", type=positive_int("--heads"), default=4, help="heads (gla section)")
-    p.add_argument("--head-dim", type=positive_int("--head-dim"), default=64, help="key/value size per head (gla section)")
-    p.add_argument("--hidden-size", type=positive_int("--hidden-size"), default=256,
-                   help="state and input size of the ParaRNN sections")
+    p.add_argument(
+        "--head-dim", type=positive_int("--head-dim"), default=64, help="key/value size per head (gla section)"
+    )
+    p.add_argument(
+        "--hidden-size",
+        type=positive_int("--hidden-size"),
+        default=256,
+        help="state and input size of the ParaRNN sections",
+    )
     p.add_argument("--dtype", choices=sorted(DTYPES), default="float32", help="inputs' and weights' dtype")
     p.add_argument("--backend", choices=("auto", "torch", "triton"), default="auto", help="our kernels' backend")
-    p.add_argument("--repeats", type=positive_int("--repeats"), default=5,
-                   help="timed calls per configuration (at most)")
-    p.add_argument("--max-seconds", type=positive_float("--max-seconds"), default=5.0,
-                   help="skip a method at lengths where one call takes (or is predicted to take) longer than this; "
-                        "calls near it get fewer repeats")
+    p.add_argument(
+        "--repeats", type=positive_int("--repeats"), default=5, help="timed calls per configuration (at most)"
+    )
+    p.add_argument(
+        "--max-seconds",
+        type=positive_float("--max-seconds"),
+        default=5.0,
+        help="skip a method at lengths where one call takes (or is predicted to take) longer than this; "
+        "calls near it get fewer repeats",
+    )
     p.add_argument("--modes", default="fwd,fwd+bwd", help="comma-separated subset of fwd,fwd+bwd")
     p.add_argument("--quick", action="store_true", help="short lengths, 2 repeats: a smoke run")
-    p.add_argument("--threads", type=positive_int("--threads"), default=None,
-                   help="torch CPU threads (default: torch's own choice)")
+    p.add_argument(
+        "--threads",
+        type=positive_int("--threads"),
+        default=None,
+        help="torch CPU threads (default: torch's own choice)",
+    )
     p.add_argument("--out", default="bench_out", help="folder for the JSON and PNG")
     p.add_argument("--no-progress", action="store_true", help="no tqdm bar")
     p.set_defaults(func=run_bench)
@@ -409,15 +452,27 @@ def run_bench(args: argparse.Namespace) -> int:
     records = run_section(section, args, device, progress=not args.no_progress)
     methods = list(dict.fromkeys(r["method"] for r in records))
     machine = machine_description(device)
-    print(f"\n{title}\n{machine}, torch {torch.__version__}, medians of {args.repeats}; "
-          f"\"{methods[0]} vs X\": how much faster (or slower) {methods[0]} is than X\n")
+    print(
+        f"\n{title}\n{machine}, torch {torch.__version__}, medians of {args.repeats}; "
+        f'"{methods[0]} vs X": how much faster (or slower) {methods[0]} is than X\n'
+    )
     print_table(records, methods[0], methods[1:])
     out = Path(args.out)
-    meta = {"section": section.name, "title": title, "machine": machine, "torch": torch.__version__,
-            "date": time.strftime("%Y-%m-%d"), "repeats": args.repeats, "max_seconds": args.max_seconds,
-            "batch": args.batch, "heads": args.heads, "head_dim": args.head_dim, "hidden_size": args.hidden_size,
-            "dtype": args.dtype,
-            "device": str(device)}
+    meta = {
+        "section": section.name,
+        "title": title,
+        "machine": machine,
+        "torch": torch.__version__,
+        "date": time.strftime("%Y-%m-%d"),
+        "repeats": args.repeats,
+        "max_seconds": args.max_seconds,
+        "batch": args.batch,
+        "heads": args.heads,
+        "head_dim": args.head_dim,
+        "hidden_size": args.hidden_size,
+        "dtype": args.dtype,
+        "device": str(device),
+    }
     png = plot_results(records, out / f"bench_{section.name}.png", f"{title}\n{machine}")
     js = save_json(records, out / f"bench_{section.name}.json", meta)
     print(f"\nwrote {js} and {png}")

@@ -2,6 +2,7 @@
 
 The drawing and the per-stage chunks are ``hf_seqmodels.models.hnet.chunks``; this module parses, checks and prints.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -14,14 +15,18 @@ from .args import HelpFormatter, check_output_file, device, positive_int, read_t
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser(
-        "hnet-chunks", help="picture of how a saved H-Net chunks a text, per stage",
+        "hnet-chunks",
+        help="picture of how a saved H-Net chunks a text, per stage",
         formatter_class=HelpFormatter,
         description="Run a text through a saved H-Net and draw its characters coloured by chunk, one row per stage "
-                    "(stage 0: chunks of bytes; stage 1: chunks of stage-0 chunks, mapped back onto the bytes). "
-                    "Also prints the chunks as text and the boundary fraction per stage.",
+        "(stage 0: chunks of bytes; stage 1: chunks of stage-0 chunks, mapped back onto the bytes). "
+        "Also prints the chunks as text and the boundary fraction per stage.",
     )
-    p.add_argument("--model", required=True, help="a saved H-Net folder (tokenizer from the same folder if present, "
-                                                   "else ByteTokenizer())")
+    p.add_argument(
+        "--model",
+        required=True,
+        help="a saved H-Net folder (tokenizer from the same folder if present, else ByteTokenizer())",
+    )
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--text", help="the text to chunk")
     src.add_argument("--text-file", help="a UTF-8 file holding the text to chunk")
@@ -48,7 +53,9 @@ def load_model_and_tokenizer(model_dir: str, device: str = "cpu"):
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).to(device)
     if not hasattr(model.config, "arch_layout") or not hasattr(model.config, "compression_ratio"):
         raise ValueError(f"--model {model_dir!r} is a {type(model).__name__}, not an H-Net: it has no chunk boundaries")
-    tokenizer = AutoTokenizer.from_pretrained(model_dir) if (folder / "tokenizer_config.json").is_file() else ByteTokenizer()
+    tokenizer = (
+        AutoTokenizer.from_pretrained(model_dir) if (folder / "tokenizer_config.json").is_file() else ByteTokenizer()
+    )
     return model, tokenizer
 
 
@@ -74,8 +81,10 @@ def run_chunks(args: argparse.Namespace) -> int:
         print(format_chunks(chars, stage))
         moved = sum(stage.straddled)
         if moved:
-            print(f"  ({moved} boundar{'y' if moved == 1 else 'ies'} fell inside a multi-byte character; "
-                  "shown at the character's first byte)")
+            print(
+                f"  ({moved} boundar{'y' if moved == 1 else 'ies'} fell inside a multi-byte character; "
+                "shown at the character's first byte)"
+            )
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         write_png(args.out, chars, stages, n_bytes, title, args.width)

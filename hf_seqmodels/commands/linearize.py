@@ -7,14 +7,27 @@ Phi-3), recover it with (attention transfer and) LoRA, save it.
 Every flag, the output folder, the model folder (and GGUF file) and the texts are checked before the model is
 loaded; each stage (perplexities, attention transfer, LoRA) shows a progress bar.
 """
+
 from __future__ import annotations
 
 import argparse
 import os
 import time
 
-from .args import (HelpFormatter, bounded_int, check_model_folder, check_output_folder, device, existing_file,
-                   non_negative_int, positive_float, positive_int, quiet, read_text, require_packages)
+from .args import (
+    HelpFormatter,
+    bounded_int,
+    check_model_folder,
+    check_output_folder,
+    device,
+    existing_file,
+    non_negative_int,
+    positive_float,
+    positive_int,
+    quiet,
+    read_text,
+    require_packages,
+)
 
 
 def add_parser(subparsers) -> None:
@@ -24,44 +37,86 @@ def add_parser(subparsers) -> None:
         description=__doc__,
         formatter_class=HelpFormatter,
     )
-    p.add_argument("--model", required=True,
-                   help="Llama, Mistral, Qwen2/2.5, Qwen3 or Phi-3 checkpoint: a safetensors folder or Hub id, or the "
-                        "folder of --gguf-file")
+    p.add_argument(
+        "--model",
+        required=True,
+        help="Llama, Mistral, Qwen2/2.5, Qwen3 or Phi-3 checkpoint: a safetensors folder or Hub id, or the "
+        "folder of --gguf-file",
+    )
     p.add_argument("--gguf-file", default=None, help="GGUF file (in --model's folder, or an absolute path)")
     p.add_argument("--method", default="liger", choices=["liger", "lizard"], help="linearization method")
-    p.add_argument("--out", required=True,
-                   help="output folder (model, tokenizer, model card); never one of the inputs, and a new one unless "
-                        "--overwrite")
-    p.add_argument("--overwrite", action="store_true",
-                   help="replace an existing --out folder (only once the new model is complete)")
-    p.add_argument("--train-text", required=True, type=existing_file("--train-text"),
-                   help="UTF-8 text file to fine-tune on")
-    p.add_argument("--eval-text", default=None, type=existing_file("--eval-text"),
-                   help="held-out text: perplexities of the base and result go into the model card")
-    p.add_argument("--eval-tokens", type=bounded_int("--eval-tokens", 2), default=4096,
-                   help="tokens of --eval-text to score")
-    p.add_argument("--steps", type=non_negative_int("--steps"), required=True,
-                   help="LoRA fine-tuning steps (0: convert only)")
-    p.add_argument("--transfer-steps", type=non_negative_int("--transfer-steps"), default=None,
-                   help="Lizard attention-transfer steps (default: --steps)")
-    p.add_argument("--seq-len", type=bounded_int("--seq-len", 2), default=512,
-                   help="tokens per training block (at most the base model's context length)")
+    p.add_argument(
+        "--out",
+        required=True,
+        help="output folder (model, tokenizer, model card); never one of the inputs, and a new one unless --overwrite",
+    )
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace an existing --out folder (only once the new model is complete)",
+    )
+    p.add_argument(
+        "--train-text", required=True, type=existing_file("--train-text"), help="UTF-8 text file to fine-tune on"
+    )
+    p.add_argument(
+        "--eval-text",
+        default=None,
+        type=existing_file("--eval-text"),
+        help="held-out text: perplexities of the base and result go into the model card",
+    )
+    p.add_argument(
+        "--eval-tokens", type=bounded_int("--eval-tokens", 2), default=4096, help="tokens of --eval-text to score"
+    )
+    p.add_argument(
+        "--steps", type=non_negative_int("--steps"), required=True, help="LoRA fine-tuning steps (0: convert only)"
+    )
+    p.add_argument(
+        "--transfer-steps",
+        type=non_negative_int("--transfer-steps"),
+        default=None,
+        help="Lizard attention-transfer steps (default: --steps)",
+    )
+    p.add_argument(
+        "--seq-len",
+        type=bounded_int("--seq-len", 2),
+        default=512,
+        help="tokens per training block (at most the base model's context length)",
+    )
     p.add_argument("--batch-size", type=positive_int("--batch-size"), default=1, help="blocks per step")
     p.add_argument("--lr", type=positive_float("--lr"), default=1e-3, help="LoRA learning rate (Liger's paper: 1e-3)")
-    p.add_argument("--transfer-lr", type=positive_float("--transfer-lr"), default=1e-2,
-                   help="Lizard attention-transfer learning rate")
+    p.add_argument(
+        "--transfer-lr",
+        type=positive_float("--transfer-lr"),
+        default=1e-2,
+        help="Lizard attention-transfer learning rate",
+    )
     p.add_argument("--lora-r", type=positive_int("--lora-r"), default=8, help="LoRA rank")
     p.add_argument("--lora-alpha", type=positive_int("--lora-alpha"), default=None, help="LoRA alpha (default: 2 * r)")
-    p.add_argument("--lora-targets", default=None,
-                   help="comma-separated names of the linear layers that get LoRA adapters (default: q_proj,k_proj,"
-                        "v_proj; qkv_proj for Phi-3)")
-    p.add_argument("--window", type=int, default=None,  # checked by check_method, before anything loads
-                   help="sliding window: keys a query sees, itself included (default: Liger 64, Lizard 128)")
+    p.add_argument(
+        "--lora-targets",
+        default=None,
+        help="comma-separated names of the linear layers that get LoRA adapters (default: q_proj,k_proj,"
+        "v_proj; qkv_proj for Phi-3)",
+    )
+    p.add_argument(
+        "--window",
+        type=int,
+        default=None,  # checked by check_method, before anything loads
+        help="sliding window: keys a query sees, itself included (default: Liger 64, Lizard 128)",
+    )
     hybrid = p.add_mutually_exclusive_group()
-    hybrid.add_argument("--softmax-every", type=positive_int("--softmax-every"), default=None,
-                        help="hybrid layout: every K-th layer (K-1, 2K-1, ...) keeps the teacher's softmax attention")
-    hybrid.add_argument("--softmax-layers", type=layer_list, default=None,
-                        help="hybrid layout: comma-separated layer indices that keep the teacher's softmax attention")
+    hybrid.add_argument(
+        "--softmax-every",
+        type=positive_int("--softmax-every"),
+        default=None,
+        help="hybrid layout: every K-th layer (K-1, 2K-1, ...) keeps the teacher's softmax attention",
+    )
+    hybrid.add_argument(
+        "--softmax-layers",
+        type=layer_list,
+        default=None,
+        help="hybrid layout: comma-separated layer indices that keep the teacher's softmax attention",
+    )
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"], help="weights' dtype")
     p.add_argument("--device", type=device("--device"), default="cpu", help="torch device (cpu, cuda, ...)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -72,7 +127,9 @@ def layer_list(text: str) -> list[int]:
     try:
         layers = [int(t) for t in text.split(",") if t.strip()]
     except ValueError:
-        raise argparse.ArgumentTypeError(f"--softmax-layers must be comma-separated layer indices, got {text!r}") from None
+        raise argparse.ArgumentTypeError(
+            f"--softmax-layers must be comma-separated layer indices, got {text!r}"
+        ) from None
     if not layers or min(layers) < 0:
         raise argparse.ArgumentTypeError(f"--softmax-layers must be comma-separated layer indices >= 0, got {text!r}")
     return layers
@@ -132,8 +189,10 @@ def run(args) -> int:
     quiet(progress)
     t0 = time.time()
     # the tokenizer and texts next (cheap), so a text too short for --seq-len fails before the weights load
-    _status(progress, "loading the tokenizer" + (" from the GGUF file (its vocabulary takes a minute)"
-                                                 if args.gguf_file else ""))
+    _status(
+        progress,
+        "loading the tokenizer" + (" from the GGUF file (its vocabulary takes a minute)" if args.gguf_file else ""),
+    )
     tokenizer = AutoTokenizer.from_pretrained(args.model, gguf_file=args.gguf_file)
     try:
         train = token_blocks(tokenizer, train_text, args.seq_len)
@@ -149,11 +208,16 @@ def run(args) -> int:
 
     _status(progress, f"loading the base model from {args.gguf_file or args.model}")
     llama = load_llama(args.model, gguf_file=args.gguf_file, dtype=getattr(torch, args.dtype)).to(args.device)
-    base = f"{args.model}/{args.gguf_file}" if args.gguf_file and not os.path.isabs(args.gguf_file) else (
-        args.gguf_file or args.model)
+    base = (
+        f"{args.model}/{args.gguf_file}"
+        if args.gguf_file and not os.path.isabs(args.gguf_file)
+        else (args.gguf_file or args.model)
+    )
 
     def ppl(model, stage):
-        return f"{perplexity_of_ids(model, held_out, context=ctx, stride=ctx, progress=progress, desc=f'perplexity {stage}'):.2f}"
+        desc = f"perplexity {stage}"
+        value = perplexity_of_ids(model, held_out, context=ctx, stride=ctx, progress=progress, desc=desc)
+        return f"{value:.2f}"
 
     if held_out is not None:
         card["perplexity of the base model"] = ppl(llama, "of the base model")
@@ -171,8 +235,10 @@ def run(args) -> int:
         card_before = getattr(model, "card_data", None)
         model = add_lora(model, r=args.lora_r, alpha=args.lora_alpha, target_modules=targets)
         finetune(model, train, args.steps, lr=args.lr, batch_size=args.batch_size, progress=progress)
-        card["LoRA fine-tune"] = (f"r={args.lora_r} on {','.join(targets)}, "
-                                  f"{args.steps * args.batch_size * args.seq_len} tokens, lr {args.lr}")
+        card["LoRA fine-tune"] = (
+            f"r={args.lora_r} on {','.join(targets)}, "
+            f"{args.steps * args.batch_size * args.seq_len} tokens, lr {args.lr}"
+        )
         model = model.merge_and_unload()  # plain weights: the result loads with AutoModelForCausalLM alone
         if card_before is not None:
             model.card_data = card_before
@@ -181,8 +247,10 @@ def run(args) -> int:
     if held_out is not None:
         name = os.path.basename(args.eval_text)
         card["held-out text"] = f"{name}, {describe_method(ctx, ctx, held_out.numel())}"
-        card["reproduce a perplexity"] = (f"hf-seqmodels eval ppl --model MODEL --text {name} --context {ctx} "
-                                          f"--stride {ctx} --max-tokens {held_out.numel()}")
+        card["reproduce a perplexity"] = (
+            f"hf-seqmodels eval ppl --model MODEL --text {name} --context {ctx} "
+            f"--stride {ctx} --max-tokens {held_out.numel()}"
+        )
     card_data_of(model).update(card)
     with safe_output_folder(args.out, inputs=inputs, overwrite=args.overwrite) as tmp:
         model.save_pretrained(tmp)

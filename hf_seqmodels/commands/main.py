@@ -1,5 +1,6 @@
 """The ``hf-seqmodels`` command's parser: each command is a module of ``hf_seqmodels.commands`` exposing
 ``add_parser(subparsers)``, listed in ``COMMAND_MODULES``."""
+
 from __future__ import annotations
 
 import argparse
@@ -9,7 +10,8 @@ import sys
 
 from .args import HelpFormatter
 
-DESCRIPTION = """Train a demo, benchmark the kernels, evaluate, linearize a Llama, show H-Net chunks, convert published checkpoints.
+DESCRIPTION = """Train a demo, benchmark the kernels, evaluate, linearize a Llama, show H-Net chunks, convert published
+checkpoints.
 
 Run `hf-seqmodels COMMAND --help` for a command's flags and their defaults. HF_SEQMODELS_DEBUG=1 shows the traceback
 of an input error."""
@@ -47,8 +49,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _use_formatter(parser: argparse.ArgumentParser) -> None:
-    if parser.formatter_class in (argparse.HelpFormatter, argparse.RawDescriptionHelpFormatter,
-                                  argparse.ArgumentDefaultsHelpFormatter):
+    if parser.formatter_class in (
+        argparse.HelpFormatter,
+        argparse.RawDescriptionHelpFormatter,
+        argparse.ArgumentDefaultsHelpFormatter,
+    ):
         parser.formatter_class = HelpFormatter
     for action in parser._actions:
         if isinstance(action, argparse._SubParsersAction):
@@ -74,8 +79,11 @@ def main(argv=None) -> int:
     except (ValueError, OSError) as err:  # bad input (our convention): the message, not a traceback
         if os.environ.get("HF_SEQMODELS_DEBUG") == "1":
             raise
-        if isinstance(err, OSError) and not isinstance(err, (FileNotFoundError, PermissionError, IsADirectoryError,
-                                                              NotADirectoryError)) and err.errno is not None:
+        if (
+            isinstance(err, OSError)
+            and not isinstance(err, (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError))
+            and err.errno is not None
+        ):
             raise  # a real I/O failure (disk full...): keep the traceback
         _subparser(parser, args).error(str(err))  # usage, "hf-seqmodels CMD: error: ...", exit status 2
 

@@ -7,6 +7,7 @@ models importing this package. :func:`convert` writes a native folder once, for 
 
 A new format: a module here with ``detect``, ``load`` and ``FORMAT = CheckpointFormat(...)``, registered below.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -60,8 +61,10 @@ def _unknown(folder) -> str:
     if not os.path.isdir(folder):
         return f"SRC {folder!r} is not a folder (a checkpoint folder with config.json and safetensors weights)"
     known = "; ".join(f"{f.name}: {f.description}" for f in FORMATS.values())
-    return (f"SRC {folder!r} (config.json model_type {model_type_of(folder)!r}) is not in a format hf-seqmodels "
-            f"converts. Known formats: {known}")
+    return (
+        f"SRC {folder!r} (config.json model_type {model_type_of(folder)!r}) is not in a format hf-seqmodels "
+        f"converts. Known formats: {known}"
+    )
 
 
 def convert(src, dst, *, overwrite: bool = False, progress: bool = True) -> str:
@@ -95,15 +98,19 @@ def convert(src, dst, *, overwrite: bool = False, progress: bool = True) -> str:
             tokenizer = f"the format's {type(converted.tokenizer).__name__} (the source folder holds none)"
         with open(os.path.join(tmp, "README.md"), "a", encoding="utf-8") as f:
             f.write(_card_section(fmt, converted, tokenizer))
-    print(f"wrote {dst}: {lm_class.__name__}, {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters "
-          f"({next(model.parameters()).dtype}), converted from {converted.description}")
+    print(
+        f"wrote {dst}: {lm_class.__name__}, {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters "
+        f"({next(model.parameters()).dtype}), converted from {converted.description}"
+    )
     for note in converted.notes:
         print(f"  {note}")
     if tokenizer:
         print(f"  tokenizer: {tokenizer}")
     else:
-        print(f"  {src} has no tokenizer files: save one into {dst} (tokenizer.save_pretrained) before using "
-              "pipeline() or AutoTokenizer there")
+        print(
+            f"  {src} has no tokenizer files: save one into {dst} (tokenizer.save_pretrained) before using "
+            "pipeline() or AutoTokenizer there"
+        )
     return dst
 
 
@@ -123,19 +130,23 @@ def _progress_bars(show: bool):
 
 
 def _card_section(fmt: CheckpointFormat, converted: Converted, tokenizer: str | None) -> str:
-    lines = ["", "## Conversion", "",
-             f"Converted by `hf-seqmodels convert` from `{converted.source}` (format `{fmt.name}`:",
-             f"{converted.description}): the same computation under our names, the weights in their original dtype.",
-             ""]
+    lines = [
+        "",
+        "## Conversion",
+        "",
+        f"Converted by `hf-seqmodels convert` from `{converted.source}` (format `{fmt.name}`:",
+        f"{converted.description}): the same computation under our names, the weights in their original dtype.",
+        "",
+    ]
     lines += [f"- {note}" for note in converted.notes]
     if tokenizer:
         lines.append(f"- tokenizer: {tokenizer}")
     else:
-        lines.append("- tokenizer: none in the source folder; this folder needs one "
-                     "(`tokenizer.save_pretrained(folder)`)")
+        lines.append(
+            "- tokenizer: none in the source folder; this folder needs one (`tokenizer.save_pretrained(folder)`)"
+        )
     lines.append("- saving this model again rewrites this card without this section")
     return "\n".join(lines) + "\n"
 
 
-__all__ = ["FORMATS", "CheckpointFormat", "Converted", "register_format", "detect_format", "load_checkpoint",
-           "convert"]
+__all__ = ["FORMATS", "CheckpointFormat", "Converted", "register_format", "detect_format", "load_checkpoint", "convert"]

@@ -1,5 +1,6 @@
 """What every checkpoint format shares: the format record, reading config.json and safetensors weights (never a
 pickle), refusing an option by name, and the strict check that converted weights fit the model they are for."""
+
 from __future__ import annotations
 
 import json
@@ -10,9 +11,18 @@ from typing import Callable
 import torch
 
 #: tokenizer files a converted folder takes over from its source, when present
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "special_tokens_map.json",
-                   "added_tokens.json", "vocab.json", "merges.txt", "spiece.model", "chat_template.jinja",
-                   "chat_template.json")
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "tokenizer.model",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "vocab.json",
+    "merges.txt",
+    "spiece.model",
+    "chat_template.jinja",
+    "chat_template.json",
+)
 
 
 @dataclass(frozen=True)
@@ -127,12 +137,17 @@ def check_state_dict(model_class, config, state: dict, what: str) -> None:
         expected.pop("lm_head.weight", None)
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
-    wrong = sorted(f"{n} {tuple(state[n].shape)} (expected {expected[n]})" for n in set(state) & set(expected)
-                   if tuple(state[n].shape) != expected[n])
+    wrong = sorted(
+        f"{n} {tuple(state[n].shape)} (expected {expected[n]})"
+        for n in set(state) & set(expected)
+        if tuple(state[n].shape) != expected[n]
+    )
     if missing or unexpected or wrong:
-        parts = [f"missing {_few(missing)}" if missing else "",
-                 f"not converted {_few(unexpected)}" if unexpected else "",
-                 f"wrong shapes {_few(wrong)}" if wrong else ""]
+        parts = [
+            f"missing {_few(missing)}" if missing else "",
+            f"not converted {_few(unexpected)}" if unexpected else "",
+            f"wrong shapes {_few(wrong)}" if wrong else "",
+        ]
         raise ValueError(f"{what}: the weights do not match the converted config: " + "; ".join(p for p in parts if p))
 
 

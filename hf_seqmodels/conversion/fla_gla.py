@@ -28,6 +28,7 @@ Refused by name (fla has them, our GLA does not): ``feature_map``, ``clamp_min``
 short convolution of mid-2024 configs (``share_conv_kernel``), convolution biases, and the first layout of February
 2024 (``num_attention_heads``, ``gla``/``gla_norm`` keys).
 """
+
 from __future__ import annotations
 
 import re
@@ -56,8 +57,10 @@ _RENAMES = [
 ]
 _RENAMES = [(re.compile(pattern), new) for pattern, new in _RENAMES]
 #: our names of the weights fla shares among query heads when num_kv_heads < num_heads (k, v, the forget gate)
-_SHARED_HEADS = re.compile(r"model\.layers\.\d+\.mixer\.(k_proj\.weight|v_proj\.weight|gk_proj\.1\.(weight|bias)|"
-                           r"k_conv\.conv\.weight|v_conv\.conv\.weight)$")
+_SHARED_HEADS = re.compile(
+    r"model\.layers\.\d+\.mixer\.(k_proj\.weight|v_proj\.weight|gk_proj\.1\.(weight|bias)|"
+    r"k_conv\.conv\.weight|v_conv\.conv\.weight)$"
+)
 
 
 def detect(folder) -> bool:
@@ -77,28 +80,63 @@ def fla_intermediate_size(hidden_size: int, hidden_ratio, intermediate_size):
 def check_options(cfg: dict) -> None:
     """Refuse, by name, every option of an fla GLA config that our GLA does not compute."""
     if "num_heads" not in cfg and "num_attention_heads" in cfg:
-        raise refuse(WHAT, "num_attention_heads", cfg["num_attention_heads"],
-                     "this is fla's first GLA layout (February 2024: `gla`/`gla_norm` modules, no num_heads), "
-                     "which hf-seqmodels does not convert")
+        raise refuse(
+            WHAT,
+            "num_attention_heads",
+            cfg["num_attention_heads"],
+            "this is fla's first GLA layout (February 2024: `gla`/`gla_norm` modules, no num_heads), "
+            "which hf-seqmodels does not convert",
+        )
     checks = [
-        ("attn", cfg.get("attn"), cfg.get("attn") is not None,
-         "hybrid models with softmax-attention layers have no hf-seqmodels GLA equivalent"),
-        ("attnres_block_size", cfg.get("attnres_block_size"), cfg.get("attnres_block_size") is not None,
-         "attention residuals (AttnRes) are not implemented in hf-seqmodels"),
-        ("feature_map", cfg.get("feature_map"), cfg.get("feature_map") is not None,
-         "our GLA applies no feature map to q and k"),
-        ("clamp_min", cfg.get("clamp_min"), cfg.get("clamp_min") is not None,
-         "our GLA does not clamp the log forget gates"),
-        ("use_output_gate", cfg.get("use_output_gate"), cfg.get("use_output_gate", True) is False,
-         "our GLA always has the swish output gate (g_proj)"),
-        ("hidden_act", cfg.get("hidden_act"), cfg.get("hidden_act", "swish") not in ("swish", "silu"),
-         "fla uses it for both the MLP and the output gate; only swish (SiLU) is implemented"),
-        ("attn_mode", cfg.get("attn_mode"), cfg.get("attn_mode", "chunk") not in ATTN_MODES,
-         f"fla's GLA knows {list(ATTN_MODES)}"),
-        ("share_conv_kernel", cfg.get("share_conv_kernel"),
-         bool(cfg.get("use_short_conv")) and bool(cfg.get("share_conv_kernel", False)),
-         "one short convolution on the hidden states before q/k/v (fla before July 2024) is not implemented; ours "
-         "convolves q, k and v separately"),
+        (
+            "attn",
+            cfg.get("attn"),
+            cfg.get("attn") is not None,
+            "hybrid models with softmax-attention layers have no hf-seqmodels GLA equivalent",
+        ),
+        (
+            "attnres_block_size",
+            cfg.get("attnres_block_size"),
+            cfg.get("attnres_block_size") is not None,
+            "attention residuals (AttnRes) are not implemented in hf-seqmodels",
+        ),
+        (
+            "feature_map",
+            cfg.get("feature_map"),
+            cfg.get("feature_map") is not None,
+            "our GLA applies no feature map to q and k",
+        ),
+        (
+            "clamp_min",
+            cfg.get("clamp_min"),
+            cfg.get("clamp_min") is not None,
+            "our GLA does not clamp the log forget gates",
+        ),
+        (
+            "use_output_gate",
+            cfg.get("use_output_gate"),
+            cfg.get("use_output_gate", True) is False,
+            "our GLA always has the swish output gate (g_proj)",
+        ),
+        (
+            "hidden_act",
+            cfg.get("hidden_act"),
+            cfg.get("hidden_act", "swish") not in ("swish", "silu"),
+            "fla uses it for both the MLP and the output gate; only swish (SiLU) is implemented",
+        ),
+        (
+            "attn_mode",
+            cfg.get("attn_mode"),
+            cfg.get("attn_mode", "chunk") not in ATTN_MODES,
+            f"fla's GLA knows {list(ATTN_MODES)}",
+        ),
+        (
+            "share_conv_kernel",
+            cfg.get("share_conv_kernel"),
+            bool(cfg.get("use_short_conv")) and bool(cfg.get("share_conv_kernel", False)),
+            "one short convolution on the hidden states before q/k/v (fla before July 2024) is not implemented; ours "
+            "convolves q, k and v separately",
+        ),
     ]
     for option, value, bad, why in checks:
         if bad:
@@ -152,8 +190,9 @@ def convert_state_dict(fla_state: dict, config, cfg: dict) -> tuple[dict, list[s
         raise refuse(WHAT, "conv_bias", True, f"our short convolutions have no bias ({bias[0]})")
     unknown = sorted(n for n in fla_state if _rename(n) is None)
     if unknown:
-        raise ValueError(f"{WHAT}: weights of no known fla GLA layout: {unknown[:6]}"
-                         f"{' ...' if len(unknown) > 6 else ''}")
+        raise ValueError(
+            f"{WHAT}: weights of no known fla GLA layout: {unknown[:6]}{' ...' if len(unknown) > 6 else ''}"
+        )
     state = {}
     for name, tensor in fla_state.items():
         state[_rename(name)] = tensor
@@ -176,20 +215,26 @@ def convert_state_dict(fla_state: dict, config, cfg: dict) -> tuple[dict, list[s
         for name in [n for n in state if _SHARED_HEADS.match(n)]:
             t = state[name]
             state[name] = t.reshape(kv, t.shape[0] // kv, *t.shape[1:]).repeat_interleave(groups, dim=0).flatten(0, 1)
-        notes.append(f"num_kv_heads={kv}: each key/value/forget-gate head repeated for its {groups} query heads "
-                     "(same function; the model has one key/value head per query head)")
+        notes.append(
+            f"num_kv_heads={kv}: each key/value/forget-gate head repeated for its {groups} query heads "
+            "(same function; the model has one key/value head per query head)"
+        )
     # the gated norm without weights (elementwise_affine false): ones
     value_dim = int(config.hidden_size * config.expand_v)
     affine = cfg.get("elementwise_affine", True)
-    unweighted = [] if affine else [i for i in range(config.num_hidden_layers)
-                                    if f"model.layers.{i}.mixer.g_norm.weight" not in state]
+    unweighted = (
+        []
+        if affine
+        else [i for i in range(config.num_hidden_layers) if f"model.layers.{i}.mixer.g_norm.weight" not in state]
+    )
     for i in unweighted:
         ref = state.get(f"model.layers.{i}.mixer.o_proj.weight")
         dtype = ref.dtype if ref is not None else torch.float32
         state[f"model.layers.{i}.mixer.g_norm.weight"] = torch.ones(value_dim // heads, dtype=dtype)
     if unweighted:
-        notes.append(f"gated norms without weights (elementwise_affine=false) in {len(unweighted)} layer(s): "
-                     "unit weights")
+        notes.append(
+            f"gated norms without weights (elementwise_affine=false) in {len(unweighted)} layer(s): unit weights"
+        )
     if config.tie_word_embeddings:
         state.pop("lm_head.weight", None)
     return state, notes
@@ -211,8 +256,9 @@ def load(folder, progress: bool = False) -> Converted:
     config = gla_config(cfg, gate_low_rank_dim=low_rank.shape[0], dtype=dtype)
     state, notes = convert_state_dict(fla_state, config, cfg)
     check_state_dict(GLAForCausalLM, config, state, f"{WHAT} {folder!r}")
-    return Converted(config=config, state_dict=state, source=str(folder), description="fla GLA (model_type 'gla')",
-                     notes=notes)
+    return Converted(
+        config=config, state_dict=state, source=str(folder), description="fla GLA (model_type 'gla')", notes=notes
+    )
 
 
 FORMAT = CheckpointFormat(

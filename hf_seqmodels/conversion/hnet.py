@@ -31,6 +31,7 @@ GPT-NeoX rotary, windows of ``window_size`` earlier keys). Precision differs whe
 kernels: it runs the smoothing EMA in bf16 (``DeChunkLayer``'s hard-coded dtype) and the routing cosine in the
 model's dtype; here both run in fp32 (fp64 for fp64 models).
 """
+
 from __future__ import annotations
 
 import json
@@ -77,17 +78,26 @@ def find_files(folder) -> tuple[str, str]:
     folder = os.fspath(folder)
     names = sorted(os.listdir(folder))
     checkpoints = [n for n in names if n.endswith(".pt") and os.path.isfile(os.path.join(folder, n))]
-    configs = [n for n in names if n.endswith(".json") and os.path.isfile(os.path.join(folder, n))
-               and _reference_json(os.path.join(folder, n)) is not None]
+    configs = [
+        n
+        for n in names
+        if n.endswith(".json")
+        and os.path.isfile(os.path.join(folder, n))
+        and _reference_json(os.path.join(folder, n)) is not None
+    ]
     if not checkpoints or not configs:
-        raise ValueError(f"{folder}: an H-Net reference release needs a .pt state dict and its config JSON "
-                         f"(arch_layout, d_model, ...); found .pt files {checkpoints}, reference configs {configs}")
+        raise ValueError(
+            f"{folder}: an H-Net reference release needs a .pt state dict and its config JSON "
+            f"(arch_layout, d_model, ...); found .pt files {checkpoints}, reference configs {configs}"
+        )
     if len(checkpoints) == 1 and len(configs) == 1:
         return os.path.join(folder, checkpoints[0]), os.path.join(folder, configs[0])
     pairs = [(c, j) for c in checkpoints for j in configs if c[:-3] == j[:-5]]
     if len(pairs) != 1:
-        raise ValueError(f"{folder}: cannot tell which config goes with which checkpoint (.pt files {checkpoints}, "
-                         f"reference configs {configs}); keep one pair, or give them the same stem")
+        raise ValueError(
+            f"{folder}: cannot tell which config goes with which checkpoint (.pt files {checkpoints}, "
+            f"reference configs {configs}); keep one pair, or give them the same stem"
+        )
     return os.path.join(folder, pairs[0][0]), os.path.join(folder, pairs[0][1])
 
 
@@ -116,8 +126,10 @@ def config_from_reference(ref: dict, **overrides) -> HNetConfig:
     """Our :class:`HNetConfig` for a reference config dict (the JSON's contents); ``overrides`` are passed on."""
     unknown = set(ref) - _CONFIG_FIELDS
     if unknown:
-        raise ValueError(f"H-Net reference config: unknown field(s) {sorted(unknown)} (the reference's HNetConfig "
-                         f"has {sorted(_CONFIG_FIELDS)})")
+        raise ValueError(
+            f"H-Net reference config: unknown field(s) {sorted(unknown)} (the reference's HNetConfig "
+            f"has {sorted(_CONFIG_FIELDS)})"
+        )
     layout = ref["arch_layout"]
     stages = stage_layouts(layout)
     S = len(stages)
@@ -125,26 +137,34 @@ def config_from_reference(ref: dict, **overrides) -> HNetConfig:
         for spec in specs:
             letters = {c.lower() for c in parse_layer_string(spec, where="arch_layout")}
             if letters - {"m", "t"}:
-                raise ValueError(f"H-Net reference config: arch_layout stage {s} layer string {spec!r} uses "
-                                 f"{sorted(letters - {'m', 't'})}; the reference has Mamba-2 (m) and attention (t) "
-                                 f"only")
+                raise ValueError(
+                    f"H-Net reference config: arch_layout stage {s} layer string {spec!r} uses "
+                    f"{sorted(letters - {'m', 't'})}; the reference has Mamba-2 (m) and attention (t) "
+                    f"only"
+                )
     ssm_in = dict(ref.get("ssm_cfg") or {})
     unknown = set(ssm_in) - _SSM_FIELDS
     if unknown:
-        raise ValueError(f"H-Net reference config: unknown ssm_cfg field(s) {sorted(unknown)} (the reference's "
-                         f"SSMConfig has {sorted(_SSM_FIELDS)})")
+        raise ValueError(
+            f"H-Net reference config: unknown ssm_cfg field(s) {sorted(unknown)} (the reference's "
+            f"SSMConfig has {sorted(_SSM_FIELDS)})"
+        )
     ssm = {"head_dim": 64, "n_groups": 1}  # mamba_ssm's Mamba2 defaults, which the reference does not override
     for key in sorted(_SSM_FIELDS):
         values = _per_stage(f"ssm_cfg[{key!r}]", ssm_in.get(key, _SSM_DEFAULTS[key]), S)
         if any(v != values[0] for v in values):
-            raise ValueError(f"H-Net reference config: ssm_cfg[{key!r}] differs between stages ({values}); "
-                             f"HNetConfig has one Mamba-2 setting for all stages")
+            raise ValueError(
+                f"H-Net reference config: ssm_cfg[{key!r}] differs between stages ({values}); "
+                f"HNetConfig has one Mamba-2 setting for all stages"
+            )
         ssm[key] = values[0]
     attn_in = dict(ref.get("attn_cfg") or {})
     unknown = set(attn_in) - _ATTN_FIELDS
     if unknown:
-        raise ValueError(f"H-Net reference config: unknown attn_cfg field(s) {sorted(unknown)} (the reference's "
-                         f"AttnConfig has {sorted(_ATTN_FIELDS)})")
+        raise ValueError(
+            f"H-Net reference config: unknown attn_cfg field(s) {sorted(unknown)} (the reference's "
+            f"AttnConfig has {sorted(_ATTN_FIELDS)})"
+        )
     missing = _ATTN_FIELDS - set(attn_in)
     if missing and any("t" in spec.lower() for specs in stages for spec in specs):
         raise ValueError(f"H-Net reference config: attn_cfg lacks {sorted(missing)} (needed by the attention layers)")
@@ -155,9 +175,16 @@ def config_from_reference(ref: dict, **overrides) -> HNetConfig:
     tie = ref.get("tie_embeddings", False)
     if not isinstance(tie, bool):
         raise TypeError(f"H-Net reference config: tie_embeddings must be a bool, got {tie!r}")
-    return HNetConfig(arch_layout=layout, d_model=ref["d_model"], d_intermediate=d_intermediate,
-                      vocab_size=ref.get("vocab_size", 256), ssm_cfg=ssm, attn_cfg=attn, tie_word_embeddings=tie,
-                      **overrides)
+    return HNetConfig(
+        arch_layout=layout,
+        d_model=ref["d_model"],
+        d_intermediate=d_intermediate,
+        vocab_size=ref.get("vocab_size", 256),
+        ssm_cfg=ssm,
+        attn_cfg=attn,
+        tie_word_embeddings=tie,
+        **overrides,
+    )
 
 
 _ISOTROPIC_NORM = re.compile(r"(^|\.)(encoder|decoder|main_network)\.rmsnorm\.weight$")
@@ -174,10 +201,10 @@ def _our_names(key: str, ref_sd: dict) -> list[tuple[str, slice | None, int]]:
     name = name.replace(".norm1.", ".input_layernorm.").replace(".norm2.", ".post_attention_layernorm.")
     prefix, _, leaf = name.rpartition(".mixer.")
     if leaf.startswith("Wqkv."):
-        param = leaf[len("Wqkv."):]
+        param = leaf[len("Wqkv.") :]
         return [(f"model.{prefix}.mixer.{p}_proj.{param}", i, 3) for i, p in enumerate("qkv")]
     if leaf.startswith("out_proj.") and key.replace("out_proj.", "Wqkv.") in ref_sd:  # attention's output
-        return [(f"model.{prefix}.mixer.o_proj.{leaf[len('out_proj.'):]}", None, 1)]
+        return [(f"model.{prefix}.mixer.o_proj.{leaf[len('out_proj.') :]}", None, 1)]
     if name.endswith(".mlp.fc1.weight"):
         base = name[: -len("fc1.weight")]
         return [(f"model.{base}up_proj.weight", 0, 2), (f"model.{base}gate_proj.weight", 1, 2)]
@@ -188,7 +215,7 @@ def _our_names(key: str, ref_sd: dict) -> list[tuple[str, slice | None, int]]:
 
 def _reference_name(ours: str) -> str:
     """The reference key that would fill our parameter ``ours`` (for error messages)."""
-    name = ours[len("model."):] if ours.startswith("model.") else ours
+    name = ours[len("model.") :] if ours.startswith("model.") else ours
     name = _OUR_ISOTROPIC_NORM.sub(r"\1\2.rmsnorm.weight", name)
     name = name.replace(".input_layernorm.", ".norm1.").replace(".post_attention_layernorm.", ".norm2.")
     name = re.sub(r"\.mixer\.[qkv]_proj\.", ".mixer.Wqkv.", name).replace(".mixer.o_proj.", ".mixer.out_proj.")
@@ -204,15 +231,18 @@ def convert_state_dict(ref_sd: dict, config: HNetConfig, dtype: torch.dtype | No
     if config.tie_word_embeddings and "lm_head.weight" in ref_sd:
         emb, head = ref_sd.get("embeddings.weight"), ref_sd["lm_head.weight"]
         if emb is not None and not (emb.shape == head.shape and torch.equal(emb, head)):
-            raise ValueError("H-Net checkpoint: tie_embeddings is true but lm_head.weight differs from "
-                             "embeddings.weight")
+            raise ValueError(
+                "H-Net checkpoint: tie_embeddings is true but lm_head.weight differs from embeddings.weight"
+            )
         ref_sd = {k: v for k, v in ref_sd.items() if k != "lm_head.weight"}
         expected.pop("lm_head.weight", None)
     out, source, unexpected = {}, {}, []
     for key, tensor in ref_sd.items():
         if not isinstance(key, str) or not isinstance(tensor, torch.Tensor):
-            raise ValueError(f"H-Net checkpoint: entry {key!r} is a {type(tensor).__name__}, not a tensor; a reference "
-                             f"checkpoint is a flat state dict of tensors")
+            raise ValueError(
+                f"H-Net checkpoint: entry {key!r} is a {type(tensor).__name__}, not a tensor; a reference "
+                f"checkpoint is a flat state dict of tensors"
+            )
         for name, part, parts in _our_names(key, ref_sd):
             if name not in expected:
                 unexpected.append(f"{key!r} (-> {name!r})")
@@ -225,19 +255,24 @@ def convert_state_dict(ref_sd: dict, config: HNetConfig, dtype: torch.dtype | No
                     raise ValueError(f"H-Net checkpoint: {key!r} has {tensor.shape[0]} rows, not a multiple of {parts}")
                 value = tensor.chunk(parts, 0)[part]
             if tuple(value.shape) != expected[name]:
-                raise ValueError(f"H-Net checkpoint: {key!r} has shape {tuple(tensor.shape)}; {name!r} needs "
-                                 f"{expected[name]}" + (f" ({parts} of them stacked)" if parts > 1 else ""))
+                raise ValueError(
+                    f"H-Net checkpoint: {key!r} has shape {tuple(tensor.shape)}; {name!r} needs "
+                    f"{expected[name]}" + (f" ({parts} of them stacked)" if parts > 1 else "")
+                )
             if dtype is not None and value.is_floating_point():
                 keep = torch.promote_types(dtype, torch.float32) if ".residual_proj." in name else dtype
                 value = value.to(keep)
             out[name], source[name] = value.contiguous(), key
     if unexpected:
-        raise ValueError(f"H-Net checkpoint: unexpected key(s) {', '.join(unexpected)}: HNetForCausalLM for this "
-                         f"config has no such parameter")
+        raise ValueError(
+            f"H-Net checkpoint: unexpected key(s) {', '.join(unexpected)}: HNetForCausalLM for this "
+            f"config has no such parameter"
+        )
     missing = sorted(set(expected) - set(out))
     if missing:
-        raise ValueError(f"H-Net checkpoint: missing key(s) {[_reference_name(m) for m in missing]} (for our "
-                         f"{missing})")
+        raise ValueError(
+            f"H-Net checkpoint: missing key(s) {[_reference_name(m) for m in missing]} (for our {missing})"
+        )
     return out
 
 
@@ -256,18 +291,23 @@ def _load_converted(folder, progress: bool = False) -> Converted:
     """The format table's loader (``from_pretrained`` and ``convert``): :func:`load` as a :class:`Converted`."""
     config, state_dict = load(folder)
     checkpoint, config_path = find_files(folder)
-    return Converted(config=config, state_dict=state_dict, source=str(folder),
-                     description=FORMAT.description,
-                     notes=[f"weights from {os.path.basename(checkpoint)} (read without unpickling code), config from "
-                            f"{os.path.basename(config_path)}"],
-                     tokenizer=ByteTokenizer())
+    return Converted(
+        config=config,
+        state_dict=state_dict,
+        source=str(folder),
+        description=FORMAT.description,
+        notes=[
+            f"weights from {os.path.basename(checkpoint)} (read without unpickling code), config from "
+            f"{os.path.basename(config_path)}"
+        ],
+        tokenizer=ByteTokenizer(),
+    )
 
 
 FORMAT = CheckpointFormat(
     name="hnet-reference",
     description="H-Net reference release (cartesia-ai hnet_1stage_L/XL, hnet_2stage_L/XL, _chinese, _code: a .pt "
-                "state dict and goombalab/hnet's configs/*.json)",
+    "state dict and goombalab/hnet's configs/*.json)",
     detect=detect,
     load=_load_converted,
 )
-

@@ -24,6 +24,7 @@ Refused by name: Liger-GSA (``liger_gsa``: Gated Slot Attention, not implemented
 variant drops Qwen3's q/k norms and adds q/k/v biases), ``attention_bias=true`` (Liger's projections have no
 biases), and unmerged LoRA weights.
 """
+
 from __future__ import annotations
 
 from .common import CheckpointFormat, Converted, check_state_dict, model_type_of, read_config, read_safetensors, refuse
@@ -37,11 +38,11 @@ REFUSED = {
     "liger_gsa": "Liger-GSA uses Gated Slot Attention (arXiv 2409.07146), which hf-seqmodels does not implement",
     "liger_hgrn2": "Liger-HGRN2 uses HGRN2's recurrence, which hf-seqmodels does not implement",
     "liger_mistral_gla": "only the Llama-based Liger-GLA (model_type 'liger_gla') is converted: the Mistral "
-                         "variant has no released checkpoint and was not checked against ours",
+    "variant has no released checkpoint and was not checked against ours",
     "liger_qwen2_gla": "only the Llama-based Liger-GLA (model_type 'liger_gla') is converted: the Qwen2 variant has "
-                       "no released checkpoint and was not checked against ours",
+    "no released checkpoint and was not checked against ours",
     "liger_qwen3_gla": "only the Llama-based Liger-GLA (model_type 'liger_gla') is converted: the Qwen3 variant's "
-                       "attention drops Qwen3's q/k norms and adds q/k/v biases, which our Qwen3 family does not",
+    "attention drops Qwen3's q/k norms and adds q/k/v biases, which our Qwen3 family does not",
     "liger_qwen3_moe_gla": "Liger on Qwen3-MoE is not implemented in hf-seqmodels",
 }
 
@@ -64,8 +65,16 @@ def liger_config(cfg: dict, source: str, dtype=None):
     fields, rest = teacher_fields(LlamaConfig(**llama))
     for name in UNUSED_FIELDS:
         rest.pop(name, None)
-    kwargs = dict(fields, window_size=WINDOW, gla_weight=0.5, gate_logit_normalizer=16.0, gla_scale=1.0,
-                  base_model_type="llama", base_config=rest, base_model_name_or_path=source)
+    kwargs = dict(
+        fields,
+        window_size=WINDOW,
+        gla_weight=0.5,
+        gate_logit_normalizer=16.0,
+        gla_scale=1.0,
+        base_model_type="llama",
+        base_config=rest,
+        base_model_name_or_path=source,
+    )
     if dtype is not None:
         kwargs["dtype"] = dtype
     return LigerConfig(**kwargs)
@@ -84,18 +93,27 @@ def load(folder, progress: bool = False) -> Converted:
     state = read_safetensors(folder, progress=progress)
     lora = sorted(n for n in state if "lora_" in n or ".base_layer." in n)
     if lora:
-        raise ValueError(f"{WHAT} {folder!r} holds unmerged LoRA weights ({lora[0]}, ...): merge them into the base "
-                         "weights first (PEFT: model.merge_and_unload()) and save again")
+        raise ValueError(
+            f"{WHAT} {folder!r} holds unmerged LoRA weights ({lora[0]}, ...): merge them into the base "
+            "weights first (PEFT: model.merge_and_unload()) and save again"
+        )
     state = {n: t for n, t in state.items() if not n.endswith("rotary_emb.inv_freq")}  # recomputed, not weights
     dtype = next(iter(state.values())).dtype if state else None
     config = liger_config(cfg, str(folder), dtype=dtype)
     if config.tie_word_embeddings:
         state.pop("lm_head.weight", None)
     check_state_dict(LigerForCausalLM, config, state, f"{WHAT} {folder!r}")
-    notes = [f"Liger-GLA semantics: gla_weight 0.5, window {WINDOW} keys (flash-attn window_size=(64, 64)), "
-             "GLA score scale 1, log gates logsigmoid(k) / 16, softmax feature maps"]
-    return Converted(config=config, state_dict=state, source=str(folder),
-                     description="Liger-GLA (OpenSparseLLMs/Linearization, model_type 'liger_gla')", notes=notes)
+    notes = [
+        f"Liger-GLA semantics: gla_weight 0.5, window {WINDOW} keys (flash-attn window_size=(64, 64)), "
+        "GLA score scale 1, log gates logsigmoid(k) / 16, softmax feature maps"
+    ]
+    return Converted(
+        config=config,
+        state_dict=state,
+        source=str(folder),
+        description="Liger-GLA (OpenSparseLLMs/Linearization, model_type 'liger_gla')",
+        notes=notes,
+    )
 
 
 FORMAT = CheckpointFormat(

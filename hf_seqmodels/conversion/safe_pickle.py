@@ -15,6 +15,7 @@ BUILD stores the state dict as it is, and calling one (REDUCE) fails. Any other 
 ``builtins.exec``, a class of some other package) is refused before unpickling starts, by a static scan of the pickle,
 with a ``ValueError`` naming it.
 """
+
 from __future__ import annotations
 
 import os
@@ -76,8 +77,19 @@ def _resolver_cache(*args):
     return {}
 
 
-_ANNOTATIONS = ("typing.Any", "typing.Dict", "typing.List", "builtins.dict", "builtins.list", "builtins.tuple",
-                "builtins.int", "builtins.float", "builtins.str", "builtins.bool", "builtins.bytes")
+_ANNOTATIONS = (
+    "typing.Any",
+    "typing.Dict",
+    "typing.List",
+    "builtins.dict",
+    "builtins.list",
+    "builtins.tuple",
+    "builtins.int",
+    "builtins.float",
+    "builtins.str",
+    "builtins.bool",
+    "builtins.bytes",
+)
 _VALUE_NODES = ("AnyNode", "StringNode", "IntegerNode", "FloatNode", "BooleanNode", "BytesNode")
 
 #: the globals allowed besides torch's own (``full.name`` -> stand-in)
@@ -101,15 +113,18 @@ def load(path, map_location="cpu"):
     if not os.path.isfile(path):
         raise FileNotFoundError(f"safe_pickle.load: no checkpoint file at {path!r}")
     if tuple(int(v) for v in re.findall(r"\d+", torch.__version__)[:2]) < (2, 6):
-        raise RuntimeError(f"safe_pickle.load needs torch >= 2.6 (safe globals under given names); this is torch "
-                           f"{torch.__version__}")
+        raise RuntimeError(
+            f"safe_pickle.load needs torch >= 2.6 (safe globals under given names); this is torch {torch.__version__}"
+        )
     is_zip = zipfile.is_zipfile(path)
     with torch.serialization.safe_globals(_SAFE_GLOBALS):
         if is_zip:  # torch.save's format since 1.6: name every unsafe global at once, before anything is built
             unsafe = torch.serialization.get_unsafe_globals_in_checkpoint(path)
             if unsafe:
-                raise ValueError(f"{path}: refusing to unpickle {', '.join(sorted(unsafe))}: not in the allow-list "
-                                 f"(tensors, plain containers, OmegaConf containers)")
+                raise ValueError(
+                    f"{path}: refusing to unpickle {', '.join(sorted(unsafe))}: not in the allow-list "
+                    f"(tensors, plain containers, OmegaConf containers)"
+                )
         try:
             obj = torch.load(path, map_location=map_location, weights_only=True, mmap=is_zip)
         except Exception as err:  # the legacy format is only checked while unpickling

@@ -9,6 +9,7 @@ The model must output the key's value right after reading the query: ``labels[i,
 prediction made AT position ``p`` (already shifted, unlike the ``labels`` argument of a Hugging Face model), the
 value at each query position and ``-100`` elsewhere. Accuracy counts query positions only.
 """
+
 from __future__ import annotations
 
 import functools
@@ -60,12 +61,18 @@ def mqar_data(
     random_non_queries: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``(inputs, labels)``, int64 ``[num_examples, seq_len]``; the same seed gives the same data."""
-    for name, value in (("num_examples", num_examples), ("seq_len", seq_len), ("num_pairs", num_pairs),
-                        ("vocab_size", vocab_size)):
+    for name, value in (
+        ("num_examples", num_examples),
+        ("seq_len", seq_len),
+        ("num_pairs", num_pairs),
+        ("vocab_size", vocab_size),
+    ):
         _check_positive(name, value)
     if 4 * num_pairs > seq_len:
-        raise ValueError(f"`seq_len` ({seq_len}) must be at least 4 * num_pairs ({4 * num_pairs}): room for the "
-                         "pairs and one query slot per pair")
+        raise ValueError(
+            f"`seq_len` ({seq_len}) must be at least 4 * num_pairs ({4 * num_pairs}): room for the "
+            "pairs and one query slot per pair"
+        )
     half = vocab_size // 2
     if half - 1 < num_pairs:
         raise ValueError(f"`vocab_size` ({vocab_size}) too small for {num_pairs} distinct keys from [1, {half})")
@@ -95,12 +102,18 @@ def mqar_data(
 
 
 @functools.lru_cache(maxsize=4)
-def mqar_splits(num_train, num_test, seq_len, num_pairs, vocab_size=8192, seed=0, power_a=0.01,
-                random_non_queries=True):
+def mqar_splits(
+    num_train, num_test, seq_len, num_pairs, vocab_size=8192, seed=0, power_a=0.01, random_non_queries=True
+):
     """``((train_inputs, train_labels), (test_inputs, test_labels))`` from independent seeds (cached: a sweep
     over learning rates and models reuses them; callers must not modify them in place)."""
-    kw = dict(seq_len=seq_len, num_pairs=num_pairs, vocab_size=vocab_size, power_a=power_a,
-              random_non_queries=random_non_queries)
+    kw = dict(
+        seq_len=seq_len,
+        num_pairs=num_pairs,
+        vocab_size=vocab_size,
+        power_a=power_a,
+        random_non_queries=random_non_queries,
+    )
     return mqar_data(num_train, seed=2 * seed, **kw), mqar_data(num_test, seed=2 * seed + 1, **kw)
 
 
@@ -112,8 +125,16 @@ def _gla_config(d_model, layers, vocab_size, heads=1):
     from hf_seqmodels.models.gla import GLAConfig
 
     # short convolutions as in Zoology's GLA baseline (they let one layer see the previous token)
-    return GLAConfig(vocab_size=vocab_size, hidden_size=d_model, num_hidden_layers=layers, num_heads=heads,
-                     use_short_conv=True, tie_word_embeddings=True, bos_token_id=None, eos_token_id=None)
+    return GLAConfig(
+        vocab_size=vocab_size,
+        hidden_size=d_model,
+        num_hidden_layers=layers,
+        num_heads=heads,
+        use_short_conv=True,
+        tie_word_embeddings=True,
+        bos_token_id=None,
+        eos_token_id=None,
+    )
 
 
 def _pararnn_config(cell):
@@ -121,9 +142,17 @@ def _pararnn_config(cell):
         from hf_seqmodels.models.pararnn import ParaRNNConfig
 
         # the paper's LM block: short convolution, cell, gated RMSNorm, projection, MLP
-        return ParaRNNConfig(cell=cell, vocab_size=vocab_size, hidden_size=d_model, num_hidden_layers=layers,
-                             num_heads=heads, use_short_conv=True, tie_word_embeddings=True, bos_token_id=None,
-                             eos_token_id=None)
+        return ParaRNNConfig(
+            cell=cell,
+            vocab_size=vocab_size,
+            hidden_size=d_model,
+            num_hidden_layers=layers,
+            num_heads=heads,
+            use_short_conv=True,
+            tie_word_embeddings=True,
+            bos_token_id=None,
+            eos_token_id=None,
+        )
 
     return factory
 
@@ -135,10 +164,19 @@ def _llama_config(d_model, layers, vocab_size, heads=1):
 
     # the MLP width of our models, so that only the token mixer differs
     mlp = SeqModelConfig(hidden_size=d_model).intermediate_size
-    return LlamaConfig(vocab_size=vocab_size, hidden_size=d_model, num_hidden_layers=layers,
-                       num_attention_heads=heads, num_key_value_heads=heads, intermediate_size=mlp,
-                       max_position_embeddings=4096, tie_word_embeddings=True, bos_token_id=None, eos_token_id=None,
-                       attn_implementation="sdpa")
+    return LlamaConfig(
+        vocab_size=vocab_size,
+        hidden_size=d_model,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        num_key_value_heads=heads,
+        intermediate_size=mlp,
+        max_position_embeddings=4096,
+        tie_word_embeddings=True,
+        bos_token_id=None,
+        eos_token_id=None,
+        attn_implementation="sdpa",
+    )
 
 
 #: config name -> factory(d_model, layers, vocab_size, heads) returning a config for AutoModelForCausalLM. All tie the
@@ -160,10 +198,12 @@ def make_mqar_config(name_or_path: str, d_model: int = 64, layers: int = 2, voca
             _check_positive(name, value)
         return MQAR_CONFIGS[name_or_path](d_model, layers, vocab_size, heads)
     if not os.path.exists(name_or_path):
-        raise ValueError(f"`config` must be one of {sorted(MQAR_CONFIGS)} or a path to a config json, "
-                         f"got {name_or_path!r}")
-    import hf_seqmodels  # noqa: F401  (registers our model types with AutoConfig)
+        raise ValueError(
+            f"`config` must be one of {sorted(MQAR_CONFIGS)} or a path to a config json, got {name_or_path!r}"
+        )
     from transformers import AutoConfig
+
+    import hf_seqmodels  # noqa: F401  (registers our model types with AutoConfig)
 
     if os.path.isdir(name_or_path):
         return AutoConfig.from_pretrained(name_or_path)
@@ -188,8 +228,8 @@ def score(model, inputs, labels, batch_size=256, device="cpu") -> float:
     model.eval()
     correct = total = 0
     for start in range(0, len(inputs), batch_size):
-        x = inputs[start:start + batch_size].to(device)
-        y = labels[start:start + batch_size].to(device)
+        x = inputs[start : start + batch_size].to(device)
+        y = labels[start : start + batch_size].to(device)
         logits, target = _query_logits(model, x, y)
         correct += int((logits.argmax(-1) == target).sum())
         total += target.numel()
@@ -220,12 +260,19 @@ def train_and_score(
     after a short linear warm-up; cross-entropy at the query positions. ``history``, when given, receives the training
     loss of every step.
     """
-    import hf_seqmodels  # noqa: F401  (registers our architectures with the Auto classes)
     from tqdm.auto import tqdm
     from transformers import AutoModelForCausalLM, PretrainedConfig
 
-    for name, value in (("L", L), ("K", K), ("num_train", num_train), ("num_test", num_test), ("epochs", epochs),
-                        ("batch_size", batch_size)):
+    import hf_seqmodels  # noqa: F401  (registers our architectures with the Auto classes)
+
+    for name, value in (
+        ("L", L),
+        ("K", K),
+        ("num_train", num_train),
+        ("num_test", num_test),
+        ("epochs", epochs),
+        ("batch_size", batch_size),
+    ):
         _check_positive(name, value)
     if isinstance(lr, bool) or not isinstance(lr, (int, float)):
         raise TypeError(f"`lr` must be a positive number, got {type(lr).__name__} {lr!r}")
@@ -238,8 +285,9 @@ def train_and_score(
     elif isinstance(config_or_model, torch.nn.Module):
         model = config_or_model
     else:
-        raise TypeError(f"`config_or_model` must be a transformers config or a model, got "
-                         f"{type(config_or_model).__name__}")
+        raise TypeError(
+            f"`config_or_model` must be a transformers config or a model, got {type(config_or_model).__name__}"
+        )
     model.to(device)
     vocab = model.config.vocab_size
     (x_train, y_train), (x_test, y_test) = mqar_splits(num_train, num_test, L, K, vocab, seed, power_a)
@@ -261,7 +309,7 @@ def train_and_score(
         model.train()
         order = torch.randperm(num_train, generator=gen)
         for start in range(0, num_train, batch_size):
-            idx = order[start:start + batch_size]
+            idx = order[start : start + batch_size]
             logits, target = _query_logits(model, x_train[idx].to(device), y_train[idx].to(device))
             loss = F.cross_entropy(logits.float(), target)
             opt.zero_grad(set_to_none=True)

@@ -11,6 +11,7 @@ tokenized once, without special tokens. Windows of ``context`` tokens start at p
 - ``stride == context``: non-overlapping blocks, each scored from its own start; the first token of each block has
   no context in its block and is not scored.
 """
+
 from __future__ import annotations
 
 import math
@@ -20,8 +21,10 @@ import torch.nn.functional as F
 
 from hf_seqmodels.layers.checks import check_int
 
-METHOD = ("windows of {context} tokens every {stride} tokens over {tokens} tokens (tokenized without special tokens; "
-          "each token scored once, in the first window holding it and the token before it)")
+METHOD = (
+    "windows of {context} tokens every {stride} tokens over {tokens} tokens (tokenized without special tokens; "
+    "each token scored once, in the first window holding it and the token before it)"
+)
 
 
 def describe_method(context: int, stride: int, tokens: int) -> str:
@@ -44,15 +47,24 @@ def _windows(n: int, context: int, stride: int) -> list[tuple[int, int, int]]:
 
 
 @torch.no_grad()
-def perplexity_of_ids(model, ids: torch.Tensor, context: int = 512, stride: int | None = None,
-                      batch_size: int = 1, progress: bool = True, desc: str = "perplexity") -> float:
+def perplexity_of_ids(
+    model,
+    ids: torch.Tensor,
+    context: int = 512,
+    stride: int | None = None,
+    batch_size: int = 1,
+    progress: bool = True,
+    desc: str = "perplexity",
+) -> float:
     """``exp(mean NLL)`` of the tokens of ``ids`` (``[N]``) that the windows score (the module's docstring gives the
     method). Windows of equal length run ``batch_size`` at a time; the model runs in eval mode without a cache."""
     from tqdm.auto import tqdm
 
     if not isinstance(ids, torch.Tensor) or ids.dim() != 1 or ids.dtype not in (torch.long, torch.int):
-        raise ValueError(f"`ids` must be a 1-D tensor of token ids, got "
-                         f"{tuple(ids.shape) if isinstance(ids, torch.Tensor) else type(ids).__name__}")
+        raise ValueError(
+            f"`ids` must be a 1-D tensor of token ids, got "
+            f"{tuple(ids.shape) if isinstance(ids, torch.Tensor) else type(ids).__name__}"
+        )
     check_int("", "`context`", context, minimum=2)
     stride = context // 2 if stride is None else stride
     check_int("", "`stride`", stride)
@@ -67,8 +79,11 @@ def perplexity_of_ids(model, ids: torch.Tensor, context: int = 512, stride: int 
     groups: list[list[tuple[int, int, int]]] = []
     for w in windows:  # consecutive windows with the same length and scored span share a batch
         shape = (w[2] - w[0], w[1] - w[0])
-        if groups and len(groups[-1]) < batch_size and shape == (groups[-1][0][2] - groups[-1][0][0],
-                                                                  groups[-1][0][1] - groups[-1][0][0]):
+        if (
+            groups
+            and len(groups[-1]) < batch_size
+            and shape == (groups[-1][0][2] - groups[-1][0][0], groups[-1][0][1] - groups[-1][0][0])
+        ):
             groups[-1].append(w)
         else:
             groups.append([w])
@@ -99,8 +114,15 @@ def text_ids(tokenizer, text: str, max_tokens: int | None = None) -> torch.Tenso
     return ids if max_tokens is None else ids[:max_tokens]
 
 
-def perplexity(model, tokenizer, text: str, context: int = 512, stride: int | None = None,
-               max_tokens: int | None = None, progress: bool = True) -> float:
+def perplexity(
+    model,
+    tokenizer,
+    text: str,
+    context: int = 512,
+    stride: int | None = None,
+    max_tokens: int | None = None,
+    progress: bool = True,
+) -> float:
     """Perplexity of ``model`` on ``text`` (its first ``max_tokens`` tokens if given), by :func:`perplexity_of_ids`
     with windows of ``context`` tokens every ``stride`` (default ``context // 2``) tokens."""
     ids = text_ids(tokenizer, text, max_tokens)

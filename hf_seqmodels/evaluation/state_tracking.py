@@ -20,6 +20,7 @@ all shorter lengths are trained too) and reports accuracy at the trained length 
 generalization), both over the last position (the automaton's final state, the papers' metric) and over every
 labelled position.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -77,8 +78,11 @@ def modular_data(n: int, length: int, gen: torch.Generator, modulus: int = 5):
 
 
 def _a5_tables():
-    perms = [p for p in itertools.permutations(range(5))
-             if sum(p[i] > p[j] for i in range(5) for j in range(i + 1, 5)) % 2 == 0]
+    perms = [
+        p
+        for p in itertools.permutations(range(5))
+        if sum(p[i] > p[j] for i in range(5) for j in range(i + 1, 5)) % 2 == 0
+    ]
     index = {p: i for i, p in enumerate(perms)}
     # product[a, b] = a then b: (a b)(i) = b(a(i))
     product = torch.tensor([[index[tuple(q[p[i]] for i in range(5))] for q in perms] for p in perms])
@@ -172,8 +176,15 @@ class _CausalLMClassifier(torch.nn.Module):
         return self.model(input_ids=input_ids, use_cache=False).logits
 
 
-def make_model(config: str, task: StateTrackingTask, d_model: int = 64, layers: int = 1, heads: int = 1,
-               seed: int = 0, **config_overrides):
+def make_model(
+    config: str,
+    task: StateTrackingTask,
+    d_model: int = 64,
+    layers: int = 1,
+    heads: int = 1,
+    seed: int = 0,
+    **config_overrides,
+):
     """A fresh model for ``task``: one of :data:`MODELS` or a config json (file or folder, its own sizes, used as
     it is). The named ParaRNN models get :data:`PARARNN_STATE_TRACKING` unless ``config_overrides`` say otherwise."""
     from transformers import AutoModelForCausalLM
@@ -214,7 +225,7 @@ def accuracy(model, inputs, labels, batch_size: int = 256, num_classes: int | No
     device = next(model.parameters(), torch.empty(0)).device
     last_ok = all_ok = all_n = 0
     for start in range(0, len(inputs), batch_size):
-        x, y = inputs[start:start + batch_size], labels[start:start + batch_size]
+        x, y = inputs[start : start + batch_size], labels[start : start + batch_size]
         logits = model(x.to(device)).cpu()
         if num_classes is not None:
             logits = logits[..., :num_classes]
@@ -234,8 +245,9 @@ def _fallbacks_counted_not_warned():
     """Newton's warning on each solve that falls back would print once per distinct residual (hundreds of lines in
     a run); :func:`train_and_evaluate` counts the fallbacks instead (``result["newton"]`` and the learning curve)."""
     with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=r".*: no convergence after \d+ Newton iterations",
-                                category=RuntimeWarning)
+        warnings.filterwarnings(
+            "ignore", message=r".*: no convergence after \d+ Newton iterations", category=RuntimeWarning
+        )
         yield
 
 
@@ -278,8 +290,15 @@ def train_and_evaluate(
     import hf_seqmodels  # noqa: F401  (registers the architectures with the Auto classes)
 
     st = get_task(task)
-    for name, value in (("train_length", train_length), ("steps", steps), ("batch_size", batch_size),
-                        ("d_model", d_model), ("layers", layers), ("heads", heads), ("num_test", num_test)):
+    for name, value in (
+        ("train_length", train_length),
+        ("steps", steps),
+        ("batch_size", batch_size),
+        ("d_model", d_model),
+        ("layers", layers),
+        ("heads", heads),
+        ("num_test", num_test),
+    ):
         _check_positive(name, value)
     if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
         raise ValueError(f"`lr` must be a positive number, got {lr!r}")
@@ -292,8 +311,10 @@ def train_and_evaluate(
     model = make_model(config, st, d_model, layers, heads, seed, **config_overrides).to(device)
     overrides = _applied_overrides(config, config_overrides)  # for the record
     newton_log = []  # NewtonInfo of every parallel solve, appended by a hook on each ParaRNN mixer
-    hooks = [m.register_forward_hook(lambda mod, args, out: newton_log.append(mod.newton_info))
-             for m in _newton_mixers(model)]
+    hooks = [
+        m.register_forward_hook(lambda mod, args, out: newton_log.append(mod.newton_info))
+        for m in _newton_mixers(model)
+    ]
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
     warm = int(warmup * steps)
 
@@ -307,8 +328,12 @@ def train_and_evaluate(
         if not infos:
             return None
         its = [i.iterations for i in infos]
-        return {"solves": len(infos), "fallbacks": sum(int(i.fallback) for i in infos),
-                "mean_iterations": sum(its) / len(its), "max_iterations": max(its)}
+        return {
+            "solves": len(infos),
+            "fallbacks": sum(int(i.fallback) for i in infos),
+            "mean_iterations": sum(its) / len(its),
+            "max_iterations": max(its),
+        }
 
     schedule = torch.optim.lr_scheduler.LambdaLR(opt, lr_factor)
     gen = torch.Generator().manual_seed(2 * seed + 1)
@@ -319,7 +344,7 @@ def train_and_evaluate(
     loss = torch.tensor(float("nan"))
     for step in bar:
         x, y = (t.to(device) for t in st.generate(batch_size, train_length, gen))
-        logits = model(x)[..., :st.num_classes]
+        logits = model(x)[..., : st.num_classes]
         loss = F.cross_entropy(logits.reshape(-1, st.num_classes).float(), y.reshape(-1), ignore_index=IGNORE_INDEX)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -329,8 +354,11 @@ def train_and_evaluate(
         train_newton.extend(newton_log)
         newton_log.clear()
         if eval_every and ((step + 1) % eval_every == 0 or step + 1 == steps):
-            point = {"step": step + 1, "accuracy": accuracy(model, *held_out, num_classes=st.num_classes)[0],
-                     "loss": sum(losses[window:]) / len(losses[window:])}
+            point = {
+                "step": step + 1,
+                "accuracy": accuracy(model, *held_out, num_classes=st.num_classes)[0],
+                "loss": sum(losses[window:]) / len(losses[window:]),
+            }
             newton_log.clear()  # the scoring's solves are not training's
             if hooks:
                 point["newton"] = newton_summary(train_newton[newton_window:])
@@ -339,14 +367,26 @@ def train_and_evaluate(
         bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
     bar.close()
     result = {
-        "task": task, "config": config, "train_length": train_length, "steps": steps, "batch_size": batch_size,
-        "lr": lr, "weight_decay": weight_decay, "warmup": warmup, "d_model": d_model, "layers": layers,
-        "seed": seed, "final_loss": loss.item(), "overrides": overrides,
-        "accuracy": {}, "curve": curve,
+        "task": task,
+        "config": config,
+        "train_length": train_length,
+        "steps": steps,
+        "batch_size": batch_size,
+        "lr": lr,
+        "weight_decay": weight_decay,
+        "warmup": warmup,
+        "d_model": d_model,
+        "layers": layers,
+        "seed": seed,
+        "final_loss": loss.item(),
+        "overrides": overrides,
+        "accuracy": {},
+        "curve": curve,
     }
     for length in test_lengths:
-        last, every = accuracy(model, *st.data(num_test, length, seed=20_000 + 97 * seed + length),
-                               num_classes=st.num_classes)
+        last, every = accuracy(
+            model, *st.data(num_test, length, seed=20_000 + 97 * seed + length), num_classes=st.num_classes
+        )
         result["accuracy"][str(length)] = {"last": last, "all": every}
         if hooks:
             result["accuracy"][str(length)]["newton"] = newton_summary(newton_log)
@@ -354,8 +394,12 @@ def train_and_evaluate(
     for h in hooks:
         h.remove()
     if hooks:
-        result["newton"] = newton_summary(train_newton) or {"solves": 0, "fallbacks": 0, "mean_iterations": None,
-                                                            "max_iterations": None}
+        result["newton"] = newton_summary(train_newton) or {
+            "solves": 0,
+            "fallbacks": 0,
+            "mean_iterations": None,
+            "max_iterations": None,
+        }
     return result
 
 

@@ -3,6 +3,7 @@
 Every op has a Triton kernel for CUDA tensors and a PyTorch implementation for any device, chosen by device;
 ``HF_SEQMODELS_BACKEND=torch|triton`` forces one.
 """
+
 from ._dispatch import select_backend
 from .attention import sliding_window_attention, sliding_window_decode
 from .gla import chunk_gla, fused_recurrent_gla

@@ -4,6 +4,7 @@ Every op has a Triton implementation (CUDA tensors) and a PyTorch implementation
 Triton for CUDA tensors when Triton imports, PyTorch otherwise. ``HF_SEQMODELS_BACKEND=torch|triton`` forces one.
 Forcing Triton on CPU tensors is only valid under ``TRITON_INTERPRET=1`` (the Triton interpreter).
 """
+
 from __future__ import annotations
 
 import functools
@@ -64,7 +65,9 @@ def check_same_device(op: str, **tensors) -> torch.device:
     first_name, first = next(iter(devices.items()))
     for name, dev in devices.items():
         if dev != first:
-            raise ValueError(f"{op}: `{name}` is on {dev} but `{first_name}` is on {first}; all inputs must share a device")
+            raise ValueError(
+                f"{op}: `{name}` is on {dev} but `{first_name}` is on {first}; all inputs must share a device"
+            )
     return first
 
 

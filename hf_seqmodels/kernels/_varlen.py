@@ -6,6 +6,7 @@ final state are then per sequence (``[N, ...]`` instead of ``[B, ...]``).
 :func:`check_cu_seqlens` validates the argument and returns a :class:`Packed`, which holds the offsets (as Python ints:
 one host sync per call) and the index tensors the ops need, built once.
 """
+
 from __future__ import annotations
 
 import torch
@@ -21,9 +22,14 @@ def check_cu_seqlens(op: str, cu_seqlens, batch_size: int, seq_len: int, name: s
         offsets = cu_seqlens.offsets
     else:
         if not isinstance(cu_seqlens, torch.Tensor):
-            raise TypeError(f"{op}: `{name}` must be a 1-D int32/int64 torch.Tensor of offsets, got {type(cu_seqlens).__name__}")
+            raise TypeError(
+                f"{op}: `{name}` must be a 1-D int32/int64 torch.Tensor of offsets, got {type(cu_seqlens).__name__}"
+            )
         if cu_seqlens.dim() != 1:
-            raise ValueError(f"{op}: `{name}` must be 1-D [N + 1] (offsets of N packed sequences), got shape {tuple(cu_seqlens.shape)}")
+            raise ValueError(
+                f"{op}: `{name}` must be 1-D [N + 1] (offsets of N packed sequences), got shape "
+                f"{tuple(cu_seqlens.shape)}"
+            )
         if cu_seqlens.dtype not in (torch.int32, torch.int64):
             raise ValueError(f"{op}: `{name}` must be int32 or int64, got {cu_seqlens.dtype}")
         offsets = [int(o) for o in cu_seqlens.tolist()]
@@ -36,7 +42,9 @@ def check_cu_seqlens(op: str, cu_seqlens, batch_size: int, seq_len: int, name: s
     if offsets[-1] != seq_len:
         raise ValueError(f"{op}: `{name}` must end at the sequence length T={seq_len}, got {offsets[-1]}")
     if batch_size != 1:
-        raise ValueError(f"{op}: packed sequences (`{name}`) need batch size 1 (all sequences in one row), got batch {batch_size}")
+        raise ValueError(
+            f"{op}: packed sequences (`{name}`) need batch size 1 (all sequences in one row), got batch {batch_size}"
+        )
     return cu_seqlens if isinstance(cu_seqlens, Packed) else Packed(offsets)
 
 
@@ -60,25 +68,40 @@ class Packed:
 
     def starts(self, device):
         """First token index of each non-empty sequence, LongTensor [N']."""
-        return self._get("starts", device, lambda: torch.tensor([self.offsets[i] for i in self.nonempty], dtype=torch.long, device=device))
+        return self._get(
+            "starts",
+            device,
+            lambda: torch.tensor([self.offsets[i] for i in self.nonempty], dtype=torch.long, device=device),
+        )
 
     def ends(self, device):
         """Last token index of each non-empty sequence, LongTensor [N']."""
-        return self._get("ends", device, lambda: torch.tensor([self.offsets[i + 1] - 1 for i in self.nonempty], dtype=torch.long, device=device))
+        return self._get(
+            "ends",
+            device,
+            lambda: torch.tensor([self.offsets[i + 1] - 1 for i in self.nonempty], dtype=torch.long, device=device),
+        )
 
     def nonempty_index(self, device):
         return self._get("nonempty", device, lambda: torch.tensor(self.nonempty, dtype=torch.long, device=device))
 
     def seq_ids(self, device):
         """Sequence index of every token, LongTensor [T]."""
-        return self._get("seq_ids", device, lambda: torch.repeat_interleave(
-            torch.arange(self.N, device=device), torch.tensor(self.lengths, device=device)))
+        return self._get(
+            "seq_ids",
+            device,
+            lambda: torch.repeat_interleave(
+                torch.arange(self.N, device=device), torch.tensor(self.lengths, device=device)
+            ),
+        )
 
     def positions(self, device):
         """Position of every token inside its sequence (0 at each start), LongTensor [T]."""
+
         def build():
             starts = torch.tensor(self.offsets[:-1], dtype=torch.long, device=device)
             return torch.arange(self.T, device=device) - starts[self.seq_ids(device)]
+
         return self._get("positions", device, build)
 
     def _padded_index(self, device, length):
@@ -89,6 +112,7 @@ class Packed:
             valid = col[None, :] < lens[:, None]  # [N, L]
             idx = (starts[:, None] + col[None, :]).clamp(max=max(self.T - 1, 0))
             return idx, valid
+
         return self._get(("padded", length), device, build)
 
     def to_padded(self, x: torch.Tensor, length: int | None = None) -> torch.Tensor:
@@ -110,5 +134,5 @@ class Packed:
         ``empty_value[i]`` (their initial state) or zeros)."""
         if len(self.nonempty) == self.N:
             return state
-        out = (state.new_zeros(self.N, *state.shape[1:]) if empty_value is None else empty_value.to(state.dtype).clone())
+        out = state.new_zeros(self.N, *state.shape[1:]) if empty_value is None else empty_value.to(state.dtype).clone()
         return out.index_copy(0, self.nonempty_index(state.device), state)

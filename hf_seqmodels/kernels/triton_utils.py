@@ -2,6 +2,7 @@
 FFN), and :func:`patch_interpreter`, which makes triton's CPU interpreter (``TRITON_INTERPRET=1``) run them as the
 GPU does: every ``torch.autograd.Function`` that launches kernels calls it first thing in ``forward`` (its
 ``backward`` launches only after a forward), and so does a test that launches kernels of its own."""
+
 from __future__ import annotations
 
 import torch

@@ -16,6 +16,7 @@ seen). Every call appends its keys for all rows (padding ones at position -1, ne
 query can see any more (outside every row's window) are dropped from the front, so a windowed layer keeps
 O(window) keys. Cached tensors are replaced, never written in place.
 """
+
 from __future__ import annotations
 
 import torch
@@ -46,11 +47,15 @@ class CausalSelfAttention(nn.Module):
         check_int("CausalSelfAttention", "rotary_dim", rotary_dim, minimum=0, allow_none=True)
         check_int("CausalSelfAttention", "window", window, allow_none=True)
         if hidden_size % num_heads:
-            raise ValueError(f"CausalSelfAttention: hidden_size ({hidden_size}) must be divisible by num_heads ({num_heads})")
+            raise ValueError(
+                f"CausalSelfAttention: hidden_size ({hidden_size}) must be divisible by num_heads ({num_heads})"
+            )
         self.num_heads, self.head_dim = num_heads, hidden_size // num_heads
         rotary_dim = self.head_dim if rotary_dim is None else rotary_dim
         if rotary_dim % 2 or not 0 <= rotary_dim <= self.head_dim:
-            raise ValueError(f"CausalSelfAttention: rotary_dim must be even and in [0, head_dim={self.head_dim}], got {rotary_dim}")
+            raise ValueError(
+                f"CausalSelfAttention: rotary_dim must be even and in [0, head_dim={self.head_dim}], got {rotary_dim}"
+            )
         self.rotary_dim, self.window, self.layer_idx = rotary_dim, window, layer_idx
         self.rope_theta = float(rope_theta)
         self.q_proj = nn.Linear(hidden_size, hidden_size, bias=False)
@@ -59,23 +64,30 @@ class CausalSelfAttention(nn.Module):
         self.o_proj = nn.Linear(hidden_size, hidden_size, bias=False)
         self.rotary_emb = None
         if rotary_dim:
-            rope = LlamaConfig(hidden_size=hidden_size, num_attention_heads=num_heads, head_dim=rotary_dim, rope_theta=rope_theta)
+            rope = LlamaConfig(
+                hidden_size=hidden_size, num_attention_heads=num_heads, head_dim=rotary_dim, rope_theta=rope_theta
+            )
             self.rotary_emb = LlamaRotaryEmbedding(rope)  # buffers only, not in the state dict
 
     @classmethod
     def from_config(cls, config, layer_idx: int = 0) -> "CausalSelfAttention":
         """Build from a config with Llama's field names: ``hidden_size``, ``num_attention_heads``, optional
         ``rotary_dim`` (default: the head size), ``sliding_window`` (None: global) and ``rope_theta``."""
-        return cls(config.hidden_size, config.num_attention_heads, rotary_dim=getattr(config, "rotary_dim", None),
-                   window=getattr(config, "sliding_window", None), rope_theta=getattr(config, "rope_theta", 10000.0),
-                   layer_idx=layer_idx)
+        return cls(
+            config.hidden_size,
+            config.num_attention_heads,
+            rotary_dim=getattr(config, "rotary_dim", None),
+            window=getattr(config, "sliding_window", None),
+            rope_theta=getattr(config, "rope_theta", 10000.0),
+            layer_idx=layer_idx,
+        )
 
     def _rotate(self, q, k, positions):
         if self.rotary_emb is None:
             return q, k
         if q.dtype == torch.float64:  # exact tables (transformers' are float32, ~1e-7 off)
             half = torch.arange(0, self.rotary_dim, 2, dtype=torch.float64, device=q.device) / self.rotary_dim
-            angles = positions.clamp(min=0).to(torch.float64)[..., None] * self.rope_theta ** -half
+            angles = positions.clamp(min=0).to(torch.float64)[..., None] * self.rope_theta**-half
             angles = torch.cat([angles, angles], -1)
             cos, sin = angles.cos(), angles.sin()
         else:
@@ -135,7 +147,11 @@ class CausalSelfAttention(nn.Module):
         (``attn_k``/``attn_v`` ``[B, H, L, D]``, ``attn_pos`` ``[B, L]``, ``attn_count`` ``[B]``)."""
         B, T, _ = hidden_states.shape
         H, D, idx = self.num_heads, self.head_dim, self.layer_idx
-        valid = torch.ones(B, T, dtype=torch.bool, device=hidden_states.device) if attention_mask is None else attention_mask[:, -T:].bool()
+        valid = (
+            torch.ones(B, T, dtype=torch.bool, device=hidden_states.device)
+            if attention_mask is None
+            else attention_mask[:, -T:].bool()
+        )
         count = cache.get(idx, "attn_count") if cache is not None else None
         if count is None:
             count = torch.zeros(B, dtype=torch.long, device=hidden_states.device)

@@ -16,8 +16,9 @@ class DecoderBlock(GradientCheckpointingLayer):
 
     mixer_name = "mixer"
 
-    def __init__(self, config, mixer: nn.Module, use_mlp: bool = True, mlp: nn.Module | None = None,
-                 norm_class=RMSNorm):
+    def __init__(
+        self, config, mixer: nn.Module, use_mlp: bool = True, mlp: nn.Module | None = None, norm_class=RMSNorm
+    ):
         super().__init__()
         self.input_layernorm = norm_class(config.hidden_size, eps=config.rms_norm_eps)
         self.add_module(self.mixer_name, mixer)
@@ -32,7 +33,9 @@ class DecoderBlock(GradientCheckpointingLayer):
         ``cache`` and ``kwargs`` (``position_ids``, ``cu_seqlens``) go to the mixer."""
         mixer = getattr(self, self.mixer_name)
         residual = hidden_states
-        hidden_states = residual + mixer(self.input_layernorm(hidden_states), attention_mask=attention_mask, cache=cache, **kwargs)
+        hidden_states = residual + mixer(
+            self.input_layernorm(hidden_states), attention_mask=attention_mask, cache=cache, **kwargs
+        )
         if self.mlp is None:
             return hidden_states
         return hidden_states + self.mlp(self.post_attention_layernorm(hidden_states))

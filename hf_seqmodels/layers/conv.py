@@ -3,7 +3,6 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import initialization as init
 
-
 CONV_INITS = ("normal", "identity")
 
 
@@ -21,7 +20,8 @@ class _DepthwiseConv1d(nn.Conv1d):
 
 
 class ShortConvolution(nn.Module):
-    """Causal depthwise 1-D convolution over time with a SiLU, carrying its last ``kernel_size - 1`` inputs for decoding.
+    """Causal depthwise 1-D convolution over time with a SiLU, carrying its last ``kernel_size - 1`` inputs for
+    decoding.
 
     ``init``: ``"normal"`` (transformers' normal(0, initializer_range), as fla's models) or ``"identity"`` (the
     current input passes through at init). The normal init shrinks the signal ~50x at initializer_range 0.02, which a
@@ -58,7 +58,9 @@ class ShortConvolution(nn.Module):
 
         packed = check_cu_seqlens("ShortConvolution", cu_seqlens, x.shape[0], x.shape[1])
         if tail is not None:
-            raise ValueError("ShortConvolution: packed sequences (`cu_seqlens`) start from an empty state; pass no `tail`")
+            raise ValueError(
+                "ShortConvolution: packed sequences (`cu_seqlens`) start from an empty state; pass no `tail`"
+            )
         pos = packed.positions(x.device)  # place of each token in its sequence
         w = self.conv.weight[:, 0].to(x.dtype)  # [D, W]; tap j reads the input W - 1 - j steps back
         W = self.kernel_size

@@ -17,6 +17,7 @@ model computes exactly what the teacher computes everywhere except in the attent
 The teacher's own sliding window (Mistral, Qwen2 with ``use_sliding_window``, Phi-3) is kept by the layers that stay
 softmax attention in a hybrid layout (:func:`teacher_window`); the linearized layers use the method's window.
 """
+
 from __future__ import annotations
 
 import importlib

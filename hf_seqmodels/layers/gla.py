@@ -1,4 +1,5 @@
 """Gated Linear Attention token mixer (Yang et al., 2023), on the shared kernels."""
+
 from __future__ import annotations
 
 import torch
@@ -115,7 +116,10 @@ class GatedLinearAttention(nn.Module):
             if cache is not None:
                 cache.set(idx, "conv_q", tq), cache.set(idx, "conv_k", tk), cache.set(idx, "conv_v", tv)
         gate_logits = self.gk_proj(x)  # log gates in float32 at least (float64 stays float64)
-        g = F.logsigmoid(gate_logits.to(torch.promote_types(gate_logits.dtype, torch.float32))) / self.gate_logit_normalizer
+        g = (
+            F.logsigmoid(gate_logits.to(torch.promote_types(gate_logits.dtype, torch.float32)))
+            / self.gate_logit_normalizer
+        )
         H = self.num_heads
         q, k, g = (t.reshape(B, T, H, self.head_k_dim) for t in (q, k, g))
         v = v.reshape(B, T, H, self.head_v_dim)

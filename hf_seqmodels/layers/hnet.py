@@ -15,6 +15,7 @@ One stage turns the encoder's outputs ``xh [B, T, D]`` into a shorter sequence f
 * ratio loss: ``N/(N-1) * ((N-1) F G + (1-F)(1-G))`` with ``F`` the fraction of boundaries and ``G`` the mean ``p``
   over a sequence's real tokens, minimal (= 1) at ``F = G = 1/N``, averaged over sequences.
 """
+
 from __future__ import annotations
 
 import torch
@@ -50,9 +51,9 @@ class RoutingModule(nn.Module):
             proj.init_identity = True  # read by the model's weight init, which must keep the identity
             init_identity(proj)
 
-
     def forward(self, hidden_states, mask=None, prev_hidden=None, prev_valid=None):
-        """``p [B, T]`` (float32; float64 for float64 inputs) and boundaries ``b [B, T]`` (bool) of a stage; see the module docstring.
+        """``p [B, T]`` (float32; float64 for float64 inputs) and boundaries ``b [B, T]`` (bool) of a stage; see the
+        module docstring.
 
         ``mask`` ``[B, T]`` bool (None: all real; padding only before a row's real tokens). ``prev_hidden``
         ``[B, D]`` / ``prev_valid`` ``[B]``: each row's last encoder output before these tokens (decoding), so the
@@ -73,6 +74,7 @@ class RoutingModule(nn.Module):
         prev_real = torch.cat([prev_valid[:, None], valid[:, :-1]], 1)
         p = torch.where(prev_real, p, torch.ones_like(p))  # a row's first real token is a boundary
         return p, (p > 0.5) & valid
+
 
 def init_identity(linear: nn.Linear) -> None:
     """The identity, through transformers.initialization (which leaves weights loaded from a checkpoint alone)."""

@@ -2,6 +2,7 @@
 linear branch's features are a softmax over the head dimension and its forget gate comes from the key projection.
 The shared parts (projections, the two branches, decoding state) are :class:`~.linearized.LinearizedAttention`'s.
 """
+
 from __future__ import annotations
 
 import torch
@@ -19,8 +20,16 @@ class LigerAttention(LinearizedAttention):
     (the GLA branch is skipped), ``gla_weight = 1`` the GLA-only one.
     """
 
-    def __init__(self, hidden_size: int, num_heads: int, *, gla_weight: float = 0.5,
-                 gate_logit_normalizer: float = 16.0, gla_scale: float | None = None, **kwargs):
+    def __init__(
+        self,
+        hidden_size: int,
+        num_heads: int,
+        *,
+        gla_weight: float = 0.5,
+        gate_logit_normalizer: float = 16.0,
+        gla_scale: float | None = None,
+        **kwargs,
+    ):
         """Keyword arguments: those of :class:`LinearizedAttention` plus ``gla_weight`` (in [0, 1]),
         ``gate_logit_normalizer`` (> 0) and ``gla_scale`` (None: ``head_dim ** -0.5``)."""
         super().__init__(hidden_size, num_heads, **kwargs)
@@ -31,8 +40,12 @@ class LigerAttention(LinearizedAttention):
 
     @classmethod
     def config_kwargs(cls, config) -> dict:
-        return dict(super().config_kwargs(config), gla_weight=config.gla_weight,
-                    gate_logit_normalizer=config.gate_logit_normalizer, gla_scale=config.gla_scale)
+        return dict(
+            super().config_kwargs(config),
+            gla_weight=config.gla_weight,
+            gate_logit_normalizer=config.gate_logit_normalizer,
+            gla_scale=config.gla_scale,
+        )
 
     def forward(self, hidden_states, attention_mask=None, cache=None, position_ids=None, **kwargs):
         """hidden_states ``[B, T, hidden_size]`` -> ``[B, T, hidden_size]`` (same dtype). ``attention_mask``
@@ -46,11 +59,18 @@ class LigerAttention(LinearizedAttention):
             g = F.logsigmoid(k.to(wide)) / self.gate_logit_normalizer
             qf, kf = q.to(wide).softmax(-1).to(q.dtype), k.to(wide).softmax(-1).to(k.dtype)
             o_gla = self.linear_attention(
-                qf, self.expand_kv(kf), self.expand_kv(v), self.expand_kv(g), attention_mask, cache, self.gla_scale,
+                qf,
+                self.expand_kv(kf),
+                self.expand_kv(v),
+                self.expand_kv(g),
+                attention_mask,
+                cache,
+                self.gla_scale,
                 cu_seqlens=kwargs.get("cu_seqlens"),
             )
             o = self.gla_weight * o_gla
         if self.gla_weight != 1:
-            o = o + (1 - self.gla_weight) * self.window_attention(q, k, v, attention_mask, cache, position_ids,
-                                                                  cu_seqlens=kwargs.get("cu_seqlens"))
+            o = o + (1 - self.gla_weight) * self.window_attention(
+                q, k, v, attention_mask, cache, position_ids, cu_seqlens=kwargs.get("cu_seqlens")
+            )
         return self.o_proj(o.reshape(B, T, self.num_heads * self.head_dim))

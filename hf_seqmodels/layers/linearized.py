@@ -11,6 +11,7 @@ and the window's key/value ring buffer ``swa_k``/``swa_v`` ``[B, Hkv, n, D]`` wi
 (False for padding), ``n = min(tokens seen, window)``: it grows with the input up to the window. Decoding with the
 cache equals the full forward pass.
 """
+
 from __future__ import annotations
 
 import torch
@@ -91,8 +92,12 @@ class LinearizedAttention(nn.Module):
         self.family = get_family(family, where)
         if family_config is None:
             family_config = self.family.config_class()(
-                hidden_size=hidden_size, num_attention_heads=num_heads, num_key_value_heads=num_kv_heads,
-                head_dim=self.head_dim, max_position_embeddings=max_position_embeddings, attention_bias=attention_bias,
+                hidden_size=hidden_size,
+                num_attention_heads=num_heads,
+                num_key_value_heads=num_kv_heads,
+                head_dim=self.head_dim,
+                max_position_embeddings=max_position_embeddings,
+                attention_bias=attention_bias,
                 rope_parameters=dict(rope_parameters or {"rope_type": "default", "rope_theta": 10000.0}),
             )
         qkv_bias, o_bias = self.family.biases(family_config)
@@ -117,10 +122,15 @@ class LinearizedAttention(nn.Module):
     def config_kwargs(cls, config) -> dict:
         """This mixer's keyword arguments from a :class:`LinearizedLlamaConfig` (Llama's field names)."""
         return dict(
-            hidden_size=config.hidden_size, num_heads=config.num_attention_heads,
-            num_kv_heads=config.num_key_value_heads, head_dim=config.head_dim, window_size=config.window_size,
-            attention_bias=config.attention_bias, rope_parameters=config.rope_parameters,
-            max_position_embeddings=config.max_position_embeddings, family=config.base_model_type,
+            hidden_size=config.hidden_size,
+            num_heads=config.num_attention_heads,
+            num_kv_heads=config.num_key_value_heads,
+            head_dim=config.head_dim,
+            window_size=config.window_size,
+            attention_bias=config.attention_bias,
+            rope_parameters=config.rope_parameters,
+            max_position_embeddings=config.max_position_embeddings,
+            family=config.base_model_type,
             family_config=config.family_config(),
         )
 
@@ -168,8 +178,9 @@ class LinearizedAttention(nn.Module):
         q, k = self.rope(q, k, self.positions(B, T, cache, position_ids, q.device))
         valid = torch.ones(B, T, dtype=torch.bool, device=q.device) if mask is None else mask.bool()
         if cache is None:
-            return sliding_window_attention(q, k, v, window, sinks=sinks, key_mask=None if mask is None else valid,
-                                            cu_seqlens=cu_seqlens)
+            return sliding_window_attention(
+                q, k, v, window, sinks=sinks, key_mask=None if mask is None else valid, cu_seqlens=cu_seqlens
+            )
         if cu_seqlens is not None:
             raise ValueError(f"{type(self).__name__}: packed sequences (cu_seqlens) cannot be used with a cache")
         idx = self.layer_idx
@@ -198,8 +209,9 @@ class LinearizedAttention(nn.Module):
             k, g = k * keep, g * keep.to(g.dtype)
         state = cache.get(self.layer_idx, "gla_state") if cache is not None else None
         op = fused_recurrent_gla if (state is not None and q.shape[1] == 1) else chunk_gla
-        o, final = op(q, k, v, g, scale=scale, initial_state=state, output_final_state=cache is not None,
-                      cu_seqlens=cu_seqlens)
+        o, final = op(
+            q, k, v, g, scale=scale, initial_state=state, output_final_state=cache is not None, cu_seqlens=cu_seqlens
+        )
         if cache is not None:
             cache.set(self.layer_idx, "gla_state", final)
         return o
@@ -240,8 +252,9 @@ class SoftmaxAttention(LinearizedAttention):
         q, k, v = self.project(hidden_states)
         cu_seqlens = kwargs.get("cu_seqlens")
         if self.teacher_window is not None:
-            o = self.window_attention(q, k, v, attention_mask, cache, position_ids, window=self.teacher_window,
-                                      cu_seqlens=cu_seqlens)
+            o = self.window_attention(
+                q, k, v, attention_mask, cache, position_ids, window=self.teacher_window, cu_seqlens=cu_seqlens
+            )
         else:
             o = self.global_attention(q, k, v, attention_mask, cache, position_ids, cu_seqlens)
         return self.o_proj(o.reshape(B, T, self.num_heads * self.head_dim))

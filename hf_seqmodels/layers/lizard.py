@@ -12,6 +12,7 @@ Where the paper leaves a detail open, the choice made here (each covered by a te
 - attention transfer (stage 1) matches each layer's output after ``o_proj`` with an MSE, and passes the teacher's
   output on to the next layer, so every layer learns from the teacher's inputs in one forward pass.
 """
+
 from __future__ import annotations
 
 import torch
@@ -50,9 +51,18 @@ class HedgehogFeatureMap(nn.Module):
 
 
 class LizardAttention(LinearizedAttention):
-    def __init__(self, hidden_size: int, num_heads: int, *, feature_dim: int | None = None, num_sinks: int = 4,
-                 sink_init: float = -4.0, gate_logit_normalizer: float = 16.0, gla_scale: float | None = None,
-                 **kwargs):
+    def __init__(
+        self,
+        hidden_size: int,
+        num_heads: int,
+        *,
+        feature_dim: int | None = None,
+        num_sinks: int = 4,
+        sink_init: float = -4.0,
+        gate_logit_normalizer: float = 16.0,
+        gla_scale: float | None = None,
+        **kwargs,
+    ):
         """Keyword arguments: those of :class:`LinearizedAttention` plus ``feature_dim`` (None: ``head_dim``),
         ``num_sinks`` (>= 0), ``sink_init``, ``gate_logit_normalizer`` (> 0) and ``gla_scale``."""
         super().__init__(hidden_size, num_heads, **kwargs)
@@ -74,9 +84,14 @@ class LizardAttention(LinearizedAttention):
 
     @classmethod
     def config_kwargs(cls, config) -> dict:
-        return dict(super().config_kwargs(config), feature_dim=config.feature_dim, num_sinks=config.num_sinks,
-                    sink_init=config.sink_init, gate_logit_normalizer=config.gate_logit_normalizer,
-                    gla_scale=config.gla_scale)
+        return dict(
+            super().config_kwargs(config),
+            feature_dim=config.feature_dim,
+            num_sinks=config.num_sinks,
+            sink_init=config.sink_init,
+            gate_logit_normalizer=config.gate_logit_normalizer,
+            gla_scale=config.gla_scale,
+        )
 
     def init_extra_weights(self, config=None):
         init.constant_(self.sink_logits, self.sink_init)
@@ -89,8 +104,9 @@ class LizardAttention(LinearizedAttention):
         qf, kf = self.q_feature_map(q), self.expand_kv(self.k_feature_map(k))
         g = g.unsqueeze(-1).expand(*qf.shape).contiguous()
         o_gla = self.linear_attention(qf, kf, self.expand_kv(v), g, attention_mask, cache, self.gla_scale, cu_seqlens)
-        o_win = self.window_attention(q, k, v, attention_mask, cache, position_ids, sinks=self.sink_logits,
-                                      cu_seqlens=cu_seqlens)
+        o_win = self.window_attention(
+            q, k, v, attention_mask, cache, position_ids, sinks=self.sink_logits, cu_seqlens=cu_seqlens
+        )
         o = o_gla + self.window_weight.to(o_win.dtype)[:, None] * o_win
         return self.o_proj(o.reshape(B, T, self.num_heads * self.head_dim))
 
@@ -103,10 +119,13 @@ class LizardAttention(LinearizedAttention):
         if not self.attention_transfer:
             return self.student(hidden_states, q, k, v, attention_mask, cache, position_ids, cu_seqlens)
         T = hidden_states.shape[1]
-        with torch.no_grad():  # the teacher's softmax attention: causal (a window as long as the input) or its own window
+        with (
+            torch.no_grad()
+        ):  # the teacher's softmax attention: causal (a window as long as the input) or its own window
             window = min(T, self.teacher_window or T)
-            teacher = self.window_attention(q, k, v, attention_mask, None, position_ids, window=window,
-                                            cu_seqlens=cu_seqlens)
+            teacher = self.window_attention(
+                q, k, v, attention_mask, None, position_ids, window=window, cu_seqlens=cu_seqlens
+            )
             teacher = self.o_proj(teacher.reshape(*hidden_states.shape[:2], -1))
         out = self.student(hidden_states, q, k, v, attention_mask, None, position_ids, cu_seqlens)
         err = (out.float() - teacher.float()).pow(2).mean(-1)

@@ -36,6 +36,7 @@ No weight decay: ``A_log``, ``D`` and ``dt_bias`` carry the attribute ``_no_weig
 convention), and their names are listed in the class attribute ``no_weight_decay_params``, for optimizers that
 build parameter groups (the attribute does not survive code that replaces Parameter objects, the names do).
 """
+
 from __future__ import annotations
 
 import math
@@ -103,8 +104,14 @@ class Mamba2Mixer(nn.Module):
         layer_idx: int = 0,
     ):
         super().__init__()
-        for name, value in (("hidden_size", hidden_size), ("d_state", d_state), ("head_dim", head_dim),
-                            ("n_groups", n_groups), ("d_conv", d_conv), ("chunk_size", chunk_size)):
+        for name, value in (
+            ("hidden_size", hidden_size),
+            ("d_state", d_state),
+            ("head_dim", head_dim),
+            ("n_groups", n_groups),
+            ("d_conv", d_conv),
+            ("chunk_size", chunk_size),
+        ):
             _positive_int(name, value)
         check_number("Mamba2Mixer", "expand", expand)
         d_inner = int(expand * hidden_size)
@@ -120,13 +127,15 @@ class Mamba2Mixer(nn.Module):
                 f"(= expand*hidden_size/head_dim)"
             )
         if not (0 < dt_min <= dt_max):
-            raise ValueError(f"Mamba2Mixer: `dt_min`/`dt_max` must satisfy 0 < dt_min <= dt_max, got {dt_min}, "
-                             f"{dt_max}")
+            raise ValueError(
+                f"Mamba2Mixer: `dt_min`/`dt_max` must satisfy 0 < dt_min <= dt_max, got {dt_min}, {dt_max}"
+            )
         if not dt_init_floor > 0:
             raise ValueError(f"Mamba2Mixer: `dt_init_floor` must be > 0, got {dt_init_floor}")
         if len(tuple(time_step_limit)) != 2 or not (0.0 <= time_step_limit[0] < time_step_limit[1]):
-            raise ValueError(f"Mamba2Mixer: `time_step_limit` must be (low, high) with 0 <= low < high, got "
-                             f"{time_step_limit}")
+            raise ValueError(
+                f"Mamba2Mixer: `time_step_limit` must be (low, high) with 0 <= low < high, got {time_step_limit}"
+            )
         if not norm_eps > 0:
             raise ValueError(f"Mamba2Mixer: `norm_eps` must be > 0, got {norm_eps}")
 
@@ -138,8 +147,9 @@ class Mamba2Mixer(nn.Module):
         self.conv_dim = d_inner + 2 * n_groups * d_state
 
         self.in_proj = nn.Linear(hidden_size, d_inner + self.conv_dim + num_heads, bias=proj_bias)
-        self.conv1d = nn.Conv1d(self.conv_dim, self.conv_dim, d_conv, groups=self.conv_dim, padding=d_conv - 1,
-                                bias=conv_bias)
+        self.conv1d = nn.Conv1d(
+            self.conv_dim, self.conv_dim, d_conv, groups=self.conv_dim, padding=d_conv - 1, bias=conv_bias
+        )
         self.dt_bias = nn.Parameter(torch.empty(num_heads))
         self.A_log = nn.Parameter(torch.empty(num_heads))
         self.D = nn.Parameter(torch.empty(num_heads))
@@ -151,11 +161,21 @@ class Mamba2Mixer(nn.Module):
     def from_config(cls, config, layer_idx: int = 0) -> "Mamba2Mixer":
         """Build from a transformers ``Mamba2Config`` (or any config with its field names)."""
         return cls(
-            config.hidden_size, d_state=config.state_size, expand=config.expand, head_dim=config.head_dim,
-            n_groups=config.n_groups, d_conv=config.conv_kernel, chunk_size=config.chunk_size,
-            norm_eps=config.layer_norm_epsilon, conv_bias=config.use_conv_bias, proj_bias=config.use_bias,
-            dt_min=config.time_step_min, dt_max=config.time_step_max, dt_init_floor=config.time_step_floor,
-            time_step_limit=tuple(config.time_step_limit), layer_idx=layer_idx,
+            config.hidden_size,
+            d_state=config.state_size,
+            expand=config.expand,
+            head_dim=config.head_dim,
+            n_groups=config.n_groups,
+            d_conv=config.conv_kernel,
+            chunk_size=config.chunk_size,
+            norm_eps=config.layer_norm_epsilon,
+            conv_bias=config.use_conv_bias,
+            proj_bias=config.use_bias,
+            dt_min=config.time_step_min,
+            dt_max=config.time_step_max,
+            dt_init_floor=config.time_step_floor,
+            time_step_limit=tuple(config.time_step_limit),
+            layer_idx=layer_idx,
         )
 
     def init_extra_weights(self, config=None):
@@ -188,10 +208,11 @@ class Mamba2Mixer(nn.Module):
             tail = x.new_zeros(x.shape[0], x.shape[1], width)
         xp = torch.cat([tail.to(x.dtype), x], dim=-1)
         w = self.conv1d.weight
-        y = F.conv1d(xp, w.to(x.dtype), None if self.conv1d.bias is None else self.conv1d.bias.to(x.dtype),
-                     groups=self.conv_dim)
+        y = F.conv1d(
+            xp, w.to(x.dtype), None if self.conv1d.bias is None else self.conv1d.bias.to(x.dtype), groups=self.conv_dim
+        )
         if last_real is None:
-            new_tail = xp[..., xp.shape[-1] - width:]
+            new_tail = xp[..., xp.shape[-1] - width :]
         else:  # xp index of the first tail element: (last real token + 1) in x coordinates, 0 when none
             idx = (last_real[:, None, None] + torch.arange(width, device=x.device)).expand(-1, x.shape[1], -1)
             new_tail = xp.gather(-1, idx)

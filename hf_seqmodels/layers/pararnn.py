@@ -20,6 +20,7 @@ fused solver's PyTorch path.
 Mixers here take keyword arguments and have a ``from_config(config, layer_idx)`` classmethod (the convention of
 every mixer in ``hf_seqmodels.layers``).
 """
+
 from __future__ import annotations
 
 import copy
@@ -30,8 +31,14 @@ from torch import nn
 from transformers import initialization as init
 
 from hf_seqmodels.kernels import select_backend
-from hf_seqmodels.kernels.pararnn import cells, check_newton_options
-from hf_seqmodels.kernels.pararnn import fused_newton_gru, fused_newton_lstm, newton_solve, sequential_solve
+from hf_seqmodels.kernels.pararnn import (
+    cells,
+    check_newton_options,
+    fused_newton_gru,
+    fused_newton_lstm,
+    newton_solve,
+    sequential_solve,
+)
 from hf_seqmodels.kernels.pararnn.newton import STRUCTURES
 
 from .checks import check_choice, check_int
@@ -151,8 +158,18 @@ class ParallelRNNCell(nn.Module):
             return None
         return self._builtin("fused_solver")
 
-    def forward(self, x, h0=None, mask=None, mode="parallel", tol=None, max_iter=10, on_fail="fallback", return_info=False,
-                cu_seqlens=None):
+    def forward(
+        self,
+        x,
+        h0=None,
+        mask=None,
+        mode="parallel",
+        tol=None,
+        max_iter=10,
+        on_fail="fallback",
+        return_info=False,
+        cu_seqlens=None,
+    ):
         """x ``[B, T, input_size]`` -> (outputs ``[B, T, D]``, states ``[B, T, D(, 2)]``), optionally Newton info.
         ``cu_seqlens``: offsets of packed sequences (batch 1), each solved from its own ``h0`` row (``[N, D(, 2)]``)."""
         check_mode(type(self).__name__, mode)
@@ -164,8 +181,9 @@ class ParallelRNNCell(nn.Module):
         # the fused solvers know no sequence boundaries: packed input takes the generic Newton path (scans reset)
         fused = self._fused(u) if mode == "parallel" and x.shape[1] > 1 and cu_seqlens is None else None
         if fused is not None:
-            h, info = fused(u, *self.recurrent_params(), h0, mask, tol=tol, max_iter=max_iter, on_fail=on_fail,
-                            return_info=True)
+            h, info = fused(
+                u, *self.recurrent_params(), h0, mask, tol=tol, max_iter=max_iter, on_fail=on_fail, return_info=True
+            )
             out = self.output(h)
             return (out, h, info) if return_info else (out, h)
         params = self.recurrent_params()
@@ -182,11 +200,24 @@ class ParallelRNNCell(nn.Module):
             jac = self._masked(self.jacobian, self._eye) if self.jacobian is not None else None
         info = None
         if sequential:
-            h = sequential_solve(step, u, params, h0, state_size=self.state_size, structure=self.structure,
-                                 cu_seqlens=cu_seqlens)
+            h = sequential_solve(
+                step, u, params, h0, state_size=self.state_size, structure=self.structure, cu_seqlens=cu_seqlens
+            )
         else:
-            h, info = newton_solve(step, jac, u, params, h0, state_size=self.state_size, structure=self.structure,
-                                   tol=tol, max_iter=max_iter, on_fail=on_fail, return_info=True, cu_seqlens=cu_seqlens)
+            h, info = newton_solve(
+                step,
+                jac,
+                u,
+                params,
+                h0,
+                state_size=self.state_size,
+                structure=self.structure,
+                tol=tol,
+                max_iter=max_iter,
+                on_fail=on_fail,
+                return_info=True,
+                cu_seqlens=cu_seqlens,
+            )
         out = self.output(h)
         return (out, h, info) if return_info else (out, h)
 
@@ -215,15 +246,18 @@ class GatedDiagonalCell(ParallelRNNCell):
 
     num_diagonals = 3
 
-    def __init__(self, input_size, state_size, recurrent_init: str = "xavier_clipped",
-                 recurrent_clip: float | None = None):
+    def __init__(
+        self, input_size, state_size, recurrent_init: str = "xavier_clipped", recurrent_clip: float | None = None
+    ):
         super().__init__(input_size, state_size)
         if recurrent_init not in RECURRENT_INITS:
-            raise ValueError(f"{type(self).__name__}: recurrent_init must be one of {RECURRENT_INITS}, got "
-                             f"{recurrent_init!r}")
+            raise ValueError(
+                f"{type(self).__name__}: recurrent_init must be one of {RECURRENT_INITS}, got {recurrent_init!r}"
+            )
         if recurrent_clip is not None and not (isinstance(recurrent_clip, (int, float)) and recurrent_clip > 0):
-            raise ValueError(f"{type(self).__name__}: recurrent_clip must be None or a number > 0, got "
-                             f"{recurrent_clip!r}")
+            raise ValueError(
+                f"{type(self).__name__}: recurrent_clip must be None or a number > 0, got {recurrent_clip!r}"
+            )
         self.recurrent_init, self.recurrent_clip = recurrent_init, recurrent_clip
         self.in_proj = nn.Linear(input_size, self.num_gates * state_size, bias=True)
         self.a = nn.Parameter(torch.zeros(self.num_diagonals, state_size))
@@ -294,8 +328,10 @@ _VERIFIED: set[type] = set()  # cell classes whose structure and closed-form Jac
 def check_cell_name(where: str, name, registered: bool = False) -> None:
     """A cell name is a str; with ``registered``, one of :data:`CELLS` (``register_cell`` adds more)."""
     if not isinstance(name, str):
-        raise TypeError(f"{where}.cell must be a str (a name in {sorted(CELLS)} or given to register_cell), got "
-                        f"{type(name).__name__} {name!r}")
+        raise TypeError(
+            f"{where}.cell must be a str (a name in {sorted(CELLS)} or given to register_cell), got "
+            f"{type(name).__name__} {name!r}"
+        )
     if registered and name not in CELLS:
         raise ValueError(f"{where}.cell must be one of {sorted(CELLS)} (register_cell adds more), got {name!r}")
 
@@ -340,14 +376,20 @@ def register_cell(name: str, cell_class: type[ParallelRNNCell], *, overwrite: bo
     if not (isinstance(cell_class, type) and issubclass(cell_class, ParallelRNNCell)):
         raise TypeError(f"register_cell: `cell_class` must be a subclass of ParallelRNNCell, got {cell_class!r}")
     if name in BUILTIN_CELLS and CELLS[name] is not cell_class:
-        raise ValueError(f"register_cell: {name!r} is a built-in cell ({CELLS[name].__name__}) and cannot be "
-                         f"replaced; register {cell_class.__name__} under another name")
+        raise ValueError(
+            f"register_cell: {name!r} is a built-in cell ({CELLS[name].__name__}) and cannot be "
+            f"replaced; register {cell_class.__name__} under another name"
+        )
     # a class redefined under the same module and name (a re-run notebook cell or script) replaces its old self
     redefined = name in CELLS and (CELLS[name].__module__, CELLS[name].__qualname__) == (
-        cell_class.__module__, cell_class.__qualname__)
+        cell_class.__module__,
+        cell_class.__qualname__,
+    )
     if name in CELLS and CELLS[name] is not cell_class and not (overwrite or redefined):
-        raise ValueError(f"register_cell: {name!r} is already registered to {CELLS[name].__name__}; pass "
-                         f"overwrite=True to replace it with {cell_class.__name__}")
+        raise ValueError(
+            f"register_cell: {name!r} is already registered to {CELLS[name].__name__}; pass "
+            f"overwrite=True to replace it with {cell_class.__name__}"
+        )
     verify_cell(cell_class)
     CELLS[name] = cell_class
 
@@ -366,8 +408,9 @@ def check_jacobian_structure(cell: ParallelRNNCell, batch: int = 2, seq_len: int
     out = cell.step(h, u, *params)
     if not isinstance(out, torch.Tensor) or out.shape != h.shape:
         got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-        raise ValueError(f"{name} (structure {structure!r}): step must return a state shaped like h_prev "
-                         f"{tuple(h.shape)}, got {got}")
+        raise ValueError(
+            f"{name} (structure {structure!r}): step must return a state shaped like h_prev {tuple(h.shape)}, got {got}"
+        )
     full = torch.autograd.functional.jacobian(lambda s: cell.step(s, u, *params), h)  # shape + shape
     n = batch * seq_len * D * per
     full = full.reshape(n, n)
@@ -384,7 +427,8 @@ def check_jacobian_structure(cell: ParallelRNNCell, batch: int = 2, seq_len: int
             f"{name} declares a {structure!r} Jacobian but its step mixes units: off-structure entry {where} = "
             f"{leak:.3e} (must be 0 "
             f"for {structure!r}: each unit's next state may depend only on its own previous state"
-            + ("" if per == 1 else ", its 2 components") + "). Declare the right structure or fix step."
+            + ("" if per == 1 else ", its 2 components")
+            + "). Declare the right structure or fix step."
         )
     if cell.jacobian is not None:
         blocks = full.reshape(batch * seq_len * D, per, batch * seq_len * D, per).diagonal(dim1=0, dim2=2)
@@ -393,8 +437,9 @@ def check_jacobian_structure(cell: ParallelRNNCell, batch: int = 2, seq_len: int
         closed = cell.jacobian(h, u, *params)
         if not isinstance(closed, torch.Tensor) or closed.shape != auto.shape:
             got = tuple(closed.shape) if isinstance(closed, torch.Tensor) else type(closed).__name__
-            raise ValueError(f"{name}.jacobian (structure {structure!r}) must return shape {tuple(auto.shape)}, "
-                             f"got {got}")
+            raise ValueError(
+                f"{name}.jacobian (structure {structure!r}) must return shape {tuple(auto.shape)}, got {got}"
+            )
         diff = (closed - auto).abs()
         err = diff.max().item()
         if not err <= 1e-6:  # NaN fails too
@@ -461,13 +506,21 @@ class ParaRNNMixer(nn.Module):
         """Build from a config with ParaRNNConfig's field names (``hidden_size``, ``state_size``, ``cell``, ...,
         ``newton_on_fail``, ``rms_norm_eps``)."""
         return cls(
-            hidden_size=config.hidden_size, state_size=config.state_size, cell=config.cell,
-            num_heads=config.num_heads, use_short_conv=config.use_short_conv, conv_size=config.conv_size,
-            mode=config.mode, newton_tol=config.newton_tol, newton_max_iter=config.newton_max_iter,
-            newton_on_fail=config.newton_on_fail, norm_eps=config.rms_norm_eps,
+            hidden_size=config.hidden_size,
+            state_size=config.state_size,
+            cell=config.cell,
+            num_heads=config.num_heads,
+            use_short_conv=config.use_short_conv,
+            conv_size=config.conv_size,
+            mode=config.mode,
+            newton_tol=config.newton_tol,
+            newton_max_iter=config.newton_max_iter,
+            newton_on_fail=config.newton_on_fail,
+            norm_eps=config.rms_norm_eps,
             conv_init=getattr(config, "conv_init", "normal"),  # configs saved before the field: their init
             recurrent_init=getattr(config, "recurrent_init", "xavier_clipped"),
-            recurrent_clip=getattr(config, "recurrent_clip", None), layer_idx=layer_idx,
+            recurrent_clip=getattr(config, "recurrent_clip", None),
+            layer_idx=layer_idx,
         )
 
     def configure_solver(self, mode: str, newton_tol: float | None, newton_max_iter: int, newton_on_fail: str) -> None:
@@ -498,9 +551,17 @@ class ParaRNNMixer(nn.Module):
                 cache.set(idx, "conv", tail)
         h0 = cache.get(idx, "state") if cache is not None else None
         # newton_info: the last parallel solve's NewtonInfo (iterations, fallback), None for sequential solves
-        out, states, self.newton_info = self.cell(x, h0=h0, mask=mask, mode=self.mode, tol=self.newton_tol,
-                                                  max_iter=self.newton_max_iter, on_fail=self.newton_on_fail,
-                                                  return_info=True, cu_seqlens=cu_seqlens)
+        out, states, self.newton_info = self.cell(
+            x,
+            h0=h0,
+            mask=mask,
+            mode=self.mode,
+            tol=self.newton_tol,
+            max_iter=self.newton_max_iter,
+            on_fail=self.newton_on_fail,
+            return_info=True,
+            cu_seqlens=cu_seqlens,
+        )
         if cache is not None:
             cache.set(idx, "state", states[:, -1])
         H = self.num_heads

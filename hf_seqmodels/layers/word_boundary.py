@@ -12,6 +12,7 @@ Two forms that agree token by token:
 
 Pure torch; ids are bytes (0..255) as from :class:`~hf_seqmodels.models.hnet.tokenization_byte.ByteTokenizer`.
 """
+
 from __future__ import annotations
 
 from functools import lru_cache
@@ -128,7 +129,8 @@ def word_boundaries(
     else:
         if attention_mask.shape != input_ids.shape:
             raise ValueError(
-                f"attention_mask must have the shape of input_ids {tuple(input_ids.shape)}, got {tuple(attention_mask.shape)}"
+                f"attention_mask must have the shape of input_ids {tuple(input_ids.shape)}, got "
+                f"{tuple(attention_mask.shape)}"
             )
         mask = attention_mask.to(device=device, dtype=torch.bool)
     if T == 0:

@@ -1,6 +1,7 @@
 """Turn a pretrained Llama-shaped decoder (Llama 2/3.x, SmolLM2, Mistral, Qwen2/2.5, Qwen3, Phi-3) into a linearized
 model (Liger or Lizard) with the same weights under the same names, optionally keeping some layers as the teacher's
 softmax attention (a hybrid layout)."""
+
 from __future__ import annotations
 
 import json
@@ -30,8 +31,16 @@ METHODS = {
     "lizard": (
         LizardConfig,
         LizardForCausalLM,
-        ("window_size", "feature_dim", "num_sinks", "sink_init", "gate_logit_normalizer", "gla_scale", "softmax_layers",
-         "softmax_every"),
+        (
+            "window_size",
+            "feature_dim",
+            "num_sinks",
+            "sink_init",
+            "gate_logit_normalizer",
+            "gla_scale",
+            "softmax_layers",
+            "softmax_every",
+        ),
         "Lizard (arXiv 2507.09025): gated linear attention with learned Hedgehog feature maps and gate, plus "
         "sliding-window attention with learned sink logits and a learned mixing weight",
     ),
@@ -54,8 +63,9 @@ def check_method(method, options: dict) -> None:
     if "window_size" in options:  # the kernel's own check, before any weights are read
         check_window("linearize", options["window_size"], "window_size")
     if "softmax_layers" in options and "softmax_every" in options:
-        raise ValueError("linearize: pass softmax_layers (a list of layer indices) or softmax_every (k: every k-th "
-                         "layer), not both")
+        raise ValueError(
+            "linearize: pass softmax_layers (a list of layer indices) or softmax_every (k: every k-th layer), not both"
+        )
     if "softmax_every" in options:
         check_int("linearize", "softmax_every", options["softmax_every"])
     if "softmax_layers" in options:  # types and repeats now; the range once the teacher's depth is known
@@ -86,8 +96,10 @@ def load_llama(path, gguf_file: str | None = None, dtype=torch.float32):
             raise ValueError(f"linearize: gguf_file {full!r} does not exist")
         arch = gguf_architecture(full)
         if arch not in GGUF_ARCHITECTURES:
-            raise ValueError(f"linearize: the GGUF file {full!r} holds a {arch!r} model; only Llama-shaped decoders "
-                             f"(GGUF architectures {sorted(GGUF_ARCHITECTURES)}) can be linearized")
+            raise ValueError(
+                f"linearize: the GGUF file {full!r} holds a {arch!r} model; only Llama-shaped decoders "
+                f"(GGUF architectures {sorted(GGUF_ARCHITECTURES)}) can be linearized"
+            )
         from hf_seqmodels.gguf import check_gguf_file
 
         check_gguf_file(full)  # a truncated file: said so here, not as a reshape error deep in the loader
@@ -102,8 +114,10 @@ def load_llama(path, gguf_file: str | None = None, dtype=torch.float32):
     # weights in GGUF blocks where a GGUF matmul kernel exists, or de-quantize them but keep the marks)
     dense = {"quantization_config": GgufConfig(dequantize=True)} if gguf_file is not None else {}
     model = AutoModelForCausalLM.from_pretrained(path, gguf_file=gguf_file, dtype=dtype, **dense)
-    if gguf_file is not None and (getattr(model, "hf_quantizer", None) is not None
-                                  or getattr(model.config, "quantization_config", None) is not None):
+    if gguf_file is not None and (
+        getattr(model, "hf_quantizer", None) is not None
+        or getattr(model.config, "quantization_config", None) is not None
+    ):
         raise RuntimeError(f"load_llama: transformers kept {full!r} marked as quantized though dequantize=True")
     if gguf_file is not None:  # record which file of the folder it came from (the base model of a conversion)
         model.config.name_or_path = f"{os.fspath(path)}/{os.path.basename(gguf_file)}"
@@ -119,8 +133,11 @@ def teacher_shape(model: str, gguf_path: str | None) -> dict:
         meta = gguf_metadata(gguf_path)
         arch = meta.get("general.architecture", "llama")
         layers, context = meta.get(f"{arch}.block_count"), meta.get(f"{arch}.context_length")
-        return {"model_type": GGUF_ARCHITECTURES.get(arch, arch), "num_layers": int(layers) if layers else None,
-                "context_length": int(context) if context else None}
+        return {
+            "model_type": GGUF_ARCHITECTURES.get(arch, arch),
+            "num_layers": int(layers) if layers else None,
+            "context_length": int(context) if context else None,
+        }
     config_file = os.path.join(model, "config.json")
     if not os.path.isfile(config_file):
         return {"model_type": None, "num_layers": None, "context_length": None}
@@ -130,8 +147,11 @@ def teacher_shape(model: str, gguf_path: str | None) -> dict:
     except ValueError as err:
         raise ValueError(f"--model {model!r}: config.json is not valid JSON ({err})") from None
     context = config.get("max_position_embeddings")
-    return {"model_type": config.get("model_type"), "num_layers": config.get("num_hidden_layers"),
-            "context_length": int(context) if context else None}
+    return {
+        "model_type": config.get("model_type"),
+        "num_layers": config.get("num_hidden_layers"),
+        "context_length": int(context) if context else None,
+    }
 
 
 def check_llama(model):
@@ -154,15 +174,22 @@ def teacher_fields(config) -> tuple[dict, dict]:
     Generic fields every config has (output flags, dtype, architectures, ...) are left out of both."""
     from transformers import PretrainedConfig
 
-    generic = set(PretrainedConfig().to_dict()) | {"model_type", "transformers_version", "_name_or_path",
-                                                   "quantization_config", "auto_map", "architectures"}
+    generic = set(PretrainedConfig().to_dict()) | {
+        "model_type",
+        "transformers_version",
+        "_name_or_path",
+        "quantization_config",
+        "auto_map",
+        "architectures",
+    }
     data = config.to_dict()
     fields = {name: getattr(config, name) for name in LLAMA_FIELDS if hasattr(config, name)}
     rest = {k: v for k, v in data.items() if k not in fields and k not in generic and not k.startswith("_")}
     for name in DROPOUT_FIELDS:
         if rest.get(name):
-            logger.warning("linearize: the teacher's %s=%s is not applied (the linearized model has no dropout)",
-                           name, rest[name])
+            logger.warning(
+                "linearize: the teacher's %s=%s is not applied (the linearized model has no dropout)", name, rest[name]
+            )
     return fields, rest
 
 
@@ -205,13 +232,21 @@ def linearize(model, method: str = "liger", *, gguf_file: str | None = None, bas
     card = {"base_model": base_model, "method": description}
     if options.get("softmax_layers"):
         card["method"] += f"; layers {options['softmax_layers']} keep the teacher's softmax attention (hybrid)"
-    config = config_class(**fields, **options, base_model_type=family.model_type, base_config=rest,
-                          base_model_name_or_path=base_model, card_data=card)
+    config = config_class(
+        **fields,
+        **options,
+        base_model_type=family.model_type,
+        base_config=rest,
+        base_model_name_or_path=base_model,
+        card_data=card,
+    )
     param = next(model.parameters())
     new = model_class(config)
     state = model.state_dict()
     missing, unexpected = new.load_state_dict(state, strict=False)
     extra = {n for n, _ in new.named_parameters()} - set(state)
     if unexpected or set(missing) - extra:
-        raise RuntimeError(f"linearize: weights do not map onto {model_class.__name__}: missing {missing}, unexpected {unexpected}")
+        raise RuntimeError(
+            f"linearize: weights do not map onto {model_class.__name__}: missing {missing}, unexpected {unexpected}"
+        )
     return new.to(device=param.device, dtype=param.dtype).eval()

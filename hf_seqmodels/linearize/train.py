@@ -1,5 +1,6 @@
 """Training for linearized models: attention transfer (stage 1, Lizard), LoRA through PEFT (stage 2), and the
 small helper both need (packed token blocks). Perplexity is ``hf_seqmodels.evaluation.perplexity_of_ids``."""
+
 from __future__ import annotations
 
 import math
@@ -41,7 +42,9 @@ def lizard_mixers(model):
     return [m for m in model.modules() if isinstance(m, LizardAttention)]
 
 
-def attention_transfer(model, blocks: torch.Tensor, steps: int, lr: float = 1e-2, batch_size: int = 1, progress: bool = True):
+def attention_transfer(
+    model, blocks: torch.Tensor, steps: int, lr: float = 1e-2, batch_size: int = 1, progress: bool = True
+):
     """Stage 1 of Lizard: train only the new parameters (feature maps, gate, sinks, mixing weight) so that every
     layer's output matches the teacher's (the original softmax attention, computed in the same forward pass from the
     same inputs) in mean squared error. Returns the loss of every step (mean over layers)."""
@@ -109,7 +112,9 @@ def finetune(model, blocks: torch.Tensor, steps: int, lr: float = 1e-3, batch_si
     model.train()
     losses = []
     try:
-        bar = tqdm(_batches(blocks, batch_size, steps, seed=1), total=steps, desc="LoRA fine-tune", disable=not progress)
+        bar = tqdm(
+            _batches(blocks, batch_size, steps, seed=1), total=steps, desc="LoRA fine-tune", disable=not progress
+        )
         for batch in bar:
             batch = batch.to(device)
             loss = model(input_ids=batch, labels=batch, use_cache=False).loss
@@ -135,12 +140,21 @@ def lora_target_choices(method: str, options: dict, model_type: str | None = Non
         return sorted({name for family in FAMILIES for name in lora_target_choices(method, options, family)})
     config_class, model_class = METHODS[method][:2]
     small = {"window_size": options.get("window_size", 4)}
-    config = config_class(vocab_size=8, hidden_size=16, intermediate_size=16, num_hidden_layers=1,
-                          num_attention_heads=2, num_key_value_heads=1, base_model_type=model_type, **small)
+    config = config_class(
+        vocab_size=8,
+        hidden_size=16,
+        intermediate_size=16,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        base_model_type=model_type,
+        **small,
+    )
     with torch.device("meta"):
         model = model_class(config)
-    return sorted({name.rsplit(".", 1)[-1] for name, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
-                  - {"lm_head"})
+    return sorted(
+        {name.rsplit(".", 1)[-1] for name, m in model.named_modules() if isinstance(m, torch.nn.Linear)} - {"lm_head"}
+    )
 
 
 def check_lora_targets(text: str | None, method: str, options: dict, model_type: str | None = None) -> list[str]:
@@ -158,6 +172,8 @@ def check_lora_targets(text: str | None, method: str, options: dict, model_type:
     unknown = [t for t in targets if t not in choices]
     if unknown:
         teacher = f" converted from a {model_type!r} model" if model_type in FAMILIES else ""
-        raise ValueError(f"--lora-targets: {unknown} {'is' if len(unknown) == 1 else 'are'} not a linear layer of a "
-                         f"{method} model{teacher}; choose from {choices}")
+        raise ValueError(
+            f"--lora-targets: {unknown} {'is' if len(unknown) == 1 else 'are'} not a linear layer of a "
+            f"{method} model{teacher}; choose from {choices}"
+        )
     return targets

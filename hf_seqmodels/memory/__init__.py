@@ -24,6 +24,7 @@ folder's config.json says), :mod:`.attach` (hooks, training helpers, save/load, 
 those named before it. The per-sample FFN is
 :func:`hf_seqmodels.kernels.memory.memory_ffn` (Triton on CUDA, PyTorch elsewhere).
 """
+
 from .attach import (
     MemoryModelForCausalLM,
     attach_memory_bank,

@@ -34,6 +34,7 @@ folder never loads as the bare anchor by accident. ``load_memory_model(out)`` lo
 bank (blocks stay on disk) and re-attaches; ``AutoModelForCausalLM.from_pretrained(out)`` and ``pipeline`` call it
 (:class:`MemoryModelForCausalLM`).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -78,7 +79,8 @@ def route_input_ids(model, input_ids, attention_mask=None) -> torch.Tensor:
     if st.tokenizer is None:
         raise ValueError(
             "the model was called without `memory_paths` and cannot route its input: the index's embedder "
-            f"{st.index.embedder_name!r} needs text; attach_memory_bank(..., tokenizer=tok) to route token ids, or pass "
+            f"{st.index.embedder_name!r} needs text; attach_memory_bank(..., tokenizer=tok) to route token ids, or "
+            "pass "
             "memory_paths=index.route(texts)"
         )
     ids = input_ids.tolist()
@@ -142,8 +144,10 @@ def _make_mlp_hook(model, layer_idx):
             raise ValueError("memory model: no memory paths set (call the top-level model, not its submodules)")
         x = args[0]
         if x.shape[0] != st.paths.shape[0]:
-            raise ValueError(f"memory model: layer {layer_idx} sees a batch of {x.shape[0]} but {st.paths.shape[0]} "
-                             "memory paths are set")
+            raise ValueError(
+                f"memory model: layer {layer_idx} sees a batch of {x.shape[0]} but {st.paths.shape[0]} "
+                "memory paths are set"
+            )
         w = st.fetched[layer_idx]
         if w[0].dtype != x.dtype or w[0].device != x.device:
             w = tuple(t.to(device=x.device, dtype=x.dtype) for t in w)
@@ -202,8 +206,12 @@ def _write_memory_model_files(model, directory):
     extra = dict(hub.card_data_of(model))
     anchor_type = model.config.model_type
     name = model.config.name_or_path
-    if (not anchor_type.startswith("hf_seqmodels_") and "base_model" not in extra and name
-            and os.path.abspath(name) != os.path.abspath(directory)):
+    if (
+        not anchor_type.startswith("hf_seqmodels_")
+        and "base_model" not in extra
+        and name
+        and os.path.abspath(name) != os.path.abspath(directory)
+    ):
         extra["base_model"] = name  # another library's anchor (a Llama): it came from there
     hub.write_card(model, directory, extra, section=_card_section(model, anchor_type))
 
@@ -229,9 +237,11 @@ def _card_section(model, anchor_type):
         f'loads anchor and bank. `{anchor}.from_pretrained("folder")` gives the bare anchor (transformers warns that '
         "the model type differs)."
     )
-    code = ("```python\nfrom hf_seqmodels.memory import load_memory_model\n\n"
-            'model = load_memory_model("folder", tokenizer=tokenizer)  # bank stays on disk; trainable=True to train it'
-            "\n```")
+    code = (
+        "```python\nfrom hf_seqmodels.memory import load_memory_model\n\n"
+        'model = load_memory_model("folder", tokenizer=tokenizer)  # bank stays on disk; trainable=True to train it'
+        "\n```"
+    )
     fill = functools.partial(textwrap.fill, width=120, break_on_hyphens=False, break_long_words=False)
     return "\n\n".join(["## Memory bank", fill(about), code, fill(other)]) + "\n"
 
@@ -249,17 +259,19 @@ def save_memory(model, directory, max_shard_size: int = 2 << 30, part_size: int 
 
 def _check_index(config: MemoryBankConfig, index: MemoryIndex, where="attach_memory_bank"):
     if index.levels != config.levels:
-        raise ValueError(f"{where}: the index has {index.levels} levels but block_sizes {config.block_sizes} "
-                         f"ask for {config.levels}")
+        raise ValueError(
+            f"{where}: the index has {index.levels} levels but block_sizes {config.block_sizes} ask for {config.levels}"
+        )
     if index.branching != config.branching:
         raise ValueError(f"{where}: the index has branching {index.branching} but the config {config.branching}")
     if config.embedder is not None and config.embedder != index.embedder_name:
-        raise ValueError(f"{where}: the config expects embedder {config.embedder!r} but the index was built with "
-                         f"{index.embedder_name!r} (dim {index.dim})")
+        raise ValueError(
+            f"{where}: the config expects embedder {config.embedder!r} but the index was built with "
+            f"{index.embedder_name!r} (dim {index.dim})"
+        )
 
 
-def attach_memory_bank(model, config: MemoryBankConfig, index: MemoryIndex, tokenizer=None, bank=None,
-                       embedder=None):
+def attach_memory_bank(model, config: MemoryBankConfig, index: MemoryIndex, tokenizer=None, bank=None, embedder=None):
     """Give ``model`` a hierarchical FFN memory (in place; returns ``model``). See the module docstring."""
     if getattr(model, "_memory_state", None) is not None:
         raise ValueError("attach_memory_bank: this model already has a memory bank")
@@ -276,8 +288,10 @@ def attach_memory_bank(model, config: MemoryBankConfig, index: MemoryIndex, toke
     if index.embedder_spec.get("type") == "anchor-meanpool":
         want = AnchorEmbedder(model, tokenizer)
         if want.name != index.embedder_name:
-            raise ValueError(f"attach_memory_bank: the index was built with {index.embedder_name!r} (dim {index.dim}) "
-                             f"but this model's embedding is {want.name!r} (dim {want.dim})")
+            raise ValueError(
+                f"attach_memory_bank: the index was built with {index.embedder_name!r} (dim {index.dim}) "
+                f"but this model's embedding is {want.name!r} (dim {want.dim})"
+            )
         index.set_embedder(want)
     if embedder is not None:
         index.set_embedder(embedder)
@@ -286,14 +300,19 @@ def attach_memory_bank(model, config: MemoryBankConfig, index: MemoryIndex, toke
         bank = MemoryBank(config, d, layer_ids, dtype=param.dtype, device=param.device)
     else:
         if bank.hidden_size != d:
-            raise MemoryBankError(f"attach_memory_bank: the bank's blocks are {bank.hidden_size} wide, the model's MLPs "
-                                  f"take {d}")
+            raise MemoryBankError(
+                f"attach_memory_bank: the bank's blocks are {bank.hidden_size} wide, the model's MLPs take {d}"
+            )
         if list(bank.layer_ids) != list(layer_ids):
-            raise MemoryBankError(f"attach_memory_bank: the bank covers layers {bank.layer_ids}, the config selects "
-                                  f"{layer_ids} of {len(layers)}")
+            raise MemoryBankError(
+                f"attach_memory_bank: the bank covers layers {bank.layer_ids}, the config selects "
+                f"{layer_ids} of {len(layers)}"
+            )
         if tuple(bank.config.block_sizes) != config.block_sizes or bank.config.branching != config.branching:
-            raise MemoryBankError(f"attach_memory_bank: the bank has block_sizes {bank.config.block_sizes} / branching "
-                                  f"{bank.config.branching}, the config {config.block_sizes} / {config.branching}")
+            raise MemoryBankError(
+                f"attach_memory_bank: the bank has block_sizes {bank.config.block_sizes} / branching "
+                f"{bank.config.branching}, the config {config.block_sizes} / {config.branching}"
+            )
     if config.freeze_anchor:
         for p in model.parameters():
             p.requires_grad_(False)
@@ -326,15 +345,23 @@ def memory_parameter_groups(model, lr=None, weight_decay=None, anchor_lr=None, a
     and, when the anchor is co-trained, its trainable parameters (``anchor_lr``, default ``lr``)."""
     st = memory_state(model)
     if not model.memory_bank.trainable:
-        raise ValueError("memory_parameter_groups: the bank was loaded read-only from disk; load_memory_model(..., "
-                         "trainable=True) to train it")
+        raise ValueError(
+            "memory_parameter_groups: the bank was loaded read-only from disk; load_memory_model(..., "
+            "trainable=True) to train it"
+        )
     lr = st.config.memory_lr if lr is None else lr
     wd = st.config.memory_weight_decay if weight_decay is None else weight_decay
     groups = [{"params": list(model.memory_bank.parameters()), "lr": lr, "weight_decay": wd, "name": "memory"}]
     anchor = [p for n, p in model.named_parameters() if not n.startswith("memory_bank.") and p.requires_grad]
     if anchor:
-        groups.append({"params": anchor, "lr": lr if anchor_lr is None else anchor_lr,
-                       "weight_decay": anchor_weight_decay, "name": "anchor"})
+        groups.append(
+            {
+                "params": anchor,
+                "lr": lr if anchor_lr is None else anchor_lr,
+                "weight_decay": anchor_weight_decay,
+                "name": "anchor",
+            }
+        )
     return groups
 
 
@@ -344,8 +371,16 @@ def memory_optimizer(model, lr=None, weight_decay=None, anchor_lr=None, anchor_w
     return torch.optim.AdamW(groups, **adamw_kwargs)
 
 
-def load_memory_model(path, model_class=None, tokenizer=None, trainable=False, reader="pread", verify=True,
-                      embedder=None, **from_pretrained_kwargs):
+def load_memory_model(
+    path,
+    model_class=None,
+    tokenizer=None,
+    trainable=False,
+    reader="pread",
+    verify=True,
+    embedder=None,
+    **from_pretrained_kwargs,
+):
     """Load a model saved with memory: anchor + bank (on disk unless ``trainable``) + index, re-attached.
 
     Everything about the memory is checked before the anchor is loaded; nothing is ever written. The anchor's
@@ -376,9 +411,16 @@ def load_memory_model(path, model_class=None, tokenizer=None, trainable=False, r
         tokenizer = AutoTokenizer.from_pretrained(path)
     layers = _decoder_layers(model)
     d = layers[0].mlp.gate_proj.in_features
-    bank = MemoryBank.from_pretrained(path, config, hidden_size=d, layer_ids=config.layer_indices(len(layers)),
-                                      trainable=trainable, reader=reader, verify=False,
-                                      device=next(model.parameters()).device if trainable else None)
+    bank = MemoryBank.from_pretrained(
+        path,
+        config,
+        hidden_size=d,
+        layer_ids=config.layer_indices(len(layers)),
+        trainable=trainable,
+        reader=reader,
+        verify=False,
+        device=next(model.parameters()).device if trainable else None,
+    )
     return attach_memory_bank(model, config, index, tokenizer=tokenizer, bank=bank, embedder=embedder)
 
 

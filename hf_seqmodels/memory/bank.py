@@ -23,6 +23,7 @@ shard map, each shard's size and sha256). Tensor ``layer{i}.level{l}.part{p}`` h
 Load checks every shard's presence, size, header and tensor shapes and dtypes against the index and the config, and
 (``verify=True``) its sha256, raising ``MemoryBankError`` naming the mismatch; loading never writes.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -77,8 +78,9 @@ def read_safetensors_header(path):
             raise MemoryBankError(f"bank shard {os.path.basename(path)} is truncated ({size} bytes, no header)")
         (n,) = struct.unpack("<Q", raw)
         if n > size - 8 or n > 100_000_000:
-            raise MemoryBankError(f"bank shard {os.path.basename(path)} is truncated or corrupt (header length {n} "
-                                  f"in a {size}-byte file)")
+            raise MemoryBankError(
+                f"bank shard {os.path.basename(path)} is truncated or corrupt (header length {n} in a {size}-byte file)"
+            )
         try:
             header = json.loads(f.read(n))
         except (UnicodeDecodeError, json.JSONDecodeError) as e:
@@ -93,8 +95,10 @@ def read_safetensors_header(path):
             raise MemoryBankError(f"bank shard {os.path.basename(path)} has a corrupt header entry {name!r}") from None
         end = max(end, b)
     if 8 + n + end != size:
-        raise MemoryBankError(f"bank shard {os.path.basename(path)} is truncated or padded: header describes "
-                              f"{8 + n + end} bytes, file has {size}")
+        raise MemoryBankError(
+            f"bank shard {os.path.basename(path)} is truncated or padded: header describes "
+            f"{8 + n + end} bytes, file has {size}"
+        )
     return 8 + n, out
 
 
@@ -174,8 +178,9 @@ class _DiskStore:
 class MemoryBank(nn.Module):
     """Blocks of a hierarchical FFN memory for the layers ``layer_ids`` of a model of width ``hidden_size``."""
 
-    def __init__(self, config: MemoryBankConfig, hidden_size: int, layer_ids, dtype=torch.float32, device=None,
-                 _store=None):
+    def __init__(
+        self, config: MemoryBankConfig, hidden_size: int, layer_ids, dtype=torch.float32, device=None, _store=None
+    ):
         super().__init__()
         self.config = config
         self.hidden_size = int(hidden_size)
@@ -184,7 +189,7 @@ class MemoryBank(nn.Module):
         self._store = _store
         self.blocks = nn.ModuleDict()
         if _store is None:
-            std = config.init_std if config.init_std is not None else self.hidden_size ** -0.5
+            std = config.init_std if config.init_std is not None else self.hidden_size**-0.5
             for i in self.layer_ids:
                 levels = nn.ModuleDict()
                 for l, s in enumerate(config.block_sizes):
@@ -228,7 +233,7 @@ class MemoryBank(nn.Module):
                     if s == 0:
                         continue
                     c = self.config.clusters(l + 1) if r[l] < 0 else r[l]
-                    self._store.read_into(layer, l, c, s, self.hidden_size, [W[k, b, lo:lo + s] for k in range(3)])
+                    self._store.read_into(layer, l, c, s, self.hidden_size, [W[k, b, lo : lo + s] for k in range(3)])
                     lo += s
             if device is not None or dtype is not None:
                 W = W.to(device=device, dtype=dtype)
@@ -336,6 +341,7 @@ class MemoryBank(nn.Module):
     @staticmethod
     def check_files(directory, meta, config: MemoryBankConfig, hidden_size=None, layer_ids=None, verify=True):
         """Every check a load does, without reading block data (unless ``verify``: sha256 of each shard)."""
+
         def mismatch(what, got, want):
             raise MemoryBankError(f"memory bank in {directory}: {what} is {got} in {BANK_INDEX} but {want} expected")
 
@@ -358,8 +364,9 @@ class MemoryBank(nn.Module):
                 raise MemoryBankError(f"memory bank shard {fname} listed in {BANK_INDEX} is missing from {directory}")
             size = os.path.getsize(path)
             if size != info["size"]:
-                raise MemoryBankError(f"memory bank shard {fname} has {size} bytes, {info['size']} expected "
-                                      "(truncated or replaced)")
+                raise MemoryBankError(
+                    f"memory bank shard {fname} has {size} bytes, {info['size']} expected (truncated or replaced)"
+                )
             _, tensors = read_safetensors_header(path)
             for name, where in meta["weight_map"].items():
                 if where != fname:
@@ -371,8 +378,10 @@ class MemoryBank(nn.Module):
                 s = config.block_sizes[level] if level < config.levels else -1
                 got_dt, shape, _ = tensors[name]
                 if got_dt != dt or len(shape) != 4 or tuple(shape[1:]) != (3, s, d):
-                    raise MemoryBankError(f"memory bank tensor {name} in {fname} is {got_dt} {list(shape)}, "
-                                          f"expected {dt} [n, 3, {s}, {d}] for block size {s} at level {level + 1}")
+                    raise MemoryBankError(
+                        f"memory bank tensor {name} in {fname} is {got_dt} {list(shape)}, "
+                        f"expected {dt} [n, 3, {s}, {d}] for block size {s} at level {level + 1}"
+                    )
             if verify and _sha256(path) != info["sha256"]:
                 raise MemoryBankError(f"memory bank shard {fname} is corrupt (sha256 differs from {BANK_INDEX})")
         # every part the config implies must be mapped
@@ -386,8 +395,17 @@ class MemoryBank(nn.Module):
                         raise MemoryBankError(f"memory bank in {directory} lacks layer{i}.level{l + 1}.part{p}")
 
     @classmethod
-    def from_pretrained(cls, directory, config: MemoryBankConfig | None = None, hidden_size=None, layer_ids=None,
-                        trainable=False, reader="pread", verify=True, device=None):
+    def from_pretrained(
+        cls,
+        directory,
+        config: MemoryBankConfig | None = None,
+        hidden_size=None,
+        layer_ids=None,
+        trainable=False,
+        reader="pread",
+        verify=True,
+        device=None,
+    ):
         """Open the bank saved in ``directory``; ``trainable=True`` reads every block into parameters."""
         config = config or MemoryBankConfig.from_pretrained(directory)
         meta = cls.read_index(directory)

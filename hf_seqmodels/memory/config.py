@@ -11,6 +11,7 @@ For the paper's 160M anchor (35 layers, d 512, blocks (256, 64, 16, 0), branchin
 (context-independent) memory adds one more block per level (sum_l s_l * 3 * d per layer); it is left out of
 ``bank_parameters`` unless ``include_generic=True``.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -53,13 +54,15 @@ class MemoryBankConfig:
     format_version: int = field(default=FORMAT_VERSION)
 
     def __post_init__(self):
-        if not isinstance(self.block_sizes, (list, tuple)) or not all(isinstance(s, int) and not isinstance(s, bool)
-                                                                      for s in self.block_sizes):
+        if not isinstance(self.block_sizes, (list, tuple)) or not all(
+            isinstance(s, int) and not isinstance(s, bool) for s in self.block_sizes
+        ):
             raise TypeError(f"MemoryBankConfig: `block_sizes` must be a sequence of ints, got {self.block_sizes!r}")
         self.block_sizes = tuple(int(s) for s in self.block_sizes)
         if not self.block_sizes or any(s < 0 for s in self.block_sizes) or sum(self.block_sizes) == 0:
             raise ValueError(
-                f"MemoryBankConfig: `block_sizes` must be non-negative with at least one level > 0, got {self.block_sizes}"
+                "MemoryBankConfig: `block_sizes` must be non-negative with at least one level > 0, got "
+                f"{self.block_sizes}"
             )
         if self.levels is not None and self.levels != len(self.block_sizes):
             raise ValueError(
@@ -70,15 +73,22 @@ class MemoryBankConfig:
         check_int("MemoryBankConfig", "branching", self.branching, minimum=2)
         if self.layers != "all":
             if not isinstance(self.layers, (list, tuple, range)) or not all(
-                    isinstance(i, int) and not isinstance(i, bool) for i in self.layers):
+                isinstance(i, int) and not isinstance(i, bool) for i in self.layers
+            ):
                 raise TypeError(f"MemoryBankConfig: `layers` must be 'all' or a list of ints, got {self.layers!r}")
             self.layers = sorted(set(int(i) for i in self.layers))
             if not self.layers:
                 raise ValueError("MemoryBankConfig: `layers` is empty")
             if self.layers[0] < 0:
                 raise ValueError(f"MemoryBankConfig: `layers` must be layer indices >= 0, got {self.layers}")
-        check_number("MemoryBankConfig", "generic_memory_prob", self.generic_memory_prob, positive=False,
-                     minimum=0.0, maximum=1.0)
+        check_number(
+            "MemoryBankConfig",
+            "generic_memory_prob",
+            self.generic_memory_prob,
+            positive=False,
+            minimum=0.0,
+            maximum=1.0,
+        )
         check_number("MemoryBankConfig", "memory_lr", self.memory_lr)
         check_number("MemoryBankConfig", "memory_weight_decay", self.memory_weight_decay, positive=False, minimum=0.0)
         check_number("MemoryBankConfig", "init_std", self.init_std, allow_none=True)
@@ -86,13 +96,14 @@ class MemoryBankConfig:
         if self.embedder is not None and not isinstance(self.embedder, str):
             raise TypeError(f"MemoryBankConfig: `embedder` must be a name (str) or None, got {self.embedder!r}")
         if self.format_version != FORMAT_VERSION:
-            raise ValueError(f"MemoryBankConfig: unsupported format_version {self.format_version} (this code reads "
-                             f"{FORMAT_VERSION})")
+            raise ValueError(
+                f"MemoryBankConfig: unsupported format_version {self.format_version} (this code reads {FORMAT_VERSION})"
+            )
 
     # -- sizes ---------------------------------------------------------------------------------------------------
     def clusters(self, level: int) -> int:
         """Number of clusters (blocks) at ``level`` (1-based)."""
-        return self.branching ** level
+        return self.branching**level
 
     @property
     def fetched_inner_size(self) -> int:

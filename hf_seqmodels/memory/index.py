@@ -21,6 +21,7 @@ distance on the L2-normalized embeddings) of the cluster chosen one level up. A 
 Saved as ``memory_index.safetensors`` (centroids and validity per level) + ``memory_index.json`` (levels, branching,
 window, seed, the embedder's spec: name and dimension). No pickle.
 """
+
 from __future__ import annotations
 
 import json
@@ -171,8 +172,14 @@ class MemoryIndex:
 
     # -- save / load ----------------------------------------------------------------------------------------------
     def to_json(self) -> dict:
-        return {"format_version": 1, "levels": self.levels, "branching": self.branching, "window": self.window,
-                "seed": self.seed, "embedder": self.embedder_spec}
+        return {
+            "format_version": 1,
+            "levels": self.levels,
+            "branching": self.branching,
+            "window": self.window,
+            "seed": self.seed,
+            "embedder": self.embedder_spec,
+        }
 
     def save_pretrained(self, directory) -> None:
         os.makedirs(directory, exist_ok=True)
@@ -205,8 +212,20 @@ class MemoryIndex:
             raise ValueError(f"memory index in {directory} lacks {e}") from None
 
 
-def build_memory_index(texts, levels=3, branching=16, embedder=None, window=1024, seed=0, model=None,
-                       tokenizer=None, iters=20, balance=1.5, progress=True, embed_dim=256) -> MemoryIndex:
+def build_memory_index(
+    texts,
+    levels=3,
+    branching=16,
+    embedder=None,
+    window=1024,
+    seed=0,
+    model=None,
+    tokenizer=None,
+    iters=20,
+    balance=1.5,
+    progress=True,
+    embed_dim=256,
+) -> MemoryIndex:
     """Embed the texts' windows and cluster them hierarchically; see the module docstring.
 
     ``embedder``: None (anchor mean-pooling when ``model`` and ``tokenizer`` are given, else the hashed byte-n-gram
@@ -222,7 +241,7 @@ def build_memory_index(texts, levels=3, branching=16, embedder=None, window=1024
     windows = []
     for t in texts:
         if window:
-            windows.extend(t[i:i + window] for i in range(0, max(len(t), 1), window))
+            windows.extend(t[i : i + window] for i in range(0, max(len(t), 1), window))
         else:
             windows.append(t)
     if not windows:
@@ -236,25 +255,23 @@ def build_memory_index(texts, levels=3, branching=16, embedder=None, window=1024
     members = [torch.arange(x.shape[0])]  # members of each node of the previous level
     parent_cent = x.mean(0, keepdim=True)
     for l in range(levels):
-        n_nodes = branching ** l
+        n_nodes = branching**l
         cent = torch.empty(n_nodes * branching, x.shape[1])
         val = torch.zeros(n_nodes * branching, dtype=torch.bool)
         child_members = []
-        for node in tqdm(range(n_nodes), desc=f"clustering level {l + 1}/{levels}", disable=not progress,
-                         leave=False):
+        for node in tqdm(range(n_nodes), desc=f"clustering level {l + 1}/{levels}", disable=not progress, leave=False):
             idx = members[node]
             lo = node * branching
-            cent[lo:lo + branching] = parent_cent[node]
+            cent[lo : lo + branching] = parent_cent[node]
             if len(idx) >= branching:
                 c, a = kmeans(x[idx], branching, gen, iters=iters, balance=balance)
-                cent[lo:lo + branching] = c
-                val[lo:lo + branching] = True
+                cent[lo : lo + branching] = c
+                val[lo : lo + branching] = True
                 child_members.extend(idx[a == j] for j in range(branching))
             else:
-                cent[lo:lo + len(idx)] = x[idx]
-                val[lo:lo + len(idx)] = True
-                child_members.extend([idx[j:j + 1] for j in range(len(idx))]
-                                     + [idx[:0]] * (branching - len(idx)))
+                cent[lo : lo + len(idx)] = x[idx]
+                val[lo : lo + len(idx)] = True
+                child_members.extend([idx[j : j + 1] for j in range(len(idx))] + [idx[:0]] * (branching - len(idx)))
         centroids.append(cent)
         valid.append(val)
         members, parent_cent = child_members, cent

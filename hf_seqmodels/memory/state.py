@@ -4,6 +4,7 @@
 (``model._memory_state``); the forward hooks read it, and :func:`use_memory_paths` / :func:`memory_disabled` change
 it for the length of a ``with`` block. This module imports nothing else of the memory package.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -45,14 +46,14 @@ def check_paths(paths, config, batch=None) -> torch.Tensor:
         raise ValueError(f"memory_paths must be an integer tensor [B, levels], got dtype {paths.dtype}")
     paths = paths.long().cpu()
     if paths.dim() != 2 or paths.shape[1] != config.levels:
-        raise ValueError(f"memory_paths must be [B, {config.levels}] (one cluster id per level), got "
-                         f"{tuple(paths.shape)}")
+        raise ValueError(
+            f"memory_paths must be [B, {config.levels}] (one cluster id per level), got {tuple(paths.shape)}"
+        )
     for l in range(config.levels):
         col = paths[:, l]
         n = config.clusters(l + 1)
         if bool(((col < -1) | (col >= n)).any()):
-            raise ValueError(f"memory_paths: level {l + 1} ids must be in [0, {n}) or -1 (generic), got "
-                             f"{col.tolist()}")
+            raise ValueError(f"memory_paths: level {l + 1} ids must be in [0, {n}) or -1 (generic), got {col.tolist()}")
     if batch is not None and paths.shape[0] != batch:
         if paths.shape[0] and batch % paths.shape[0] == 0:  # e.g. num_return_sequences expanded the batch
             paths = paths.repeat_interleave(batch // paths.shape[0], dim=0)

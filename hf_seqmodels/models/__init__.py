@@ -1,4 +1,5 @@
 """Registration of every architecture with the Auto classes (and PEFT's default LoRA targets), in one place."""
+
 import importlib.util
 
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM

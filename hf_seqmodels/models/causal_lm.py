@@ -5,6 +5,7 @@ parameters the generic init does not cover, how to initialize them (``init_extra
 a forward of its own (H-Net) reuses the input handling: :func:`padding_mask`, :func:`packed_sequences` and
 :func:`resolve_return_dict`.
 """
+
 from __future__ import annotations
 
 import torch
@@ -62,8 +63,9 @@ class SeqModelConfig(PretrainedConfig):
         if pad_token_id is not None:  # torch's Embedding asserts otherwise (it also takes -vocab_size..-1)
             check_int(where, "pad_token_id", pad_token_id, minimum=-vocab_size)
             if pad_token_id >= vocab_size:
-                raise ValueError(f"{where}.pad_token_id must be None or a token id < vocab_size ({vocab_size}), got "
-                                 f"{pad_token_id}")
+                raise ValueError(
+                    f"{where}.pad_token_id must be None or a token id < vocab_size ({vocab_size}), got {pad_token_id}"
+                )
         self.vocab_size = vocab_size
         self.hidden_size = hidden_size
         self.num_hidden_layers = num_hidden_layers
@@ -134,11 +136,14 @@ class SeqPreTrainedModel(PreTrainedModel):
         if inputs_embeds is not None:
             width = self.config.hidden_size
             if inputs_embeds.dim() != 3 or inputs_embeds.shape[-1] != width:
-                raise ValueError(f"`inputs_embeds` must be [batch, seq_len, hidden_size={width}], got shape "
-                                 f"{list(inputs_embeds.shape)}")
+                raise ValueError(
+                    f"`inputs_embeds` must be [batch, seq_len, hidden_size={width}], got shape "
+                    f"{list(inputs_embeds.shape)}"
+                )
             if inputs_embeds.shape[1] == 0:
-                raise ValueError(f"`inputs_embeds` has 0 positions (shape {list(inputs_embeds.shape)}): give at least "
-                                 "one position")
+                raise ValueError(
+                    f"`inputs_embeds` has 0 positions (shape {list(inputs_embeds.shape)}): give at least one position"
+                )
             return
         if input_ids.dim() != 2:
             raise ValueError(f"`input_ids` must be [batch, seq_len], got shape {tuple(input_ids.shape)}")
@@ -152,8 +157,10 @@ class SeqPreTrainedModel(PreTrainedModel):
             low, high = torch.aminmax(input_ids)
             low, high, vocab = int(low), int(high), self.config.vocab_size
             if low < 0 or high >= vocab:
-                raise ValueError(f"`input_ids` holds token id {low if low < 0 else high} but vocab_size is {vocab} "
-                                 f"(config field vocab_size): token ids must be in [0, {vocab})")
+                raise ValueError(
+                    f"`input_ids` holds token id {low if low < 0 else high} but vocab_size is {vocab} "
+                    f"(config field vocab_size): token ids must be in [0, {vocab})"
+                )
 
     def new_cache(self) -> RecurrentCache:
         """An empty cache with one slot per layer (an architecture with other slots overrides this)."""
@@ -200,15 +207,19 @@ class SeqPreTrainedModel(PreTrainedModel):
 
         where = f"{cls.__name__}.from_pretrained({path!r})"
         if args or "config" in kwargs or "state_dict" in kwargs:
-            raise ValueError(f"{where}: the folder is a {fmt.description} checkpoint, converted on load; pass no "
-                             "config, state_dict or other positional arguments")
+            raise ValueError(
+                f"{where}: the folder is a {fmt.description} checkpoint, converted on load; pass no "
+                "config, state_dict or other positional arguments"
+            )
         if kwargs.pop("use_safetensors", True) is False:
             raise ValueError(f"{where}: a {fmt.description} checkpoint is converted from safetensors weights only")
         converted = fmt.load(path)
         if not isinstance(converted.config, cls.config_class):
             lm_class = classes_for_config(converted.config)[2]
-            raise ValueError(f"{where}: the folder is a {fmt.description} checkpoint, which converts to "
-                             f"{lm_class.__name__}, not {cls.__name__}: load it with {lm_class.__name__}")
+            raise ValueError(
+                f"{where}: the folder is a {fmt.description} checkpoint, which converts to "
+                f"{lm_class.__name__}, not {cls.__name__}: load it with {lm_class.__name__}"
+            )
         model = super().from_pretrained(None, config=converted.config, state_dict=converted.state_dict, **kwargs)
         model.card_data = converted.card_data
         return model
@@ -315,7 +326,6 @@ class SeqModel(SeqPreTrainedModel):
         out = model_output(hidden_states, cache, tuple(all_hidden) if all_hidden is not None else None)
         return out if resolve_return_dict(return_dict, self.config) else out.to_tuple()
 
-
     def _check_packed(self, packed, mask, cache, use_cache):
         """Packed sequences (padding-free batches) need: no padding mask, no cache, and mixers that honour them."""
         if mask is not None:
@@ -355,13 +365,17 @@ def packed_sequences(batch_size, seq_len, position_ids, kwargs):
     cu_q, cu_k = kwargs.get("cu_seq_lens_q"), kwargs.get("cu_seq_lens_k")
     if cu_q is not None or cu_k is not None:
         if cu_q is None or cu_k is None or not torch.equal(torch.as_tensor(cu_q).cpu(), torch.as_tensor(cu_k).cpu()):
-            raise ValueError("`cu_seq_lens_q` and `cu_seq_lens_k` must both be given and equal (no key prefix or cache)")
+            raise ValueError(
+                "`cu_seq_lens_q` and `cu_seq_lens_k` must both be given and equal (no key prefix or cache)"
+            )
         packed = check_cu_seqlens("packed sequences", cu_q, batch_size, seq_len, name="cu_seq_lens_q")
     elif kwargs.get("seq_idx") is not None:
         seq_idx = kwargs["seq_idx"]
         if not isinstance(seq_idx, torch.Tensor) or seq_idx.shape != (batch_size, seq_len) or batch_size != 1:
-            raise ValueError(f"`seq_idx` must be a [1, T] = [1, {seq_len}] tensor of sequence indices, got "
-                             f"{getattr(seq_idx, 'shape', type(seq_idx).__name__)}")
+            raise ValueError(
+                f"`seq_idx` must be a [1, T] = [1, {seq_len}] tensor of sequence indices, got "
+                f"{getattr(seq_idx, 'shape', type(seq_idx).__name__)}"
+            )
         ids = seq_idx[0].long()
         if seq_len > 1 and bool((ids[1:] < ids[:-1]).any()):
             raise ValueError("`seq_idx` must be non-decreasing (the sequence of each token, in order)")
@@ -377,7 +391,9 @@ def packed_sequences(batch_size, seq_len, position_ids, kwargs):
         if not bool(restart.any()) or not bool((pos[1:][restart] == pos[0]).all()):
             return None  # consecutive positions (one sequence), or not a restarting pattern
         starts = (torch.nonzero(restart).flatten() + 1).tolist()
-        packed = check_cu_seqlens("packed sequences", torch.tensor([0, *starts, seq_len]), 1, seq_len, name="position_ids")
+        packed = check_cu_seqlens(
+            "packed sequences", torch.tensor([0, *starts, seq_len]), 1, seq_len, name="position_ids"
+        )
     return packed if packed.N > 1 else None
 
 

@@ -1,6 +1,7 @@
 """H-Net training helpers (Hwang et al., 2025, arXiv 2507.07955): the reference's per-stage learning rates and
 weight-decay split (:func:`hnet_parameter_groups`), and a ``Trainer`` callback that logs the compression
 (:class:`HNetCompressionCallback`)."""
+
 from __future__ import annotations
 
 from transformers import TrainerCallback
@@ -23,8 +24,9 @@ def hnet_parameter_groups(model, lr: float, weight_decay: float = 0.1, lr_multip
         raise ValueError(f"hnet_parameter_groups: {type(model).__name__} holds no H-Net stage")
     multipliers = list(lr_multipliers if lr_multipliers is not None else stages[0][1].lr_multipliers)
     if len(multipliers) != len(stages):
-        raise ValueError(f"hnet_parameter_groups: lr_multipliers needs one entry per stage ({len(stages)}), got "
-                         f"{multipliers}")
+        raise ValueError(
+            f"hnet_parameter_groups: lr_multipliers needs one entry per stage ({len(stages)}), got {multipliers}"
+        )
     groups: dict[tuple, dict] = {}
     for name, param in model.named_parameters():
         if not param.requires_grad:
@@ -33,8 +35,15 @@ def hnet_parameter_groups(model, lr: float, weight_decay: float = 0.1, lr_multip
         stage = max(owner) if owner else 0
         no_decay = param.dim() < 2 or name.endswith(".bias") or "norm" in name.rsplit(".", 2)[-2].lower()
         key = (stage, no_decay)
-        group = groups.setdefault(key, {"params": [], "lr": lr * multipliers[stage],
-                                        "weight_decay": 0.0 if no_decay else weight_decay, "stage": stage})
+        group = groups.setdefault(
+            key,
+            {
+                "params": [],
+                "lr": lr * multipliers[stage],
+                "weight_decay": 0.0 if no_decay else weight_decay,
+                "stage": stage,
+            },
+        )
         group["params"].append(param)
     return [groups[k] for k in sorted(groups)]
 

@@ -1,4 +1,5 @@
 """The benchmark command, the MQAR generator and trainer, and sliding-window perplexity."""
+
 import argparse
 import json
 import math
@@ -19,7 +20,6 @@ from hf_seqmodels.evaluation.mqar import (
 )
 from hf_seqmodels.evaluation.perplexity import perplexity, perplexity_of_ids
 
-
 # ---------------------------------------------------------------------------------------------------------------- MQAR
 
 
@@ -29,7 +29,7 @@ def test_mqar_structure(L, K, V, fresh_seed):
     x, y = mqar_data(N, L, K, V, seed=fresh_seed)
     assert x.shape == y.shape == (N, L) and x.dtype == y.dtype == torch.long
     assert int(x.min()) >= 0 and int(x.max()) < V
-    keys, values = x[:, 0:2 * K:2], x[:, 1:2 * K:2]
+    keys, values = x[:, 0 : 2 * K : 2], x[:, 1 : 2 * K : 2]
     assert bool(((keys >= 1) & (keys < V // 2)).all())
     assert bool(((values >= V // 2) & (values < V)).all())
     for i in range(N):
@@ -67,7 +67,7 @@ def test_mqar_power_law_placement():
     p = query_gap_probs(space, 0.01)
     assert p.shape == (space,) and math.isclose(float(p.sum()), 1.0, rel_tol=1e-9)
     assert bool((p[1:] < p[:-1]).all())  # decreasing: queries favour slots near the pairs
-    assert math.isclose(float(p[1] / p[0]), 2 ** -0.99, rel_tol=1e-9)
+    assert math.isclose(float(p[1] / p[0]), 2**-0.99, rel_tol=1e-9)
     # empirical gap histogram (K=1: a single draw per row, so no without-replacement effects)
     N, K = 20000, 1
     L = 2 * K + 2 * space
@@ -77,11 +77,14 @@ def test_mqar_power_law_placement():
     assert torch.allclose(freq, p, atol=0.015)
 
 
-@pytest.mark.parametrize("kwargs,name", [
-    (dict(num_examples=0, seq_len=64, num_pairs=4), "num_examples"),
-    (dict(num_examples=2, seq_len=15, num_pairs=4), "seq_len"),
-    (dict(num_examples=2, seq_len=64, num_pairs=4, vocab_size=8), "vocab_size"),
-])
+@pytest.mark.parametrize(
+    "kwargs,name",
+    [
+        (dict(num_examples=0, seq_len=64, num_pairs=4), "num_examples"),
+        (dict(num_examples=2, seq_len=15, num_pairs=4), "seq_len"),
+        (dict(num_examples=2, seq_len=64, num_pairs=4, vocab_size=8), "vocab_size"),
+    ],
+)
 def test_mqar_bad_arguments(kwargs, name):
     with pytest.raises(ValueError, match=name):
         mqar_data(**kwargs)
@@ -109,8 +112,9 @@ def test_mqar_pararnn_configs(name, cell):
     assert config.tie_word_embeddings
     assert config.intermediate_size == make_mqar_config("llama", 64, 2, 300).intermediate_size
     history = []
-    acc = train_and_score(make_mqar_config(name, 16, 1, 32), 16, 2, 32, 16, 1e-3, 1, 16, progress=False,
-                          history=history)
+    acc = train_and_score(
+        make_mqar_config(name, 16, 1, 32), 16, 2, 32, 16, 1e-3, 1, 16, progress=False, history=history
+    )
     assert 0.0 <= acc <= 1.0 and len(history) == 2 and all(math.isfinite(h) for h in history)
 
 
@@ -132,8 +136,9 @@ def test_train_and_score_learns():
 
 def test_train_and_score_gla_runs_and_bad_args():
     history = []
-    acc = train_and_score(make_mqar_config("gla", 32, 1, 32), 16, 2, 64, 32, 1e-3, 1, 32, progress=False,
-                          history=history)
+    acc = train_and_score(
+        make_mqar_config("gla", 32, 1, 32), 16, 2, 64, 32, 1e-3, 1, 32, progress=False, history=history
+    )
     assert 0.0 <= acc <= 1.0 and len(history) == 2 and all(math.isfinite(h) for h in history)
     with pytest.raises(ValueError, match="lr"):
         train_and_score(make_mqar_config("gla", 32, 1, 32), 16, 2, 64, 32, -1.0, 1, 32, progress=False)
@@ -207,7 +212,7 @@ def test_perplexity_of_ids_by_its_definition(context, stride):
         if not begins:
             continue
         with torch.no_grad():
-            logits = model(input_ids=ids[None, begins[0]:j], use_cache=False).logits[0, -1]
+            logits = model(input_ids=ids[None, begins[0] : j], use_cache=False).logits[0, -1]
         nll -= F.log_softmax(logits.double(), -1)[ids[j]].item()
         count += 1
     assert count == (n - 1 if stride < context else n - 1 - (n - 1) // context)
@@ -236,8 +241,27 @@ def _run(module, argv):
 
 def test_bench_quick_writes_png_and_json(tmp_path, capsys):
     out = tmp_path / "bench"
-    assert _run(bench, ["bench", "--quick", "--seq-lens", "64,128", "--heads", "2", "--head-dim", "16",
-                        "--max-seconds", "120", "--out", str(out), "--no-progress"]) == 0
+    assert (
+        _run(
+            bench,
+            [
+                "bench",
+                "--quick",
+                "--seq-lens",
+                "64,128",
+                "--heads",
+                "2",
+                "--head-dim",
+                "16",
+                "--max-seconds",
+                "120",
+                "--out",
+                str(out),
+                "--no-progress",
+            ],
+        )
+        == 0
+    )
     data = json.loads((out / "bench_gla.json").read_text())
     assert (out / "bench_gla.png").stat().st_size > 1000
     methods = {r["method"] for r in data["results"]}
@@ -251,8 +275,28 @@ def test_bench_quick_writes_png_and_json(tmp_path, capsys):
 @pytest.mark.parametrize("cell", ["gru", "lstm"])
 def test_bench_pararnn_sections(cell, tmp_path, capsys):
     out = tmp_path / "bench"
-    assert _run(bench, ["bench", "--section", f"para{cell}", "--seq-lens", "8,33", "--hidden-size", "16",
-                        "--repeats", "1", "--max-seconds", "120", "--out", str(out), "--no-progress"]) == 0
+    assert (
+        _run(
+            bench,
+            [
+                "bench",
+                "--section",
+                f"para{cell}",
+                "--seq-lens",
+                "8,33",
+                "--hidden-size",
+                "16",
+                "--repeats",
+                "1",
+                "--max-seconds",
+                "120",
+                "--out",
+                str(out),
+                "--no-progress",
+            ],
+        )
+        == 0
+    )
     data = json.loads((out / f"bench_para{cell}.json").read_text())
     ours, sequential, peer = f"para{cell}-parallel", f"para{cell}-sequential", f"torch.nn.{cell.upper()}"
     assert {r["method"] for r in data["results"]} == {ours, sequential, peer}
@@ -264,8 +308,27 @@ def test_bench_pararnn_sections(cell, tmp_path, capsys):
 
 def test_bench_skips_slow_methods(tmp_path, capsys):
     out = tmp_path / "bench"
-    _run(bench, ["bench", "--seq-lens", "32,64", "--modes", "fwd", "--repeats", "1", "--max-seconds", "1e-9",
-                 "--heads", "1", "--head-dim", "8", "--out", str(out), "--no-progress"])
+    _run(
+        bench,
+        [
+            "bench",
+            "--seq-lens",
+            "32,64",
+            "--modes",
+            "fwd",
+            "--repeats",
+            "1",
+            "--max-seconds",
+            "1e-9",
+            "--heads",
+            "1",
+            "--head-dim",
+            "8",
+            "--out",
+            str(out),
+            "--no-progress",
+        ],
+    )
     data = json.loads((out / "bench_gla.json").read_text())
     assert all(r["skipped"] == ">1e-09 s" for r in data["results"])
     assert "skipped (>1e-09 s)" in capsys.readouterr().out
@@ -282,9 +345,38 @@ def test_bench_bad_arguments(tmp_path):
 
 def test_eval_mqar_command(tmp_path, capsys):
     out = tmp_path / "mqar.json"
-    _run(eval_cli, ["eval", "mqar", "--config", "gla", "--d-model", "32", "--layers", "1", "--vocab-size", "64",
-                    "--lens", "16", "--pairs", "2", "--lrs", "1e-3,3e-3", "--num-train", "64", "--num-test", "32",
-                    "--epochs", "1", "--batch-size", "32", "--out", str(out), "--no-progress"])
+    _run(
+        eval_cli,
+        [
+            "eval",
+            "mqar",
+            "--config",
+            "gla",
+            "--d-model",
+            "32",
+            "--layers",
+            "1",
+            "--vocab-size",
+            "64",
+            "--lens",
+            "16",
+            "--pairs",
+            "2",
+            "--lrs",
+            "1e-3,3e-3",
+            "--num-train",
+            "64",
+            "--num-test",
+            "32",
+            "--epochs",
+            "1",
+            "--batch-size",
+            "32",
+            "--out",
+            str(out),
+            "--no-progress",
+        ],
+    )
     rows = json.loads(out.read_text())["results"]
     assert len(rows) == 1 and rows[0]["L"] == 16 and rows[0]["K"] == 2 and set(rows[0]["by_lr"]) == {"0.001", "0.003"}
     assert rows[0]["accuracy"] == max(rows[0]["by_lr"].values())
@@ -294,8 +386,8 @@ def test_eval_mqar_command(tmp_path, capsys):
 
 
 def test_eval_ppl_command(tmp_path, capsys):
-    from transformers import PreTrainedTokenizerFast
     from tokenizers import Regex, Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
 
     model = _tiny_model()
     model.save_pretrained(tmp_path / "m")
@@ -305,15 +397,43 @@ def test_eval_ppl_command(tmp_path, capsys):
     raw.pre_tokenizer = pre_tokenizers.Split(Regex("."), "isolated")
     PreTrainedTokenizerFast(tokenizer_object=raw, unk_token="[UNK]").save_pretrained(tmp_path / "m")
     (tmp_path / "t.txt").write_text("hello world, this is a test of perplexity. " * 3)
-    _run(eval_cli, ["eval", "ppl", "--model", str(tmp_path / "m"), "--text", str(tmp_path / "t.txt"),
-                    "--context", "32", "--no-progress"])
+    _run(
+        eval_cli,
+        [
+            "eval",
+            "ppl",
+            "--model",
+            str(tmp_path / "m"),
+            "--text",
+            str(tmp_path / "t.txt"),
+            "--context",
+            "32",
+            "--no-progress",
+        ],
+    )
     line = capsys.readouterr().out
     value = float(line.split()[1])
     assert 1.0 < value < 1000
     # --stride equal to --context (allowed by its help; it used to crash): non-overlapping blocks, the same figure as
     # the Python function on the same token ids
-    _run(eval_cli, ["eval", "ppl", "--model", str(tmp_path / "m"), "--text", str(tmp_path / "t.txt"),
-                    "--context", "16", "--stride", "16", "--max-tokens", "100", "--no-progress"])
+    _run(
+        eval_cli,
+        [
+            "eval",
+            "ppl",
+            "--model",
+            str(tmp_path / "m"),
+            "--text",
+            str(tmp_path / "t.txt"),
+            "--context",
+            "16",
+            "--stride",
+            "16",
+            "--max-tokens",
+            "100",
+            "--no-progress",
+        ],
+    )
     value = float(capsys.readouterr().out.split()[1])
     tok = PreTrainedTokenizerFast.from_pretrained(tmp_path / "m")
     ids = torch.tensor(tok((tmp_path / "t.txt").read_text(), add_special_tokens=False)["input_ids"][:100])

@@ -2,6 +2,7 @@
 traceback); a tokenizer saved with every model the CLI trains; model cards that stay current and say only what is
 known; help with defaults, ``--version``, progress bars, unambiguous benchmark ratios; commands that write a model
 never write into their input or over a model without ``--overwrite``, and leave no half folder."""
+
 from __future__ import annotations
 
 import argparse
@@ -40,9 +41,18 @@ def _char_tokenizer():
 def _tiny_llama_folder(path, tokenizer=True, license=None):
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    config = LlamaConfig(vocab_size=128, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
-                         bos_token_id=None, eos_token_id=None, pad_token_id=0)
+    config = LlamaConfig(
+        vocab_size=128,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
+        bos_token_id=None,
+        eos_token_id=None,
+        pad_token_id=0,
+    )
     LlamaForCausalLM(config).save_pretrained(path)
     if tokenizer:
         _char_tokenizer().save_pretrained(path)
@@ -93,6 +103,7 @@ def _cli_error(capsys, argv) -> str:
 
 def _write_gguf(path, tensors, data_bytes=0, arch="llama"):
     """A minimal GGUF v3 file: general.architecture, ``tensors`` as (name, dims) F32 infos, ``data_bytes`` of data."""
+
     def string(s):
         b = s.encode()
         return struct.pack("<Q", len(b)) + b
@@ -113,21 +124,39 @@ def _write_gguf(path, tensors, data_bytes=0, arch="llama"):
 
 
 def _linearize_argv(model, out, text, *extra):
-    return ["linearize", "--model", str(model), "--out", str(out), "--train-text", str(text), "--steps", "1",
-            "--seq-len", "16", "--window", "4", "--no-progress", *extra]
+    return [
+        "linearize",
+        "--model",
+        str(model),
+        "--out",
+        str(out),
+        "--train-text",
+        str(text),
+        "--steps",
+        "1",
+        "--seq-len",
+        "16",
+        "--window",
+        "4",
+        "--no-progress",
+        *extra,
+    ]
 
 
 # ------------------------------------------------------------------- 1. errors early, as argparse-style messages
 
 
-@pytest.mark.parametrize("flags, message", [
-    (["--lora-r", "0"], "--lora-r must be >= 1"),
-    (["--lr", "-0.001"], "--lr must be a finite number > 0"),
-    (["--transfer-lr", "0"], "--transfer-lr must be a finite number > 0"),
-    (["--lora-targets", "q_proj,qkv"], "['qkv'] is not a linear layer of a liger model"),
-    (["--seq-len", "4096"], "--seq-len 4096 is longer than the base model's context length (64)"),
-    (["--steps", "-2"], "--steps must be >= 0"),
-])
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--lora-r", "0"], "--lora-r must be >= 1"),
+        (["--lr", "-0.001"], "--lr must be a finite number > 0"),
+        (["--transfer-lr", "0"], "--transfer-lr must be a finite number > 0"),
+        (["--lora-targets", "q_proj,qkv"], "['qkv'] is not a linear layer of a liger model"),
+        (["--seq-len", "4096"], "--seq-len 4096 is longer than the base model's context length (64)"),
+        (["--steps", "-2"], "--steps must be >= 0"),
+    ],
+)
 def test_linearize_checks_flags_before_loading(llama_dir, text_file, tmp_path, capsys, nothing_loads, flags, message):
     argv = _linearize_argv(llama_dir, tmp_path / "out", text_file)
     assert message in _cli_error(capsys, argv + flags)  # a flag given twice: the last one counts
@@ -142,8 +171,9 @@ def test_linearize_checks_the_output_folder_before_loading(llama_dir, text_file,
     assert "exists and is not a folder" in err
 
 
-def test_linearize_refuses_an_unwritable_output_folder(llama_dir, text_file, tmp_path, capsys, nothing_loads,
-                                                       monkeypatch):
+def test_linearize_refuses_an_unwritable_output_folder(
+    llama_dir, text_file, tmp_path, capsys, nothing_loads, monkeypatch
+):
     locked = tmp_path / "locked"
     locked.mkdir()
     locked.chmod(0o500)
@@ -184,7 +214,9 @@ def test_truncated_gguf_is_named_truncated(tmp_path, text_file, capsys, nothing_
     _write_gguf(folder / "cut.gguf", [("token_embd.weight", [8, 16]), ("output_norm.weight", [8])], data_bytes=100)
     err = _cli_error(capsys, _linearize_argv(folder, tmp_path / "out", text_file, "--gguf-file", "cut.gguf"))
     assert "the GGUF file is truncated" in err and "download it again" in err
-    err = _cli_error(capsys, ["eval", "ppl", "--model", str(folder), "--gguf-file", "cut.gguf", "--text", str(text_file)])
+    err = _cli_error(
+        capsys, ["eval", "ppl", "--model", str(folder), "--gguf-file", "cut.gguf", "--text", str(text_file)]
+    )
     assert "truncated" in err
     # ... and a file cut inside its header (struct.error in a plain parser)
     data = (folder / "cut.gguf").read_bytes()
@@ -192,8 +224,9 @@ def test_truncated_gguf_is_named_truncated(tmp_path, text_file, capsys, nothing_
     with pytest.raises(ValueError, match="truncated"):
         gguf.check_gguf_file(str(folder / "head.gguf"))
     # a complete one passes
-    _write_gguf(folder / "ok.gguf", [("token_embd.weight", [8, 16]), ("output_norm.weight", [8])],
-                data_bytes=4 * 8 * 16 + 32)
+    _write_gguf(
+        folder / "ok.gguf", [("token_embd.weight", [8, 16]), ("output_norm.weight", [8])], data_bytes=4 * 8 * 16 + 32
+    )
     assert gguf.check_gguf_file(str(folder / "ok.gguf"))["general.architecture"] == "llama"
 
 
@@ -217,8 +250,10 @@ def test_pickle_only_folder_is_refused_by_name(tmp_path, text_file, capsys, noth
     LlamaConfig(vocab_size=128, hidden_size=32, num_hidden_layers=1, num_attention_heads=4).save_pretrained(folder)
     (folder / "pytorch_model.bin").write_bytes(b"not really a pickle")
     _char_tokenizer().save_pretrained(folder)
-    for argv in (_linearize_argv(folder, tmp_path / "out", text_file),
-                 ["eval", "ppl", "--model", str(folder), "--text", str(text_file)]):
+    for argv in (
+        _linearize_argv(folder, tmp_path / "out", text_file),
+        ["eval", "ppl", "--model", str(folder), "--text", str(text_file)],
+    ):
         err = _cli_error(capsys, argv)
         assert "pytorch_model.bin, a pickle file" in err and "unpickling" in err
 
@@ -226,8 +261,9 @@ def test_pickle_only_folder_is_refused_by_name(tmp_path, text_file, capsys, noth
 def test_our_models_name_the_pickle_file_they_refuse(tmp_path):
     from transformers import AutoModelForCausalLM
 
-    model = AutoModelForCausalLM.from_config(hf_seqmodels.GLAConfig(vocab_size=32, hidden_size=16, num_heads=2,
-                                                                    num_hidden_layers=1))
+    model = AutoModelForCausalLM.from_config(
+        hf_seqmodels.GLAConfig(vocab_size=32, hidden_size=16, num_heads=2, num_hidden_layers=1)
+    )
     model.config.save_pretrained(tmp_path)
     torch.save(model.state_dict(), tmp_path / "pytorch_model.bin")
     with pytest.raises(OSError, match=r"only as pytorch_model.bin, a pickle file.*arbitrary code"):
@@ -236,18 +272,23 @@ def test_our_models_name_the_pickle_file_they_refuse(tmp_path):
 
 def test_folder_without_tokenizer_says_so(tmp_path, text_file, capsys, nothing_loads):
     folder = _tiny_llama_folder(tmp_path / "no-tok", tokenizer=False)
-    for argv in (_linearize_argv(folder, tmp_path / "out", text_file),
-                 ["eval", "ppl", "--model", str(folder), "--text", str(text_file)]):
+    for argv in (
+        _linearize_argv(folder, tmp_path / "out", text_file),
+        ["eval", "ppl", "--model", str(folder), "--text", str(text_file)],
+    ):
         err = _cli_error(capsys, argv)
         assert "has no tokenizer" in err and "tokenizer.save_pretrained" in err and "sentencepiece" not in err
 
 
-@pytest.mark.parametrize("flags, message", [
-    (["--context", "1"], "--context must be >= 2"),
-    (["--context", "8", "--stride", "9"], "--stride 9 must be at most --context 8"),
-    (["--stride", "0"], "--stride must be >= 1"),
-    (["--max-tokens", "1"], "--max-tokens must be >= 2"),
-])
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--context", "1"], "--context must be >= 2"),
+        (["--context", "8", "--stride", "9"], "--stride 9 must be at most --context 8"),
+        (["--stride", "0"], "--stride must be >= 1"),
+        (["--max-tokens", "1"], "--max-tokens must be >= 2"),
+    ],
+)
 def test_eval_ppl_checks_flags_before_loading(llama_dir, text_file, capsys, nothing_loads, flags, message):
     err = _cli_error(capsys, ["eval", "ppl", "--model", str(llama_dir), "--text", str(text_file), *flags])
     assert message in err
@@ -259,20 +300,24 @@ def test_eval_ppl_missing_text(llama_dir, tmp_path, capsys, nothing_loads):
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
-@pytest.mark.parametrize("command", [["eval", "ppl"], ["eval", "mqar"], ["demo"], ["bench"], ["linearize"],
-                                     ["hnet-chunks"]])
+@pytest.mark.parametrize(
+    "command", [["eval", "ppl"], ["eval", "mqar"], ["demo"], ["bench"], ["linearize"], ["hnet-chunks"]]
+)
 def test_device_cuda_without_cuda_is_an_argparse_error(command, capsys):
     err = _cli_error(capsys, [*command, "--device", "cuda", "--model", "m", "--text", "t"])  # device parsed first
     assert "--device cuda: CUDA is not available on this machine" in err
 
 
-@pytest.mark.parametrize("flags, message", [
-    (["--text", "missing.txt"], "--text must be a readable file, got 'missing.txt' (not found)"),
-    (["--seq-len", "0"], "--seq-len must be >= 2"),
-    (["--batch-size", "0"], "--batch-size must be >= 1"),
-    (["--steps", "0"], "--steps must be >= 1"),
-    (["--lr", "nan"], "--lr must be a finite number > 0"),
-])
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--text", "missing.txt"], "--text must be a readable file, got 'missing.txt' (not found)"),
+        (["--seq-len", "0"], "--seq-len must be >= 2"),
+        (["--batch-size", "0"], "--batch-size must be >= 1"),
+        (["--steps", "0"], "--steps must be >= 1"),
+        (["--lr", "nan"], "--lr must be a finite number > 0"),
+    ],
+)
 def test_demo_flag_errors_are_clean(flags, message, capsys, tmp_path):
     err = _cli_error(capsys, ["demo", "--out", str(tmp_path / "d"), *flags])
     assert message in err
@@ -287,8 +332,9 @@ def test_demo_checks_out_and_text_length_before_training(tmp_path, capsys, monke
     assert "is not a folder" in _cli_error(capsys, ["demo", "--out", str(blocker / "out")])
     short = tmp_path / "short.txt"
     short.write_text("too short")
-    assert "--text is too short for --seq-len 128" in _cli_error(capsys, ["demo", "--text", str(short),
-                                                                         "--out", str(tmp_path / "o")])
+    assert "--text is too short for --seq-len 128" in _cli_error(
+        capsys, ["demo", "--text", str(short), "--out", str(tmp_path / "o")]
+    )
 
 
 def test_other_commands_check_their_output_before_working(tmp_path, capsys, monkeypatch):
@@ -301,7 +347,9 @@ def test_other_commands_check_their_output_before_working(tmp_path, capsys, monk
     monkeypatch.setattr(mqar, "train_and_score", lambda *a, **k: pytest.fail("training started"))
     assert "is not a folder" in _cli_error(capsys, ["eval", "mqar", "--out", str(blocker / "r.json")])
     assert "is a folder; give a file name" in _cli_error(capsys, ["eval", "mqar", "--out", str(tmp_path)])
-    err = _cli_error(capsys, ["hnet-chunks", "--model", str(tmp_path), "--text", "abc", "--out", str(blocker / "c.png")])
+    err = _cli_error(
+        capsys, ["hnet-chunks", "--model", str(tmp_path), "--text", "abc", "--out", str(blocker / "c.png")]
+    )
     assert "--out" in err and "is not a folder" in err
 
 
@@ -314,8 +362,28 @@ def demo_dir(tmp_path_factory):
     text = root / "text.txt"
     text.write_text("It was the best of times, it was the worst of times. " * 60)
     torch.set_num_threads(1)
-    assert main(["demo", "--text", str(text), "--out", str(root / "gla"), "--steps", "3", "--batch-size", "2",
-                 "--seq-len", "16", "--hidden-size", "16", "--layers", "1"]) == 0
+    assert (
+        main(
+            [
+                "demo",
+                "--text",
+                str(text),
+                "--out",
+                str(root / "gla"),
+                "--steps",
+                "3",
+                "--batch-size",
+                "2",
+                "--seq-len",
+                "16",
+                "--hidden-size",
+                "16",
+                "--layers",
+                "1",
+            ]
+        )
+        == 0
+    )
     return root
 
 
@@ -329,8 +397,24 @@ def test_demo_saves_a_tokenizer_that_pipeline_and_eval_ppl_use(demo_dir, capsys)
     out = pipeline("text-generation", model=str(folder))("The ", max_new_tokens=4, do_sample=False)
     assert out[0]["generated_text"].startswith("The ")
     capsys.readouterr()
-    assert main(["eval", "ppl", "--model", str(folder), "--text", str(demo_dir / "text.txt"), "--context", "32",
-                 "--max-tokens", "200", "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                "ppl",
+                "--model",
+                str(folder),
+                "--text",
+                str(demo_dir / "text.txt"),
+                "--context",
+                "32",
+                "--max-tokens",
+                "200",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     assert "perplexity" in capsys.readouterr().out
 
 
@@ -346,14 +430,15 @@ def test_demo_card_data_stays_out_of_config_json(demo_dir):
 
 def _front(path) -> dict:
     lines = path.read_text().splitlines()
-    return yaml.safe_load("\n".join(lines[1:lines.index("---", 1)]))
+    return yaml.safe_load("\n".join(lines[1 : lines.index("---", 1)]))
 
 
 def _gla(layers):
     from transformers import AutoModelForCausalLM
 
-    return AutoModelForCausalLM.from_config(hf_seqmodels.GLAConfig(vocab_size=32, hidden_size=16, num_heads=2,
-                                                                   num_hidden_layers=layers))
+    return AutoModelForCausalLM.from_config(
+        hf_seqmodels.GLAConfig(vocab_size=32, hidden_size=16, num_heads=2, num_hidden_layers=layers)
+    )
 
 
 def test_saving_again_rewrites_our_card_but_not_the_users(tmp_path):
@@ -369,8 +454,9 @@ def test_saving_again_rewrites_our_card_but_not_the_users(tmp_path):
     _gla(2).save_pretrained(tmp_path / "m")
     assert (tmp_path / "m" / "README.md").read_text() == "# My model\n\nHand-written.\n"
     # a card generated before the marker existed (our template's tag and section) is rewritten
-    (tmp_path / "m" / "README.md").write_text("---\ntags:\n- hf-seqmodels\n---\n| layers | 1 |\n"
-                                              "## Results recorded at save time\n")
+    (tmp_path / "m" / "README.md").write_text(
+        "---\ntags:\n- hf-seqmodels\n---\n| layers | 1 |\n## Results recorded at save time\n"
+    )
     _gla(2).save_pretrained(tmp_path / "m")
     assert "| layers | 2 |" in (tmp_path / "m" / "README.md").read_text()
 
@@ -443,10 +529,14 @@ def test_every_flag_has_help_and_shows_its_default():
             assert action.help, f"{parser.prog} {action.option_strings} has no help"
         formatter = parser._get_formatter()
         for action in parser._actions:
-            if action.option_strings and action.default not in (None, False, argparse.SUPPRESS) \
-                    and not isinstance(action, (argparse._HelpAction, argparse._VersionAction)):
-                assert "default:" in formatter._format_action(action), \
+            if (
+                action.option_strings
+                and action.default not in (None, False, argparse.SUPPRESS)
+                and not isinstance(action, (argparse._HelpAction, argparse._VersionAction))
+            ):
+                assert "default:" in formatter._format_action(action), (
                     f"{parser.prog} {action.option_strings[-1]}: default {action.default!r} not shown"
+                )
 
 
 def test_version(capsys):
@@ -458,13 +548,16 @@ def test_version(capsys):
 
 def test_linearize_perplexity_stages_show_progress(llama_dir, text_file, tmp_path, capsys):
     torch.set_num_threads(1)
-    argv = _linearize_argv(llama_dir, tmp_path / "out", text_file, "--eval-text", str(text_file),
-                           "--eval-tokens", "64")
+    argv = _linearize_argv(llama_dir, tmp_path / "out", text_file, "--eval-text", str(text_file), "--eval-tokens", "64")
     argv.remove("--no-progress")
     assert main(argv) == 0
     captured = capsys.readouterr()
-    for stage in ("perplexity of the base model", "perplexity after conversion", "LoRA fine-tune",
-                  "perplexity after fine-tuning"):
+    for stage in (
+        "perplexity of the base model",
+        "perplexity after conversion",
+        "LoRA fine-tune",
+        "perplexity after fine-tuning",
+    ):
         assert stage in captured.err, f"no progress bar for {stage!r}"
     assert "perplexity after fine-tuning" in captured.out
     assert (tmp_path / "out" / "tokenizer.json").is_file()
@@ -473,9 +566,11 @@ def test_linearize_perplexity_stages_show_progress(llama_dir, text_file, tmp_pat
 
 
 def test_bench_ratio_columns_say_faster_or_slower():
-    records = [{"mode": "fwd", "T": 64, "method": "gla", "median_s": 0.01},
-               {"mode": "fwd", "T": 64, "method": "sdpa", "median_s": 0.021},
-               {"mode": "fwd", "T": 64, "method": "loop", "median_s": 0.005}]
+    records = [
+        {"mode": "fwd", "T": 64, "method": "gla", "median_s": 0.01},
+        {"mode": "fwd", "T": 64, "method": "sdpa", "median_s": 0.021},
+        {"mode": "fwd", "T": 64, "method": "loop", "median_s": 0.005},
+    ]
     table = bench.format_table(records, "gla", ["sdpa", "loop"])
     header = table.splitlines()[0]
     assert "gla vs sdpa" in header and "gla vs loop" in header and "/" not in header
@@ -503,8 +598,9 @@ def test_linearize_refuses_to_write_into_its_input(llama_dir, text_file, capsys,
     assert sorted(os.listdir(llama_dir)) == before
 
 
-def test_linearize_refuses_an_existing_model_folder_without_overwrite(llama_dir, text_file, tmp_path, capsys,
-                                                                      nothing_loads):
+def test_linearize_refuses_an_existing_model_folder_without_overwrite(
+    llama_dir, text_file, tmp_path, capsys, nothing_loads
+):
     earlier = _tiny_llama_folder(tmp_path / "earlier")
     before = {p.name: p.read_bytes() for p in earlier.iterdir()}
     err = _cli_error(capsys, _linearize_argv(llama_dir, earlier, text_file))
@@ -516,8 +612,9 @@ def test_linearize_overwrite_replaces_only_after_success(llama_dir, text_file, t
     torch.set_num_threads(1)
     earlier = _tiny_llama_folder(tmp_path / "earlier")
     before = {p.name: p.read_bytes() for p in earlier.iterdir()}
-    import hf_seqmodels.models.liger.modeling_liger  # noqa: F401
     from transformers import PreTrainedModel
+
+    import hf_seqmodels.models.liger.modeling_liger  # noqa: F401
 
     real_save = PreTrainedModel.save_pretrained
 
@@ -543,8 +640,14 @@ def test_linearize_card_perplexity_is_what_eval_ppl_gives(llama_dir, text_file, 
     """The card states its method, and `eval ppl` with the settings it names reproduces its figure."""
     torch.set_num_threads(1)
     out = tmp_path / "out"
-    assert main(_linearize_argv(llama_dir, out, text_file, "--steps", "0", "--eval-text", str(text_file),
-                                "--eval-tokens", "100")) == 0
+    assert (
+        main(
+            _linearize_argv(
+                llama_dir, out, text_file, "--steps", "0", "--eval-text", str(text_file), "--eval-tokens", "100"
+            )
+        )
+        == 0
+    )
     card = (out / "README.md").read_text()
     figure = float(re.search(r"\| perplexity right after conversion \| ([\d.]+) \|", card).group(1))
     command = re.search(r"hf-seqmodels eval ppl [^|]*--max-tokens \d+", card).group(0)
@@ -560,11 +663,15 @@ def test_linearize_card_perplexity_is_what_eval_ppl_gives(llama_dir, text_file, 
 # ------------------------------------------------------ 4. optional packages, texts and progress, before the work
 
 
-@pytest.mark.parametrize("missing, argv, message", [
-    ("peft", ["--steps", "1"], "linearize needs peft (LoRA fine-tuning, --steps > 0)"),
-])
-def test_linearize_checks_optional_packages_first(llama_dir, text_file, tmp_path, capsys, nothing_loads, monkeypatch,
-                                                  missing, argv, message):
+@pytest.mark.parametrize(
+    "missing, argv, message",
+    [
+        ("peft", ["--steps", "1"], "linearize needs peft (LoRA fine-tuning, --steps > 0)"),
+    ],
+)
+def test_linearize_checks_optional_packages_first(
+    llama_dir, text_file, tmp_path, capsys, nothing_loads, monkeypatch, missing, argv, message
+):
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == missing else real(name, *a))
     err = _cli_error(capsys, _linearize_argv(llama_dir, tmp_path / "out", text_file, *argv))
@@ -573,11 +680,14 @@ def test_linearize_checks_optional_packages_first(llama_dir, text_file, tmp_path
 
 def test_other_commands_check_optional_packages_first(tmp_path, capsys, nothing_loads, monkeypatch):
     real = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec",
-                        lambda name, *a: None if name in ("matplotlib", "gguf") else real(name, *a))
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name in ("matplotlib", "gguf") else real(name, *a)
+    )
     text = tmp_path / "t.txt"
     text.write_text("some text")
-    err = _cli_error(capsys, ["hnet-chunks", "--model", str(tmp_path), "--text", "abc", "--out", str(tmp_path / "c.png")])
+    err = _cli_error(
+        capsys, ["hnet-chunks", "--model", str(tmp_path), "--text", "abc", "--out", str(tmp_path / "c.png")]
+    )
     assert "hnet-chunks needs matplotlib" in err and "hf-seqmodels[plot]" in err
     err = _cli_error(capsys, ["eval", "ppl", "--model", str(tmp_path), "--gguf-file", "x.gguf", "--text", str(text)])
     assert "eval ppl needs gguf" in err and "hf-seqmodels[gguf]" in err

@@ -1,4 +1,5 @@
 """``hf-seqmodels hnet-chunks`` on tiny saved H-Nets (1 and 2 stages), and its per-character boundary mapping."""
+
 from __future__ import annotations
 
 from types import SimpleNamespace
@@ -13,11 +14,16 @@ from hf_seqmodels.models.hnet.chunks import chunk_strings, chunk_text
 TEXT = "Hello, world! Byte-level models chunk text: café, naïve, 日本語."
 
 TINY = dict(
-    d_model=[32, 48], arch_layout=["m1", ["T1"], "m1"], d_intermediate=[0, 64], ssm_cfg={"d_state": 8, "head_dim": 16},
+    d_model=[32, 48],
+    arch_layout=["m1", ["T1"], "m1"],
+    d_intermediate=[0, 64],
+    ssm_cfg={"d_state": 8, "head_dim": 16},
     attn_cfg={"num_heads": [2, 2], "rotary_emb_dim": [8, 8], "window_size": [15, -1]},
 )
 TINY_2STAGE = dict(
-    d_model=[32, 48, 64], arch_layout=["m1", ["m1", ["T1"], "m1"], "m1"], d_intermediate=[0, 0, 64],
+    d_model=[32, 48, 64],
+    arch_layout=["m1", ["m1", ["T1"], "m1"], "m1"],
+    d_intermediate=[0, 0, 64],
     ssm_cfg={"d_state": 8, "head_dim": 16},
     attn_cfg={"num_heads": [2, 2, 2], "rotary_emb_dim": [8, 8, 8], "window_size": [15, 15, -1]},
 )
@@ -74,8 +80,9 @@ def test_hnet_chunks_maps_boundaries_onto_characters():
 
         def __call__(self, input_ids, use_cache):
             assert input_ids.tolist() == [ids]
-            return SimpleNamespace(boundary_masks=(b0, b1), stage_masks=(None, None),
-                                   boundary_fractions=torch.tensor([4 / 8, 2 / 4]))
+            return SimpleNamespace(
+                boundary_masks=(b0, b1), stage_masks=(None, None), boundary_fractions=torch.tensor([4 / 8, 2 / 4])
+            )
 
     chars, stages, n_bytes = chunk_text(Fake(), tokenizer, text)
     assert n_bytes == 7 and chars == list(text)

@@ -19,6 +19,7 @@ What is swapped (:func:`fla_on_cpu`, undone on exit), and by what:
 Everything else (projections, gates, head reshapes, repeats of shared key/value heads, the residual stream, the
 embeddings and head) is fla's code as it is.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -42,27 +43,33 @@ def fla_on_cpu():
     from fla.ops.gla.naive import naive_recurrent_gla
 
     def rms_norm(self, x, residual=None, prenorm=False, residual_in_fp32=False):
-        return rms_norm_ref(x, _ones_if_none(self.weight, x), self.bias, residual=residual, eps=self.eps,
-                            prenorm=prenorm, upcast=True)
+        return rms_norm_ref(
+            x, _ones_if_none(self.weight, x), self.bias, residual=residual, eps=self.eps, prenorm=prenorm, upcast=True
+        )
 
     def gated_norm(self, x, g, residual=None, prenorm=False, residual_in_fp32=False):
         assert residual is None and not prenorm
-        return gated_rms_norm_ref(x, _ones_if_none(self.weight, x), self.bias, z=g, eps=self.eps,
-                                  norm_before_gate=True)
+        return gated_rms_norm_ref(x, _ones_if_none(self.weight, x), self.bias, z=g, eps=self.eps, norm_before_gate=True)
 
     def gla(q, k, v, g=None, gk=None, initial_state=None, output_final_state=False, cu_seqlens=None, **kwargs):
         assert cu_seqlens is None and kwargs.get("scale") is None
         return naive_recurrent_gla(q, k, v, g if g is not None else gk, initial_state, output_final_state)
 
-    def short_conv(self, x, residual=None, mask=None, cache=None, output_final_state=False, cu_seqlens=None,
-                   **kwargs):
+    def short_conv(self, x, residual=None, mask=None, cache=None, output_final_state=False, cu_seqlens=None, **kwargs):
         assert residual is None and mask is None and cache is None and cu_seqlens is None
         y = torch.nn.Conv1d.forward(self, x.transpose(1, 2))[..., : x.shape[1]]
         return F.silu(y.transpose(1, 2)), None
 
-    saved = [(RMSNorm, "forward"), (FusedRMSNormGated, "forward"), (ShortConvolution, "forward"),
-             (fla_mlp, "swiglu"), (fla_mlp, "swiglu_linear"),
-             (fla_gla, "chunk_gla"), (fla_gla, "fused_chunk_gla"), (fla_gla, "fused_recurrent_gla")]
+    saved = [
+        (RMSNorm, "forward"),
+        (FusedRMSNormGated, "forward"),
+        (ShortConvolution, "forward"),
+        (fla_mlp, "swiglu"),
+        (fla_mlp, "swiglu_linear"),
+        (fla_gla, "chunk_gla"),
+        (fla_gla, "fused_chunk_gla"),
+        (fla_gla, "fused_recurrent_gla"),
+    ]
     before = [getattr(obj, name) for obj, name in saved]
     try:
         RMSNorm.forward, FusedRMSNormGated.forward, ShortConvolution.forward = rms_norm, gated_norm, short_conv

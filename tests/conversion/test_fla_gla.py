@@ -10,6 +10,7 @@ greedy decoding by full recomputation, for each layout fla has written. The fuse
 (one ``gate_proj`` [2I, H]) and the ``rms_norm_eps`` of configs before May 2024 are produced by rewriting what
 current fla saved.
 """
+
 from __future__ import annotations
 
 import json
@@ -36,8 +37,9 @@ LAYOUTS = {
     # unfused gated norm (g_norm, the gate applied apart), tied embeddings, hidden_ratio 2 (rule: 43 -> 256)
     "unfused_norm_tied": dict(fuse_norm=False, tie_word_embeddings=True, hidden_ratio=2, norm_eps=0.02),
     # short convolutions on q, k, v; one key/value head for two query heads; an explicit MLP width; expand_k 1
-    "short_conv_kv_heads": dict(use_short_conv=True, conv_size=3, num_kv_heads=1, intermediate_size=40,
-                                expand_k=1.0, norm_eps=1e-3),
+    "short_conv_kv_heads": dict(
+        use_short_conv=True, conv_size=3, num_kv_heads=1, intermediate_size=40, expand_k=1.0, norm_eps=1e-3
+    ),
     # gated norms without weights
     "no_affine": dict(elementwise_affine=False, intermediate_size=48),
     # before February 2025: one fused gate_proj [2I, H]; before May 2024: rms_norm_eps

@@ -7,6 +7,7 @@ compared with a forward pass written here from the reference's code (hnet.py, dc
 mha.py, rotary.py, mlp.py, mamba_ssm's Mamba2 as a sequential scan), in plain fp64 on the state dict, one row at a
 time. Also: the safe loader refuses code in pickles (and runs none), and missing / unexpected keys are named.
 """
+
 from __future__ import annotations
 
 import collections
@@ -34,14 +35,20 @@ pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one thread is
 # 2stage_L ["m4", ["T1m4", ["T26"], "m4T1"], "m4"] d [1024, 1024, 1536]); d_intermediate not a multiple of 128
 # (the reference rounds it up), windows short enough to bind, partial rotary
 ONE_STAGE = {
-    "arch_layout": ["m2", ["T2"], "m2"], "d_model": [64, 96], "d_intermediate": [0, 100], "vocab_size": 256,
+    "arch_layout": ["m2", ["T2"], "m2"],
+    "d_model": [64, 96],
+    "d_intermediate": [0, 100],
+    "vocab_size": 256,
     "ssm_cfg": {"chunk_size": 256, "d_conv": 4, "d_state": 16, "expand": 2},
     "attn_cfg": {"num_heads": [2, 4], "rotary_emb_dim": [8, 12], "window_size": [7, -1]},
     "tie_embeddings": False,
 }
 TWO_STAGE = {
-    "arch_layout": ["m1", ["T1m1", ["T2"], "m1T1"], "m1"], "d_model": [64, 64, 96], "d_intermediate": [0, 150, 200],
-    "vocab_size": 256, "ssm_cfg": {"chunk_size": 256, "d_conv": 4, "d_state": 16, "expand": 2},
+    "arch_layout": ["m1", ["T1m1", ["T2"], "m1T1"], "m1"],
+    "d_model": [64, 64, 96],
+    "d_intermediate": [0, 150, 200],
+    "vocab_size": 256,
+    "ssm_cfg": {"chunk_size": 256, "d_conv": 4, "d_state": 16, "expand": 2},
     "attn_cfg": {"num_heads": [2, 4, 4], "rotary_emb_dim": [8, 8, 12], "window_size": [3, 3, -1]},
     "tie_embeddings": False,
 }
@@ -56,6 +63,7 @@ def _letters(spec):
 # ---------------------------------------------------------------------------------------------------------------
 # OmegaConf stand-ins: same module and class names and the same pickled __dict__ as omegaconf 2.x's
 # (ContainerMetadata/Metadata dataclasses, AnyNode values, defaultdict(dict) resolver caches, typing.Any types).
+
 
 class _Obj:
     def __init__(self, **state):
@@ -82,24 +90,38 @@ class AnyNode(_Obj):
     pass
 
 
-_FAKE_MODULES = {"omegaconf.listconfig": ListConfig, "omegaconf.dictconfig": DictConfig,
-                 "omegaconf.base": (ContainerMetadata, Metadata), "omegaconf.nodes": AnyNode}
+_FAKE_MODULES = {
+    "omegaconf.listconfig": ListConfig,
+    "omegaconf.dictconfig": DictConfig,
+    "omegaconf.base": (ContainerMetadata, Metadata),
+    "omegaconf.nodes": AnyNode,
+}
 
 
 def _meta(cls, key, object_type, **extra):
-    return cls(ref_type=typing.Any, object_type=object_type, optional=True, key=key, flags={}, flags_root=False,
-               resolver_cache=collections.defaultdict(dict), **extra)
+    return cls(
+        ref_type=typing.Any,
+        object_type=object_type,
+        optional=True,
+        key=key,
+        flags={},
+        flags_root=False,
+        resolver_cache=collections.defaultdict(dict),
+        **extra,
+    )
 
 
 def omega(value, key=None, parent=None):
     """An OmegaConf-shaped container for a list / dict of plain values (nested containers allowed)."""
     if isinstance(value, list):
-        node = ListConfig(_metadata=_meta(ContainerMetadata, key, list, key_type=int, element_type=typing.Any),
-                          _parent=parent)
+        node = ListConfig(
+            _metadata=_meta(ContainerMetadata, key, list, key_type=int, element_type=typing.Any), _parent=parent
+        )
         node._content = [omega(v, i, node) for i, v in enumerate(value)]
     elif isinstance(value, dict):
-        node = DictConfig(_metadata=_meta(ContainerMetadata, key, dict, key_type=typing.Any, element_type=typing.Any),
-                          _parent=parent)
+        node = DictConfig(
+            _metadata=_meta(ContainerMetadata, key, dict, key_type=typing.Any, element_type=typing.Any), _parent=parent
+        )
         node._content = {k: omega(v, k, node) for k, v in value.items()}
     else:
         node = AnyNode(_metadata=_meta(Metadata, key, None), _parent=parent, _val=value)
@@ -124,12 +146,13 @@ def fake_omegaconf(monkeypatch):
 # A reference-layout state dict (key names and shapes of hnet/models/mixer_seq.py, hnet.py, isotropic.py,
 # block.py, mha.py, mlp.py, mamba_ssm Mamba2), random O(1) weights.
 
+
 def reference_state_dict(cfg, gen):
     def randn(*shape, scale=1.0):
         return torch.randn(*shape, generator=gen) * scale
 
     def linear(n_out, n_in):
-        return randn(n_out, n_in, scale=n_in ** -0.5)
+        return randn(n_out, n_in, scale=n_in**-0.5)
 
     d_model, ssm = cfg["d_model"], cfg["ssm_cfg"]
     sd = collections.OrderedDict()
@@ -185,6 +208,7 @@ def reference_state_dict(cfg, gen):
 # The reference's forward pass in plain fp64 on that state dict, one row [T] at a time (packed mode: every
 # sequence on its own).
 
+
 def _rmsnorm(x, w, eps=1e-5):
     return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps) * w
 
@@ -196,7 +220,7 @@ def ref_mamba2(W, p, x, ssm):
     z, xBC, dt = (x @ W[p + "in_proj.weight"].T).split([d_inner, d_inner + 2 * N, H], -1)
     w, K = W[p + "conv1d.weight"][:, 0, :], ssm["d_conv"]
     padded = torch.cat([xBC.new_zeros(K - 1, xBC.shape[1]), xBC])
-    conv = torch.stack([(padded[t:t + K].T * w).sum(-1) for t in range(T)]) + W[p + "conv1d.bias"]
+    conv = torch.stack([(padded[t : t + K].T * w).sum(-1) for t in range(T)]) + W[p + "conv1d.bias"]
     xs, Bm, Cm = F.silu(conv).split([d_inner, N, N], -1)
     dt = F.softplus(dt + W[p + "dt_bias"])
     A = -torch.exp(W[p + "A_log"])
@@ -236,7 +260,7 @@ def ref_attention(W, p, x, heads, rotary_dim, window):
         lo = 0 if window < 0 else max(0, i - window)  # flash-attn window_size=(window, -1), causal
         for h in range(heads):
             a = torch.softmax(torch.stack([q[i, h] @ k[j, h] for j in range(lo, i + 1)]) / math.sqrt(hd), 0)
-            out[i, h] = (a[:, None] * v[lo:i + 1, h]).sum(0)
+            out[i, h] = (a[:, None] * v[lo : i + 1, h]).sum(0)
     return out.reshape(T, d) @ W[p + "out_proj.weight"].T
 
 
@@ -249,8 +273,9 @@ def ref_isotropic(W, cfg, prefix, spec, s, x):
         if letter in "mM":
             hidden = hidden + ref_mamba2(W, p + "mixer.", normed, cfg["ssm_cfg"])
         else:
-            hidden = hidden + ref_attention(W, p + "mixer.", normed, attn["num_heads"][s], attn["rotary_emb_dim"][s],
-                                            attn["window_size"][s])
+            hidden = hidden + ref_attention(
+                W, p + "mixer.", normed, attn["num_heads"][s], attn["rotary_emb_dim"][s], attn["window_size"][s]
+            )
         if letter.isupper():
             y, gate = (_rmsnorm(hidden, W[p + "norm2.weight"]) @ W[p + "mlp.fc1.weight"].T).chunk(2, -1)
             hidden = hidden + (F.silu(gate) * y) @ W[p + "mlp.fc2.weight"].T
@@ -288,6 +313,7 @@ def ref_logits(W, cfg, ids):
 
 
 # ---------------------------------------------------------------------------------------------------------------
+
 
 def write_release(folder, cfg, sd, name="hnet_tiny", omegaconf_monkeypatch=None):
     """``<name>.pt`` pickled as torch.save(state_dict) writes it, ``<name>.json`` as in the reference's configs/.
@@ -336,7 +362,7 @@ def test_reference_checkpoint_matches_reference_forward(tmp_path, fake_omegaconf
     ids = torch.zeros(len(rows), T, dtype=torch.long)
     mask = torch.zeros(len(rows), T, dtype=torch.long)
     for i, r in enumerate(rows):  # left padding
-        ids[i, T - len(r):], mask[i, T - len(r):] = r, 1
+        ids[i, T - len(r) :], mask[i, T - len(r) :] = r, 1
     with torch.no_grad():
         out = model(input_ids=ids, attention_mask=mask)
     n_stages = len(cfg["d_model"]) - 1
@@ -345,8 +371,8 @@ def test_reference_checkpoint_matches_reference_forward(tmp_path, fake_omegaconf
         assert len(boundaries) == n_stages
         for s, b in enumerate(boundaries):  # the test is only as good as its chunking: some, not all, boundaries
             assert 1 <= int(b.sum()) < len(b), (s, b)
-        torch.testing.assert_close(out.boundary_masks[0][i, T - len(r):], boundaries[0], rtol=0, atol=0)
-        torch.testing.assert_close(out.logits[i, T - len(r):], logits, rtol=0, atol=1e-9)
+        torch.testing.assert_close(out.boundary_masks[0][i, T - len(r) :], boundaries[0], rtol=0, atol=0)
+        torch.testing.assert_close(out.logits[i, T - len(r) :], logits, rtol=0, atol=1e-9)
 
 
 def test_load_keeps_dtypes_and_bf16_keeps_residual_proj_fp32(tmp_path):
@@ -382,12 +408,15 @@ def test_missing_and_unexpected_keys_are_named(tmp_path):
         hnet_format.load(write_release(tmp_path / "shape", TWO_STAGE, shape))
 
 
-@pytest.mark.parametrize("field,value,match", [
-    ("attn_cfg", {**ONE_STAGE["attn_cfg"], "softmax_scale": 0.1}, "softmax_scale"),
-    ("ssm_cfg", {**ONE_STAGE["ssm_cfg"], "d_state": [16, 32]}, r"d_state.*differs"),
-    ("arch_layout", ["m2", ["G2"], "m2"], "'G2'"),
-    ("lr_multiplier", [1.0, 1.0], "lr_multiplier"),
-])
+@pytest.mark.parametrize(
+    "field,value,match",
+    [
+        ("attn_cfg", {**ONE_STAGE["attn_cfg"], "softmax_scale": 0.1}, "softmax_scale"),
+        ("ssm_cfg", {**ONE_STAGE["ssm_cfg"], "d_state": [16, 32]}, r"d_state.*differs"),
+        ("arch_layout", ["m2", ["G2"], "m2"], "'G2'"),
+        ("lr_multiplier", [1.0, 1.0], "lr_multiplier"),
+    ],
+)
 def test_reference_config_fields_we_cannot_honour_are_refused(field, value, match):
     with pytest.raises(ValueError, match=match):
         hnet_format.config_from_reference({**copy.deepcopy(ONE_STAGE), field: value})

@@ -19,6 +19,7 @@ modeling_liger_gla.py), written here in plain torch:
 
 Sequences of 150 tokens reach past the window.
 """
+
 from __future__ import annotations
 
 import json
@@ -41,9 +42,21 @@ pytest.importorskip("fla", reason="flash-linear-attention is not installed (it i
 from fla.ops.gla.naive import naive_recurrent_gla  # noqa: E402
 
 VOCAB = 71
-LLAMA = dict(vocab_size=VOCAB, hidden_size=48, intermediate_size=80, num_hidden_layers=2, num_attention_heads=4,
-             num_key_value_heads=2, rms_norm_eps=1e-5, rope_theta=500000.0, max_position_embeddings=512,
-             bos_token_id=1, eos_token_id=2, tie_word_embeddings=False, initializer_range=0.2)
+LLAMA = dict(
+    vocab_size=VOCAB,
+    hidden_size=48,
+    intermediate_size=80,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    rms_norm_eps=1e-5,
+    rope_theta=500000.0,
+    max_position_embeddings=512,
+    bos_token_id=1,
+    eos_token_id=2,
+    tie_word_embeddings=False,
+    initializer_range=0.2,
+)
 
 
 def liger_reference_attention(self, hidden_states, position_embeddings=None, attention_mask=None, **kwargs):
@@ -85,8 +98,16 @@ def save_liger(folder, **overrides):
                 p.copy_(1 + 0.3 * torch.randn_like(p))
     llama.save_pretrained(folder)
     cfg = json.load(open(os.path.join(folder, "config.json")))
-    cfg.update(model_type="liger_gla", architectures=["LigerGLAForCausalLM"], pool_size=128, expand_k=1, expand_v=1,
-               hidden_ratio=4, rope_scaling=None, rope_theta=LLAMA["rope_theta"])
+    cfg.update(
+        model_type="liger_gla",
+        architectures=["LigerGLAForCausalLM"],
+        pool_size=128,
+        expand_k=1,
+        expand_v=1,
+        hidden_ratio=4,
+        rope_scaling=None,
+        rope_theta=LLAMA["rope_theta"],
+    )
     cfg.pop("rope_parameters", None)  # the released config: transformers 4.47 fields
     json.dump(cfg, open(os.path.join(folder, "config.json"), "w"))
     return reference_model(llama)
@@ -149,12 +170,15 @@ def test_convert_round_trip(tmp_path):
     assert "Liger-GLA" in (tmp_path / "ours" / "README.md").read_text()
 
 
-@pytest.mark.parametrize("model_type,reason", [
-    ("liger_gsa", "Gated Slot Attention"),
-    ("liger_hgrn2", "HGRN2"),
-    ("liger_qwen3_gla", "q/k norms"),
-    ("liger_mistral_gla", "only the Llama-based Liger-GLA"),
-])
+@pytest.mark.parametrize(
+    "model_type,reason",
+    [
+        ("liger_gsa", "Gated Slot Attention"),
+        ("liger_hgrn2", "HGRN2"),
+        ("liger_qwen3_gla", "q/k norms"),
+        ("liger_mistral_gla", "only the Llama-based Liger-GLA"),
+    ],
+)
 def test_other_variants_are_refused_by_name(tmp_path, model_type, reason):
     save_liger(tmp_path)
     cfg = json.load(open(tmp_path / "config.json"))

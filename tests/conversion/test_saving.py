@@ -1,5 +1,6 @@
 """safe_output_folder: refuses to write into the inputs or over a folder by accident, and never leaves a half-written
 folder (the temporary one is removed and the old folder kept when the writer fails or is interrupted)."""
+
 from __future__ import annotations
 
 import os

@@ -7,14 +7,15 @@ tiny configs here: nothing else in tests/integration names an architecture.
 Helpers shared by the test modules live in ``integration_utils.py`` (a test module cannot reliably import a
 ``conftest`` module: several directories have one). ``ddp_train.py`` imports this file as a plain module.
 """
+
 from __future__ import annotations
 
 import importlib.util
 
 import pytest
+from integration_utils import FreshProcesses
 
 from hf_seqmodels import GLAConfig, HNetConfig, LigerConfig, LizardConfig, ParaRNNConfig
-from integration_utils import FreshProcesses
 
 # initializer_range 0.2 (not 0.02) gives peaked next-token distributions, so greedy/beam comparisons are not
 # decided by float-rounding near-ties; pad 0, bos 1, eos 2 (inputs avoid them where it matters).
@@ -32,9 +33,15 @@ _LLAMA = dict(vocab_size=128, hidden_size=32, intermediate_size=64, num_attentio
 
 # H-Net: vocab 256 (bytes, pad/bos/eos 253/254/255); Mamba-2 encoder/decoder, attention + GLA inside; a window shorter
 # than the test inputs on the outer attention layer.
-_HNET = dict(d_model=[32, 48], d_intermediate=[64, 96], ssm_cfg={"d_state": 8, "head_dim": 16},
-             attn_cfg={"num_heads": [2, 2], "rotary_emb_dim": [8, 8], "window_size": [5, -1]}, gla_cfg={"num_heads": 2},
-             initializer_range=0.2, vocab_size=256)
+_HNET = dict(
+    d_model=[32, 48],
+    d_intermediate=[64, 96],
+    ssm_cfg={"d_state": 8, "head_dim": 16},
+    attn_cfg={"num_heads": [2, 2], "rotary_emb_dim": [8, 8], "window_size": [5, -1]},
+    gla_cfg={"num_heads": 2},
+    initializer_range=0.2,
+    vocab_size=256,
+)
 
 
 def _hnet(layout, **defaults):
@@ -43,10 +50,13 @@ def _hnet(layout, **defaults):
 
 #: name -> factory(**overrides) returning a tiny config; together they cover every architecture and its options
 TINY_CONFIGS = {
-    "gla": _tiny(GLAConfig, dict(vocab_size=128, hidden_size=32, num_heads=2, use_short_conv=False,
-                                 tie_word_embeddings=False)),
-    "gla-conv-tied": _tiny(GLAConfig, dict(vocab_size=256, hidden_size=64, num_heads=4, use_short_conv=True,
-                                           conv_size=4, tie_word_embeddings=True)),
+    "gla": _tiny(
+        GLAConfig, dict(vocab_size=128, hidden_size=32, num_heads=2, use_short_conv=False, tie_word_embeddings=False)
+    ),
+    "gla-conv-tied": _tiny(
+        GLAConfig,
+        dict(vocab_size=256, hidden_size=64, num_heads=4, use_short_conv=True, conv_size=4, tie_word_embeddings=True),
+    ),
     "paragru": _tiny(ParaRNNConfig, dict(cell="gru", vocab_size=128, hidden_size=32, num_heads=2, use_short_conv=True)),
     "paralstm-tied": _tiny(
         ParaRNNConfig,
@@ -55,9 +65,14 @@ TINY_CONFIGS = {
     "liger": _tiny(LigerConfig, dict(**_LLAMA, window_size=5, tie_word_embeddings=True)),
     "lizard": _tiny(LizardConfig, dict(**_LLAMA, window_size=4, num_sinks=2)),
     "hnet": _hnet(["m1", ["T1g1"], "M1"]),
-    "hnet-2stage-word": _hnet(["t1", ["m1", ["T1"], "m1"], "m1"], d_model=[32, 48, 64], d_intermediate=[64, 96, 128],
-                              attn_cfg={"num_heads": [2, 2, 2], "rotary_emb_dim": [8, 8, 8], "window_size": [5, 5, -1]},
-                              boundary_router="word", tie_word_embeddings=True),
+    "hnet-2stage-word": _hnet(
+        ["t1", ["m1", ["T1"], "m1"], "m1"],
+        d_model=[32, 48, 64],
+        d_intermediate=[64, 96, 128],
+        attn_cfg={"num_heads": [2, 2, 2], "rotary_emb_dim": [8, 8, 8], "window_size": [5, 5, -1]},
+        boundary_router="word",
+        tie_word_embeddings=True,
+    ),
 }
 
 #: one tiny config per architecture for the slower tests (Trainer, PEFT, DDP); their vocab is forced to 256 (bytes)

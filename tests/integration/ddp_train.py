@@ -11,6 +11,7 @@ the gradient, so gradients summed instead of averaged across processes would go 
 writes ``DIR/<config>/log.json`` (losses, grad norms; or the error that stopped that config) and the final weights
 (``DIR/<config>/final/``).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -23,10 +24,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch  # noqa: E402
-from transformers import Trainer, TrainingArguments  # noqa: E402
-
 from conftest import TRAIN_CONFIGS, train_config_for  # noqa: E402
 from integration_utils import ByteBlocks, build_lm  # noqa: E402
+from transformers import Trainer, TrainingArguments  # noqa: E402
 
 
 def train(name: str, out: Path, args, world: int) -> dict:
@@ -36,20 +36,36 @@ def train(name: str, out: Path, args, world: int) -> dict:
     model = build_lm(config).train()
     data = ByteBlocks(args.block, args.steps * args.global_batch)
     targs = TrainingArguments(
-        output_dir=str(out / "run"), max_steps=args.steps, per_device_train_batch_size=args.global_batch // world,
-        optim="sgd", learning_rate=args.lr, lr_scheduler_type="constant", warmup_steps=0, weight_decay=0.0,
+        output_dir=str(out / "run"),
+        max_steps=args.steps,
+        per_device_train_batch_size=args.global_batch // world,
+        optim="sgd",
+        learning_rate=args.lr,
+        lr_scheduler_type="constant",
+        warmup_steps=0,
+        weight_decay=0.0,
         max_grad_norm=1e9,  # the norm is computed and logged, never clips
-        logging_steps=1, save_strategy="no", report_to="none", use_cpu=True,
+        logging_steps=1,
+        save_strategy="no",
+        report_to="none",
+        use_cpu=True,
         ddp_backend="gloo" if world > 1 else None,
-        train_sampling_strategy="sequential", seed=args.seed, dataloader_num_workers=0, disable_tqdm=True,
+        train_sampling_strategy="sequential",
+        seed=args.seed,
+        dataloader_num_workers=0,
+        disable_tqdm=True,
         label_names=["labels"],
     )
     trainer = Trainer(model=model, args=targs, train_dataset=data)
     trainer.train()
     trainer.save_model(str(out / "final"))  # every rank calls it; only the main process writes
     logs = [h for h in trainer.state.log_history if "loss" in h]
-    return dict(world_size=targs.world_size, per_device=targs.per_device_train_batch_size,
-                losses=[h["loss"] for h in logs], grad_norms=[h.get("grad_norm") for h in logs])
+    return dict(
+        world_size=targs.world_size,
+        per_device=targs.per_device_train_batch_size,
+        losses=[h["loss"] for h in logs],
+        grad_norms=[h.get("grad_norm") for h in logs],
+    )
 
 
 def main() -> int:

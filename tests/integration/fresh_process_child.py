@@ -13,6 +13,7 @@ MODE "remote" (fla imported before hf_seqmodels):
   loads    each folder loaded with trust_remote_code=True, hf_seqmodels never imported by us
   fla      as above, fla having been imported first
 """
+
 import importlib.util
 import json
 import sys
@@ -29,9 +30,15 @@ def registry(before):
     archs = []
     for config_class, model_class, lm_class in hf_seqmodels.ARCHITECTURES:
         t = config_class.model_type
-        archs.append(dict(model_type=t, known_before=t in before, config=CONFIG_MAPPING[t] is config_class,
-                          model=MODEL_MAPPING[config_class] is model_class,
-                          lm=MODEL_FOR_CAUSAL_LM_MAPPING[config_class] is lm_class))
+        archs.append(
+            dict(
+                model_type=t,
+                known_before=t in before,
+                config=CONFIG_MAPPING[t] is config_class,
+                model=MODEL_MAPPING[config_class] is model_class,
+                lm=MODEL_FOR_CAUSAL_LM_MAPPING[config_class] is lm_class,
+            )
+        )
     return archs
 
 
@@ -39,8 +46,12 @@ def kernels_spec():
     import hf_seqmodels.kernels as k
 
     s = importlib.util.find_spec("kernels")
-    return dict(origin=s and s.origin, locations=s and list(s.submodule_search_locations or []), ours=k.__file__,
-                package_dir=list(importlib.util.find_spec("hf_seqmodels").submodule_search_locations))
+    return dict(
+        origin=s and s.origin,
+        locations=s and list(s.submodule_search_locations or []),
+        ours=k.__file__,
+        package_dir=list(importlib.util.find_spec("hf_seqmodels").submodule_search_locations),
+    )
 
 
 def load_all(mode, root, names, **kwargs):
@@ -56,9 +67,10 @@ def load_all(mode, root, names, **kwargs):
 
 
 def fla_side_by_side(root, names):
-    import hf_seqmodels
     from fla.models import GLAConfig as FlaGLAConfig
     from fla.models import GLAForCausalLM as FlaGLAForCausalLM
+
+    import hf_seqmodels
 
     fla_cfg = AutoConfig.for_model("gla", hidden_size=64, num_heads=2, num_hidden_layers=1, vocab_size=128)
     fla_lm = AutoModelForCausalLM.from_config(fla_cfg)
@@ -70,8 +82,14 @@ def fla_side_by_side(root, names):
         ids = torch.randint(3, cfg.vocab_size, (1, 5))
         with torch.no_grad():
             logits = lm(ids).logits
-        out["ours"].append(dict(config=type(cfg).__module__ + "." + type(cfg).__name__, registered=len(entry) == 1,
-                                lm=bool(entry) and type(lm) is entry[0][2], finite=bool(torch.isfinite(logits).all())))
+        out["ours"].append(
+            dict(
+                config=type(cfg).__module__ + "." + type(cfg).__name__,
+                registered=len(entry) == 1,
+                lm=bool(entry) and type(lm) is entry[0][2],
+                finite=bool(torch.isfinite(logits).all()),
+            )
+        )
     return out
 
 

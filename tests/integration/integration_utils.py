@@ -1,4 +1,5 @@
 """Helpers shared by the integration tests (architecture-agnostic)."""
+
 from __future__ import annotations
 
 import json
@@ -79,8 +80,14 @@ class ByteBlocks(torch.utils.data.Dataset):
 def clean_env(**extra) -> dict:
     """The environment for a child process: offline, no seed override, one BLAS thread per process."""
     env = {k: v for k, v in os.environ.items() if k not in ("HF_SEQMODELS_SEED", "PYTHONPATH")}
-    env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1",
-               TOKENIZERS_PARALLELISM="false", PYTHONDONTWRITEBYTECODE="1")
+    env.update(
+        OMP_NUM_THREADS="1",
+        MKL_NUM_THREADS="1",
+        HF_HUB_OFFLINE="1",
+        TRANSFORMERS_OFFLINE="1",
+        TOKENIZERS_PARALLELISM="false",
+        PYTHONDONTWRITEBYTECODE="1",
+    )
     env.update({k: str(v) for k, v in extra.items()})
     return env
 
@@ -112,10 +119,18 @@ class FreshProcesses:
         cwd.mkdir()
         env = clean_env(HF_MODULES_CACHE=root / "modules_cache", HF_HOME=root / "hf_home")
         source = (HERE / "fresh_process_child.py").read_text()
-        procs = {mode: subprocess.Popen([sys.executable, "-c", source, mode, str(root)], cwd=cwd, env=env,
-                                        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                        text=True)
-                 for mode in self.MODES}
+        procs = {
+            mode: subprocess.Popen(
+                [sys.executable, "-c", source, mode, str(root)],
+                cwd=cwd,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            for mode in self.MODES
+        }
         self.runs = {}
         try:
             for mode, proc in procs.items():
@@ -130,8 +145,10 @@ class FreshProcesses:
     def report(self, mode: str) -> dict:
         rc, stdout, stderr = self.runs[mode]
         if rc != 0:
-            pytest.fail(f"the fresh {mode!r} process failed (rc={rc}, seed={self.seed}):\n--- stdout\n"
-                        f"{stdout[-3000:]}\n--- stderr\n{stderr[-6000:]}")
+            pytest.fail(
+                f"the fresh {mode!r} process failed (rc={rc}, seed={self.seed}):\n--- stdout\n"
+                f"{stdout[-3000:]}\n--- stderr\n{stderr[-6000:]}"
+            )
         return json.loads(stdout.strip().splitlines()[-1])
 
     def logits(self, name: str, mode: str):

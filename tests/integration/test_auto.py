@@ -1,5 +1,6 @@
 """``import hf_seqmodels`` registers every architecture with the Auto classes, under prefixed model types, beside fla;
 the kernels install as ``hf_seqmodels.kernels`` and never as a top-level ``kernels`` module."""
+
 from __future__ import annotations
 
 import importlib.metadata
@@ -7,12 +8,13 @@ import importlib.util
 
 import pytest
 import torch
+from integration_utils import REPO_ROOT, build_lm, classes_for, random_ids
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
 
 import hf_seqmodels
-from integration_utils import REPO_ROOT, build_lm, classes_for, random_ids
 
 PREFIX = "hf_seqmodels_"
+
 
 @pytest.mark.subprocess
 def test_import_registers_every_architecture_in_a_fresh_process(fresh_processes):

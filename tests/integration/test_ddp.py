@@ -1,5 +1,6 @@
 """Data-parallel training on the CPU: 2 processes (torchrun, gloo) == 1 process on the same global batches; and
 ``_no_split_modules`` keeps every block whole when accelerate places a model over several devices."""
+
 from __future__ import annotations
 
 import json
@@ -11,9 +12,8 @@ import sys
 
 import pytest
 import torch
-from safetensors.torch import load_file
-
 from integration_utils import HERE, blocks_of, build_lm, clean_env
+from safetensors.torch import load_file
 
 pytest.importorskip("accelerate")
 
@@ -27,13 +27,32 @@ def ddp_runs(tmp_path_factory):
     common = [str(HERE / "ddp_train.py"), "--steps", "5", "--global-batch", "8"]
     commands = {
         1: [sys.executable, *common, "--out", str(root / "one")],
-        2: [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", *common,
-            "--out", str(root / "two")],
+        2: [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node",
+            "2",
+            *common,
+            "--out",
+            str(root / "two"),
+        ],
     }
     # each launch in its own process group, so that a hung one is stopped with its workers
-    procs = {n: subprocess.Popen(cmd, cwd=root, env=clean_env(), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                 stderr=subprocess.STDOUT, text=True, start_new_session=True)
-             for n, cmd in commands.items()}
+    procs = {
+        n: subprocess.Popen(
+            cmd,
+            cwd=root,
+            env=clean_env(),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            start_new_session=True,
+        )
+        for n, cmd in commands.items()
+    }
     runs = {}
     try:
         for n, proc in procs.items():

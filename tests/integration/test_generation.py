@@ -1,21 +1,28 @@
 """``generate()`` and the recurrent cache: cached == uncached, step-by-step decoding == the full forward, left padding
 == each row alone, beam search (scores checked against a full forward), gradient checkpointing == plain backward."""
+
 from __future__ import annotations
 
 import random
 
 import pytest
 import torch
-
 from integration_utils import LOGIT_REL_TOL, assert_logits_close, assert_same_greedy, blocks_of, build_lm, random_ids
 
 
 def _greedy(model, ids, attention_mask=None, max_new_tokens=8, **kwargs):
     out = model.generate(
-        ids, attention_mask=attention_mask, max_new_tokens=max_new_tokens, min_new_tokens=max_new_tokens,
-        do_sample=False, return_dict_in_generate=True, output_logits=True, output_scores=True, **kwargs,
+        ids,
+        attention_mask=attention_mask,
+        max_new_tokens=max_new_tokens,
+        min_new_tokens=max_new_tokens,
+        do_sample=False,
+        return_dict_in_generate=True,
+        output_logits=True,
+        output_scores=True,
+        **kwargs,
     )
-    tokens = out.sequences[:, ids.shape[1]:]  # [B, N]
+    tokens = out.sequences[:, ids.shape[1] :]  # [B, N]
     # greedy: each token is the argmax of the processed scores (min_new_tokens masks EOS in them, not in the logits)
     assert torch.equal(tokens, torch.stack(out.scores).argmax(-1).T)
     return tokens, torch.stack(out.logits)  # [N, B, V]
@@ -68,8 +75,8 @@ def _left_pad(config, rows, garbage=True):
     for i, r in enumerate(rows):
         if garbage:
             ids[i] = random_ids(config, T)
-        ids[i, T - len(r):] = r
-        mask[i, T - len(r):] = 1
+        ids[i, T - len(r) :] = r
+        mask[i, T - len(r) :] = 1
     return ids, mask
 
 
@@ -85,13 +92,13 @@ def test_left_padding_equals_each_row_alone(tiny_config):
         batch = model(ids, attention_mask=mask, position_ids=position_ids).logits
         for i, r in enumerate(rows):
             alone = model(r[None]).logits[0]
-            assert_logits_close(batch[i, T - len(r):], alone, f"row {i}")
+            assert_logits_close(batch[i, T - len(r) :], alone, f"row {i}")
 
     ids, mask = _left_pad(tiny_config, rows, garbage=False)
     tokens, logits = _greedy(model, ids, attention_mask=mask, pad_token_id=tiny_config.pad_token_id)
     for i, r in enumerate(rows):
         ref_tokens, ref_logits = _greedy(model, r[None], pad_token_id=tiny_config.pad_token_id)
-        assert_same_greedy(tokens[i:i + 1], ref_tokens, ref_logits)
+        assert_same_greedy(tokens[i : i + 1], ref_tokens, ref_logits)
         if torch.equal(tokens[i], ref_tokens[0]):
             assert_logits_close(logits[:, i], ref_logits[:, 0], f"generated row {i}")
 
@@ -102,17 +109,26 @@ def test_beam_search_scores_match_full_forward(tiny_config):
     model = build_lm(tiny_config)
     ids = random_ids(tiny_config, 2, 6)
     N = 6
-    kwargs = dict(num_beams=2, num_return_sequences=2, max_new_tokens=N, min_new_tokens=N, do_sample=False,
-                  length_penalty=0.0, early_stopping=True, return_dict_in_generate=True, output_scores=True,
-                  pad_token_id=tiny_config.pad_token_id)
+    kwargs = dict(
+        num_beams=2,
+        num_return_sequences=2,
+        max_new_tokens=N,
+        min_new_tokens=N,
+        do_sample=False,
+        length_penalty=0.0,
+        early_stopping=True,
+        return_dict_in_generate=True,
+        output_scores=True,
+        pad_token_id=tiny_config.pad_token_id,
+    )
     out = model.generate(ids, use_cache=True, **kwargs)
     seqs = out.sequences
     assert seqs.shape == (4, ids.shape[1] + N)
-    assert torch.equal(seqs[:, :ids.shape[1]], ids.repeat_interleave(2, 0))
+    assert torch.equal(seqs[:, : ids.shape[1]], ids.repeat_interleave(2, 0))
     with torch.no_grad():
         logp = model(seqs, use_cache=False).logits.log_softmax(-1)
-    gen = seqs[:, ids.shape[1]:]
-    token_logp = logp[:, ids.shape[1] - 1:-1].gather(-1, gen[..., None])[..., 0]
+    gen = seqs[:, ids.shape[1] :]
+    token_logp = logp[:, ids.shape[1] - 1 : -1].gather(-1, gen[..., None])[..., 0]
     scale = float(logp.abs().max())
     torch.testing.assert_close(out.sequences_scores, token_logp.sum(-1), atol=N * 2 * LOGIT_REL_TOL * scale, rtol=0)
     # each prompt's two beams are distinct and ranked best first

@@ -1,5 +1,6 @@
 """What ``save_pretrained`` writes for the Hub, bit-exact safetensors round trips, loading in a fresh process (with
 ``trust_remote_code=True`` and no prior import, or with a plain ``import hf_seqmodels``), and never unpickling."""
+
 from __future__ import annotations
 
 import ast
@@ -9,11 +10,11 @@ import os
 import pytest
 import torch
 import yaml
+from integration_utils import assert_logits_close, build_lm, classes_for, random_ids
 from safetensors import safe_open
 from transformers import AutoModel, AutoModelForCausalLM
 
 from hf_seqmodels.hub import CONFIG_FILE, MODELING_FILE
-from integration_utils import assert_logits_close, build_lm, classes_for, random_ids
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
 
@@ -59,7 +60,8 @@ def test_save_pretrained_writes_hub_files(tiny_config, tmp_path):
     # The loader files only import the very classes auto_map names, from the installed package.
     assert _imports_of(tmp_path / CONFIG_FILE) == [(config_class.__module__, config_class.__name__)]
     assert _imports_of(tmp_path / MODELING_FILE) == [
-        (model_class.__module__, model_class.__name__), (lm_class.__module__, lm_class.__name__)
+        (model_class.__module__, model_class.__name__),
+        (lm_class.__module__, lm_class.__name__),
     ]
     assert all(module.startswith("hf_seqmodels.") for module, _ in _imports_of(tmp_path / MODELING_FILE))
 

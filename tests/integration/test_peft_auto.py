@@ -2,6 +2,7 @@
 the adapter was saved with ``task_type="CAUSAL_LM"`` (PEFT then goes through AutoModelForCausalLM, which knows our
 architectures after ``import hf_seqmodels``); without a task type PEFT wants to import our module and refuses it
 unless ``import_allowlist`` names ``hf_seqmodels``."""
+
 import pytest
 import torch
 

@@ -1,4 +1,5 @@
 """Fine-tuning with ``Trainer`` on real text (UTF-8 bytes of the pydoc topics, vocab 256) and LoRA with PEFT."""
+
 from __future__ import annotations
 
 import math
@@ -6,18 +7,29 @@ import os
 
 import pytest
 import torch
-from transformers import AutoModelForCausalLM, Trainer, TrainingArguments
-
 from integration_utils import ByteBlocks, build_lm, classes_for
+from transformers import AutoModelForCausalLM, Trainer, TrainingArguments
 
 UNIFORM_LOSS = math.log(256)  # cross-entropy of guessing bytes uniformly: where a fresh (0.02-init) model starts
 
 
 def _args(out_dir, steps, lr, batch=8, **kw):
     return TrainingArguments(
-        output_dir=str(out_dir), max_steps=steps, per_device_train_batch_size=batch, learning_rate=lr,
-        lr_scheduler_type="constant", warmup_steps=0, weight_decay=0.0, logging_steps=1, save_strategy="no",
-        report_to="none", use_cpu=True, dataloader_num_workers=0, disable_tqdm=True, label_names=["labels"], **kw,
+        output_dir=str(out_dir),
+        max_steps=steps,
+        per_device_train_batch_size=batch,
+        learning_rate=lr,
+        lr_scheduler_type="constant",
+        warmup_steps=0,
+        weight_decay=0.0,
+        logging_steps=1,
+        save_strategy="no",
+        report_to="none",
+        use_cpu=True,
+        dataloader_num_workers=0,
+        disable_tqdm=True,
+        label_names=["labels"],
+        **kw,
     )
 
 
@@ -32,8 +44,12 @@ def test_trainer_fine_tune_lowers_the_loss_on_real_text(train_config, tmp_path, 
     steps, block = 40, 64
     train = ByteBlocks(block, steps * 8)
     held_out = ByteBlocks(block, 16, offset=block * steps * 8)  # text the model never trains on
-    trainer = Trainer(model=model, args=_args(tmp_path / "run", steps, 3e-3, seed=fresh_seed % 2**31),
-                      train_dataset=train, eval_dataset=held_out)
+    trainer = Trainer(
+        model=model,
+        args=_args(tmp_path / "run", steps, 3e-3, seed=fresh_seed % 2**31),
+        train_dataset=train,
+        eval_dataset=held_out,
+    )
     before = trainer.evaluate()["eval_loss"]
     trainer.train()
     losses = _losses(trainer)
@@ -76,11 +92,14 @@ def test_peft_lora_train_save_reload_merge(train_config, tmp_path, fresh_seed):
     # the Linear layers LoRA must adapt, found independently of PEFT
     expected = {n: m for n, m in base.named_modules() if isinstance(m, torch.nn.Linear) and n.split(".")[-1] in targets}
     assert {n.split(".")[-1] for n in expected} == set(targets), "every documented target exists in the model"
-    assert len(expected) == sum(n.split('.')[-1] in targets for n, m in base.named_modules() if isinstance(m, torch.nn.Linear))
+    assert len(expected) == sum(
+        n.split(".")[-1] in targets for n, m in base.named_modules() if isinstance(m, torch.nn.Linear)
+    )
     expected_params = sum(r * (m.in_features + m.out_features) for m in expected.values())
 
-    model = get_peft_model(base, LoraConfig(r=r, lora_alpha=8, lora_dropout=0.0, target_modules=targets,
-                                            task_type="CAUSAL_LM"))
+    model = get_peft_model(
+        base, LoraConfig(r=r, lora_alpha=8, lora_dropout=0.0, target_modules=targets, task_type="CAUSAL_LM")
+    )
     wrapped = {n.removeprefix("base_model.model.") for n, m in model.named_modules() if isinstance(m, LoraLayer)}
     assert wrapped == set(expected)
     trainable = {n: p for n, p in model.named_parameters() if p.requires_grad}
@@ -88,12 +107,15 @@ def test_peft_lora_train_save_reload_merge(train_config, tmp_path, fresh_seed):
     assert sum(p.numel() for p in trainable.values()) == expected_params
 
     data = ByteBlocks(64, 5 * 4)
-    trainer = Trainer(model=model, args=_args(tmp_path / "run", 5, 1e-2, batch=4, seed=fresh_seed % 2**31),
-                      train_dataset=data)
+    trainer = Trainer(
+        model=model, args=_args(tmp_path / "run", 5, 1e-2, batch=4, seed=fresh_seed % 2**31), train_dataset=data
+    )
     trainer.train()
     assert len(_losses(trainer)) == 5
     model.eval()
-    assert any(float(p.detach().abs().max()) > 0 for n, p in model.named_parameters() if "lora_B" in n), "LoRA B never moved"
+    assert any(float(p.detach().abs().max()) > 0 for n, p in model.named_parameters() if "lora_B" in n), (
+        "LoRA B never moved"
+    )
 
     ids = data[0]["input_ids"][None]
     fresh_base = AutoModelForCausalLM.from_pretrained(tmp_path / "base").eval()
@@ -106,7 +128,9 @@ def test_peft_lora_train_save_reload_merge(train_config, tmp_path, fresh_seed):
 
     model.save_pretrained(tmp_path / "adapter")
     files = set(os.listdir(tmp_path / "adapter"))
-    assert {"adapter_model.safetensors", "adapter_config.json"} <= files and not [f for f in files if f.endswith(".bin")]
+    assert {"adapter_model.safetensors", "adapter_config.json"} <= files and not [
+        f for f in files if f.endswith(".bin")
+    ]
 
     reloaded = PeftModel.from_pretrained(fresh_base, tmp_path / "adapter").eval()
     with torch.no_grad():

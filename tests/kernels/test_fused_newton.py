@@ -5,6 +5,7 @@ a plain fp64 loop of the layer's cell step, values and gradients for u, a and h0
 the non-convergence paths; the hook that makes the built-in cells use the kernel; the GPU suite's ParaRNN check at
 tiny sizes. Tests marked ``cuda`` repeat the comparison at larger shapes on a GPU.
 """
+
 import os
 import warnings
 
@@ -90,8 +91,10 @@ def values_and_grads(solve, inputs, weight):
 
 def max_err(got, ref):
     """Largest error of each tensor relative to its largest reference value (at least 1)."""
-    return max(float((g.double() - r.double()).abs().max()) / max(1.0, float(r.abs().max()))
-               for g, r in zip([x.detach() for x in got], [x.detach() for x in ref]))
+    return max(
+        float((g.double() - r.double()).abs().max()) / max(1.0, float(r.abs().max()))
+        for g, r in zip([x.detach() for x in got], [x.detach() for x in ref])
+    )
 
 
 def fused(cell, **kw):
@@ -167,8 +170,11 @@ def test_bf16_outputs_are_the_fp32_results_rounded_to_nearest_even(interpreter, 
 def test_non_convergence_warns_and_falls_back_to_the_sequential_kernel(interpreter, cell):
     inputs = make_problem(cell, 2, 14, 5, a_scale=6.0)
     weight = torch.randn(2, 14, 5, *CELLS[cell]["tail"], dtype=F64)
-    with pytest.warns(RuntimeWarning, match=r"after 1 Newton iterations: relative residual .*falling back to the "
-                                            r"sequential solve"):
+    with pytest.warns(
+        RuntimeWarning,
+        match=r"after 1 Newton iterations: relative residual .*falling back to the "
+        r"sequential solve",
+    ):
         got = values_and_grads(fused(cell, max_iter=1, tol=1e-14), inputs, weight)
     ref = values_and_grads(lambda *x: loop_reference(cell, *x), inputs, weight)
     assert max_err(got, ref) < 1e-12  # fallback values, adjoint gradients at the sequential solution
@@ -176,8 +182,11 @@ def test_non_convergence_warns_and_falls_back_to_the_sequential_kernel(interpret
     with pytest.warns(RuntimeWarning):
         _, info = CELLS[cell]["fn"](u, a, s0, max_iter=1, tol=1e-14, backend="triton", return_info=True)
     assert info.fallback and not info.converged and info.iterations == 1 and info.residual > 1e-14
-    with pytest.raises(NewtonConvergenceError, match=r"fused_newton_\w+: no convergence after 0 Newton iterations: "
-                                                     r"relative residual \d"):
+    with pytest.raises(
+        NewtonConvergenceError,
+        match=r"fused_newton_\w+: no convergence after 0 Newton iterations: "
+        r"relative residual \d",
+    ):
         CELLS[cell]["fn"](u, a, s0, max_iter=0, backend="triton", on_fail="raise")
 
 
@@ -307,15 +316,25 @@ def test_gpu_suite_pararnn_bench_methods_run_in_the_interpreter(interpreter):
 # -- on a GPU ------------------------------------------------------------------------------------------------------
 @pytest.mark.cuda
 @pytest.mark.parametrize("cell", list(CELLS))
-@pytest.mark.parametrize("B,T,D,mask,dtype", [(4, 1, 96, False, torch.float32), (3, 333, 80, True, torch.float32),
-                                             (4, 2048, 256, False, torch.float32), (2, 1000, 64, True, F64),
-                                             (2, 1500, 128, False, torch.bfloat16)])
+@pytest.mark.parametrize(
+    "B,T,D,mask,dtype",
+    [
+        (4, 1, 96, False, torch.float32),
+        (3, 333, 80, True, torch.float32),
+        (4, 2048, 256, False, torch.float32),
+        (2, 1000, 64, True, F64),
+        (2, 1500, 128, False, torch.bfloat16),
+    ],
+)
 def test_cuda_fused_matches_the_torch_path(cell, B, T, D, mask, dtype):
     inputs = make_problem(cell, B, T, D, dtype=dtype, mask=mask, device="cuda")
     weight = torch.randn(B, T, D, *CELLS[cell]["tail"], dtype=F64, device="cuda")
     got = values_and_grads(lambda *x: CELLS[cell]["fn"](*x, on_fail="raise"), inputs, weight)
-    ref = values_and_grads(lambda *x: CELLS[cell]["fn"](*x, backend="torch", on_fail="raise"),
-                           [x.double() if x is not None else None for x in inputs], weight)
+    ref = values_and_grads(
+        lambda *x: CELLS[cell]["fn"](*x, backend="torch", on_fail="raise"),
+        [x.double() if x is not None else None for x in inputs],
+        weight,
+    )
     err = max_err(got, ref)
     assert err < {torch.float32: 1e-4, F64: 1e-10, torch.bfloat16: 3e-2}[dtype], err
 

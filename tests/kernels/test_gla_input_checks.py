@@ -1,4 +1,5 @@
 """chunk_gla refuses gates that would give a silent wrong answer, naming the problem, and warns on a layout mix-up."""
+
 import pytest
 import torch
 

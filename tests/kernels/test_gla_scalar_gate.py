@@ -1,6 +1,7 @@
 """The scalar-gate (one decay per head, ``g`` [B, T, H]) path of the GLA ops against an fp64 loop written from
 its recurrence ``S_t = exp(g_t) S_{t-1} + k_t^T v_t, o_t = scale q_t S_t``: values and all gradients, packed
 sequences, initial/final states, extreme decays, and equality with the per-key path given the gate over K."""
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -52,8 +53,13 @@ def _check_against_loop(fn, inputs, scale, tol, gtol=None):
     torch.testing.assert_close(h.double(), rh, rtol=tol, atol=tol)
     for name, a, b in zip("q k v g h0".split(), grads, rgrads):
         assert a.shape == b.shape, name
-        torch.testing.assert_close(a.double(), b.double(), rtol=gtol or tol, atol=gtol or tol,
-                                   msg=lambda m, name=name: f"gradient of {name}: {m}")
+        torch.testing.assert_close(
+            a.double(),
+            b.double(),
+            rtol=gtol or tol,
+            atol=gtol or tol,
+            msg=lambda m, name=name: f"gradient of {name}: {m}",
+        )
 
 
 @pytest.mark.parametrize("op", OPS)
@@ -63,8 +69,13 @@ def _check_against_loop(fn, inputs, scale, tol, gtol=None):
 )
 def test_matches_loop_fp64_values_and_gradients(op, gate, B, T, H, K, V):
     scale = 0.7
-    _check_against_loop(lambda *x: OPS[op](*x[:4], scale=scale, initial_state=x[4], output_final_state=True),
-                        _inputs(B, T, H, K, V, gate=gate), scale, 1e-10, 1e-9)
+    _check_against_loop(
+        lambda *x: OPS[op](*x[:4], scale=scale, initial_state=x[4], output_final_state=True),
+        _inputs(B, T, H, K, V, gate=gate),
+        scale,
+        1e-10,
+        1e-9,
+    )
 
 
 @pytest.mark.parametrize("dtype,tol", [(torch.float32, 2e-4), (torch.bfloat16, 5e-2), (torch.float16, 1e-2)])
@@ -74,8 +85,9 @@ def test_lower_precision_matches_loop(dtype, tol, gate):
     B, T, H, K, V = 2, 150, 2, 16, 8
     inputs = _inputs(B, T, H, K, V, dtype, gate)
     inputs[4] = inputs[4].float()  # the state is fp32 whatever the input dtype
-    _check_against_loop(lambda *x: chunk_gla(*x[:4], initial_state=x[4], output_final_state=True),
-                        inputs, K ** -0.5, tol, 5 * tol)
+    _check_against_loop(
+        lambda *x: chunk_gla(*x[:4], initial_state=x[4], output_final_state=True), inputs, K**-0.5, tol, 5 * tol
+    )
 
 
 def test_equals_per_key_path_with_the_gate_broadcast_over_k():
@@ -120,8 +132,12 @@ def test_packed_sequences_match_the_loop_per_sequence(op, lengths):
             finals.append(h)
         return torch.cat(outs, 1), torch.cat(finals)
 
-    o, h, grads = _grads(lambda *x: OPS[op](*x[:4], scale=scale, initial_state=x[4], output_final_state=True,
-                                            cu_seqlens=cu), (q, k, v, g, h0), do, dh)
+    o, h, grads = _grads(
+        lambda *x: OPS[op](*x[:4], scale=scale, initial_state=x[4], output_final_state=True, cu_seqlens=cu),
+        (q, k, v, g, h0),
+        do,
+        dh,
+    )
     ro, rh, rgrads = _grads(ref, (q, k, v, g, h0), do, dh)
     torch.testing.assert_close(o, ro, rtol=1e-10, atol=1e-10)
     torch.testing.assert_close(h, rh, rtol=1e-10, atol=1e-10)
@@ -135,8 +151,9 @@ def test_streamed_forward_without_gradients_matches_the_loop(monkeypatch):
     with torch.no_grad():
         o, h = chunk_gla(q, k, v, g, scale=0.5, initial_state=h0, output_final_state=True)
         cu = torch.tensor([0, 17, 300])
-        op, hp = chunk_gla(q[:1], k[:1], v[:1], g[:1], scale=0.5, initial_state=h0, output_final_state=True,
-                           cu_seqlens=cu)
+        op, hp = chunk_gla(
+            q[:1], k[:1], v[:1], g[:1], scale=0.5, initial_state=h0, output_final_state=True, cu_seqlens=cu
+        )
     ro, rh = scalar_gla_loop(q, k, v, g, 0.5, h0)
     torch.testing.assert_close(o, ro, rtol=1e-10, atol=1e-10)
     torch.testing.assert_close(h, rh, rtol=1e-10, atol=1e-10)
@@ -151,8 +168,9 @@ def test_token_by_token_decoding_equals_chunked():
     o, h = chunk_gla(q, k, v, g, initial_state=h0, output_final_state=True)
     state, outs = h0, []
     for t in range(19):
-        ot, state = fused_recurrent_gla(*(x[:, t : t + 1] for x in (q, k, v, g)), initial_state=state,
-                                        output_final_state=True)
+        ot, state = fused_recurrent_gla(
+            *(x[:, t : t + 1] for x in (q, k, v, g)), initial_state=state, output_final_state=True
+        )
         outs.append(ot)
     torch.testing.assert_close(torch.cat(outs, 1), o, rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(state, h, rtol=1e-4, atol=1e-5)
@@ -195,16 +213,25 @@ def test_triton_route_broadcasts_the_gate_interpreter(op, T, lengths):
     def ref(q, k, v, g, h0):
         if cu is None:
             return scalar_gla_loop(q, k, v, g, scale, h0)
-        parts = [scalar_gla_loop(q[:, s:e], k[:, s:e], v[:, s:e], g[:, s:e], scale, h0[i : i + 1])
-                 for i, (s, e) in enumerate(zip(cu[:-1].tolist(), cu[1:].tolist()))]
+        parts = [
+            scalar_gla_loop(q[:, s:e], k[:, s:e], v[:, s:e], g[:, s:e], scale, h0[i : i + 1])
+            for i, (s, e) in enumerate(zip(cu[:-1].tolist(), cu[1:].tolist()))
+        ]
         return torch.cat([p[0] for p in parts], 1), torch.cat([p[1] for p in parts])
 
-    o, h, grads = _grads(lambda *x: OPS[op](*x[:4], scale=scale, initial_state=x[4], output_final_state=True,
-                                            backend="triton", cu_seqlens=cu), (q, k, v, g, h0), do, dh)
+    o, h, grads = _grads(
+        lambda *x: OPS[op](
+            *x[:4], scale=scale, initial_state=x[4], output_final_state=True, backend="triton", cu_seqlens=cu
+        ),
+        (q, k, v, g, h0),
+        do,
+        dh,
+    )
     ro, rh, rgrads = _grads(ref, (q, k, v, g, h0), do, dh)
     torch.testing.assert_close(o.double(), ro, rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(h.double(), rh, rtol=1e-4, atol=1e-4)
     for name, a, b in zip("q k v g h0".split(), grads, rgrads):
         assert a.shape == b.shape, name
-        torch.testing.assert_close(a.double(), b.double(), rtol=1e-3, atol=1e-3,
-                                   msg=lambda m, name=name: f"gradient of {name}: {m}")
+        torch.testing.assert_close(
+            a.double(), b.double(), rtol=1e-3, atol=1e-3, msg=lambda m, name=name: f"gradient of {name}: {m}"
+        )

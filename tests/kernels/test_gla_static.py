@@ -4,6 +4,7 @@ A hand-written SASS listing in nvdisasm's format, with source lines pointing int
 exactly the executed-instruction counts worked out by hand; the branch-side selection, the occupancy and the traffic
 formulas are checked the same way.
 """
+
 import textwrap
 
 import pytest
@@ -43,11 +44,15 @@ def sass(src):
         ".L_x_1:\n" + at(4) + "        /*0010*/                   FFMA R1, R2, R3, R4 ;\n"
         ".L_x_0:\n" + at(6) + "        /*0020*/                   MUFU.EX2 R1, R1 ;\n"
         "        /*0030*/               @P0 BRA `(.L_x_0) ;\n"
-        + at(4) + "        /*0040*/                   LDS.128 R4, [R2] ;\n"
+        + at(4)
+        + "        /*0040*/                   LDS.128 R4, [R2] ;\n"
         "        /*0050*/               @P1 BRA `(.L_x_1) ;\n"
-        + at(11) + "        /*0060*/               @P2 BRA `(.L_x_3) ;\n"
-        + at(12) + "        /*0070*/                   SHFL.BFLY PT, R1, R1, 0x1, 0x1f ;\n"
-        + at(19) + "        /*0080*/                   IADD3 R1, R1, 0x1, RZ ;\n"
+        + at(11)
+        + "        /*0060*/               @P2 BRA `(.L_x_3) ;\n"
+        + at(12)
+        + "        /*0070*/                   SHFL.BFLY PT, R1, R1, 0x1, 0x1f ;\n"
+        + at(19)
+        + "        /*0080*/                   IADD3 R1, R1, 0x1, RZ ;\n"
         ".L_x_3:\n" + at(2) + "        /*0090*/              @!PT LDS RZ, [RZ] ;\n"
         "        /*00a0*/               @P3 BRA.DIV UR4, `(.L_x_2) ;\n"
         "        /*00b0*/                   EXIT ;\n"
@@ -96,8 +101,10 @@ def test_a_loop_without_a_countable_range_is_an_error(tmp_path):
     src = tmp_path / "w.py"
     src.write_text("def kern(N):\n    while N:\n        N -= 1\n")
     at = f'\t//## File "{src}", line 3\n'
-    text = ".L_x_0:\n" + at + "        /*0000*/                   IADD3 R1, R1, -0x1, RZ ;\n" \
-           "        /*0010*/               @P0 BRA `(.L_x_0) ;\n        /*0020*/                   EXIT ;\n"
+    text = (
+        ".L_x_0:\n" + at + "        /*0000*/                   IADD3 R1, R1, -0x1, RZ ;\n"
+        "        /*0010*/               @P0 BRA `(.L_x_0) ;\n        /*0020*/                   EXIT ;\n"
+    )
     instrs = G.parse_sass(text)
     with pytest.raises(ValueError, match="while loop"):
         G.assign_trips(instrs, G.find_loops(instrs), dict(N=5))
@@ -112,8 +119,17 @@ def test_blocks_per_sm():
 
 
 def test_program_cycles_take_the_busiest_unit():
-    c = {"instr": 100, "fma": 10, "imad": 0, "alu": 20, "xu": 30, "shfl": 0, "smem_bytes": 0, "mma_macs": 0,
-         "mma_macs_tf32": 0}
+    c = {
+        "instr": 100,
+        "fma": 10,
+        "imad": 0,
+        "alu": 20,
+        "xu": 30,
+        "shfl": 0,
+        "smem_bytes": 0,
+        "mma_macs": 0,
+        "mma_macs_tf32": 0,
+    }
     cyc = G.program_cycles(c, warps=4)
     assert cyc["bound"] == "xu" and cyc["program"] == 30 * 8  # 4 warps: one per scheduler; MUFU 8 cycles each
     c.update(xu=0, mma_macs=64 * 128 * 16 * 10)  # ten HGMMA 64x128x16 per warpgroup

@@ -1,10 +1,11 @@
 """The PyTorch path of the GLA ops against the fp64 loop reference: values and all gradients."""
+
 import pytest
 import torch
 import torch.nn.functional as F
+from reference import gla_loop
 
 from hf_seqmodels.kernels import chunk_gla, fused_recurrent_gla
-from reference import gla_loop
 
 OPS = {"chunk": chunk_gla, "recurrent": fused_recurrent_gla}
 
@@ -38,7 +39,9 @@ def test_matches_loop_fp64_values_and_gradients(op, B, T, H, K, V):
     h0 = h0.double()
     do, dh = torch.randn(B, T, H, V, dtype=torch.float64), torch.randn(B, H, K, V, dtype=torch.float64)
     scale = 0.7
-    o, h, grads = _grads(lambda *x: OPS[op](*x[:4], scale=scale, initial_state=x[4], output_final_state=True), (q, k, v, g, h0), do, dh)
+    o, h, grads = _grads(
+        lambda *x: OPS[op](*x[:4], scale=scale, initial_state=x[4], output_final_state=True), (q, k, v, g, h0), do, dh
+    )
     ro, rh, rgrads = _grads(lambda *x: gla_loop(*x[:4], scale, x[4]), (q, k, v, g, h0), do, dh)
     torch.testing.assert_close(o, ro, rtol=1e-10, atol=1e-10)
     torch.testing.assert_close(h, rh, rtol=1e-10, atol=1e-10)
@@ -58,7 +61,9 @@ def test_low_precision_inputs_and_extreme_gates(dtype, tol, gate):
     B, T, H, K, V = 2, 150, 2, 16, 8
     q, k, v, g, h0 = _inputs(B, T, H, K, V, dtype, gate)
     do, dh = torch.randn(B, T, H, V, dtype=torch.float64), torch.randn(B, H, K, V, dtype=torch.float64)
-    o, h, grads = _grads(lambda *x: chunk_gla(*x[:4], initial_state=x[4], output_final_state=True), (q, k, v, g, h0), do, dh)
+    o, h, grads = _grads(
+        lambda *x: chunk_gla(*x[:4], initial_state=x[4], output_final_state=True), (q, k, v, g, h0), do, dh
+    )
     ro, rh, rgrads = _grads(lambda *x: gla_loop(*x[:4], None, x[4]), (q, k, v, g, h0), do, dh)
     assert o.dtype == dtype and h.dtype == torch.float32
     ref_scale = lambda r: tol * max(1.0, r.abs().max().item())  # noqa: E731
@@ -85,7 +90,14 @@ def test_token_by_token_decoding_equals_chunked():
     o, h = chunk_gla(q, k, v, g, output_final_state=True)
     state, outs = None, []
     for t in range(19):
-        ot, state = fused_recurrent_gla(q[:, t : t + 1], k[:, t : t + 1], v[:, t : t + 1], g[:, t : t + 1], initial_state=state, output_final_state=True)
+        ot, state = fused_recurrent_gla(
+            q[:, t : t + 1],
+            k[:, t : t + 1],
+            v[:, t : t + 1],
+            g[:, t : t + 1],
+            initial_state=state,
+            output_final_state=True,
+        )
         outs.append(ot)
     torch.testing.assert_close(torch.cat(outs, 1), o, rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(state, h, rtol=1e-4, atol=1e-5)

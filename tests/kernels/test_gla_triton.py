@@ -3,10 +3,10 @@
 On the CPU they run in the Triton interpreter (TRITON_INTERPRET=1, set by conftest) on small shapes; the tests
 marked ``cuda`` compare against the PyTorch path at larger shapes on a GPU.
 """
+
 import pytest
 import torch
 import torch.nn.functional as F
-
 from reference import gla_loop
 
 from hf_seqmodels.kernels.gla import ops
@@ -69,8 +69,10 @@ def check(fn, inputs, tol, reference="loop"):
     scale = q.shape[-1] ** -0.5
     B, T, H, K = q.shape
     # loss weights representable in the input dtype, so `do` is the same for the kernel and the reference
-    weights = (torch.randn(*v.shape, dtype=v.dtype, device=v.device).double(),
-               torch.randn(B, H, K, v.shape[-1], device=v.device).double())
+    weights = (
+        torch.randn(*v.shape, dtype=v.dtype, device=v.device).double(),
+        torch.randn(B, H, K, v.shape[-1], device=v.device).double(),
+    )
     o, S, grads = run_with_grads(fn, inputs, scale, weights)
     if reference == "loop":
         ref_inputs = [x.double() if x is not None else None for x in inputs]
@@ -86,8 +88,11 @@ def check(fn, inputs, tol, reference="loop"):
     # dg = reverse cumsum of (q*dq - k*dk): with steep gates dg is ~exp(-30) while the summed terms are O(1), so its
     # error is measured against the size of those terms (the PyTorch path computes it the same way).
     dq_ref, dk_ref, dg_ref = rgrads[0], rgrads[1], rgrads[3]
-    dg_scale = max(float(dg_ref.abs().max()), float((q.double() * dq_ref.double()).abs().max()),
-                   float((k.double() * dk_ref.double()).abs().max()))
+    dg_scale = max(
+        float(dg_ref.abs().max()),
+        float((q.double() * dq_ref.double()).abs().max()),
+        float((k.double() * dk_ref.double()).abs().max()),
+    )
     assert grads[3].dtype == g.dtype and torch.isfinite(grads[3]).all()
     assert err(grads[3], dg_ref, dg_scale) < tol, f"dg: {err(grads[3], dg_ref, dg_scale):.2e}"
     if s0 is not None:
@@ -133,11 +138,11 @@ def gate_paths(g, limit, BK=32):
     for b in range(B):
         for h in range(H):
             for i in range(n):
-                if all(span[b, h, i, k0:k0 + BK].max() <= limit for k0 in range(0, K, BK)):
+                if all(span[b, h, i, k0 : k0 + BK].max() <= limit for k0 in range(0, K, BK)):
                     paths.add("fast")
                     continue
                 for k0 in range(0, K, BK):
-                    paths.add("blocked" if inner[b, h, i, k0:k0 + BK].max() <= limit else "exact")
+                    paths.add("blocked" if inner[b, h, i, k0 : k0 + BK].max() <= limit else "exact")
     return paths
 
 
@@ -220,11 +225,20 @@ def test_prefill_then_decode_matches_one_call():
     q, k, v, g, s0 = make_inputs(2, 75, 2, 16, 12)
     o, S = chunk_gla_triton(q, k, v, g, 0.25, s0, True)
     T1 = 68
-    outs = [chunk_gla_triton(q[:, :T1].contiguous(), k[:, :T1].contiguous(), v[:, :T1].contiguous(),
-                             g[:, :T1].contiguous(), 0.25, s0, True)]
+    outs = [
+        chunk_gla_triton(
+            q[:, :T1].contiguous(),
+            k[:, :T1].contiguous(),
+            v[:, :T1].contiguous(),
+            g[:, :T1].contiguous(),
+            0.25,
+            s0,
+            True,
+        )
+    ]
     state = outs[0][1]
     for t in range(T1, q.shape[1]):
-        step = [x[:, t:t + 1].contiguous() for x in (q, k, v, g)]
+        step = [x[:, t : t + 1].contiguous() for x in (q, k, v, g)]
         outs.append(fused_recurrent_gla_triton(*step, 0.25, state, True))
         state = outs[-1][1]
     assert err(torch.cat([x[0] for x in outs], 1), o) < 1e-5

@@ -2,6 +2,7 @@
 ``patch_interpreter()`` under TRITON_INTERPRET=1, as every kernel launch does): fp32 -> bf16 casts round to nearest
 even (triton 3.6's interpreter truncates), and ``tl.dot`` multiplies bf16 operands (it multiplied their raw uint16
 storage). So the bf16 tolerances the interpreter tests assert see the operand rounding of the hardware."""
+
 import pytest
 import torch
 
@@ -47,8 +48,9 @@ def test_int_and_bool_to_bf16_are_values_not_bits():
 def test_fp32_to_bf16_rounds_to_nearest_even():
     # random values, ties both ways (1 + 2^-8 rounds down to even, 1 + 3 * 2^-8 up), the largest finite fp32 that
     # stays finite in bf16, infinities, signed zero, a subnormal
-    special = torch.tensor([1.00390625, 1.01171875, -1.00390625, 3.3895314e38, float("inf"), -float("inf"), -0.0,
-                            1e-40])
+    special = torch.tensor(
+        [1.00390625, 1.01171875, -1.00390625, 3.3895314e38, float("inf"), -float("inf"), -0.0, 1e-40]
+    )
     x = torch.cat([torch.randn(1024 - len(special)) * 100, special])
     y = torch.empty_like(x)
     _round_trip[(1,)](x, y, 1024)

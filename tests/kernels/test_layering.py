@@ -1,6 +1,7 @@
 """``hf_seqmodels.kernels`` is the bottom layer (DESIGN.md): it imports torch and triton, never transformers, and
-nothing of hf_seqmodels above it. Checked by importing every kernels module in a fresh interpreter whose ``hf_seqmodels``
-package is an empty stand-in (the real ``hf_seqmodels/__init__.py`` imports transformers itself)."""
+nothing of hf_seqmodels above it. Checked by importing every kernels module in a fresh interpreter whose
+``hf_seqmodels`` package is an empty stand-in (the real ``hf_seqmodels/__init__.py`` imports transformers itself)."""
+
 import json
 import subprocess
 import sys
@@ -40,8 +41,13 @@ def test_kernels_import_neither_transformers_nor_the_layers_above():
     assert out.returncode == 0, out.stderr
     got = json.loads(out.stdout.strip().splitlines()[-1])
     # the walk really imported the package's modules, the Triton ones too where triton is installed
-    assert {"hf_seqmodels.kernels.gla.ops", "hf_seqmodels.kernels.scan.ops", "hf_seqmodels.kernels.memory.ops",
-            "hf_seqmodels.kernels.pararnn.newton", "hf_seqmodels.kernels.attention.ops"} <= set(got["imported"])
+    assert {
+        "hf_seqmodels.kernels.gla.ops",
+        "hf_seqmodels.kernels.scan.ops",
+        "hf_seqmodels.kernels.memory.ops",
+        "hf_seqmodels.kernels.pararnn.newton",
+        "hf_seqmodels.kernels.attention.ops",
+    } <= set(got["imported"])
     assert "hf_seqmodels.kernels.triton_utils" in got["imported"] + got["missing_triton"]
     assert got["transformers"] == [], got["transformers"]
     assert got["above"] == [], got["above"]

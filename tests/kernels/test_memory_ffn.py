@@ -2,6 +2,7 @@
 
 The reference computes each sample separately with plain matmuls in fp64 and lets autograd differentiate it.
 """
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -21,7 +22,7 @@ def loop_reference(x, wg, wu, wd):
 
 def make(B, T, S, d, dtype=torch.float64):
     x = torch.randn(B, T, d, dtype=dtype)
-    w = [torch.randn(B, S, d, dtype=dtype) / d ** 0.5 for _ in range(3)]
+    w = [torch.randn(B, S, d, dtype=dtype) / d**0.5 for _ in range(3)]
     return [x, *w]
 
 
@@ -126,6 +127,7 @@ def test_triton_cuda_matches_torch(dtype, tol):
     assert rel(y, ry) < tol
     for g, r in zip(grads, rgrads):
         assert rel(g, r) < tol
+
 
 # Compiled for sm_90 / sm_80 on the CPU (registers, spills, shared memory): tests/kernels/test_sm90_compile.py
 # (case memory_ffn_bf16, the production shape B8 T2048 S336 d512, in the default set; fp32 in the exhaustive one).

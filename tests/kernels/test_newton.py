@@ -4,11 +4,11 @@ cell parameters and h0), convergence, and the non-convergence paths (warning + s
 Two toy cells from the ParaRNN paper, written here independently of the package: a diagonal GRU (Jacobian
 diagonal) and the CIFG LSTM with peepholes (state [c, h] per unit, 2x2 Jacobian blocks).
 """
+
 import warnings
 
 import pytest
 import torch
-
 from reference import recurrence_loop
 
 from hf_seqmodels.kernels.pararnn import NewtonConvergenceError, newton_solve, sequential_solve
@@ -183,8 +183,9 @@ def test_converges_in_a_few_iterations(cell, dtype):
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_half_precision_converges_at_its_default_tol(cell, dtype):
     x, *params, s0 = make_problem(cell, 2, 256, 8, scale=1.0)
-    h, info = solve(cell, x.to(dtype), [p.to(dtype) for p in params], s0.to(dtype), "newton", on_fail="raise",
-                    return_info=True)
+    h, info = solve(
+        cell, x.to(dtype), [p.to(dtype) for p in params], s0.to(dtype), "newton", on_fail="raise", return_info=True
+    )
     assert h.dtype == dtype and info.converged and info.iterations <= 4
     ref = solve(cell, x.to(dtype).double(), [p.to(dtype).double() for p in params], s0.to(dtype).double(), "loop")
     assert max_err([h], [ref]) < (1e-1 if dtype == torch.bfloat16 else 1.5e-2)  # a few ulp of the state
@@ -192,6 +193,7 @@ def test_half_precision_converges_at_its_default_tol(cell, dtype):
 
 def test_max_iter_T_is_exact_even_for_an_expanding_cell():
     """After k Newton steps the first k states are exact, whatever the cell."""
+
     def step(h, x):
         return 2.5 * torch.sin(h) + x
 

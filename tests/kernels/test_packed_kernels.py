@@ -1,7 +1,9 @@
 """Packed sequences (``cu_seqlens``): every op against running each sequence on its own, and against the fp64 loop
 references, values and gradients; odd lengths, length-1 and empty sequences; argument validation."""
+
 import pytest
 import torch
+from reference import block2_scan_loop, gla_loop, linear_scan_loop, recurrence_loop, swa_loop
 
 from hf_seqmodels.kernels import (
     block2_scan,
@@ -14,7 +16,6 @@ from hf_seqmodels.kernels import (
 )
 from hf_seqmodels.kernels.gla.chunk_torch import chunk_gla_torch
 from hf_seqmodels.layers.conv import ShortConvolution
-from reference import block2_scan_loop, gla_loop, linear_scan_loop, recurrence_loop, swa_loop
 
 LENGTHS = [5, 1, 70, 0, 3]  # odd lengths, a length-1 and an empty sequence; 70 crosses a 64-token chunk
 
@@ -44,7 +45,9 @@ def _gla_inputs(T, H, K, V, N, dtype):
     return [t.requires_grad_() for t in (q, k, v, g, h0)]
 
 
-@pytest.mark.parametrize("op, lengths", [(chunk_gla, LENGTHS), (fused_recurrent_gla, LENGTHS), (chunk_gla, [64, 129, 1])])
+@pytest.mark.parametrize(
+    "op, lengths", [(chunk_gla, LENGTHS), (fused_recurrent_gla, LENGTHS), (chunk_gla, [64, 129, 1])]
+)
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 def test_gla_packed_equals_each_sequence_and_loop(op, lengths, dtype):
     H, K, V = 2, 8, 4
@@ -107,8 +110,9 @@ def test_scans_packed_equal_loop_per_sequence(structure, reverse):
     h0 = torch.randn(N, D, *tail, dtype=torch.float64, requires_grad=True)
     fn, loop = (linear_scan, linear_scan_loop) if structure == "diagonal" else (block2_scan, block2_scan_loop)
     h = fn(a, b, initial_state=h0, reverse=reverse, cu_seqlens=_cu(lengths, torch.int64))
-    ref = torch.cat([loop(a[:, s:e], b[:, s:e], h0[i : i + 1], reverse) for i, (s, e) in enumerate(_segments(lengths))
-                     if e > s], 1)
+    ref = torch.cat(
+        [loop(a[:, s:e], b[:, s:e], h0[i : i + 1], reverse) for i, (s, e) in enumerate(_segments(lengths)) if e > s], 1
+    )
     torch.testing.assert_close(h, ref)
     w = torch.randn_like(h)
     for x, y in zip(_grads([h], [w], (a, b, h0)), _grads([ref], [w], (a, b, h0))):
@@ -164,8 +168,9 @@ def test_swa_packed_equals_loop_per_sequence(window):
     v = torch.randn(1, T, Hkv, D, dtype=torch.float64, requires_grad=True)
     sinks = torch.randn(H, dtype=torch.float64, requires_grad=True)
     o = sliding_window_attention(q, k, v, window, sinks=sinks, cu_seqlens=_cu(lengths))
-    ref = torch.cat([swa_loop(q[:, s:e], k[:, s:e], v[:, s:e], window, sinks=sinks)
-                     for s, e in _segments(lengths) if e > s], 1)
+    ref = torch.cat(
+        [swa_loop(q[:, s:e], k[:, s:e], v[:, s:e], window, sinks=sinks) for s, e in _segments(lengths) if e > s], 1
+    )
     torch.testing.assert_close(o, ref)
     w = torch.randn_like(o)
     for x, y in zip(_grads([o], [w], (q, k, v, sinks)), _grads([ref], [w], (q, k, v, sinks))):
@@ -187,15 +192,18 @@ def test_short_conv_packed_equals_each_sequence(kernel_size):
         torch.testing.assert_close(a, b)
 
 
-@pytest.mark.parametrize("cu, error, pattern", [
-    (torch.tensor([[0, 3]]), ValueError, "cu_seqlens.*1-D"),
-    (torch.tensor([0.0, 3.0]), ValueError, "cu_seqlens.*int32 or int64"),
-    ([0, 3], TypeError, "cu_seqlens.*torch.Tensor"),
-    (torch.tensor([1, 3]), ValueError, "cu_seqlens.*start at 0"),
-    (torch.tensor([0, 2, 1, 3]), ValueError, "cu_seqlens.*non-decreasing"),
-    (torch.tensor([0, 2]), ValueError, "cu_seqlens.*end at the sequence length T=3"),
-    (torch.tensor([0]), ValueError, "cu_seqlens.*at least two"),
-])
+@pytest.mark.parametrize(
+    "cu, error, pattern",
+    [
+        (torch.tensor([[0, 3]]), ValueError, "cu_seqlens.*1-D"),
+        (torch.tensor([0.0, 3.0]), ValueError, "cu_seqlens.*int32 or int64"),
+        ([0, 3], TypeError, "cu_seqlens.*torch.Tensor"),
+        (torch.tensor([1, 3]), ValueError, "cu_seqlens.*start at 0"),
+        (torch.tensor([0, 2, 1, 3]), ValueError, "cu_seqlens.*non-decreasing"),
+        (torch.tensor([0, 2]), ValueError, "cu_seqlens.*end at the sequence length T=3"),
+        (torch.tensor([0]), ValueError, "cu_seqlens.*at least two"),
+    ],
+)
 def test_bad_cu_seqlens_is_a_named_error(cu, error, pattern):
     q = torch.randn(1, 3, 1, 4)
     g = torch.full_like(q, -0.1)
@@ -219,8 +227,14 @@ def test_packed_needs_batch_one_and_per_sequence_state():
     with pytest.raises(ValueError, match=r"initial_state.*\[N \(one per packed sequence\)"):
         chunk_gla(q[:1], q[:1], q[:1], g[:1], initial_state=torch.zeros(1, 1, 4, 4), cu_seqlens=torch.tensor([0, 1, 3]))
     with pytest.raises(ValueError, match="h0.*one state per packed sequence"):
-        newton_solve(_gru, None, torch.randn(1, 3, 2, 2), (torch.zeros(2, 2),), torch.zeros(1, 2),
-                     cu_seqlens=torch.tensor([0, 1, 3]))
+        newton_solve(
+            _gru,
+            None,
+            torch.randn(1, 3, 2, 2),
+            (torch.zeros(2, 2),),
+            torch.zeros(1, 2),
+            cu_seqlens=torch.tensor([0, 1, 3]),
+        )
 
 
 @pytest.mark.parametrize("T, with_state", [(200, True), (131, False)])
@@ -229,9 +243,9 @@ def test_streamed_prefill_equals_full_forward(T, with_state):
     q, k, v = torch.randn(B, T, H, K), torch.randn(B, T, H, K), torch.randn(B, T, H, V)
     g = torch.nn.functional.logsigmoid(torch.randn(B, T, H, K)) / 8
     h0 = torch.randn(B, H, K, V) if with_state else None
-    full, full_state = chunk_gla_torch(q, k, v, g, K ** -0.5, h0, True, stream_elements=1 << 40)
+    full, full_state = chunk_gla_torch(q, k, v, g, K**-0.5, h0, True, stream_elements=1 << 40)
     with torch.no_grad():  # blocks of 64 tokens: several blocks, the last one partial
-        streamed, state = chunk_gla_torch(q, k, v, g, K ** -0.5, h0, True, stream_elements=B * H * 64 * K)
+        streamed, state = chunk_gla_torch(q, k, v, g, K**-0.5, h0, True, stream_elements=B * H * 64 * K)
     torch.testing.assert_close(streamed, full, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(state, full_state, atol=1e-5, rtol=1e-5)
 

@@ -5,11 +5,11 @@ the GPU runs (scan: 64 steps diagonal / 32 steps 2x2, 32 units; Newton: 64 steps
 pick shapes that cross several time tiles and unit blocks, with a partial last tile and block. fp64, against the
 loop references (scans) and the PyTorch path of the same op (Newton), values and gradients.
 """
+
 import warnings
 
 import pytest
 import torch
-
 from reference import block2_scan_loop, linear_scan_loop
 
 from hf_seqmodels.kernels.pararnn import fused_newton_gru, fused_newton_lstm

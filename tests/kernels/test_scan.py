@@ -4,13 +4,12 @@ The PyTorch path runs at any size here; the Triton kernels run in the interprete
 conftest) on small shapes with small tiles so that several tiles and unit blocks are crossed. Tests marked ``cuda``
 compare Triton with the PyTorch path at larger shapes on a GPU.
 """
+
 import pytest
 import torch
-
 from reference import block2_scan_loop, linear_scan_loop
 
-from hf_seqmodels.kernels.scan import block2_scan, linear_scan
-from hf_seqmodels.kernels.scan import scan_triton
+from hf_seqmodels.kernels.scan import block2_scan, linear_scan, scan_triton
 
 KINDS = {"diagonal": (linear_scan, linear_scan_loop), "block2": (block2_scan, block2_scan_loop)}
 EXTREME = torch.tensor([0.0, 1.0, -1.0, 1.5, -1.5, 0.5, -0.3])
@@ -135,7 +134,10 @@ def test_non_contiguous_inputs(small_tiles):
         (dict(a=torch.randn(2, 3)), r"`a` must have 3 dimensions"),
         (dict(b=torch.randn(2, 4, 3)), r"`a` must have shape \(2, 4, 3\)"),
         (dict(a=torch.randn(2, 5, 3, dtype=torch.float64)), r"`a` and `b` must share a dtype"),
-        (dict(a=torch.ones(2, 5, 3, dtype=torch.long), b=torch.ones(2, 5, 3, dtype=torch.long)), r"`a` must be a floating"),
+        (
+            dict(a=torch.ones(2, 5, 3, dtype=torch.long), b=torch.ones(2, 5, 3, dtype=torch.long)),
+            r"`a` must be a floating",
+        ),
         (dict(initial_state=torch.randn(2, 4)), r"`initial_state` must have shape \(2, 3\)"),
         (dict(initial_state=torch.randn(2, 3, device="meta")), r"`initial_state` is on meta"),
         (dict(backend="cuda"), r"backend must be one of"),
@@ -223,8 +225,15 @@ def test_triton_offsets_past_int32_are_refused_by_name():
     from hf_seqmodels.kernels.scan.scan_triton import ScanTritonFunction, check_offsets
 
     check_offsets("diagonal", 2**21, 2**10 - 1)  # just below the limit
-    with pytest.raises(ValueError, match=r"linear_scan: the Triton path supports T \* D \* 1 < 2\*\*31.*T=2097152, D=1024"):
+    with pytest.raises(
+        ValueError, match=r"linear_scan: the Triton path supports T \* D \* 1 < 2\*\*31.*T=2097152, D=1024"
+    ):
         check_offsets("diagonal", 2**21, 2**10)
     with pytest.raises(ValueError, match=r"block2_scan: .*T \* D \* 4 < 2\*\*31"):
-        ScanTritonFunction.apply("block2", torch.empty(1, 2**20, 2**9, 2, 2, device="meta"),
-                                 torch.empty(1, 2**20, 2**9, 2, device="meta"), None, False)
+        ScanTritonFunction.apply(
+            "block2",
+            torch.empty(1, 2**20, 2**9, 2, 2, device="meta"),
+            torch.empty(1, 2**20, 2**9, 2, device="meta"),
+            None,
+            False,
+        )

@@ -11,6 +11,7 @@ The default set (the production shapes and a few odd ones, ~2 min on a busy 2-co
 set is marked ``slow`` and compiles only the cases the default set leaves out. ``python -m benchmarks.sm90_compile``
 prints the same table and writes it to JSON.
 """
+
 import json
 import os
 import subprocess
@@ -33,16 +34,29 @@ def compile_report(cases, tmp_path):
     """Both targets compiled at once, one subprocess each (two cores: half the wall time), merged into one report."""
     ptxas, cuobjdump = H.find_tools()
     if ptxas is None or cuobjdump is None:
-        pytest.skip(f"no ptxas/cuobjdump (triton without its bundled CUDA tools?): ptxas={ptxas}, "
-                    f"cuobjdump={cuobjdump}")
+        pytest.skip(
+            f"no ptxas/cuobjdump (triton without its bundled CUDA tools?): ptxas={ptxas}, cuobjdump={cuobjdump}"
+        )
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     procs = {}
     for arch in ARCHS:
         out = tmp_path / f"sm_{arch}.json"
-        cmd = [sys.executable, "-m", H.__name__, "--cases", ",".join(cases), "--arch", str(arch), "--json", str(out),
-               "--quiet"]
-        procs[arch] = (out, subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
-                                             cwd=ROOT))
+        cmd = [
+            sys.executable,
+            "-m",
+            H.__name__,
+            "--cases",
+            ",".join(cases),
+            "--arch",
+            str(arch),
+            "--json",
+            str(out),
+            "--quiet",
+        ]
+        procs[arch] = (
+            out,
+            subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT),
+        )
     report = None
     for arch, (out, proc) in procs.items():
         try:
@@ -93,8 +107,9 @@ def check_case(report, case, arch, record_property):
     if known:
         spills = {m.split("@")[0] for m in bad if "spills" in m}
         assert not [m for m in bad if "spills" not in m or (m.split("@")[0], arch) not in KNOWN_SPILLS], "\n".join(bad)
-        assert spills, f"{key}: the known spills are gone: remove {sorted(names & {k for k, _ in KNOWN_SPILLS})} " \
-                       "from KNOWN_SPILLS"
+        assert spills, (
+            f"{key}: the known spills are gone: remove {sorted(names & {k for k, _ in KNOWN_SPILLS})} from KNOWN_SPILLS"
+        )
         pytest.xfail(f"known: {'; '.join(sorted(known))} (spills in {sorted(spills)})")
     assert not bad, "\n".join(bad)
 
@@ -112,17 +127,25 @@ def test_gla_training_step_compiles_in_well_under_a_minute(quick_report):
     the compile takes about its CPU time; the wall time here also waits for whoever shares the machine."""
     c = quick_report["cases"]["gla_train_step@sm_90"]
     names = {v["kernel"] for v in quick_report["variants"] if v["key"] in c["variants"]}
-    assert names == {"_state_fwd_kernel", "_output_kernel", "_output_slow_kernel", "_state_bwd_kernel", "_bwd_kernel",
-                     "_bwd_slow_kernel"}, names
+    assert names == {
+        "_state_fwd_kernel",
+        "_output_kernel",
+        "_output_slow_kernel",
+        "_state_bwd_kernel",
+        "_bwd_kernel",
+        "_bwd_slow_kernel",
+    }, names
     print(f"GLA training step, sm_90: {c['compile_s']:.1f} s wall, {c['cpu_s']:.1f} s CPU")
     assert c["cpu_s"] < 30, c
 
 
 @pytest.mark.slow
 @pytest.mark.subprocess
-@pytest.mark.skipif(os.environ.get("HF_SEQMODELS_SM90_ALL") != "1",
-                    reason="the exhaustive compile set takes ~12 min on 2 cores: set HF_SEQMODELS_SM90_ALL=1 (or run "
-                           "python -m benchmarks.sm90_compile)")
+@pytest.mark.skipif(
+    os.environ.get("HF_SEQMODELS_SM90_ALL") != "1",
+    reason="the exhaustive compile set takes ~12 min on 2 cores: set HF_SEQMODELS_SM90_ALL=1 (or run "
+    "python -m benchmarks.sm90_compile)",
+)
 @pytest.mark.parametrize("arch", ARCHS)
 @pytest.mark.parametrize("case", EXHAUSTIVE)
 def test_exhaustive_cases_compile_within_the_targets_limits(exhaustive_report, case, arch, record_property):
@@ -163,6 +186,14 @@ def test_problems_flags_shared_memory_registers_and_half_precision_spills():
 
 def test_every_case_name_is_unique_and_quick_cases_cover_each_kernel_family():
     assert len(set(H.CASE_NAMES)) == len(H.CASE_NAMES)
-    families = ("gla_train", "gla_decode", "scan_diag", "scan_block2", "newton_gru", "newton_lstm", "newton_fallback",
-                "memory_ffn")
+    families = (
+        "gla_train",
+        "gla_decode",
+        "scan_diag",
+        "scan_block2",
+        "newton_gru",
+        "newton_lstm",
+        "newton_fallback",
+        "memory_ffn",
+    )
     assert all(any(n.startswith(f) for n in H.QUICK) for f in families)

@@ -2,6 +2,7 @@ import time
 
 import pytest
 import torch
+from reference import swa_loop
 
 from hf_seqmodels.kernels.attention import (
     ring_buffer_init,
@@ -10,7 +11,6 @@ from hf_seqmodels.kernels.attention import (
     sliding_window_attention,
     sliding_window_decode,
 )
-from reference import swa_loop
 
 
 def _inputs(B, T, H, Hkv, D, L=None, dtype=torch.float64, sinks=None):
@@ -72,14 +72,17 @@ def test_extreme_logits_and_fully_masked_rows():
     torch.testing.assert_close(out.double(), swa_loop(q, k, v, 3, key_mask=key_mask).detach(), rtol=1e-4, atol=1e-4)
 
 
-@pytest.mark.parametrize("window,steps", [
-    (1, [4, 1, 1, 3, 1, 1]),
-    (3, [4, 1, 1, 3, 1, 1]),
-    (5, [4, 1, 1, 3, 1, 1]),  # full after the first decoding step
-    (7, [3, 1, 1, 1, 1, 1, 1, 2]),  # the window fills during one-token decoding and is crossed by a chunk of 2
-    (8, [5, 3, 1, 1, 1]),  # a chunk ends exactly at the window
-    (20, [4, 1, 1, 3, 1, 1]),  # never full
-])
+@pytest.mark.parametrize(
+    "window,steps",
+    [
+        (1, [4, 1, 1, 3, 1, 1]),
+        (3, [4, 1, 1, 3, 1, 1]),
+        (5, [4, 1, 1, 3, 1, 1]),  # full after the first decoding step
+        (7, [3, 1, 1, 1, 1, 1, 1, 2]),  # the window fills during one-token decoding and is crossed by a chunk of 2
+        (8, [5, 3, 1, 1, 1]),  # a chunk ends exactly at the window
+        (20, [4, 1, 1, 3, 1, 1]),  # never full
+    ],
+)
 def test_decode_with_ring_buffer_equals_full(window, steps):
     B, T, H, Hkv, D = 2, 11, 4, 2, 8
     assert sum(steps) == T
@@ -139,6 +142,7 @@ def test_window_larger_than_the_sequence_is_capped():
     assert time.perf_counter() - start < 5
     torch.testing.assert_close(huge, sliding_window_attention(q, k, v, window=8))
     # and it is the full causal attention
-    ref = torch.nn.functional.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
-                                                           is_causal=True).transpose(1, 2)
+    ref = torch.nn.functional.scaled_dot_product_attention(
+        q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), is_causal=True
+    ).transpose(1, 2)
     torch.testing.assert_close(huge, ref, rtol=1e-5, atol=1e-5)

@@ -1,26 +1,47 @@
 """Mamba-2 mixer: against transformers' own PyTorch path (copied weights), against an fp64 loop recomputed from the
 weights (values and every gradient), cached decoding and prefill in pieces, left/right padding, init, bad arguments."""
+
 import importlib.util
 import math
 
 import pytest
 import torch
+from reference import mamba2_loop
 from transformers import Mamba2Config
 from transformers.models.mamba2.modeling_mamba2 import Mamba2Mixer as HFMamba2Mixer
 
 from hf_seqmodels.cache import RecurrentCache
 from hf_seqmodels.layers.mamba2 import Mamba2Mixer
-from reference import mamba2_loop
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def make(hidden=32, d_state=8, expand=2, head_dim=16, n_groups=1, d_conv=4, proj_bias=False, conv_bias=True,
-         dt="normal", dtype=torch.float32, **kw):
+def make(
+    hidden=32,
+    d_state=8,
+    expand=2,
+    head_dim=16,
+    n_groups=1,
+    d_conv=4,
+    proj_bias=False,
+    conv_bias=True,
+    dt="normal",
+    dtype=torch.float32,
+    **kw,
+):
     """A mixer with every parameter redrawn at O(1) scale: gates neither saturated nor trivial, every term visible.
     dt="extreme": half the heads get dt ~ 1e-5 (state kept), half dt ~ 8 with A up to 16 (state wiped each step)."""
-    m = Mamba2Mixer(hidden, d_state=d_state, expand=expand, head_dim=head_dim, n_groups=n_groups, d_conv=d_conv,
-                    proj_bias=proj_bias, conv_bias=conv_bias, **kw)
+    m = Mamba2Mixer(
+        hidden,
+        d_state=d_state,
+        expand=expand,
+        head_dim=head_dim,
+        n_groups=n_groups,
+        d_conv=d_conv,
+        proj_bias=proj_bias,
+        conv_bias=conv_bias,
+        **kw,
+    )
     H = m.num_heads
     with torch.no_grad():
         m.in_proj.weight.copy_(torch.randn_like(m.in_proj.weight) / math.sqrt(hidden))
@@ -41,11 +62,21 @@ def make(hidden=32, d_state=8, expand=2, head_dim=16, n_groups=1, d_conv=4, proj
 
 
 def hf_twin(m, chunk_size):
-    cfg = Mamba2Config(hidden_size=m.hidden_size, state_size=m.d_state, expand=m.expand, head_dim=m.head_dim,
-                       num_heads=m.num_heads, n_groups=m.n_groups, conv_kernel=m.d_conv,
-                       use_bias=m.in_proj.bias is not None, use_conv_bias=m.conv1d.bias is not None,
-                       layer_norm_epsilon=m.norm.variance_epsilon, chunk_size=chunk_size,
-                       time_step_limit=m.time_step_limit, num_hidden_layers=1)
+    cfg = Mamba2Config(
+        hidden_size=m.hidden_size,
+        state_size=m.d_state,
+        expand=m.expand,
+        head_dim=m.head_dim,
+        num_heads=m.num_heads,
+        n_groups=m.n_groups,
+        conv_kernel=m.d_conv,
+        use_bias=m.in_proj.bias is not None,
+        use_conv_bias=m.conv1d.bias is not None,
+        layer_norm_epsilon=m.norm.variance_epsilon,
+        chunk_size=chunk_size,
+        time_step_limit=m.time_step_limit,
+        num_hidden_layers=1,
+    )
     ref = HFMamba2Mixer(cfg, layer_idx=0).to(next(m.parameters()).dtype)
     ours, theirs = m.state_dict(), ref.state_dict()
     assert set(ours) == set(theirs) and all(ours[k].shape == theirs[k].shape for k in ours)
@@ -59,7 +90,9 @@ def hf_forward(ref, u):
     fwd = getattr(ref, "torch_forward", None)
     if fwd is None:
         if any(importlib.util.find_spec(p) is not None for p in ("mamba_ssm", "causal_conv1d")):
-            pytest.skip("transformers' Mamba2Mixer.forward would use mamba_ssm/causal_conv1d kernels, not its torch path")
+            pytest.skip(
+                "transformers' Mamba2Mixer.forward would use mamba_ssm/causal_conv1d kernels, not its torch path"
+            )
         fwd = ref.forward
     with torch.no_grad():
         return fwd(u)
@@ -72,8 +105,9 @@ def close(a, b, tol):
 
 
 def loop_ref(m, u):
-    return mamba2_loop(u, dict(m.state_dict()), m.n_groups, m.head_dim, m.d_state, m.d_conv,
-                       m.norm.variance_epsilon, m.time_step_limit)
+    return mamba2_loop(
+        u, dict(m.state_dict()), m.n_groups, m.head_dim, m.d_state, m.d_conv, m.norm.variance_epsilon, m.time_step_limit
+    )
 
 
 # ---- 1. transformers' Mamba2Mixer with the same weights ----------------------------------------------------------
@@ -128,8 +162,9 @@ def test_gradients_match_fp64_loop(dt):
     wout = torch.randn(2, 19, 16, dtype=torch.float64)
     names, params = zip(*m.named_parameters())
     got = torch.autograd.grad((m(u) * wout).sum(), (u, *params))
-    out, _ = mamba2_loop(u, dict(zip(names, params)), m.n_groups, m.head_dim, m.d_state, m.d_conv,
-                         m.norm.variance_epsilon)
+    out, _ = mamba2_loop(
+        u, dict(zip(names, params)), m.n_groups, m.head_dim, m.d_state, m.d_conv, m.norm.variance_epsilon
+    )
     want = torch.autograd.grad((out * wout).sum(), (u, *params))
     for name, a, b in zip(("input", *names), got, want):
         assert b.abs().max() > 0, name

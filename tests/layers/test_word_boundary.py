@@ -1,5 +1,6 @@
 """HAT's fixed word-boundary router: hand-written chunkings of tricky strings, the byte limit that never splits a
 character, padding, and the decoding step (== the full form, token by token) on random bytes and real text."""
+
 from __future__ import annotations
 
 import random
@@ -50,7 +51,11 @@ def reference(ids: list[int], max_chunk_bytes: int = 16, special_ids=(PAD, BOS, 
             start = True
         else:
             p = kind(prev)
-            start = (k in ("space", "ws", "special") or p in ("ws", "special") or (k == "word" and p not in ("word", "space")))
+            start = (
+                k in ("space", "ws", "special")
+                or p in ("ws", "special")
+                or (k == "word" and p not in ("word", "space"))
+            )
             if not start and length >= max_chunk_bytes and not 0x80 <= b <= 0xBF:
                 start = True
         length = 1 if start else length + 1
@@ -219,8 +224,15 @@ def _step_state(row: list[int], limit: int = 16) -> tuple[int, int]:
 def _random_bytes(B: int, T: int) -> torch.Tensor:
     """Bytes drawn to hit every class often: letters, spaces, whitespace, punctuation, specials, UTF-8 lead and
     continuation bytes (long runs of those too)."""
-    pools = [list(b"abcXYZ019_"), [0x20] * 3, list(b"\t\n\r\v\f"), list(b".,;!?()\"'-\x00\x7f"), [PAD, BOS, EOS],
-             [0xC3, 0xE6, 0xF0], list(range(0x80, 0xC0))]
+    pools = [
+        list(b"abcXYZ019_"),
+        [0x20] * 3,
+        list(b"\t\n\r\v\f"),
+        list(b".,;!?()\"'-\x00\x7f"),
+        [PAD, BOS, EOS],
+        [0xC3, 0xE6, 0xF0],
+        list(range(0x80, 0xC0)),
+    ]
     weights = [6, 3, 1, 2, 1, 2, 4]
     rng = random.Random(torch.initial_seed())
     data = [[rng.choice(rng.choices(pools, weights)[0]) for _ in range(T)] for _ in range(B)]

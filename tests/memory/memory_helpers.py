@@ -1,4 +1,5 @@
 """Tiny models, a byte tokenizer and a small corpus for the memory-bank tests."""
+
 import torch
 from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
 
@@ -38,22 +39,36 @@ class ByteTokenizer:
         ids = torch.zeros(len(rows), n, dtype=torch.long)
         mask = torch.zeros(len(rows), n, dtype=torch.long)
         for i, r in enumerate(rows):
-            ids[i, :len(r)] = torch.tensor(r)
-            mask[i, :len(r)] = 1
+            ids[i, : len(r)] = torch.tensor(r)
+            mask[i, : len(r)] = 1
         return {"input_ids": ids, "attention_mask": mask}
 
 
 def tiny_gla(layers=2, hidden=32, seed=0):
     torch.manual_seed(seed)
-    cfg = hf_seqmodels.GLAConfig(vocab_size=260, hidden_size=hidden, num_hidden_layers=layers, num_heads=2,
-                                 intermediate_size=64, initializer_range=0.2)
+    cfg = hf_seqmodels.GLAConfig(
+        vocab_size=260,
+        hidden_size=hidden,
+        num_hidden_layers=layers,
+        num_heads=2,
+        intermediate_size=64,
+        initializer_range=0.2,
+    )
     return AutoModelForCausalLM.from_config(cfg).eval()
 
 
 def tiny_llama(layers=2, hidden=48, seed=0):
     torch.manual_seed(seed)
-    cfg = LlamaConfig(vocab_size=260, hidden_size=hidden, intermediate_size=96, num_hidden_layers=layers,
-                      num_attention_heads=6, num_key_value_heads=2, initializer_range=0.2, tie_word_embeddings=False)
+    cfg = LlamaConfig(
+        vocab_size=260,
+        hidden_size=hidden,
+        intermediate_size=96,
+        num_hidden_layers=layers,
+        num_attention_heads=6,
+        num_key_value_heads=2,
+        initializer_range=0.2,
+        tie_word_embeddings=False,
+    )
     return LlamaForCausalLM(cfg).eval()
 
 

@@ -1,7 +1,6 @@
 import pytest
 import torch
 import torch.nn.functional as F
-
 from memory_helpers import MODELS, ByteTokenizer, corpus, ids_for, randomize_bank
 
 from hf_seqmodels.memory import (
@@ -50,7 +49,8 @@ def manual_memory_logits(model, ids, layer, paths, bank_cfg):
     mlp = model.model.layers[layer].mlp
     h1 = mlp.register_forward_hook(lambda m, a, o: captured.update(x=a[0].detach()))
     h2 = model.model.layers[layer].register_forward_hook(
-        lambda m, a, o: captured.update(out=(o[0] if isinstance(o, tuple) else o).detach()))
+        lambda m, a, o: captured.update(out=(o[0] if isinstance(o, tuple) else o).detach())
+    )
     with memory_disabled(model), torch.no_grad():
         model(ids)
     h1.remove(), h2.remove()
@@ -167,8 +167,9 @@ def test_bad_paths_and_mismatches(index):
         attach_memory_bank(other, cfg(embedder="all-MiniLM-L6-v2"), index)
     with pytest.raises(ValueError, match="out of range"):
         attach_memory_bank(other, cfg(layers=[5]), index)
-    anchor_idx = build_memory_index(TEXTS[:6], levels=2, branching=3, model=MODELS["llama"](), tokenizer=ByteTokenizer(),
-                                    progress=False)
+    anchor_idx = build_memory_index(
+        TEXTS[:6], levels=2, branching=3, model=MODELS["llama"](), tokenizer=ByteTokenizer(), progress=False
+    )
     with pytest.raises(ValueError, match="anchor-meanpool:llama:48.*hf_seqmodels_gla:32"):
         attach_memory_bank(other, cfg(), anchor_idx)
 

@@ -2,6 +2,7 @@
 model (``model_type`` ``hf_seqmodels_memory``), so after ``import hf_seqmodels`` the Auto classes and ``pipeline``
 load anchor + bank, and transformers alone refuses it (or, with ``trust_remote_code=True``, loads anchor + bank).
 Checked for an anchor of this package (GLA) and for transformers' Llama, whose class we do not own."""
+
 import json
 import os
 import subprocess
@@ -9,9 +10,8 @@ import sys
 
 import pytest
 import torch
-from transformers import AutoConfig, AutoModelForCausalLM, pipeline
-
 from memory_helpers import MODELS, ByteTokenizer, corpus, randomize_bank
+from transformers import AutoConfig, AutoModelForCausalLM, pipeline
 
 import hf_seqmodels
 from hf_seqmodels.memory import (
@@ -123,10 +123,16 @@ def test_old_folder_without_the_marker_still_loads(tmp_path, index):
         assert torch.equal(load_memory_model(out, tokenizer=tok)(**enc).logits, model(**enc).logits)
 
 
-@pytest.mark.parametrize("damage, match", [
-    (lambda c: c["memory_bank"].update(anchor_model_type="no_such_model"), "anchor_model_type 'no_such_model' is not"),
-    (lambda c: c.pop("memory_bank"), "needs a 'memory_bank' entry"),
-])
+@pytest.mark.parametrize(
+    "damage, match",
+    [
+        (
+            lambda c: c["memory_bank"].update(anchor_model_type="no_such_model"),
+            "anchor_model_type 'no_such_model' is not",
+        ),
+        (lambda c: c.pop("memory_bank"), "needs a 'memory_bank' entry"),
+    ],
+)
 @pytest.mark.parametrize("load", ["load_memory_model", "auto"])
 def test_a_damaged_marker_is_a_clear_error(tmp_path, index, damage, match, load):
     tok = ByteTokenizer()
@@ -160,10 +166,13 @@ print("REMOTE:", type(model).__name__, type(model.memory_bank).__name__)
 def test_transformers_alone_refuses_a_llama_with_memory(tmp_path, index):
     """Without hf_seqmodels imported nothing of ours runs, so config.json itself must stop the bare load."""
     _, out = saved(tmp_path, index, "llama", ByteTokenizer())
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1",
-           "HF_MODULES_CACHE": str(tmp_path / "modules")}  # the loader files are copied there
-    res = subprocess.run([sys.executable, "-c", CHILD, str(out)], capture_output=True, text=True, env=env,
-                         timeout=600)
+    env = {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "OMP_NUM_THREADS": "1",
+        "HF_MODULES_CACHE": str(tmp_path / "modules"),
+    }  # the loader files are copied there
+    res = subprocess.run([sys.executable, "-c", CHILD, str(out)], capture_output=True, text=True, env=env, timeout=600)
     assert res.returncode == 0, res.stderr[-3000:]
     assert "REFUSED:" in res.stdout and "trust_remote_code" in res.stdout, res.stdout
     assert "REMOTE: LlamaForCausalLM MemoryBank" in res.stdout, res.stdout

@@ -24,37 +24,49 @@ def test_layer_subset_counts_only_those_layers():
         cfg.layer_indices(2)
 
 
-@pytest.mark.parametrize("kwargs,match", [
-    (dict(block_sizes=(0, 0)), "at least one level"),
-    (dict(block_sizes=(4, -1)), "non-negative"),
-    (dict(block_sizes=(4, 2), levels=3), "levels"),
-    (dict(branching=1), "branching"),
-    (dict(layers=[]), "empty"),
-    (dict(layers=[-1, 2]), "layers"),
-    (dict(memory_lr=0.0), "memory_lr"),
-    (dict(memory_weight_decay=-1e-3), "memory_weight_decay"),
-    (dict(init_std=0.0), "init_std"),
-    (dict(generic_memory_prob=1.5), "generic_memory_prob"),
-])
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        (dict(block_sizes=(0, 0)), "at least one level"),
+        (dict(block_sizes=(4, -1)), "non-negative"),
+        (dict(block_sizes=(4, 2), levels=3), "levels"),
+        (dict(branching=1), "branching"),
+        (dict(layers=[]), "empty"),
+        (dict(layers=[-1, 2]), "layers"),
+        (dict(memory_lr=0.0), "memory_lr"),
+        (dict(memory_weight_decay=-1e-3), "memory_weight_decay"),
+        (dict(init_std=0.0), "init_std"),
+        (dict(generic_memory_prob=1.5), "generic_memory_prob"),
+    ],
+)
 def test_bad_config(kwargs, match):
     with pytest.raises(ValueError, match=match):
         MemoryBankConfig(**kwargs)
 
 
-@pytest.mark.parametrize("kwargs,match", [
-    (dict(block_sizes=4), "sequence of ints"),
-    (dict(layers=3), "layers"),
-    (dict(branching=2.5), "branching"),
-    (dict(freeze_anchor="yes"), "freeze_anchor"),
-])
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        (dict(block_sizes=4), "sequence of ints"),
+        (dict(layers=3), "layers"),
+        (dict(branching=2.5), "branching"),
+        (dict(freeze_anchor="yes"), "freeze_anchor"),
+    ],
+)
 def test_wrong_types_are_type_errors(kwargs, match):
     with pytest.raises(TypeError, match=match):
         MemoryBankConfig(**kwargs)
 
 
 def test_roundtrip(tmp_path):
-    cfg = MemoryBankConfig(block_sizes=(8, 0, 2), branching=4, layers=[1], generic_memory_prob=0.25,
-                           freeze_anchor=False, embedder="hashed-ngram-64")
+    cfg = MemoryBankConfig(
+        block_sizes=(8, 0, 2),
+        branching=4,
+        layers=[1],
+        generic_memory_prob=0.25,
+        freeze_anchor=False,
+        embedder="hashed-ngram-64",
+    )
     cfg.save_pretrained(tmp_path)
     again = MemoryBankConfig.from_pretrained(tmp_path)
     assert again == cfg and again.levels == 3

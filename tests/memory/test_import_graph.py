@@ -1,6 +1,7 @@
 """The memory package's modules import one another without a circle, lazy (function-level) imports included:
 state <- embedders <- index, config <- bank, and attach over all of them. Read from the source (an AST walk), so an
 import hidden in a function body counts as much as one at the top."""
+
 import ast
 from pathlib import Path
 
@@ -18,15 +19,16 @@ def _imports(path: Path) -> set[str]:
             if node.level == 1:
                 names = [node.module] if node.module else [a.name for a in node.names]
             elif node.level == 0 and node.module and node.module.startswith(PACKAGE + "."):
-                names = [node.module[len(PACKAGE) + 1:]]
+                names = [node.module[len(PACKAGE) + 1 :]]
             elif node.level == 0 and node.module == PACKAGE:
                 names = [a.name for a in node.names]
             else:
                 names = []
             found.update(n.split(".")[0] for n in names)
         elif isinstance(node, ast.Import):
-            found.update(a.name[len(PACKAGE) + 1:].split(".")[0] for a in node.names
-                         if a.name.startswith(PACKAGE + "."))
+            found.update(
+                a.name[len(PACKAGE) + 1 :].split(".")[0] for a in node.names if a.name.startswith(PACKAGE + ".")
+            )
     return found
 
 
@@ -45,7 +47,7 @@ def _cycle(graph):
         stack.append(m)
         for n in sorted(graph[m]):
             if state.get(n) == "open":
-                return stack[stack.index(n):] + [n]
+                return stack[stack.index(n) :] + [n]
             if n not in state and (found := visit(n)):
                 return found
         state[m] = "done"

@@ -3,7 +3,6 @@ import math
 
 import pytest
 import torch
-
 from memory_helpers import ByteTokenizer, corpus, tiny_gla
 
 from hf_seqmodels.memory import HashedNgramEmbedder, MemoryIndex, build_memory_index

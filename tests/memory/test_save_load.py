@@ -4,9 +4,8 @@ import os
 
 import pytest
 import torch
-from safetensors import safe_open
-
 from memory_helpers import MODELS, ByteTokenizer, corpus, ids_for, randomize_bank
+from safetensors import safe_open
 
 from hf_seqmodels.memory import (
     MemoryBankConfig,
@@ -53,9 +52,15 @@ def saved_model(tmp_path, index, arch="gla", max_shard_size=2 << 30, layers="all
 def test_roundtrip_identical_logits_and_routing(tmp_path, index, arch, reader):
     model, tok, out = saved_model(tmp_path, index, arch)
     files = set(os.listdir(out))
-    assert {"config.json", "model.safetensors", "memory_config.json", "memory_index.json",
-            "memory_index.safetensors", "memory_bank.safetensors.index.json",
-            "memory_bank-00001-of-00001.safetensors"} <= files
+    assert {
+        "config.json",
+        "model.safetensors",
+        "memory_config.json",
+        "memory_index.json",
+        "memory_index.safetensors",
+        "memory_bank.safetensors.index.json",
+        "memory_bank-00001-of-00001.safetensors",
+    } <= files
     with safe_open(out / "model.safetensors", "pt") as f:  # the anchor's file holds the anchor only
         keys = set(f.keys())
     assert not any("memory" in k for k in keys)
@@ -100,8 +105,10 @@ def test_many_shards_and_trainable_reload(tmp_path, index):
     memory_optimizer(loaded)  # trainable again
     ids = ids_for(NEW)
     with torch.no_grad():
-        assert torch.equal(loaded(ids, memory_paths=torch.tensor([[0, 1], [2, 8], [-1, -1]])).logits,
-                           model(ids, memory_paths=torch.tensor([[0, 1], [2, 8], [-1, -1]])).logits)
+        assert torch.equal(
+            loaded(ids, memory_paths=torch.tensor([[0, 1], [2, 8], [-1, -1]])).logits,
+            model(ids, memory_paths=torch.tensor([[0, 1], [2, 8], [-1, -1]])).logits,
+        )
     # re-saving a disk-backed bank into its own folder keeps it loadable and identical
     disk = load_memory_model(out, tokenizer=tok)
     disk.save_pretrained(out)
@@ -136,6 +143,7 @@ def edit_json(name, fn):
         d = json.loads(p.read_text())
         fn(d)
         p.write_text(json.dumps(d))
+
     return go
 
 
@@ -148,18 +156,24 @@ def missing_shard(out):
     os.remove(out / "memory_bank-00001-of-00001.safetensors")
 
 
-@pytest.mark.parametrize("damage,match", [
-    (corrupt_truncate, "truncated"),
-    (corrupt_flip, "corrupt \\(sha256"),
-    (corrupt_header, "corrupt|truncated"),
-    (missing_shard, "missing"),
-    (edit_json("memory_config.json", lambda d: d.update(block_sizes=[6, 3])), "block_sizes is \\[5, 3\\]"),
-    (edit_json("memory_config.json", lambda d: d.update(block_sizes=[5, 3, 1], levels=3)), "index has 2 levels"),
-    (edit_json("memory_config.json", lambda d: d.update(embedder="all-MiniLM-L6-v2")), "expects embedder"),
-    (edit_json("memory_bank.safetensors.index.json", lambda d: d.update(hidden_size=16)), "expected F32 \\[n, 3, 5, 16\\]"),
-    (edit_json("memory_config.json", lambda d: d.update(layers=[0])), "layers is \\[0, 1\\]"),
-    (other_embedder_index, "expects embedder 'hashed-ngram-64'.*hashed-ngram-32"),
-])
+@pytest.mark.parametrize(
+    "damage,match",
+    [
+        (corrupt_truncate, "truncated"),
+        (corrupt_flip, "corrupt \\(sha256"),
+        (corrupt_header, "corrupt|truncated"),
+        (missing_shard, "missing"),
+        (edit_json("memory_config.json", lambda d: d.update(block_sizes=[6, 3])), "block_sizes is \\[5, 3\\]"),
+        (edit_json("memory_config.json", lambda d: d.update(block_sizes=[5, 3, 1], levels=3)), "index has 2 levels"),
+        (edit_json("memory_config.json", lambda d: d.update(embedder="all-MiniLM-L6-v2")), "expects embedder"),
+        (
+            edit_json("memory_bank.safetensors.index.json", lambda d: d.update(hidden_size=16)),
+            "expected F32 \\[n, 3, 5, 16\\]",
+        ),
+        (edit_json("memory_config.json", lambda d: d.update(layers=[0])), "layers is \\[0, 1\\]"),
+        (other_embedder_index, "expects embedder 'hashed-ngram-64'.*hashed-ngram-32"),
+    ],
+)
 def test_bad_bank_is_a_clear_error_and_writes_nothing(tmp_path, index, damage, match):
     model, tok, out = saved_model(tmp_path, index)
     damage(out)

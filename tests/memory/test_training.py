@@ -1,6 +1,5 @@
 import pytest
 import torch
-
 from memory_helpers import MODELS, corpus, ids_for
 
 from hf_seqmodels.memory import MemoryBankConfig, attach_memory_bank, build_memory_index, memory_optimizer
@@ -21,8 +20,9 @@ def snapshot(model):
 @pytest.mark.parametrize("arch", sorted(MODELS))
 def test_adamw_step_touches_only_fetched_blocks(arch, index):
     model = MODELS[arch]()
-    cfg = MemoryBankConfig(block_sizes=(4, 2), branching=3, generic_memory_prob=0.0, memory_lr=1e-2,
-                           memory_weight_decay=0.5)
+    cfg = MemoryBankConfig(
+        block_sizes=(4, 2), branching=3, generic_memory_prob=0.0, memory_lr=1e-2, memory_weight_decay=0.5
+    )
     attach_memory_bank(model, cfg, index)
     model.train()
     opt = memory_optimizer(model)
@@ -79,17 +79,32 @@ def test_trainer_few_steps(index, tmp_path):
     from transformers import Trainer, TrainingArguments, default_data_collator
 
     model = MODELS["gla"]()
-    cfg = MemoryBankConfig(block_sizes=(4, 2), branching=3, memory_lr=3e-2, memory_weight_decay=0.0,
-                           generic_memory_prob=1 / 17)
+    cfg = MemoryBankConfig(
+        block_sizes=(4, 2), branching=3, memory_lr=3e-2, memory_weight_decay=0.0, generic_memory_prob=1 / 17
+    )
     attach_memory_bank(model, cfg, index)
     ids = ids_for(TEXTS, n=20)
     paths = index.route(TEXTS)
     data = [{"input_ids": ids[i], "labels": ids[i], "memory_paths": paths[i]} for i in range(len(TEXTS))]
-    args = TrainingArguments(output_dir=str(tmp_path / "run"), per_device_train_batch_size=4, max_steps=8,
-                             logging_steps=1, save_strategy="no", report_to=[], use_cpu=True,
-                             dataloader_num_workers=0, disable_tqdm=True, lr_scheduler_type="constant")
-    trainer = Trainer(model=model, args=args, train_dataset=data, data_collator=default_data_collator,
-                      optimizers=(memory_optimizer(model), None))
+    args = TrainingArguments(
+        output_dir=str(tmp_path / "run"),
+        per_device_train_batch_size=4,
+        max_steps=8,
+        logging_steps=1,
+        save_strategy="no",
+        report_to=[],
+        use_cpu=True,
+        dataloader_num_workers=0,
+        disable_tqdm=True,
+        lr_scheduler_type="constant",
+    )
+    trainer = Trainer(
+        model=model,
+        args=args,
+        train_dataset=data,
+        data_collator=default_data_collator,
+        optimizers=(memory_optimizer(model), None),
+    )
     with torch.no_grad():
         model.eval()
         before = model(ids, labels=ids, memory_paths=paths).loss.item()
@@ -121,6 +136,8 @@ def test_gradient_checkpointing_keeps_memory_gradients(arch, index):
         model.train()
         model(ids, labels=ids, memory_paths=paths).loss.backward()
         grads.append({n: p.grad for n, p in model.memory_bank.named_parameters() if p.grad is not None})
-    assert grads[0].keys() == grads[1].keys() and len(grads[0]) == 2 * (2 + 2)  # layers x (2 ids at level 1 + 2 at level 2)
+    assert grads[0].keys() == grads[1].keys() and len(grads[0]) == 2 * (
+        2 + 2
+    )  # layers x (2 ids at level 1 + 2 at level 2)
     for n in grads[0]:
         assert torch.allclose(grads[0][n], grads[1][n], atol=1e-6), n

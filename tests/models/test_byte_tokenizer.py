@@ -1,5 +1,6 @@
 """ByteTokenizer: UTF-8 bytes as ids, fixed special ids, exact round trips, padding, save/load, AutoTokenizer in
 fresh processes (after ``import hf_seqmodels``, and with ``trust_remote_code=True`` and no prior import)."""
+
 from __future__ import annotations
 
 import json
@@ -180,7 +181,9 @@ def test_save_load(tmp_path):
     assert config["padding_side"] == "left"
     loader = (tmp_path / TOKENIZER_FILE).read_text()
     assert loader.splitlines()[0].startswith('"""') and "trust_remote_code" in loader.splitlines()[0]
-    assert loader.splitlines()[1:] == ["from hf_seqmodels.models.hnet.tokenization_byte import ByteTokenizer  # noqa: F401"]
+    assert loader.splitlines()[1:] == [
+        "from hf_seqmodels.models.hnet.tokenization_byte import ByteTokenizer  # noqa: F401"
+    ]
 
     again = ByteTokenizer.from_pretrained(tmp_path)
     assert (again.add_bos_token, again.add_eos_token, again.padding_side) == (True, True, "left")
@@ -216,36 +219,54 @@ print("OK")
 """
 
 
-AFTER_IMPORT = "import sys\nimport hf_seqmodels\n" + CONFIG_SETUP + textwrap.dedent("""
+AFTER_IMPORT = (
+    "import sys\nimport hf_seqmodels\n"
+    + CONFIG_SETUP
+    + textwrap.dedent("""
     Config().save_pretrained(sys.argv[1])
     from transformers import AutoTokenizer
     tok = AutoTokenizer.from_pretrained(sys.argv[1])
     assert not any(m.startswith("transformers_modules") for m in sys.modules), "remote code was used"
-    """) + CHECK
+    """)
+    + CHECK
+)
 
-REMOTE_CODE = textwrap.dedent("""
+REMOTE_CODE = (
+    textwrap.dedent("""
     import sys
     from transformers import AutoTokenizer
     assert "hf_seqmodels" not in sys.modules
     tok = AutoTokenizer.from_pretrained(sys.argv[1], trust_remote_code=True)
     assert any(m.endswith(".tokenization_hf_seqmodels") for m in sys.modules), "the loader file was not used"
-    """) + CHECK
+    """)
+    + CHECK
+)
 
 
 @pytest.fixture(scope="module")
 def fresh_processes(tmp_path_factory):
     """Both fresh-process loads, started at once (each child spends seconds importing torch and transformers)."""
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "HF_SEQMODELS_SEED")}
-    env.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", OMP_NUM_THREADS="1", PYTHONDONTWRITEBYTECODE="1",
-               TOKENIZERS_PARALLELISM="false")
+    env.update(
+        HF_HUB_OFFLINE="1",
+        TRANSFORMERS_OFFLINE="1",
+        OMP_NUM_THREADS="1",
+        PYTHONDONTWRITEBYTECODE="1",
+        TOKENIZERS_PARALLELISM="false",
+    )
     runs = {}
     for name, code in (("after_import", AFTER_IMPORT), ("remote_code", REMOTE_CODE)):
         root = tmp_path_factory.mktemp(name)
         ByteTokenizer(add_eos_token=True, padding_side="left").save_pretrained(root / "tok")
         files = _saved_files(root / "tok")
-        proc = subprocess.Popen([sys.executable, "-c", code, str(root / "tok"), str(root / "resaved")], cwd=root,
-                                env={**env, "HF_HOME": str(root / "hf_home")}, stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, text=True)
+        proc = subprocess.Popen(
+            [sys.executable, "-c", code, str(root / "tok"), str(root / "resaved")],
+            cwd=root,
+            env={**env, "HF_HOME": str(root / "hf_home")},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         runs[name] = (proc, root, files)
     yield runs
     for proc, _, _ in runs.values():
@@ -273,4 +294,5 @@ def test_auto_tokenizer_remote_code_fresh_process(fresh_processes):
     # saving a tokenizer loaded as remote code writes the loader file, not a copy of this package's module
     assert _saved_files(root / "resaved") == files
     assert json.loads((root / "resaved" / "tokenizer_config.json").read_text()) == json.loads(
-        (root / "tok" / "tokenizer_config.json").read_text())
+        (root / "tok" / "tokenizer_config.json").read_text()
+    )

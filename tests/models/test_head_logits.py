@@ -1,5 +1,6 @@
 """``logits_to_keep`` (what generate() passes to save the LM head's work) selects positions of the full logits: an
 int n > 0 the last n, a tensor those indices, 0 all, for the shared causal-LM head and H-Net's forward alike."""
+
 import pytest
 import torch
 from transformers import AutoModelForCausalLM
@@ -9,11 +10,17 @@ import hf_seqmodels
 
 def _config(arch):
     if arch == "gla":
-        return hf_seqmodels.GLAConfig(hidden_size=32, num_heads=2, vocab_size=64, num_hidden_layers=2,
-                                      initializer_range=0.2)
-    return hf_seqmodels.HNetConfig(arch_layout=["m1", ["T1"], "m1"], d_model=[16, 24], d_intermediate=[0, 32],
-                                   attn_cfg={"num_heads": [2, 2], "rotary_emb_dim": [4, 6], "window_size": [3, -1]},
-                                   ssm_cfg={"d_state": 8, "head_dim": 8, "expand": 2}, initializer_range=0.2)
+        return hf_seqmodels.GLAConfig(
+            hidden_size=32, num_heads=2, vocab_size=64, num_hidden_layers=2, initializer_range=0.2
+        )
+    return hf_seqmodels.HNetConfig(
+        arch_layout=["m1", ["T1"], "m1"],
+        d_model=[16, 24],
+        d_intermediate=[0, 32],
+        attn_cfg={"num_heads": [2, 2], "rotary_emb_dim": [4, 6], "window_size": [3, -1]},
+        ssm_cfg={"d_state": 8, "head_dim": 8, "expand": 2},
+        initializer_range=0.2,
+    )
 
 
 @pytest.mark.parametrize("arch", ["gla", "hnet"])

@@ -1,4 +1,5 @@
 """H-Net: dynamic chunking against fp64 references from the paper's equations, cached decoding, padding, presets."""
+
 import math
 
 import pytest
@@ -18,12 +19,20 @@ _SMALL = dict(ssm_cfg={"d_state": 8, "head_dim": 8, "expand": 2}, initializer_ra
 
 def tiny(stages=1, **kw):
     if stages == 1:
-        base = dict(arch_layout=["m1", ["T1"], "m1"], d_model=[16, 24], d_intermediate=[0, 32],
-                    attn_cfg={"num_heads": [2, 2], "rotary_emb_dim": [4, 6], "window_size": [3, -1]})
+        base = dict(
+            arch_layout=["m1", ["T1"], "m1"],
+            d_model=[16, 24],
+            d_intermediate=[0, 32],
+            attn_cfg={"num_heads": [2, 2], "rotary_emb_dim": [4, 6], "window_size": [3, -1]},
+        )
     else:
-        base = dict(arch_layout=["m1", ["T1", ["T1"], "g1"], "m1"], d_model=[16, 24, 32], d_intermediate=[0, 32, 48],
-                    attn_cfg={"num_heads": [2, 2, 2], "rotary_emb_dim": [4, 4, 8], "window_size": [3, 4, -1]},
-                    gla_cfg={"num_heads": 2})
+        base = dict(
+            arch_layout=["m1", ["T1", ["T1"], "g1"], "m1"],
+            d_model=[16, 24, 32],
+            d_intermediate=[0, 32, 48],
+            attn_cfg={"num_heads": [2, 2, 2], "rotary_emb_dim": [4, 4, 8], "window_size": [3, 4, -1]},
+            gla_cfg={"num_heads": 2},
+        )
     return HNetConfig(**{**_SMALL, **base, **kw})
 
 
@@ -247,7 +256,9 @@ def test_generate_greedy_equals_uncached_and_batches():
     mask[1, :3] = 0
     with torch.no_grad():
         cached = model.generate(x, attention_mask=mask, max_new_tokens=12, do_sample=False, pad_token_id=253)
-        plain = model.generate(x, attention_mask=mask, max_new_tokens=12, do_sample=False, use_cache=False, pad_token_id=253)
+        plain = model.generate(
+            x, attention_mask=mask, max_new_tokens=12, do_sample=False, use_cache=False, pad_token_id=253
+        )
         alone = model.generate(x[1:, 3:], max_new_tokens=12, do_sample=False, pad_token_id=253)
     assert torch.equal(cached, plain)
     # alone, the row stops at EOS; in the batch it is then padded
@@ -319,15 +330,18 @@ def test_default_config_is_a_small_byte_model():
     assert n == _count_from_shapes(config)
 
 
-@pytest.mark.parametrize("kwargs,match", [
-    (dict(arch_layout=["m1", ["X1"], "m1"], d_model=[16, 24]), "not a layer string"),
-    (dict(arch_layout=["m1", ["T1"], "m1"], d_model=[16]), "one entry per stage"),
-    (dict(arch_layout=["m1", ["T1"], "m1"], d_model=[24, 16]), "must not shrink"),
-    (dict(arch_layout=["M1", ["t1"], "m1"], d_model=[16, 24]), "d_intermediate"),
-    (dict(arch_layout=["m1", ["T1"]], d_model=[16, 24]), "encoder, inner, decoder"),
-    (dict(compression_ratio=[1.0]), "compression_ratio"),
-    (dict(boundary_router="words"), "boundary_router"),
-])
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        (dict(arch_layout=["m1", ["X1"], "m1"], d_model=[16, 24]), "not a layer string"),
+        (dict(arch_layout=["m1", ["T1"], "m1"], d_model=[16]), "one entry per stage"),
+        (dict(arch_layout=["m1", ["T1"], "m1"], d_model=[24, 16]), "must not shrink"),
+        (dict(arch_layout=["M1", ["t1"], "m1"], d_model=[16, 24]), "d_intermediate"),
+        (dict(arch_layout=["m1", ["T1"]], d_model=[16, 24]), "encoder, inner, decoder"),
+        (dict(compression_ratio=[1.0]), "compression_ratio"),
+        (dict(boundary_router="words"), "boundary_router"),
+    ],
+)
 def test_bad_configs_are_refused_by_name(kwargs, match):
     with pytest.raises(ValueError, match=match):
         HNetConfig(**({"d_intermediate": [0, 32]} if "d_model" in kwargs else {}), **{k: v for k, v in kwargs.items()})
@@ -347,7 +361,8 @@ def test_parameter_groups_per_stage_multipliers_and_no_decay():
     named = dict(model.named_parameters())
     assert len(by_param) == len(named)
     expect_stage = {
-        "model.embeddings.weight": 0, "lm_head.weight": 0,
+        "model.embeddings.weight": 0,
+        "lm_head.weight": 0,
         "model.backbone.encoder.layers.0.mixer.in_proj.weight": 0,
         "model.backbone.routing_module.q_proj_layer.weight": 0,
         "model.backbone.main_network.encoder.layers.0.mixer.q_proj.weight": 1,
@@ -371,10 +386,19 @@ def test_trainer_logs_compression_and_uses_stage_groups(tmp_path):
     model = HNetForCausalLM(tiny())
     data = [{"input_ids": x, "labels": x} for x in ids(8, 33)]
     optimizer = torch.optim.AdamW(hnet_parameter_groups(model, lr=1e-3))
-    args = TrainingArguments(output_dir=str(tmp_path), max_steps=3, per_device_train_batch_size=4, logging_steps=1,
-                             save_strategy="no", report_to="none", use_cpu=True, disable_tqdm=True)
-    trainer = Trainer(model=model, args=args, train_dataset=data, optimizers=(optimizer, None),
-                      callbacks=[HNetCompressionCallback()])
+    args = TrainingArguments(
+        output_dir=str(tmp_path),
+        max_steps=3,
+        per_device_train_batch_size=4,
+        logging_steps=1,
+        save_strategy="no",
+        report_to="none",
+        use_cpu=True,
+        disable_tqdm=True,
+    )
+    trainer = Trainer(
+        model=model, args=args, train_dataset=data, optimizers=(optimizer, None), callbacks=[HNetCompressionCallback()]
+    )
     trainer.train()
     logs = [h for h in trainer.state.log_history if "loss" in h]
     assert len(logs) == 3
@@ -441,7 +465,7 @@ def test_attention_full_sequence_matches_fp64_reference_with_padding_and_gradien
     x = torch.randn(B, T, 24, dtype=torch.float64, requires_grad=True)
     mask = torch.ones(B, T, dtype=torch.bool)
     mask[1, : T // 2] = False  # left padding
-    mask[2, T - T // 3:] = False  # right padding
+    mask[2, T - T // 3 :] = False  # right padding
     mask[3] = torch.rand(T) < 0.6  # holes
     mask[4] = False if T < 6 else mask[4]  # a row with no token (T = 1: the only one)
     dout = torch.randn(B, T, 24, dtype=torch.float64)

@@ -5,6 +5,7 @@ convolution, reduction or IndexError from deep inside. The kernels' public ops c
 empty output, and the initial state unchanged as the final state); a stream split with an empty piece gives what the
 unsplit stream gives.
 """
+
 import re
 
 import pytest
@@ -42,14 +43,27 @@ ARCHS = {
     "paralstm": lambda: ParaRNNForCausalLM(ParaRNNConfig(cell="lstm", use_short_conv=False, **_SEQ)),
     "liger": lambda: LigerForCausalLM(LigerConfig(**_LLAMA, **_SEQ)),
     "lizard": lambda: LizardForCausalLM(LizardConfig(num_sinks=2, **_LLAMA, **_SEQ)),
-    "hnet": lambda: HNetForCausalLM(HNetConfig(
-        arch_layout=["m1", ["T1"], "m1"], d_model=[32, 48], d_intermediate=[0, 64], vocab_size=V,
-        ssm_cfg={"d_state": 8, "head_dim": 16}, attn_cfg={"num_heads": [2, 2], "rotary_emb_dim": [8, 8],
-                                                          "window_size": [3, -1]})),
-    "hnet-word": lambda: HNetForCausalLM(HNetConfig(
-        arch_layout=["m1", ["T1"], "m1"], d_model=[32, 48], d_intermediate=[0, 64], vocab_size=V,
-        boundary_router="word", ssm_cfg={"d_state": 8, "head_dim": 16},
-        attn_cfg={"num_heads": [2, 2], "rotary_emb_dim": [8, 8], "window_size": [3, -1]})),
+    "hnet": lambda: HNetForCausalLM(
+        HNetConfig(
+            arch_layout=["m1", ["T1"], "m1"],
+            d_model=[32, 48],
+            d_intermediate=[0, 64],
+            vocab_size=V,
+            ssm_cfg={"d_state": 8, "head_dim": 16},
+            attn_cfg={"num_heads": [2, 2], "rotary_emb_dim": [8, 8], "window_size": [3, -1]},
+        )
+    ),
+    "hnet-word": lambda: HNetForCausalLM(
+        HNetConfig(
+            arch_layout=["m1", ["T1"], "m1"],
+            d_model=[32, 48],
+            d_intermediate=[0, 64],
+            vocab_size=V,
+            boundary_router="word",
+            ssm_cfg={"d_state": 8, "head_dim": 16},
+            attn_cfg={"num_heads": [2, 2], "rotary_emb_dim": [8, 8], "window_size": [3, -1]},
+        )
+    ),
 }
 MEMORY_TEXTS = [f"text number {i} about topic {i % 3}" for i in range(12)]
 
@@ -62,8 +76,12 @@ def memory_index():
 def build(arch, memory_index):
     if arch == "memory-gla":
         model = ARCHS["gla"]().eval()
-        return attach_memory_bank(model, MemoryBankConfig(block_sizes=(4,), branching=2, generic_memory_prob=0.0),
-                                  memory_index, tokenizer=ByteTokenizer())
+        return attach_memory_bank(
+            model,
+            MemoryBankConfig(block_sizes=(4,), branching=2, generic_memory_prob=0.0),
+            memory_index,
+            tokenizer=ByteTokenizer(),
+        )
     return ARCHS[arch]().eval()
 
 
@@ -121,8 +139,9 @@ def test_padded_batches_and_the_vocabulary_edges_still_run(arch, memory_index):
 def test_input_ids_dtype_is_checked_by_name(arch):
     model = ARCHS[arch]().eval()
     ids = torch.randint(0, V, (2, 5))
-    with pytest.raises(ValueError, match=re.escape("`input_ids` must hold token ids as torch.long (or int32), got "
-                                                   "dtype torch.float32")):
+    with pytest.raises(
+        ValueError, match=re.escape("`input_ids` must hold token ids as torch.long (or int32), got dtype torch.float32")
+    ):
         model(ids.float())
     with torch.no_grad():
         torch.testing.assert_close(model(ids.int()).logits, model(ids).logits)
@@ -132,8 +151,14 @@ def test_input_ids_dtype_is_checked_by_name(arch):
 def test_generation_one_token_at_a_time_passes_the_check(arch):
     model = ARCHS[arch]().eval()
     prompt = torch.randint(3, V, (2, 4))
-    out = model.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=3, do_sample=False,
-                         pad_token_id=0, eos_token_id=None)
+    out = model.generate(
+        prompt,
+        attention_mask=torch.ones_like(prompt),
+        max_new_tokens=3,
+        do_sample=False,
+        pad_token_id=0,
+        eos_token_id=None,
+    )
     assert out.shape == (2, 7)
     assert torch.equal(out[:, :4], prompt)
 
@@ -220,8 +245,12 @@ def test_newton_and_sequential_solves_at_t0_are_empty(structure):
     assert packed.shape == (1, 0, 4, *tail)
     # and on to the next piece of the stream: the state after the empty piece is h0 itself
     x2 = torch.randn(3, 5, 4)
-    torch.testing.assert_close(newton_solve(step, None, x2, (w,), h0, structure=structure, tol=1e-7, max_iter=5),
-                               sequential_solve(step, x2, (w,), h0, structure=structure), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(
+        newton_solve(step, None, x2, (w,), h0, structure=structure, tol=1e-7, max_iter=5),
+        sequential_solve(step, x2, (w,), h0, structure=structure),
+        rtol=1e-5,
+        atol=1e-5,
+    )
 
 
 @pytest.mark.parametrize("prefix", [0, 3])

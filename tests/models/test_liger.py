@@ -1,4 +1,5 @@
 """Liger: conversion from Llama, decoding with the cache, LoRA, save/load, bad input."""
+
 import importlib.util
 import json
 import os
@@ -6,15 +7,13 @@ import time
 
 import pytest
 import torch
+from tiny_llama import decode_in_pieces, left_padded, tiny_llama
 from transformers import AutoModelForCausalLM
 
 import hf_seqmodels  # noqa: F401  (registers the architectures)
 from hf_seqmodels.cache import RecurrentCache
 from hf_seqmodels.linearize import add_lora, finetune, linearize, load_llama
 from hf_seqmodels.models.liger import LigerConfig, LigerForCausalLM
-from tiny_llama import decode_in_pieces, left_padded, tiny_llama
-
-
 
 
 def test_exact_llama_parameters_and_strict_load():
@@ -61,16 +60,23 @@ def test_decoding_with_cache_equals_full_forward(gla_weight):
     cache = RecurrentCache(2)
     model(ids[:, :6], attention_mask=mask[:, :6], cache=cache, use_cache=True)
     names = set(cache.states[0])
-    assert names == ({"gla_state"} if gla_weight == 1 else {"gla_state", "swa_k", "swa_v", "swa_mask"} - ({"gla_state"} if gla_weight == 0 else set()))
+    assert names == (
+        {"gla_state"}
+        if gla_weight == 1
+        else {"gla_state", "swa_k", "swa_v", "swa_mask"} - ({"gla_state"} if gla_weight == 0 else set())
+    )
     if gla_weight != 1:
         assert cache.get(0, "swa_k").shape == (2, 2, 4, 8)  # [B, Hkv, window, head_dim]: 6 tokens fill the window
 
 
-@pytest.mark.parametrize("window,pieces", [
-    (9, [5, 1, 1, 1, 1, 1, 1, 3, 1, 1, 1]),  # the window fills one token at a time, then a chunk crosses it
-    (7, [3, 4, 1, 1, 7, 1]),  # a chunk ends exactly at the window; odd chunk lengths
-    (1_000_000, [6, 1, 1, 1, 5, 1, 1, 1]),  # never full
-])
+@pytest.mark.parametrize(
+    "window,pieces",
+    [
+        (9, [5, 1, 1, 1, 1, 1, 1, 3, 1, 1, 1]),  # the window fills one token at a time, then a chunk crosses it
+        (7, [3, 4, 1, 1, 7, 1]),  # a chunk ends exactly at the window; odd chunk lengths
+        (1_000_000, [6, 1, 1, 1, 5, 1, 1, 1]),  # never full
+    ],
+)
 def test_decoding_equals_full_forward_while_the_window_buffer_grows(window, pieces):
     """Batch 2 with left padding (5 and 2 pad tokens), the window crossed during decoding."""
     model = linearize(tiny_llama(), "liger", window_size=window, gla_weight=0.5).double()
@@ -85,7 +91,7 @@ def test_decoding_equals_full_forward_while_the_window_buffer_grows(window, piec
         longer = linearize(tiny_llama(), "liger", window_size=T, gla_weight=0.5).double()
         longer.load_state_dict(model.state_dict())
         with torch.no_grad():
-            assert (longer(ids, attention_mask=mask).logits - full)[1, window + 2:].abs().max() > 1e-6
+            assert (longer(ids, attention_mask=mask).logits - full)[1, window + 2 :].abs().max() > 1e-6
 
 
 def test_window_cache_grows_with_the_tokens_seen_up_to_the_window():
@@ -98,7 +104,7 @@ def test_window_cache_grows_with_the_tokens_seen_up_to_the_window():
     sizes, seen = [], 0
     with torch.no_grad():
         for n in [3, 1, 1, 1, 1, 1, 2, 1, 1]:
-            model(ids[:, seen:seen + n], attention_mask=mask[:, :seen + n], cache=cache, use_cache=True)
+            model(ids[:, seen : seen + n], attention_mask=mask[:, : seen + n], cache=cache, use_cache=True)
             seen += n
             window_bytes = cache.nbytes(0) - cache.get(0, "gla_state").numel() * 4
             assert window_bytes == min(seen, window) * per_token, seen
@@ -176,12 +182,24 @@ def test_trainer_with_peft_trains_only_lora(tmp_path):
     model = add_lora(linearize(tiny_llama(), "liger", window_size=4), r=4, target_modules=("q_proj", "v_proj"))
     frozen = {n: p.detach().clone() for n, p in model.named_parameters() if not p.requires_grad}
     data = [{"input_ids": x, "labels": x} for x in torch.randint(0, 96, (8, 12))]
-    args = TrainingArguments(output_dir=str(tmp_path), per_device_train_batch_size=4, max_steps=2, learning_rate=1e-2,
-                             report_to=[], save_strategy="no", logging_steps=1, use_cpu=True, disable_tqdm=True)
+    args = TrainingArguments(
+        output_dir=str(tmp_path),
+        per_device_train_batch_size=4,
+        max_steps=2,
+        learning_rate=1e-2,
+        report_to=[],
+        save_strategy="no",
+        logging_steps=1,
+        use_cpu=True,
+        disable_tqdm=True,
+    )
     result = Trainer(model=model, args=args, train_dataset=data).train()
     assert result.global_step == 2
     assert all(torch.equal(p, frozen[n]) for n, p in model.named_parameters() if n in frozen)
-    assert {n.split(".lora_")[0].split(".")[-1] for n, p in model.named_parameters() if p.requires_grad} == {"q_proj", "v_proj"}
+    assert {n.split(".lora_")[0].split(".")[-1] for n, p in model.named_parameters() if p.requires_grad} == {
+        "q_proj",
+        "v_proj",
+    }
 
 
 def _write_gguf(path, arch):
@@ -278,9 +296,29 @@ def test_command_line_linearize(tmp_path, capsys):
     (tmp_path / "eval.txt").write_text(text[::-1])
     parser = argparse.ArgumentParser()
     add_parser(parser.add_subparsers())
-    argv = ["linearize", "--model", str(tmp_path / "llama"), "--method", "liger", "--out", str(tmp_path / "out"),
-            "--train-text", str(tmp_path / "train.txt"), "--eval-text", str(tmp_path / "eval.txt"), "--steps", "2",
-            "--seq-len", "16", "--batch-size", "2", "--window", "4", "--eval-tokens", "64"]
+    argv = [
+        "linearize",
+        "--model",
+        str(tmp_path / "llama"),
+        "--method",
+        "liger",
+        "--out",
+        str(tmp_path / "out"),
+        "--train-text",
+        str(tmp_path / "train.txt"),
+        "--eval-text",
+        str(tmp_path / "eval.txt"),
+        "--steps",
+        "2",
+        "--seq-len",
+        "16",
+        "--batch-size",
+        "2",
+        "--window",
+        "4",
+        "--eval-tokens",
+        "64",
+    ]
     args = parser.parse_args(argv)
     assert args.func(args) == 0
     out = capsys.readouterr().out
@@ -289,7 +327,10 @@ def test_command_line_linearize(tmp_path, capsys):
     assert type(model) is LigerForCausalLM and model.config.window_size == 4
     assert not any("lora" in n for n in model.state_dict())
     card = (tmp_path / "out" / "README.md").read_text()
-    assert "| perplexity of the base model |" in card and "| LoRA fine-tune | r=8 on q_proj,k_proj,v_proj, 64 tokens" in card
+    assert (
+        "| perplexity of the base model |" in card
+        and "| LoRA fine-tune | r=8 on q_proj,k_proj,v_proj, 64 tokens" in card
+    )
     with pytest.raises(ValueError, match="window_size must be a positive int"):
         bad = parser.parse_args(argv[:-4] + ["--window", "0"])
         bad.func(bad)

@@ -4,15 +4,16 @@ Each teacher is a tiny random model built with transformers' own config and mode
 exactness tests run in fp64 so that any difference (RoPE variant, biases, q/k norms, fused projections, GQA, MLP)
 shows far above rounding.
 """
+
 import math
 
 import pytest
+import tiny_llama
 import torch
 import torch.nn.functional as F
 from transformers import AutoModelForCausalLM
 
 import hf_seqmodels  # noqa: F401  (registers the architectures)
-import tiny_llama
 from hf_seqmodels.cache import RecurrentCache
 from hf_seqmodels.layers.families import FAMILIES
 from hf_seqmodels.layers.liger import LigerAttention
@@ -22,16 +23,32 @@ from hf_seqmodels.models.liger import LigerConfig, LigerForCausalLM
 from hf_seqmodels.models.lizard import LizardForCausalLM
 
 VOCAB = 96
-COMMON = dict(vocab_size=VOCAB, hidden_size=48, intermediate_size=96, num_hidden_layers=3, num_attention_heads=6,
-              num_key_value_heads=2, initializer_range=0.2, tie_word_embeddings=False, pad_token_id=0,
-              bos_token_id=1, eos_token_id=2)
+COMMON = dict(
+    vocab_size=VOCAB,
+    hidden_size=48,
+    intermediate_size=96,
+    num_hidden_layers=3,
+    num_attention_heads=6,
+    num_key_value_heads=2,
+    initializer_range=0.2,
+    tie_word_embeddings=False,
+    pad_token_id=0,
+    bos_token_id=1,
+    eos_token_id=2,
+)
 
 
 def llama3():
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    rope = {"rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0, "low_freq_factor": 1.0,
-            "high_freq_factor": 4.0, "original_max_position_embeddings": 16}  # short: the scaling acts at these T
+    rope = {
+        "rope_type": "llama3",
+        "rope_theta": 500000.0,
+        "factor": 8.0,
+        "low_freq_factor": 1.0,
+        "high_freq_factor": 4.0,
+        "original_max_position_embeddings": 16,
+    }  # short: the scaling acts at these T
     return LlamaForCausalLM(LlamaConfig(**COMMON, rope_parameters=rope, attention_bias=True, mlp_bias=True))
 
 
@@ -135,7 +152,12 @@ def test_cached_decoding_equals_full_forward(name, softmax_layers):
     for i in range(3):
         names = set(cache.states[i])
         if i in softmax_layers:  # the teacher's global attention keeps every key
-            assert names == {"kv_k", "kv_v", "kv_mask"} and cache.get(i, "kv_k").shape == (2, 2, 19, model.config.head_dim)
+            assert names == {"kv_k", "kv_v", "kv_mask"} and cache.get(i, "kv_k").shape == (
+                2,
+                2,
+                19,
+                model.config.head_dim,
+            )
         else:
             assert names == {"gla_state", "swa_k", "swa_v", "swa_mask"}
 
@@ -196,7 +218,7 @@ def linear_branch_from_teacher(attn, x, config, normalizer=16.0):
 
     if hasattr(attn, "qkv_proj"):
         qkv = lin(attn.qkv_proj)
-        q, k, v = qkv[:, :H * D], qkv[:, H * D:(H + Hkv) * D], qkv[:, (H + Hkv) * D:]
+        q, k, v = qkv[:, : H * D], qkv[:, H * D : (H + Hkv) * D], qkv[:, (H + Hkv) * D :]
     else:
         q, k, v = lin(attn.q_proj), lin(attn.k_proj), lin(attn.v_proj)
     q, k, v = q.view(T, H, D), k.view(T, Hkv, D), v.view(T, Hkv, D)
@@ -231,10 +253,13 @@ def test_linear_branch_against_a_reference_from_the_teachers_weights(name):
             torch.testing.assert_close(got[b], ref, rtol=tol, atol=tol)
 
 
-@pytest.mark.parametrize("builder,expected", [
-    (lambda: mistral(sliding_window=5), [5, 5, 5]),
-    (lambda: qwen2(use_sliding_window=True, sliding_window=5, max_window_layers=1), [None, 5, 5]),
-])
+@pytest.mark.parametrize(
+    "builder,expected",
+    [
+        (lambda: mistral(sliding_window=5), [5, 5, 5]),
+        (lambda: qwen2(use_sliding_window=True, sliding_window=5, max_window_layers=1), [None, 5, 5]),
+    ],
+)
 def test_softmax_layers_keep_the_teachers_own_sliding_window(builder, expected):
     t = builder().eval().double()
     model = linearize(t, "liger", softmax_layers=[0, 1, 2])
@@ -279,11 +304,23 @@ def test_lizard_hybrid_transfers_and_decodes():
 def test_unsupported_families_and_bad_layouts_are_named():
     from transformers import GemmaConfig, GemmaForCausalLM
 
-    gemma = GemmaForCausalLM(GemmaConfig(vocab_size=VOCAB, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-                                         num_attention_heads=2, num_key_value_heads=1, head_dim=8))
+    gemma = GemmaForCausalLM(
+        GemmaConfig(
+            vocab_size=VOCAB,
+            hidden_size=16,
+            intermediate_size=32,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            num_key_value_heads=1,
+            head_dim=8,
+        )
+    )
     with pytest.raises(ValueError, match=r"Llama-shaped decoder.*GemmaForCausalLM.*'gemma'"):
         linearize(gemma, "liger")
-    with pytest.raises(ValueError, match=r"'gemma' is not a supported decoder family; supported: \['llama', 'mistral', 'phi3', 'qwen2', 'qwen3'\]"):
+    with pytest.raises(
+        ValueError,
+        match=r"'gemma' is not a supported decoder family; supported: \['llama', 'mistral', 'phi3', 'qwen2', 'qwen3'\]",
+    ):
         LigerConfig(base_model_type="gemma")
     t = teacher("mistral")
     with pytest.raises(ValueError, match=r"softmax_layers must hold layer indices in \[0, 3\).*\[3\]"):
@@ -316,8 +353,22 @@ def test_command_line_hybrid_phi3(tmp_path, capsys):
     (tmp_path / "train.txt").write_text(text)
     parser = argparse.ArgumentParser()
     add_parser(parser.add_subparsers())
-    base = ["linearize", "--model", str(tmp_path / "phi3"), "--method", "liger", "--train-text",
-            str(tmp_path / "train.txt"), "--steps", "1", "--seq-len", "16", "--window", "4", "--no-progress"]
+    base = [
+        "linearize",
+        "--model",
+        str(tmp_path / "phi3"),
+        "--method",
+        "liger",
+        "--train-text",
+        str(tmp_path / "train.txt"),
+        "--steps",
+        "1",
+        "--seq-len",
+        "16",
+        "--window",
+        "4",
+        "--no-progress",
+    ]
 
     def run(*extra, out="out"):
         args = parser.parse_args(base + ["--out", str(tmp_path / out), *extra])
@@ -325,7 +376,9 @@ def test_command_line_hybrid_phi3(tmp_path, capsys):
 
     with pytest.raises(ValueError, match=r"--softmax-layers.*\[0, 3\).*\[5\]"):
         run("--softmax-layers", "1,5")  # checked from config.json, before the weights load
-    with pytest.raises(ValueError, match=r"\['q_proj'\] is not a linear layer of a liger model converted from a 'phi3'"):
+    with pytest.raises(
+        ValueError, match=r"\['q_proj'\] is not a linear layer of a liger model converted from a 'phi3'"
+    ):
         run("--lora-targets", "q_proj")
     with pytest.raises(SystemExit):
         parser.parse_args(base + ["--out", "x", "--softmax-every", "2", "--softmax-layers", "1"])

@@ -1,6 +1,8 @@
 """Lizard: conversion (Llama weights + new parameters), decoding with the cache, attention transfer, LoRA, save/load."""
+
 import pytest
 import torch
+from tiny_llama import tiny_llama as shared_tiny_llama
 from transformers import AutoModelForCausalLM
 
 import hf_seqmodels  # noqa: F401
@@ -9,9 +11,15 @@ from hf_seqmodels.layers.lizard import HedgehogFeatureMap, LizardAttention
 from hf_seqmodels.linearize import add_lora, attention_transfer, finetune, linearize
 from hf_seqmodels.linearize.train import TRANSFER_PARAMETERS
 from hf_seqmodels.models.lizard import LizardConfig, LizardForCausalLM
-from tiny_llama import tiny_llama as shared_tiny_llama
 
-NEW_PARAMETERS = {"q_feature_map.weight", "k_feature_map.weight", "decay_proj.weight", "decay_proj.bias", "sink_logits", "window_weight"}
+NEW_PARAMETERS = {
+    "q_feature_map.weight",
+    "k_feature_map.weight",
+    "decay_proj.weight",
+    "decay_proj.bias",
+    "sink_logits",
+    "window_weight",
+}
 
 
 def tiny_llama(**overrides):
@@ -59,7 +67,9 @@ def test_decoding_with_cache_equals_full_forward():
         full = model(ids, attention_mask=mask).logits
         cache, outs, seen = RecurrentCache(2), [], 0
         for n in (5, 1, 1, 4, 1, 1, 1, 1):
-            outs.append(model(ids[:, seen : seen + n], attention_mask=mask[:, : seen + n], cache=cache, use_cache=True).logits)
+            outs.append(
+                model(ids[:, seen : seen + n], attention_mask=mask[:, : seen + n], cache=cache, use_cache=True).logits
+            )
             seen += n
     stepped = torch.cat(outs, 1)
     torch.testing.assert_close(stepped[0, 4:], full[0, 4:], rtol=1e-10, atol=1e-10)

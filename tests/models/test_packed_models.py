@@ -1,6 +1,7 @@
 """Padding-free training (transformers' DataCollatorWithFlattening): a packed row of several sequences gives, per
 sequence, the logits and loss of running each sequence alone; Trainer runs with the collator; what cannot be packed
 (cached decoding, padding masks, H-Net) is refused by name."""
+
 import pytest
 import torch
 from transformers import DataCollatorWithFlattening, Trainer, TrainingArguments
@@ -84,7 +85,12 @@ def test_packing_is_read_from_position_ids_seq_idx_or_cu_seq_lens():
     assert packed_sequences(1, 6, pos, {}).offsets == [0, 3, 4, 6]
     assert packed_sequences(1, 6, torch.arange(6)[None], {}) is None  # one sequence
     assert packed_sequences(2, 3, torch.tensor([[0, 1, 0], [0, 1, 0]]), {}) is None  # batch > 1: not packed
-    assert packed_sequences(1, 6, None, {"seq_idx": torch.tensor([[0, 0, 1, 1, 1, 2]], dtype=torch.int32)}).offsets == [0, 2, 5, 6]
+    assert packed_sequences(1, 6, None, {"seq_idx": torch.tensor([[0, 0, 1, 1, 1, 2]], dtype=torch.int32)}).offsets == [
+        0,
+        2,
+        5,
+        6,
+    ]
     cu = torch.tensor([0, 2, 6], dtype=torch.int32)
     assert packed_sequences(1, 6, None, {"cu_seq_lens_q": cu, "cu_seq_lens_k": cu}).offsets == [0, 2, 6]
     with pytest.raises(ValueError, match="cu_seq_lens_q.*end at the sequence length"):
@@ -104,10 +110,15 @@ def test_packed_input_refuses_cache_and_padding_and_hnet():
         model(**batch, attention_mask=torch.tensor([[1, 1, 1, 1, 1, 1, 0]]))
     out = model(**batch)  # eval mode: no cache is made for packed input
     assert getattr(out, "past_key_values", None) is None and getattr(out, "cache", None) is None
-    hnet = hf_seqmodels.HNetForCausalLM(hf_seqmodels.HNetConfig(
-        arch_layout=["m1", ["T1"], "m1"], d_model=[16, 24], d_intermediate=[0, 32],
-        ssm_cfg={"d_state": 8, "head_dim": 8, "expand": 2},
-        attn_cfg={"num_heads": [2, 2], "rotary_emb_dim": [4, 6], "window_size": [3, -1]})).eval()
+    hnet = hf_seqmodels.HNetForCausalLM(
+        hf_seqmodels.HNetConfig(
+            arch_layout=["m1", ["T1"], "m1"],
+            d_model=[16, 24],
+            d_intermediate=[0, 32],
+            ssm_cfg={"d_state": 8, "head_dim": 8, "expand": 2},
+            attn_cfg={"num_heads": [2, 2], "rotary_emb_dim": [4, 6], "window_size": [3, -1]},
+        )
+    ).eval()
     hbatch = DataCollatorWithFlattening()(_features([3, 4], vocab=256))
     with pytest.raises(ValueError, match="HNetModel does not support packed sequences"):
         hnet(**hbatch)
@@ -125,9 +136,18 @@ def test_trainer_with_data_collator_with_flattening(arch, tmp_path):
             seen.append(out["input_ids"].shape)
             return out
 
-    args = TrainingArguments(output_dir=str(tmp_path), max_steps=3, per_device_train_batch_size=4, learning_rate=1e-3,
-                             logging_steps=1, save_strategy="no", report_to="none", use_cpu=True,
-                             dataloader_num_workers=0, disable_tqdm=True)
+    args = TrainingArguments(
+        output_dir=str(tmp_path),
+        max_steps=3,
+        per_device_train_batch_size=4,
+        learning_rate=1e-3,
+        logging_steps=1,
+        save_strategy="no",
+        report_to="none",
+        use_cpu=True,
+        dataloader_num_workers=0,
+        disable_tqdm=True,
+    )
     trainer = Trainer(model=model, args=args, train_dataset=data, data_collator=Spy(return_flash_attn_kwargs=True))
     trainer.train()
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]

@@ -1,4 +1,5 @@
 """ParaRNN cells and models: parallel (Newton) == sequential, Jacobian-structure check, convergence handling, cache."""
+
 import runpy
 from pathlib import Path
 
@@ -14,8 +15,8 @@ from hf_seqmodels.layers.pararnn import (
     AUTO_SEQUENTIAL_MIN_STATE,
     CELLS,
     ParaGRUCell,
-    ParaLSTMCell,
     ParallelRNNCell,
+    ParaLSTMCell,
     check_jacobian_structure,
 )
 
@@ -127,8 +128,14 @@ def test_no_grad_sequential_scan_equals_the_step_loop(cell_class, T):
     mask[2, T // 2] = 0  # and a hole
     u = cell.input_projection(x).detach()
     m = mask[:, :, None, None].to(u.dtype).expand(-1, -1, 1, u.shape[-1])
-    ref = sequential_solve(cell._masked(cell.step, None), torch.cat([u, m], -2), cell.recurrent_params(), h0,
-                           state_size=4, structure=cell.structure)
+    ref = sequential_solve(
+        cell._masked(cell.step, None),
+        torch.cat([u, m], -2),
+        cell.recurrent_params(),
+        h0,
+        state_size=4,
+        structure=cell.structure,
+    )
     with torch.no_grad():
         out, states = cell(x, h0=h0, mask=mask, mode="sequential")
     torch.testing.assert_close(states, ref.detach(), rtol=1e-12, atol=1e-12)

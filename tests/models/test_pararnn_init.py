@@ -1,4 +1,5 @@
 """ParaRNN's initialization fields: conv_init, recurrent_init, recurrent_clip (checked against their definitions)."""
+
 import math
 import tempfile
 
@@ -63,7 +64,11 @@ def test_fields_round_trip_and_are_checked():
     with tempfile.TemporaryDirectory() as d:
         model.save_pretrained(d)
         again = AutoModelForCausalLM.from_pretrained(d)
-    assert (again.config.conv_init, again.config.recurrent_init, again.config.recurrent_clip) == ("normal", "xlstm", 0.9)
+    assert (again.config.conv_init, again.config.recurrent_init, again.config.recurrent_clip) == (
+        "normal",
+        "xlstm",
+        0.9,
+    )
     for k, v in model.state_dict().items():
         torch.testing.assert_close(again.state_dict()[k], v)  # loading keeps the weights: no re-init
     with pytest.raises(ValueError, match="conv_init"):

@@ -1,9 +1,21 @@
 import pytest
 
 # markers transformers' own conftest registers (the sdist does not ship it); its tests carry them
-_UPSTREAM_MARKERS = ("accelerate_tests", "flash_attn_test", "flash_attn_3_test", "flash_attn_4_test", "torch_compile_test",
-                     "torch_export_test", "generate", "is_training_test", "is_tensor_parallel_test", "is_staging_test",
-                     "is_pipeline_test", "not_device_test", "bitsandbytes")
+_UPSTREAM_MARKERS = (
+    "accelerate_tests",
+    "flash_attn_test",
+    "flash_attn_3_test",
+    "flash_attn_4_test",
+    "torch_compile_test",
+    "torch_export_test",
+    "generate",
+    "is_training_test",
+    "is_tensor_parallel_test",
+    "is_staging_test",
+    "is_pipeline_test",
+    "not_device_test",
+    "bitsandbytes",
+)
 
 
 def pytest_configure(config):

@@ -6,6 +6,7 @@ no attention outputs; stateful, so no cache cropping). A test that does not appl
 failure that shows a bug in a model is fixed in the model, not skipped. The upstream test files come from the
 transformers sdist (``make transformers-tests``); see ``transformers_upstream.py``.
 """
+
 from __future__ import annotations
 
 import unittest
@@ -13,14 +14,32 @@ import unittest
 import pytest
 import torch
 from transformers.models.auto import modeling_auto
+from transformers_upstream import (
+    GENERATION_MIXIN_IS_STUB,
+    ConfigTester,
+    GenerationTesterMixin,
+    ModelTesterMixin,
+    TrainingTesterMixin,
+    ids_tensor,
+)
 
 import hf_seqmodels  # noqa: F401  (registers the architectures)
 from hf_seqmodels import (
-    GLAConfig, GLAForCausalLM, GLAModel, HNetConfig, HNetForCausalLM, HNetModel, LigerConfig, LigerForCausalLM,
-    LigerModel, LizardConfig, LizardForCausalLM, LizardModel, ParaRNNConfig, ParaRNNForCausalLM, ParaRNNModel,
-)
-from transformers_upstream import (
-    GENERATION_MIXIN_IS_STUB, ConfigTester, GenerationTesterMixin, ModelTesterMixin, TrainingTesterMixin, ids_tensor,
+    GLAConfig,
+    GLAForCausalLM,
+    GLAModel,
+    HNetConfig,
+    HNetForCausalLM,
+    HNetModel,
+    LigerConfig,
+    LigerForCausalLM,
+    LigerModel,
+    LizardConfig,
+    LizardForCausalLM,
+    LizardModel,
+    ParaRNNConfig,
+    ParaRNNForCausalLM,
+    ParaRNNModel,
 )
 
 
@@ -45,7 +64,9 @@ def _listed_like_built_in_models():
 class TinyModelTester:
     """Tiny configs and inputs, in the shape upstream's testers have (batch_size, seq_length, ... attributes)."""
 
-    def __init__(self, parent, config_class, config_kwargs, causal_lm_class, batch_size=2, seq_length=7, is_training=True):
+    def __init__(
+        self, parent, config_class, config_kwargs, causal_lm_class, batch_size=2, seq_length=7, is_training=True
+    ):
         self.parent = parent
         self.config_class = config_class
         self.causal_lm_class = causal_lm_class  # what TrainingTesterMixin trains
@@ -74,8 +95,15 @@ class TinyModelTester:
         return config, {"input_ids": input_ids, "attention_mask": attention_mask}
 
 
-_COMMON = dict(vocab_size=99, hidden_size=32, intermediate_size=37, num_hidden_layers=2, pad_token_id=0, bos_token_id=1,
-               eos_token_id=2)
+_COMMON = dict(
+    vocab_size=99,
+    hidden_size=32,
+    intermediate_size=37,
+    num_hidden_layers=2,
+    pad_token_id=0,
+    bos_token_id=1,
+    eos_token_id=2,
+)
 _LLAMA = dict(_COMMON, num_attention_heads=4, num_key_value_heads=2)
 
 
@@ -101,16 +129,22 @@ class SeqModelTestBase(ModelTesterMixin, GenerationTesterMixin, TrainingTesterMi
         # ConfigTester reads each given field back from the JSON: give it the stored values (HNetConfig completes its
         # nested dicts with defaults)
         probe = self.model_tester.get_config()
-        self.config_tester = ConfigTester(self, config_class=self.config_class,
-                                          **{k: getattr(probe, k) for k in self.config_kwargs},
-                                          common_properties=["hidden_size", "num_hidden_layers"])
+        self.config_tester = ConfigTester(
+            self,
+            config_class=self.config_class,
+            **{k: getattr(probe, k) for k in self.config_kwargs},
+            common_properties=["hidden_size", "num_hidden_layers"],
+        )
 
     def test_config(self):
         self.config_tester.run_common_tests()
 
     if GENERATION_MIXIN_IS_STUB:
-        @unittest.skip(reason="the transformers sdist does not ship tests/generation/test_utils.py "
-                              "(GenerationTesterMixin); generate() is tested in tests/integration/test_generation.py")
+
+        @unittest.skip(
+            reason="the transformers sdist does not ship tests/generation/test_utils.py "
+            "(GenerationTesterMixin); generate() is tested in tests/integration/test_generation.py"
+        )
         def test_generation_tester_mixin_inheritance(self):
             pass
 
@@ -149,9 +183,13 @@ class HNetModelTest(SeqModelTestBase, unittest.TestCase):
     all_model_classes = (HNetModel, HNetForCausalLM)
     config_class = HNetConfig
     # the smallest H-Net: Mamba-2 encoder, attention main network (2 heads, wider), Mamba-2 + MLP decoder
-    config_kwargs = dict(arch_layout=["m1", ["T1"], "M1"], d_model=[32, 48], d_intermediate=[37, 64],
-                         ssm_cfg={"d_state": 8, "head_dim": 16, "chunk_size": 8},
-                         attn_cfg={"num_heads": [2, 2], "rotary_emb_dim": [8, 8], "window_size": [3, -1]})
+    config_kwargs = dict(
+        arch_layout=["m1", ["T1"], "M1"],
+        d_model=[32, 48],
+        d_intermediate=[37, 64],
+        ssm_cfg={"d_state": 8, "head_dim": 16, "chunk_size": 8},
+        attn_cfg={"num_heads": [2, 2], "rotary_emb_dim": [8, 8], "window_size": [3, -1]},
+    )
 
     def setUp(self):
         super().setUp()
@@ -199,4 +237,7 @@ class HNetModelTest(SeqModelTestBase, unittest.TestCase):
                 for extra in ({}, {"output_hidden_states": True}):
                     inputs = self._prepare_for_class(inputs_dict, model_class, return_labels=labels)
                     with torch.no_grad():
-                        check(model(**inputs, return_dict=False, **extra), model(**inputs, return_dict=True, **extra).to_tuple())
+                        check(
+                            model(**inputs, return_dict=False, **extra),
+                            model(**inputs, return_dict=True, **extra).to_tuple(),
+                        )

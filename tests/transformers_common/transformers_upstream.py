@@ -13,6 +13,7 @@ The extracted tree is imported as the package ``transformers_tests`` (upstream i
 repository's own test folder and many installed distributions also use). Without it, the importing test module is
 skipped with the reason.
 """
+
 from __future__ import annotations
 
 import importlib

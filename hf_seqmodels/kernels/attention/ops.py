@@ -13,6 +13,7 @@ with a zero value ("attend to nothing"). ``[H, M]`` is reduced by a log-sum-exp 
 Only a PyTorch implementation exists for now; it runs on every device (CUDA included). No queries (T = 0) give the
 empty output ``[B, 0, H, D]``.
 """
+
 from __future__ import annotations
 
 import torch
@@ -28,8 +29,10 @@ def check_window(where: str, window, name: str = "window") -> None:
     """The one check of a sliding window size (this op, ``LinearizedLlamaConfig.window_size``, ``linearize``): a
     positive int, the number of keys a query sees, itself included. TypeError for a non-int, ValueError for <= 0."""
     if isinstance(window, bool) or not isinstance(window, int):
-        raise TypeError(f"{where}: {name} must be a positive int (keys a query sees, itself included), got "
-                        f"{type(window).__name__} {window!r}")
+        raise TypeError(
+            f"{where}: {name} must be a positive int (keys a query sees, itself included), got "
+            f"{type(window).__name__} {window!r}"
+        )
     if window <= 0:
         raise ValueError(f"{where}: {name} must be a positive int (keys a query sees, itself included), got {window!r}")
 
@@ -50,7 +53,7 @@ def _check_common(op, q, k, v, sinks, scale):
             sinks = torch.logsumexp(sinks, dim=-1)
     if scale is not None and (isinstance(scale, bool) or not isinstance(scale, (int, float))):
         raise TypeError(f"{op}: `scale` must be a Python number, got {type(scale).__name__}")
-    return sinks, (D ** -0.5 if scale is None else float(scale))
+    return sinks, (D**-0.5 if scale is None else float(scale))
 
 
 def sliding_window_attention(q, k, v, window: int, sinks=None, scale=None, key_mask=None, cu_seqlens=None):
@@ -73,18 +76,25 @@ def sliding_window_attention(q, k, v, window: int, sinks=None, scale=None, key_m
         )
     L, Hkv = k.shape[1], k.shape[2]
     if L < T:
-        raise ValueError(f"{op}: `k` must have at least as many tokens as `q` (queries align with the last keys), got L={L} < T={T}")
+        raise ValueError(
+            f"{op}: `k` must have at least as many tokens as `q` (queries align with the last keys), got L={L} < T={T}"
+        )
     if H % Hkv:
         raise ValueError(f"{op}: query heads ({H}) must be a multiple of key/value heads ({Hkv})")
     if key_mask is not None:
         if key_mask.dtype != torch.bool or tuple(key_mask.shape) != (B, L):
-            raise ValueError(f"{op}: `key_mask` must be a bool tensor [B, L] = {(B, L)}, got {key_mask.dtype} {tuple(key_mask.shape)}")
+            raise ValueError(
+                f"{op}: `key_mask` must be a bool tensor [B, L] = {(B, L)}, got {key_mask.dtype} "
+                f"{tuple(key_mask.shape)}"
+            )
     check_same_device(op, q=q, k=k, v=v, sinks=sinks, key_mask=key_mask)
     packed = check_cu_seqlens(op, cu_seqlens, B, T)
     seg = None
     if packed is not None:
         if L != T:
-            raise ValueError(f"{op}: with `cu_seqlens` the keys must be the queries' own tokens (L == T), got L={L}, T={T}")
+            raise ValueError(
+                f"{op}: with `cu_seqlens` the keys must be the queries' own tokens (L == T), got L={L}, T={T}"
+            )
         seg = packed.seq_ids(q.device).unsqueeze(0)
         window = min(window, packed.max_len)
     # a query never sees more than the L keys there are: the same result, with O(T x min(window, L)) memory
@@ -105,6 +115,8 @@ def sliding_window_decode(q, k_cache, v_cache, cache_mask, sinks=None, scale=Non
             f"{tuple(k_cache.shape)} and {tuple(v_cache.shape)}"
         )
     if cache_mask.dtype != torch.bool or tuple(cache_mask.shape) != (B, k_cache.shape[2]):
-        raise ValueError(f"{op}: `cache_mask` must be a bool tensor [B, W] = {(B, k_cache.shape[2])}, got {tuple(cache_mask.shape)}")
+        raise ValueError(
+            f"{op}: `cache_mask` must be a bool tensor [B, W] = {(B, k_cache.shape[2])}, got {tuple(cache_mask.shape)}"
+        )
     check_same_device(op, q=q, k_cache=k_cache, v_cache=v_cache, cache_mask=cache_mask, sinks=sinks)
     return sliding_window_decode_torch(q, k_cache, v_cache, cache_mask, sinks, scale)

@@ -6,6 +6,7 @@ until it holds ``W``, then stays that size. The token with absolute index ``p`` 
 buffer grows, ``p < W``: slot ``p``, in time order), so the write index is the number of tokens seen so far modulo
 ``W`` and needs no storage of its own. A window far longer than the input therefore costs memory for the input only.
 """
+
 from __future__ import annotations
 
 import torch
@@ -29,8 +30,10 @@ def ring_buffer_write(k_buf, v_buf, mask_buf, k_new, v_new, mask_new, seen: int,
     slots; the inputs are not modified."""
     n, T = k_buf.shape[2], k_new.shape[2]
     if n != min(seen, window):
-        raise ValueError(f"ring_buffer_write: the buffer must hold min(seen, window) = {min(seen, window)} slots "
-                         f"after {seen} tokens with window {window}, got {n}")
+        raise ValueError(
+            f"ring_buffer_write: the buffer must hold min(seen, window) = {min(seen, window)} slots "
+            f"after {seen} tokens with window {window}, got {n}"
+        )
     if T == 1 and n == window:  # a full buffer: overwrite the oldest token's slot
         idx = torch.tensor([seen % window], device=k_buf.device)
         return k_buf.index_copy(2, idx, k_new), v_buf.index_copy(2, idx, v_new), mask_buf.index_copy(1, idx, mask_new)

@@ -5,6 +5,7 @@ block and the one before, so each block scores ``w x 2w`` pairs and the cost is 
 The band mask keeps key ``j`` for query ``t`` when ``t - w < j <= t``. Backward is explicit: it recomputes the
 scores from the saved log-normalizers (one fp32 number per query) instead of storing the probabilities.
 """
+
 from __future__ import annotations
 
 import math
@@ -25,7 +26,7 @@ def _key_spans(x, T, window, nb, fill=0.0):
     block ``b`` and ``b + 1`` hold the keys query block ``b`` can see."""
     L = x.shape[1]
     start = L - T - window  # absolute index of the first key of padded block 0
-    x = x[:, max(start, 0):]
+    x = x[:, max(start, 0) :]
     pad_front, pad_back = max(-start, 0), nb * window - T
     if pad_front or pad_back:
         pad = [0, 0] * (x.dim() - 2) + [pad_front, pad_back]
@@ -75,7 +76,7 @@ def _fold_spans(dspan, L, T, window):
     dkb[:, :, 1:] += dspan[..., window:, :]
     dk = dkb.reshape(B, Hkv, (nb + 1) * window, D).transpose(1, 2)  # padded coordinates
     start = L - T - window
-    dk = dk[:, max(-start, 0): (nb + 1) * window - (nb * window - T)]
+    dk = dk[:, max(-start, 0) : (nb + 1) * window - (nb * window - T)]
     if start > 0:
         dk = F.pad(dk, (0, 0, 0, 0, start, 0))
     return dk

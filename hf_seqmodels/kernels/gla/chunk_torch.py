@@ -14,6 +14,7 @@ dimensions, ``S_t = alpha_t S_{t-1} + k_t^T v_t``. The in-chunk decays are then 
 ``exp(G_i - G_j)`` (j <= i, exponent <= 0, exact for any decay rate): scores are ``(q k^T) * decay``, plain matmuls
 with no sub-blocks.
 """
+
 from __future__ import annotations
 
 import math
@@ -159,7 +160,9 @@ def _chunk_states(kdec, v, decay, h0, lay):
     initial state)."""
     U = kdec.transpose(-1, -2) @ v  # [B, H, N, K, V]
     _, H, N, K, V = U.shape
-    finals = torch.zeros(lay.num_seqs, H, K, V, dtype=U.dtype, device=U.device) if h0 is None else h0.to(U.dtype).clone()
+    finals = (
+        torch.zeros(lay.num_seqs, H, K, V, dtype=U.dtype, device=U.device) if h0 is None else h0.to(U.dtype).clone()
+    )
     states = torch.empty_like(U)
     S = None
     for n in range(N):
@@ -363,8 +366,9 @@ def _chunk_gla_streamed(q, k, v, g, scale, initial_state, output_final_state, ch
     with torch.no_grad():
         for s in range(0, T, block):
             e = min(s + block, T)
-            ob, state = _function(g).apply(q[:, s:e], k[:, s:e], v[:, s:e], g[:, s:e], scale, state, True,
-                                           _BatchLayout(B, e - s, chunk))
+            ob, state = _function(g).apply(
+                q[:, s:e], k[:, s:e], v[:, s:e], g[:, s:e], scale, state, True, _BatchLayout(B, e - s, chunk)
+            )
             o[:, s:e] = ob
     return o, (state if output_final_state else None)
 
@@ -389,15 +393,21 @@ def recurrent_gla_step_torch(q, k, v, g, scale, initial_state=None, output_final
 def chunk_gla_packed_torch(q, k, v, g, scale, initial_state, output_final_state, packed, chunk=CHUNK):
     """Packed sequences (``packed``: a ``kernels._varlen.Packed``) on the torch path. With gradients: one chunk-aligned
     pass; without, each sequence streams on its own (bounded extra memory, as :func:`chunk_gla_torch`)."""
-    if not _needs_graph(q, k, v, g, initial_state) and q[0].numel() // q.shape[-1] * max(q.shape[-1], v.shape[-1]) > STREAM_ELEMENTS:
+    if (
+        not _needs_graph(q, k, v, g, initial_state)
+        and q[0].numel() // q.shape[-1] * max(q.shape[-1], v.shape[-1]) > STREAM_ELEMENTS
+    ):
         o = torch.empty(*q.shape[:3], v.shape[-1], dtype=q.dtype, device=q.device)
         finals = []
         for i, (s, e) in enumerate(zip(packed.offsets, packed.offsets[1:])):
             h = None if initial_state is None else initial_state[i : i + 1]
             if e == s:
                 dt = torch.float64 if q.dtype == torch.float64 else torch.float32
-                finals.append(torch.zeros(1, q.shape[2], q.shape[3], v.shape[-1], dtype=dt, device=q.device)
-                              if h is None else h.to(dt))
+                finals.append(
+                    torch.zeros(1, q.shape[2], q.shape[3], v.shape[-1], dtype=dt, device=q.device)
+                    if h is None
+                    else h.to(dt)
+                )
                 continue
             o[:, s:e], f = chunk_gla_torch(q[:, s:e], k[:, s:e], v[:, s:e], g[:, s:e], scale, h, True, chunk)
             finals.append(f)

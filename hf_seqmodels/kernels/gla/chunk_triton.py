@@ -34,6 +34,7 @@ pairs are summed one by one in fp32 with the exponent masked before exp2.
 ``dg`` needs no sequence-long cumsum: for t in chunk n, ``dg_t = sum_{s>=t in the chunk} (q dq - k dk)_s +
 sum_v(S_end * dh_n)`` where ``S_end = h_{n+1}`` is the state leaving the chunk (the carry, computed with ``dv``).
 """
+
 from __future__ import annotations
 
 import torch
@@ -88,9 +89,27 @@ def _cum_gate(g_ptr, t0, rows, ck, stride, T, K, BT: tl.constexpr, GSPLIT: tl.co
 
 
 @triton.jit
-def _state_fwd_kernel(k, v, g, h, h0, ht, T, N, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
-                      BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, HAS_H0: tl.constexpr,
-                      STORE_FINAL: tl.constexpr, DT: tl.constexpr, PREC: tl.constexpr, GSPLIT: tl.constexpr):
+def _state_fwd_kernel(
+    k,
+    v,
+    g,
+    h,
+    h0,
+    ht,
+    T,
+    N,
+    H: tl.constexpr,
+    K: tl.constexpr,
+    V: tl.constexpr,
+    BT: tl.constexpr,
+    BK: tl.constexpr,
+    BV: tl.constexpr,
+    HAS_H0: tl.constexpr,
+    STORE_FINAL: tl.constexpr,
+    DT: tl.constexpr,
+    PREC: tl.constexpr,
+    GSPLIT: tl.constexpr,
+):
     i_bh, i_v, i_k = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     i_b, i_h = i_bh // H, i_bh % H
     ck = i_k * BK + tl.arange(0, BK)
@@ -119,7 +138,7 @@ def _state_fwd_kernel(k, v, g, h, h0, ht, T, N, H: tl.constexpr, K: tl.constexpr
         tl.store(ht + i_bh.to(tl.int64) * K * V + kv, S, mask=kv_mask)
 
 
-# -- scores inside a chunk, when one reference row is not safe ----------------------------------------------------------
+# -- scores inside a chunk, when one reference row is not safe ---------------------------------------------------
 @triton.jit
 def _block_refs(c, c0, BT: tl.constexpr, SUB: tl.constexpr):
     """Each row's reference: ``c`` at the first row of its SUB-row block (the block's largest, as g <= 0)."""
@@ -172,8 +191,24 @@ def _diag_scores(q_ptr, k_ptr, g_ptr, t, ck, T, stride, K, SUB: tl.constexpr):
 
 
 @triton.jit
-def _scores_blocked(q_ptr, k_ptr, g_ptr, c, c0, t0, rows, ck, T, stride, K, BT: tl.constexpr, SUB: tl.constexpr,
-                    LIMIT: tl.constexpr, DT: tl.constexpr, PREC: tl.constexpr):
+def _scores_blocked(
+    q_ptr,
+    k_ptr,
+    g_ptr,
+    c,
+    c0,
+    t0,
+    rows,
+    ck,
+    T,
+    stride,
+    K,
+    BT: tl.constexpr,
+    SUB: tl.constexpr,
+    LIMIT: tl.constexpr,
+    DT: tl.constexpr,
+    PREC: tl.constexpr,
+):
     """This K tile's share of the scores with per-block references (see the module docstring)."""
     b_q = _tile(q_ptr, rows, ck, stride, T, K).to(tl.float32)
     b_k = _tile(k_ptr, rows, ck, stride, T, K).to(tl.float32)
@@ -198,9 +233,29 @@ def _scores_blocked(q_ptr, k_ptr, g_ptr, c, c0, t0, rows, ck, T, stride, K, BT: 
 
 
 @triton.jit
-def _output_kernel(q, k, v, g, h, o, A, flags, scale, T, N, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
-                   BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, LIMIT: tl.constexpr, DT: tl.constexpr,
-                   PREC: tl.constexpr, GSPLIT: tl.constexpr):
+def _output_kernel(
+    q,
+    k,
+    v,
+    g,
+    h,
+    o,
+    A,
+    flags,
+    scale,
+    T,
+    N,
+    H: tl.constexpr,
+    K: tl.constexpr,
+    V: tl.constexpr,
+    BT: tl.constexpr,
+    BK: tl.constexpr,
+    BV: tl.constexpr,
+    LIMIT: tl.constexpr,
+    DT: tl.constexpr,
+    PREC: tl.constexpr,
+    GSPLIT: tl.constexpr,
+):
     """Chunks whose K tiles all take one reference row; flags the others (1) for ``_output_slow_kernel``."""
     i_bh, i_n = tl.program_id(0), tl.program_id(1)
     i_b, i_h = i_bh // H, i_bh % H
@@ -222,8 +277,9 @@ def _output_kernel(q, k, v, g, h, o, A, flags, scale, T, N, H: tl.constexpr, K: 
             q_rel = _tile(q_ptr, rows, ck, H * K, T, K).to(tl.float32) * tl.exp2(c - c0[None, :])  # <= |q|
             k_rel = _tile(k_ptr, rows, ck, H * K, T, K).to(tl.float32) * tl.exp2(c0[None, :] - c)  # <= 2^LIMIT |k|
             b_A += tl.dot(q_rel.to(DT), tl.trans(k_rel.to(DT)), input_precision=PREC)
-            acc += tl.dot((q_rel * tl.exp2(c0)[None, :]).to(DT), _tile(h_ptr, ck, cv, V, K, V).to(DT),
-                          input_precision=PREC)
+            acc += tl.dot(
+                (q_rel * tl.exp2(c0)[None, :]).to(DT), _tile(h_ptr, ck, cv, V, K, V).to(DT), input_precision=PREC
+            )
         else:
             slow = 1
     tl.store(flags + i_bh * N + i_n, slow)
@@ -237,9 +293,30 @@ def _output_kernel(q, k, v, g, h, o, A, flags, scale, T, N, H: tl.constexpr, K: 
 
 
 @triton.jit
-def _output_slow_kernel(q, k, v, g, h, o, A, flags, scale, T, N, H: tl.constexpr, K: tl.constexpr,
-                        V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, SUB: tl.constexpr,
-                        LIMIT: tl.constexpr, DT: tl.constexpr, PREC: tl.constexpr, GSPLIT: tl.constexpr):
+def _output_slow_kernel(
+    q,
+    k,
+    v,
+    g,
+    h,
+    o,
+    A,
+    flags,
+    scale,
+    T,
+    N,
+    H: tl.constexpr,
+    K: tl.constexpr,
+    V: tl.constexpr,
+    BT: tl.constexpr,
+    BK: tl.constexpr,
+    BV: tl.constexpr,
+    SUB: tl.constexpr,
+    LIMIT: tl.constexpr,
+    DT: tl.constexpr,
+    PREC: tl.constexpr,
+    GSPLIT: tl.constexpr,
+):
     """The chunks ``_output_kernel`` flagged, with per-block references in every K tile (any gate)."""
     i_bh, i_n = tl.program_id(0), tl.program_id(1)
     slow = tl.load(flags + i_bh * N + i_n)
@@ -268,9 +345,28 @@ def _output_slow_kernel(q, k, v, g, h, o, A, flags, scale, T, N, H: tl.constexpr
 
 
 @triton.jit
-def _state_bwd_kernel(q, do, g, dh, dht, dh0, scale, T, N, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
-                      BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, HAS_DHT: tl.constexpr,
-                      STORE_DH0: tl.constexpr, DT: tl.constexpr, PREC: tl.constexpr, GSPLIT: tl.constexpr):
+def _state_bwd_kernel(
+    q,
+    do,
+    g,
+    dh,
+    dht,
+    dh0,
+    scale,
+    T,
+    N,
+    H: tl.constexpr,
+    K: tl.constexpr,
+    V: tl.constexpr,
+    BT: tl.constexpr,
+    BK: tl.constexpr,
+    BV: tl.constexpr,
+    HAS_DHT: tl.constexpr,
+    STORE_DH0: tl.constexpr,
+    DT: tl.constexpr,
+    PREC: tl.constexpr,
+    GSPLIT: tl.constexpr,
+):
     i_bh, i_v, i_k = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     i_b, i_h = i_bh // H, i_bh % H
     ck = i_k * BK + tl.arange(0, BK)
@@ -300,8 +396,25 @@ def _state_bwd_kernel(q, do, g, dh, dht, dh0, scale, T, N, H: tl.constexpr, K: t
 
 
 @triton.jit
-def _diag_grads(q_ptr, k_ptr, g_ptr, do_ptr, v_ptr, t, ck, cv, T, stride_k, stride_v, K, V, scale, SUB: tl.constexpr,
-                DT: tl.constexpr, PREC: tl.constexpr):
+def _diag_grads(
+    q_ptr,
+    k_ptr,
+    g_ptr,
+    do_ptr,
+    v_ptr,
+    t,
+    ck,
+    cv,
+    T,
+    stride_k,
+    stride_v,
+    K,
+    V,
+    scale,
+    SUB: tl.constexpr,
+    DT: tl.constexpr,
+    PREC: tl.constexpr,
+):
     """``dq, dk`` of the diagonal block at rows ``t ..`` pair by pair in fp32 (any gate): ``[SUB, BK]`` each."""
     i = tl.arange(0, SUB)
     rows = t + i
@@ -316,16 +429,40 @@ def _diag_grads(q_ptr, k_ptr, g_ptr, do_ptr, v_ptr, t, ck, cv, T, stride_k, stri
         k_j, g_j = _diag_key(k_ptr, g_ptr, t + j, ck, T, stride_k, K)
         c_j += g_j
         w = tl.sum(tl.where((i == j)[None, :], dA, 0.0), axis=1)[:, None] * tl.exp2(
-            tl.where((i >= j)[:, None], c - c_j[None, :], float("-inf")))  # dA[i, j] 2^(c_i - c_j)
+            tl.where((i >= j)[:, None], c - c_j[None, :], float("-inf"))
+        )  # dA[i, j] 2^(c_i - c_j)
         dq += w * k_j[None, :]
         dk = tl.where((i == j)[:, None], tl.sum(w * b_q, axis=0)[None, :], dk)
     return dq, dk
 
 
 @triton.jit
-def _grads_blocked(dA_dt, b_q, b_k, c, c0, q_ptr, k_ptr, g_ptr, do_ptr, v_ptr, t0, ck, cv, T, stride_k, stride_v,
-                   K, V, scale, BT: tl.constexpr, SUB: tl.constexpr, LIMIT: tl.constexpr, DT: tl.constexpr,
-                   PREC: tl.constexpr):
+def _grads_blocked(
+    dA_dt,
+    b_q,
+    b_k,
+    c,
+    c0,
+    q_ptr,
+    k_ptr,
+    g_ptr,
+    do_ptr,
+    v_ptr,
+    t0,
+    ck,
+    cv,
+    T,
+    stride_k,
+    stride_v,
+    K,
+    V,
+    scale,
+    BT: tl.constexpr,
+    SUB: tl.constexpr,
+    LIMIT: tl.constexpr,
+    DT: tl.constexpr,
+    PREC: tl.constexpr,
+):
     """``dq, dk`` inside the chunk (this K tile) with per-block references (see ``_scores_blocked``)."""
     blk = tl.arange(0, BT) // SUB
     ref = _block_refs(c, c0, BT, SUB)
@@ -344,8 +481,25 @@ def _grads_blocked(dA_dt, b_q, b_k, c, c0, q_ptr, k_ptr, g_ptr, do_ptr, v_ptr, t
     dq_i *= q_fac
     if not diag_ok:
         for I in range(BT // SUB):
-            dq_I, dk_I = _diag_grads(q_ptr, k_ptr, g_ptr, do_ptr, v_ptr, t0 + I * SUB, ck, cv, T, stride_k, stride_v,
-                                     K, V, scale, SUB, DT, PREC)
+            dq_I, dk_I = _diag_grads(
+                q_ptr,
+                k_ptr,
+                g_ptr,
+                do_ptr,
+                v_ptr,
+                t0 + I * SUB,
+                ck,
+                cv,
+                T,
+                stride_k,
+                stride_v,
+                K,
+                V,
+                scale,
+                SUB,
+                DT,
+                PREC,
+            )
             dq_i += _spread_rows(dq_I, I, BT, SUB)
             dk_i += _spread_rows(dk_I, I, BT, SUB)
     return dq_i, dk_i
@@ -361,9 +515,34 @@ def _dg_store(b_q, b_k, b_dq, b_dk, carry_ptr, ck, K, dq, dk, dg, off, mask):
 
 
 @triton.jit
-def _bwd_kernel(q, k, v, g, h, dh, do, A, dq, dk, dv, dg, carry, flags, scale, T, N, H: tl.constexpr,
-                K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
-                DT: tl.constexpr, PREC: tl.constexpr, GSPLIT: tl.constexpr):
+def _bwd_kernel(
+    q,
+    k,
+    v,
+    g,
+    h,
+    dh,
+    do,
+    A,
+    dq,
+    dk,
+    dv,
+    dg,
+    carry,
+    flags,
+    scale,
+    T,
+    N,
+    H: tl.constexpr,
+    K: tl.constexpr,
+    V: tl.constexpr,
+    BT: tl.constexpr,
+    BK: tl.constexpr,
+    BV: tl.constexpr,
+    DT: tl.constexpr,
+    PREC: tl.constexpr,
+    GSPLIT: tl.constexpr,
+):
     """``dv`` and dg's carry of every chunk; ``dq, dk, dg`` of the chunks the forward did not flag."""
     i_bh, i_n = tl.program_id(0), tl.program_id(1)
     i_b, i_h = i_bh // H, i_bh % H
@@ -384,19 +563,24 @@ def _bwd_kernel(q, k, v, g, h, dh, do, A, dq, dk, dv, dg, carry, flags, scale, T
     for i_k in range(tl.cdiv(K, BK)):
         ck = i_k * BK + tl.arange(0, BK)
         b_kd = _tile(k_ptr, rows, ck, H * K, T, K).to(tl.float32) * tl.exp2(
-            _cumsum(_tile(g_ptr, rows, ck, H * K, T, K), BT, False, GSPLIT))
+            _cumsum(_tile(g_ptr, rows, ck, H * K, T, K), BT, False, GSPLIT)
+        )
         b_dh = _tile(dh_ptr, ck, cv, V, K, V)
         b_dv += tl.dot(b_kd.to(DT), b_dh.to(DT), input_precision=PREC)
         b_hn = _tile(h_ptr + K * V, ck, cv, V, K, V)
         tl.store(carry_ptr + ck, tl.sum(b_hn.to(tl.float32) * b_dh.to(tl.float32), axis=1), mask=ck < K)
-    tl.store(dv + tok * V + rows[:, None] * (H * V) + cv[None, :], b_dv.to(dv.dtype.element_ty),
-             mask=(rows[:, None] < T) & (cv[None, :] < V))
+    tl.store(
+        dv + tok * V + rows[:, None] * (H * V) + cv[None, :],
+        b_dv.to(dv.dtype.element_ty),
+        mask=(rows[:, None] < T) & (cv[None, :] < V),
+    )
 
     fast = tl.load(flags + i_bh * N + i_n) == 0
     if fast:
         b_v = _tile(v + tok * V, rows, cv, H * V, T, V).to(DT)
-        dA_dt = (tl.where(r[:, None] >= r[None, :], tl.dot(b_do, tl.trans(b_v), input_precision=PREC), 0.0)
-                 * scale).to(DT)
+        dA_dt = (tl.where(r[:, None] >= r[None, :], tl.dot(b_do, tl.trans(b_v), input_precision=PREC), 0.0) * scale).to(
+            DT
+        )
         for i_k in range(tl.cdiv(K, BK)):
             # one reference row (the chunk's first): dq = 2^(c-c0) (dA (k 2^(c0-c)) + 2^c0 scale do h^T),
             #                                        dk = 2^(c0-c) (dA^T (q 2^(c-c0)) + 2^(cl-c0) v dh^T)
@@ -407,20 +591,60 @@ def _bwd_kernel(q, k, v, g, h, dh, do, A, dq, dk, dv, dg, carry, flags, scale, T
             b_q = _tile(q_ptr, rows, ck, H * K, T, K).to(tl.float32)
             b_k = _tile(k_ptr, rows, ck, H * K, T, K).to(tl.float32)
             b_dq = tl.dot(dA_dt, (b_k * k_fac).to(DT), input_precision=PREC)
-            b_dq += tl.dot(b_do, tl.trans(_tile(h_ptr, ck, cv, V, K, V).to(DT)),
-                           input_precision=PREC) * (tl.exp2(c0) * scale)[None, :]
+            b_dq += (
+                tl.dot(b_do, tl.trans(_tile(h_ptr, ck, cv, V, K, V).to(DT)), input_precision=PREC)
+                * (tl.exp2(c0) * scale)[None, :]
+            )
             b_dk = tl.dot(tl.trans(dA_dt), (b_q * q_fac).to(DT), input_precision=PREC)
-            b_dk += tl.dot(b_v, tl.trans(_tile(dh_ptr, ck, cv, V, K, V).to(DT)),
-                           input_precision=PREC) * tl.exp2(cl - c0)[None, :]
-            _dg_store(b_q, b_k, b_dq * q_fac, b_dk * k_fac, carry_ptr, ck, K, dq, dk, dg,
-                      tok * K + rows[:, None] * (H * K) + ck[None, :], (rows[:, None] < T) & (ck[None, :] < K))
+            b_dk += (
+                tl.dot(b_v, tl.trans(_tile(dh_ptr, ck, cv, V, K, V).to(DT)), input_precision=PREC)
+                * tl.exp2(cl - c0)[None, :]
+            )
+            _dg_store(
+                b_q,
+                b_k,
+                b_dq * q_fac,
+                b_dk * k_fac,
+                carry_ptr,
+                ck,
+                K,
+                dq,
+                dk,
+                dg,
+                tok * K + rows[:, None] * (H * K) + ck[None, :],
+                (rows[:, None] < T) & (ck[None, :] < K),
+            )
 
 
 @triton.jit
-def _bwd_slow_kernel(q, k, v, g, h, dh, do, dq, dk, dg, carry, flags, scale, T, N, H: tl.constexpr,
-                     K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
-                     SUB: tl.constexpr, LIMIT: tl.constexpr, DT: tl.constexpr, PREC: tl.constexpr,
-                     GSPLIT: tl.constexpr):
+def _bwd_slow_kernel(
+    q,
+    k,
+    v,
+    g,
+    h,
+    dh,
+    do,
+    dq,
+    dk,
+    dg,
+    carry,
+    flags,
+    scale,
+    T,
+    N,
+    H: tl.constexpr,
+    K: tl.constexpr,
+    V: tl.constexpr,
+    BT: tl.constexpr,
+    BK: tl.constexpr,
+    BV: tl.constexpr,
+    SUB: tl.constexpr,
+    LIMIT: tl.constexpr,
+    DT: tl.constexpr,
+    PREC: tl.constexpr,
+    GSPLIT: tl.constexpr,
+):
     """``dq, dk, dg`` of the flagged chunks, with per-block references in every K tile (any gate)."""
     i_bh, i_n = tl.program_id(0), tl.program_id(1)
     slow = tl.load(flags + i_bh * N + i_n)
@@ -438,22 +662,60 @@ def _bwd_slow_kernel(q, k, v, g, h, dh, do, dq, dk, dg, carry, flags, scale, T, 
         carry_ptr = carry + (i_bh.to(tl.int64) * N + i_n) * K
         b_do = _tile(do_ptr, rows, cv, H * V, T, V).to(DT)
         b_v = _tile(v_ptr, rows, cv, H * V, T, V).to(DT)
-        dA_dt = (tl.where(r[:, None] >= r[None, :], tl.dot(b_do, tl.trans(b_v), input_precision=PREC), 0.0)
-                 * scale).to(DT)
+        dA_dt = (tl.where(r[:, None] >= r[None, :], tl.dot(b_do, tl.trans(b_v), input_precision=PREC), 0.0) * scale).to(
+            DT
+        )
         for i_k in range(tl.cdiv(K, BK)):
             ck = i_k * BK + tl.arange(0, BK)
             c, c0, cl = _cum_gate(g_ptr, t0, rows, ck, H * K, T, K, BT, GSPLIT)
             b_q = _tile(q_ptr, rows, ck, H * K, T, K).to(tl.float32)
             b_k = _tile(k_ptr, rows, ck, H * K, T, K).to(tl.float32)
-            dq_i, dk_i = _grads_blocked(dA_dt, b_q, b_k, c, c0, q_ptr, k_ptr, g_ptr, do_ptr, v_ptr, t0, ck, cv, T,
-                                        H * K, H * V, K, V, scale, BT, SUB, LIMIT, DT, PREC)
-            b_dq = dq_i + tl.dot(b_do, tl.trans(_tile(h_ptr, ck, cv, V, K, V).to(DT)),
-                                 input_precision=PREC) * (tl.exp2(c) * scale)
+            dq_i, dk_i = _grads_blocked(
+                dA_dt,
+                b_q,
+                b_k,
+                c,
+                c0,
+                q_ptr,
+                k_ptr,
+                g_ptr,
+                do_ptr,
+                v_ptr,
+                t0,
+                ck,
+                cv,
+                T,
+                H * K,
+                H * V,
+                K,
+                V,
+                scale,
+                BT,
+                SUB,
+                LIMIT,
+                DT,
+                PREC,
+            )
+            b_dq = dq_i + tl.dot(b_do, tl.trans(_tile(h_ptr, ck, cv, V, K, V).to(DT)), input_precision=PREC) * (
+                tl.exp2(c) * scale
+            )
             # the decay to the chunk's end from the later rows' gates (not cl - c: exactly 1 on the last row)
             k_dec = tl.exp2(_cumsum(_tile(g_ptr, rows, ck, H * K, T, K), BT, False, GSPLIT))
             b_dk = dk_i + tl.dot(b_v, tl.trans(_tile(dh_ptr, ck, cv, V, K, V).to(DT)), input_precision=PREC) * k_dec
-            _dg_store(b_q, b_k, b_dq, b_dk, carry_ptr, ck, K, dq, dk, dg,
-                      tok * K + rows[:, None] * (H * K) + ck[None, :], (rows[:, None] < T) & (ck[None, :] < K))
+            _dg_store(
+                b_q,
+                b_k,
+                b_dq,
+                b_dk,
+                carry_ptr,
+                ck,
+                K,
+                dq,
+                dk,
+                dg,
+                tok * K + rows[:, None] * (H * K) + ck[None, :],
+                (rows[:, None] < T) & (ck[None, :] < K),
+            )
 
 
 def _shapes(q, v):
@@ -488,9 +750,26 @@ def _states(k, v, g, initial_state, output_final_state):
     final = torch.empty(B, H, K, V, dtype=torch.float32, device=k.device) if output_final_state else None
     grid = (B * H, triton.cdiv(V, BV), triton.cdiv(K, BK))
     _state_fwd_kernel[grid](
-        k, v, g, h, initial_state, final, T, N, H, K, V, BT, BK, BV,
-        initial_state is not None, output_final_state, dot_dtype(k.dtype), dot_precision(k.dtype),
-        _gsplit(g.dtype, k.dtype), num_warps=warps,
+        k,
+        v,
+        g,
+        h,
+        initial_state,
+        final,
+        T,
+        N,
+        H,
+        K,
+        V,
+        BT,
+        BK,
+        BV,
+        initial_state is not None,
+        output_final_state,
+        dot_dtype(k.dtype),
+        dot_precision(k.dtype),
+        _gsplit(g.dtype, k.dtype),
+        num_warps=warps,
     )
     return h, final
 
@@ -524,8 +803,9 @@ class ChunkGLATriton(torch.autograd.Function):
         flags = torch.empty(B * H, N, dtype=torch.int32, device=q.device)  # 1: a chunk on per-block references
         BK, BV = _chunk_tiles(K, V)
         args = (q, k, v, g, h, o, A, flags, scale, T, N, H, K, V, BT, BK, BV)
-        _output_kernel[(B * H, N)](*args, LIMIT, DT, PREC, _gsplit(g.dtype, q.dtype), num_warps=_chunk_warps(),
-                                   num_stages=2)
+        _output_kernel[(B * H, N)](
+            *args, LIMIT, DT, PREC, _gsplit(g.dtype, q.dtype), num_warps=_chunk_warps(), num_stages=2
+        )
         _output_slow_kernel[(B * H, N)](*args, SUB, LIMIT, DT, PREC, _gsplit(g.dtype, q.dtype), num_warps=8)
         ctx.save_for_backward(q, k, v, g, A, flags, initial_state)
         ctx.scale = scale
@@ -545,8 +825,27 @@ class ChunkGLATriton(torch.autograd.Function):
         dh0 = torch.empty(B, H, K, V, dtype=torch.float32, device=q.device) if h0 is not None else None
         BK, BV, warps = _state_tiles(B * H, K, V)
         _state_bwd_kernel[(B * H, triton.cdiv(V, BV), triton.cdiv(K, BK))](
-            q, do, g, dh, dht, dh0, scale, T, N, H, K, V, BT, BK, BV,
-            dht is not None, h0 is not None, DT, PREC, _gsplit(g.dtype, q.dtype), num_warps=warps,
+            q,
+            do,
+            g,
+            dh,
+            dht,
+            dh0,
+            scale,
+            T,
+            N,
+            H,
+            K,
+            V,
+            BT,
+            BK,
+            BV,
+            dht is not None,
+            h0 is not None,
+            DT,
+            PREC,
+            _gsplit(g.dtype, q.dtype),
+            num_warps=warps,
         )
 
         dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
@@ -555,12 +854,63 @@ class ChunkGLATriton(torch.autograd.Function):
         BK, BV = _chunk_tiles(K, V, backward=True)
         gsplit = _gsplit(g.dtype, q.dtype)
         _bwd_kernel[(B * H, N)](
-            q, k, v, g, h, dh, do, A, dq, dk, dv, dg, carry, flags, scale, T, N, H, K, V, BT, BK, BV, DT, PREC, gsplit,
-            num_warps=_chunk_warps(), num_stages=2,
+            q,
+            k,
+            v,
+            g,
+            h,
+            dh,
+            do,
+            A,
+            dq,
+            dk,
+            dv,
+            dg,
+            carry,
+            flags,
+            scale,
+            T,
+            N,
+            H,
+            K,
+            V,
+            BT,
+            BK,
+            BV,
+            DT,
+            PREC,
+            gsplit,
+            num_warps=_chunk_warps(),
+            num_stages=2,
         )
         _bwd_slow_kernel[(B * H, N)](
-            q, k, v, g, h, dh, do, dq, dk, dg, carry, flags, scale, T, N, H, K, V, BT, BK, BV, SUB, LIMIT, DT, PREC,
-            gsplit, num_warps=8,
+            q,
+            k,
+            v,
+            g,
+            h,
+            dh,
+            do,
+            dq,
+            dk,
+            dg,
+            carry,
+            flags,
+            scale,
+            T,
+            N,
+            H,
+            K,
+            V,
+            BT,
+            BK,
+            BV,
+            SUB,
+            LIMIT,
+            DT,
+            PREC,
+            gsplit,
+            num_warps=8,
         )
         if dh0 is not None:
             dh0 = dh0.to(h0.dtype)
@@ -575,9 +925,15 @@ def chunk_gla_triton(q, k, v, g, scale: float, initial_state=None, output_final_
     if V <= MAX_V:
         return ChunkGLATriton.apply(q, k, v, g, scale, initial_state, output_final_state)
     parts = [
-        ChunkGLATriton.apply(q, k, v[..., s:s + MAX_V].contiguous(), g, scale,
-                             None if initial_state is None else initial_state[..., s:s + MAX_V].contiguous(),
-                             output_final_state)
+        ChunkGLATriton.apply(
+            q,
+            k,
+            v[..., s : s + MAX_V].contiguous(),
+            g,
+            scale,
+            None if initial_state is None else initial_state[..., s : s + MAX_V].contiguous(),
+            output_final_state,
+        )
         for s in range(0, V, MAX_V)
     ]
     o = torch.cat([p[0] for p in parts], dim=-1)

@@ -9,6 +9,7 @@ An empty sequence (T = 0) is no error: ``o`` is ``[B, 0, H, V]`` and the final s
 (a copy in the state dtype; zeros when None), so a stream may be split anywhere, even into an empty piece. It is
 computed by the PyTorch implementation on any device (there is nothing for a kernel to do).
 """
+
 from __future__ import annotations
 
 import sys
@@ -33,8 +34,10 @@ def _check_gla_args(op, q, k, v, g, scale, initial_state, backend, cu_seqlens=No
     for name, x in (("q", q), ("k", k), ("v", v), ("g", g)):
         check_tensor(op, name, x, ndim=None if name == "g" else 4)
         if name == "g" and g.dim() not in (3, 4):
-            raise ValueError(f"{op}: `g` must have 4 dimensions [B, T, H, K] (a gate per key) or 3 [B, T, H] (a gate "
-                             f"per head), got shape {tuple(g.shape)}")
+            raise ValueError(
+                f"{op}: `g` must have 4 dimensions [B, T, H, K] (a gate per key) or 3 [B, T, H] (a gate "
+                f"per head), got shape {tuple(g.shape)}"
+            )
         if x.dtype not in _HALF:
             raise ValueError(f"{op}: `{name}` must be float16, bfloat16, float32 or float64, got {x.dtype}")
     B, T, H, K = q.shape
@@ -55,7 +58,9 @@ def _check_gla_args(op, q, k, v, g, scale, initial_state, backend, cu_seqlens=No
         want = (B if packed is None else packed.N, H, K, v.shape[-1])
         if tuple(initial_state.shape) != want:
             lead = "B" if packed is None else "N (one per packed sequence)"
-            raise ValueError(f"{op}: `initial_state` must be [{lead}, H, K, V] = {want}, got {tuple(initial_state.shape)}")
+            raise ValueError(
+                f"{op}: `initial_state` must be [{lead}, H, K, V] = {want}, got {tuple(initial_state.shape)}"
+            )
     if scale is not None and (isinstance(scale, bool) or not isinstance(scale, (int, float))):
         raise TypeError(f"{op}: `scale` must be a Python number, got {type(scale).__name__}")
     device = check_same_device(op, q=q, k=k, v=v, g=g, initial_state=initial_state)
@@ -79,7 +84,7 @@ def _check_gla_args(op, q, k, v, g, scale, initial_state, backend, cu_seqlens=No
                 f"{op}: `g` contains -inf (a gate of exactly 0, e.g. log(0)); the chunked form needs finite log gates: "
                 "clamp it (e.g. g.clamp(min=-1e4) resets the state just as well)"
             )
-    return chosen, (K ** -0.5 if scale is None else float(scale)), packed
+    return chosen, (K**-0.5 if scale is None else float(scale)), packed
 
 
 def _packed_gla(fn, packed, q, k, v, g, scale, initial_state, output_final_state):
@@ -109,7 +114,8 @@ def chunk_gla(q, k, v, g, scale=None, initial_state=None, output_final_state=Fal
     if 1 < T < H and not sys._getframe(1).f_globals.get("__name__", "").startswith("hf_seqmodels."):
         warnings.warn(
             f"chunk_gla: got T={T} < H={H}: the layout is [B, T, H, K] (time before heads); a head-first "
-            "[B, H, T, K] input would be computed silently wrong. Transpose it if so.", stacklevel=2,
+            "[B, H, T, K] input would be computed silently wrong. Transpose it if so.",
+            stacklevel=2,
         )
     if chosen == "triton":
         from .chunk_triton import chunk_gla_triton
@@ -124,10 +130,13 @@ def chunk_gla(q, k, v, g, scale=None, initial_state=None, output_final_state=Fal
     return fn(q, k, v, g, scale, initial_state, output_final_state)
 
 
-def fused_recurrent_gla(q, k, v, g, scale=None, initial_state=None, output_final_state=False, backend=None,
-                        cu_seqlens=None):
+def fused_recurrent_gla(
+    q, k, v, g, scale=None, initial_state=None, output_final_state=False, backend=None, cu_seqlens=None
+):
     """Token-by-token gated linear attention (decoding). Same signature and result as :func:`chunk_gla`."""
-    chosen, scale, packed = _check_gla_args("fused_recurrent_gla", q, k, v, g, scale, initial_state, backend, cu_seqlens)
+    chosen, scale, packed = _check_gla_args(
+        "fused_recurrent_gla", q, k, v, g, scale, initial_state, backend, cu_seqlens
+    )
     if chosen == "triton":
         g = _triton_gate(g, q.shape[-1])
     if packed is not None:
@@ -136,6 +145,7 @@ def fused_recurrent_gla(q, k, v, g, scale=None, initial_state=None, output_final
 
         def fn(*args):
             return fused_recurrent_gla(*args, backend=chosen)
+
         return _packed_gla(fn, packed, q, k, v, g, scale, initial_state, output_final_state)
     if chosen == "triton":
         from .recurrent_triton import fused_recurrent_gla_triton

@@ -8,6 +8,7 @@ reverse sweep carries ``dS`` for ``dk_t = dS_t v_t``, ``dv_t = k_t dS_t``, and `
 are partial sums over V tiles (summed on the host). ``dg_t = sum_{s>=t} (q dq - k dk)_s + sum_v(S_T * dht)``,
 a reverse cumsum on the host. Nothing is stored by the forward beyond the inputs.
 """
+
 from __future__ import annotations
 
 import torch
@@ -18,8 +19,24 @@ from ..triton_utils import check_triton_dtypes, patch_interpreter, pow2_block
 
 
 @triton.jit
-def _recurrent_fwd_kernel(q, k, v, g, o, h0, ht, scale, T, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
-                          BK: tl.constexpr, BV: tl.constexpr, HAS_H0: tl.constexpr, STORE_FINAL: tl.constexpr):
+def _recurrent_fwd_kernel(
+    q,
+    k,
+    v,
+    g,
+    o,
+    h0,
+    ht,
+    scale,
+    T,
+    H: tl.constexpr,
+    K: tl.constexpr,
+    V: tl.constexpr,
+    BK: tl.constexpr,
+    BV: tl.constexpr,
+    HAS_H0: tl.constexpr,
+    STORE_FINAL: tl.constexpr,
+):
     i_bh, i_v = tl.program_id(0), tl.program_id(1)
     i_b, i_h = i_bh // H, i_bh % H
     ck = tl.arange(0, BK)
@@ -48,9 +65,30 @@ def _recurrent_fwd_kernel(q, k, v, g, o, h0, ht, scale, T, H: tl.constexpr, K: t
 
 
 @triton.jit
-def _recurrent_bwd_kernel(q, k, v, g, do, h0, dht, dq, dk, dv, dh0, dg_final, scale, T, B,
-                          H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
-                          HAS_H0: tl.constexpr, HAS_DHT: tl.constexpr):
+def _recurrent_bwd_kernel(
+    q,
+    k,
+    v,
+    g,
+    do,
+    h0,
+    dht,
+    dq,
+    dk,
+    dv,
+    dh0,
+    dg_final,
+    scale,
+    T,
+    B,
+    H: tl.constexpr,
+    K: tl.constexpr,
+    V: tl.constexpr,
+    BK: tl.constexpr,
+    BV: tl.constexpr,
+    HAS_H0: tl.constexpr,
+    HAS_DHT: tl.constexpr,
+):
     i_bh, i_v = tl.program_id(0), tl.program_id(1)
     i_b, i_h = i_bh // H, i_bh % H
     ck = tl.arange(0, BK)
@@ -117,8 +155,23 @@ class FusedRecurrentGLATriton(torch.autograd.Function):
         o = torch.empty_like(v)
         final = torch.empty(B, H, K, V, dtype=torch.float32, device=q.device) if output_final_state else None
         _recurrent_fwd_kernel[(B * H, triton.cdiv(V, BV))](
-            q, k, v, g, o, initial_state, final, scale, T, H, K, V, BK, BV,
-            initial_state is not None, output_final_state, num_warps=4,
+            q,
+            k,
+            v,
+            g,
+            o,
+            initial_state,
+            final,
+            scale,
+            T,
+            H,
+            K,
+            V,
+            BK,
+            BV,
+            initial_state is not None,
+            output_final_state,
+            num_warps=4,
         )
         ctx.save_for_backward(q, k, v, g, initial_state)
         ctx.scale = scale
@@ -139,8 +192,29 @@ class FusedRecurrentGLATriton(torch.autograd.Function):
         dh0 = torch.empty(B, H, K, V, dtype=torch.float32, device=q.device) if h0 is not None else None
         dg_final = torch.empty(NV, B, H, K, dtype=torch.float32, device=q.device) if dht is not None else None
         _recurrent_bwd_kernel[(B * H, NV)](
-            q, k, v, g, do, h0, dht, dq, dk, dv, dh0, dg_final, ctx.scale, T, B, H, K, V, BK, BV,
-            h0 is not None, dht is not None, num_warps=4,
+            q,
+            k,
+            v,
+            g,
+            do,
+            h0,
+            dht,
+            dq,
+            dk,
+            dv,
+            dh0,
+            dg_final,
+            ctx.scale,
+            T,
+            B,
+            H,
+            K,
+            V,
+            BK,
+            BV,
+            h0 is not None,
+            dht is not None,
+            num_warps=4,
         )
         dq, dk = dq.sum(0), dk.sum(0)
         dg = (q.float() * dq - k.float() * dk).flip(1).cumsum(1).flip(1)

@@ -8,6 +8,7 @@ with ``x [B, T, d]`` and ``w_gate, w_up, w_down [B, S, d]`` (all three in the sa
 blocks of every memory level concatenate along ``S``; ``w_down[b]`` is the transpose of an ``nn.Linear(S, d)``
 weight). A Triton kernel serves CUDA tensors, PyTorch everything else; ``HF_SEQMODELS_BACKEND`` forces one.
 """
+
 from .ops import memory_ffn
 
 __all__ = ["memory_ffn"]

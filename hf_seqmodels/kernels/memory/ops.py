@@ -12,6 +12,7 @@
 Gradients flow to all four inputs through ``torch.autograd.Function``s with explicit backward passes. No tokens
 (T = 0) give the empty ``y`` ``[B, 0, d]`` (and zero weight gradients), computed by the PyTorch implementation.
 """
+
 from __future__ import annotations
 
 import torch
@@ -39,7 +40,8 @@ def _check_args(x, w_gate, w_up, w_down, backend):
     for name, t in (("w_up", w_up), ("w_down", w_down)):
         if t.shape != w_gate.shape:
             raise ValueError(
-                f"{_OP}: `{name}` must have the shape of `w_gate` [B, S, d] = {tuple(w_gate.shape)}, got {tuple(t.shape)}"
+                f"{_OP}: `{name}` must have the shape of `w_gate` [B, S, d] = {tuple(w_gate.shape)}, got "
+                f"{tuple(t.shape)}"
             )
     if not (w_gate.dtype == w_up.dtype == w_down.dtype):
         raise ValueError(

@@ -1,4 +1,5 @@
 """PyTorch path of the gathered per-sample SwiGLU FFN: batched matmuls with an explicit backward."""
+
 from __future__ import annotations
 
 import torch

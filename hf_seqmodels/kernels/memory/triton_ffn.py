@@ -7,6 +7,7 @@ elementwise SwiGLU derivative runs in PyTorch. Everything accumulates in fp32; f
 Tiles are powers of two between 16 and 64 (one configuration per shape class, no autotuning: first calls compile
 in seconds).
 """
+
 from __future__ import annotations
 
 import torch
@@ -18,8 +19,22 @@ from .torch_ffn import memory_ffn_backward
 
 
 @triton.jit
-def _gate_up_kernel(x_ptr, wg_ptr, wu_ptr, g_ptr, u_ptr, h_ptr, T, S, D,
-                    BT: tl.constexpr, BS: tl.constexpr, BK: tl.constexpr, DOT: tl.constexpr, PREC: tl.constexpr):
+def _gate_up_kernel(
+    x_ptr,
+    wg_ptr,
+    wu_ptr,
+    g_ptr,
+    u_ptr,
+    h_ptr,
+    T,
+    S,
+    D,
+    BT: tl.constexpr,
+    BS: tl.constexpr,
+    BK: tl.constexpr,
+    DOT: tl.constexpr,
+    PREC: tl.constexpr,
+):
     pid_t = tl.program_id(0)
     pid_s = tl.program_id(1)
     b = tl.program_id(2).to(tl.int64)
@@ -49,9 +64,28 @@ def _gate_up_kernel(x_ptr, wg_ptr, wu_ptr, g_ptr, u_ptr, h_ptr, T, S, D,
 
 
 @triton.jit
-def _bmm_kernel(a_ptr, b_ptr, c_ptr, M, N, K,
-                sab, sam, sak, sbb, sbk, sbn, scb, scm, scn,
-                BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, DOT: tl.constexpr, PREC: tl.constexpr):
+def _bmm_kernel(
+    a_ptr,
+    b_ptr,
+    c_ptr,
+    M,
+    N,
+    K,
+    sab,
+    sam,
+    sak,
+    sbb,
+    sbk,
+    sbn,
+    scb,
+    scm,
+    scn,
+    BM: tl.constexpr,
+    BN: tl.constexpr,
+    BK: tl.constexpr,
+    DOT: tl.constexpr,
+    PREC: tl.constexpr,
+):
     """c[z] = a[z] @ b[z] for strided a [Z, M, K], b [Z, K, N]; c is fp32."""
     pid_m = tl.program_id(0)
     pid_n = tl.program_id(1)
@@ -62,18 +96,30 @@ def _bmm_kernel(a_ptr, b_ptr, c_ptr, M, N, K,
     acc = tl.zeros((BM, BN), dtype=tl.float32)
     for k0 in range(0, K, BK):
         kk = k0 + rk
-        a = tl.load(a_ptr + z * sab + rm[:, None] * sam + kk[None, :] * sak,
-                    mask=(rm[:, None] < M) & (kk[None, :] < K), other=0.0)
-        bt = tl.load(b_ptr + z * sbb + kk[:, None] * sbk + rn[None, :] * sbn,
-                     mask=(kk[:, None] < K) & (rn[None, :] < N), other=0.0)
+        a = tl.load(
+            a_ptr + z * sab + rm[:, None] * sam + kk[None, :] * sak,
+            mask=(rm[:, None] < M) & (kk[None, :] < K),
+            other=0.0,
+        )
+        bt = tl.load(
+            b_ptr + z * sbb + kk[:, None] * sbk + rn[None, :] * sbn,
+            mask=(kk[:, None] < K) & (rn[None, :] < N),
+            other=0.0,
+        )
         acc += tl.dot(a.to(DOT), bt.to(DOT), input_precision=PREC)
     tl.store(c_ptr + z * scb + rm[:, None] * scm + rn[None, :] * scn, acc, mask=(rm[:, None] < M) & (rn[None, :] < N))
 
 
 def bmm_config(M, N, K, dtype):
     """Launch configuration of :func:`_bmm_kernel` (one per shape class; shared with the compile check)."""
-    return dict(BM=pow2_block(M, 16, 64), BN=pow2_block(N, 16, 64), BK=pow2_block(K, 16, 32),
-                DOT=dot_dtype(dtype), PREC=dot_precision(dtype), num_warps=4)
+    return dict(
+        BM=pow2_block(M, 16, 64),
+        BN=pow2_block(N, 16, 64),
+        BK=pow2_block(K, 16, 32),
+        DOT=dot_dtype(dtype),
+        PREC=dot_precision(dtype),
+        num_warps=4,
+    )
 
 
 def gate_up_config(T, S, D, dtype):
@@ -81,8 +127,14 @@ def gate_up_config(T, S, D, dtype):
     every operand) a 64x64 tile spills on sm_80 even with 8 warps (255 registers + stack), so fp32 takes 64x32
     tiles (179 registers, no spills); half inputs keep 64x64."""
     hi = 32 if dtype == torch.float32 else 64
-    return dict(BT=pow2_block(T, 16, 64), BS=pow2_block(S, 16, hi), BK=pow2_block(D, 16, 32), DOT=dot_dtype(dtype),
-                PREC=dot_precision(dtype), num_warps=4)
+    return dict(
+        BT=pow2_block(T, 16, 64),
+        BS=pow2_block(S, 16, hi),
+        BK=pow2_block(D, 16, 32),
+        DOT=dot_dtype(dtype),
+        PREC=dot_precision(dtype),
+        num_warps=4,
+    )
 
 
 def triton_bmm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:

@@ -6,6 +6,7 @@ All functions are elementwise over leading dims. ``u`` ``[..., 3, D]``: the gate
 LSTM rows f, z, o). ``a``: the diagonal weights ``[3, D]`` (GRU: a_z, a_r, a_c) or ``[5, D]`` (LSTM: a_f, a_z, a_o,
 peepholes p_f, p_o). State: ``[..., D]`` (GRU) or ``[..., D, 2]`` = (c, h) (LSTM). Any float dtype.
 """
+
 from __future__ import annotations
 
 import torch

@@ -38,6 +38,7 @@ of ``u``, ``a`` and ``h0`` (as the cells' step gives it), and the default ``tol`
 ``newton_solve`` with the same closed forms (and its defaults: tol by state dtype, max_iter counting global sweeps).
 An empty sequence (T = 0) takes that backend too, on any device: ``newton_solve``'s empty solution.
 """
+
 from __future__ import annotations
 
 import torch
@@ -46,8 +47,21 @@ import triton.language as tl
 from torch.autograd.function import once_differentiable
 
 from .._dispatch import check_same_device, check_tensor, compute_dtype, select_backend
-from ..scan.tiles import (COMPONENTS, apply_carry, initial_state, last_rows, load_rows, load_state, previous_state,
-                          program_units, scan_tile, store_rows, store_state, tile_walk, zeros)
+from ..scan.tiles import (
+    COMPONENTS,
+    apply_carry,
+    initial_state,
+    last_rows,
+    load_rows,
+    load_state,
+    previous_state,
+    program_units,
+    scan_tile,
+    store_rows,
+    store_state,
+    tile_walk,
+    zeros,
+)
 from ..triton_utils import patch_interpreter
 from .cells import CELLS as TORCH_CELLS
 from .newton import DEFAULT_TOL, check_convergence, check_newton_options, newton_solve
@@ -239,16 +253,46 @@ def _adjoint_tile(OPTS: tl.constexpr, ctx, carry, stats, pid_b, t, offs_d, valid
 
 
 @triton.jit
-def _newton_kernel(U, A, H0, M, H, STATS, T, D, tol, max_iter, CELL: tl.constexpr, N: tl.constexpr,
-                   NA: tl.constexpr, HAS_H0: tl.constexpr, HAS_MASK: tl.constexpr, NEWTON: tl.constexpr,
-                   ACC: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr):
+def _newton_kernel(
+    U,
+    A,
+    H0,
+    M,
+    H,
+    STATS,
+    T,
+    D,
+    tol,
+    max_iter,
+    CELL: tl.constexpr,
+    N: tl.constexpr,
+    NA: tl.constexpr,
+    HAS_H0: tl.constexpr,
+    HAS_MASK: tl.constexpr,
+    NEWTON: tl.constexpr,
+    ACC: tl.constexpr,
+    BLOCK_T: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+):
     pid_b, offs_d, mask_d = program_units(D, BLOCK_D)
     a = load_rows(A, offs_d[None, :], D, NA, mask_d[None, :], ACC)
     carry = initial_state(H0, pid_b, offs_d, mask_d, D, N, HAS_H0, ACC)
     # this program's largest final residual, |h| and iteration count
     stats = (tl.zeros([], dtype=ACC), tl.zeros([], dtype=ACC), tl.zeros([], dtype=tl.int32))
-    _, stats = tile_walk(_newton_tile, (CELL, HAS_MASK, NEWTON), (U, M, H, a, tol, max_iter), carry, stats,
-                         pid_b, offs_d, mask_d, T, D, False, BLOCK_T)
+    _, stats = tile_walk(
+        _newton_tile,
+        (CELL, HAS_MASK, NEWTON),
+        (U, M, H, a, tol, max_iter),
+        carry,
+        stats,
+        pid_b,
+        offs_d,
+        mask_d,
+        T,
+        D,
+        False,
+        BLOCK_T,
+    )
     if NEWTON:
         out = STATS + (pid_b * tl.num_programs(0) + tl.program_id(0)) * 3
         tl.store(out, stats[0])
@@ -257,14 +301,44 @@ def _newton_kernel(U, A, H0, M, H, STATS, T, D, tol, max_iter, CELL: tl.constexp
 
 
 @triton.jit
-def _adjoint_kernel(U, A, H0, M, H, GH, GU, GA, GH0, T, D, CELL: tl.constexpr, N: tl.constexpr, NA: tl.constexpr,
-                    HAS_H0: tl.constexpr, HAS_MASK: tl.constexpr, ACC: tl.constexpr, BLOCK_T: tl.constexpr,
-                    BLOCK_D: tl.constexpr):
+def _adjoint_kernel(
+    U,
+    A,
+    H0,
+    M,
+    H,
+    GH,
+    GU,
+    GA,
+    GH0,
+    T,
+    D,
+    CELL: tl.constexpr,
+    N: tl.constexpr,
+    NA: tl.constexpr,
+    HAS_H0: tl.constexpr,
+    HAS_MASK: tl.constexpr,
+    ACC: tl.constexpr,
+    BLOCK_T: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+):
     pid_b, offs_d, mask_d = program_units(D, BLOCK_D)
     a = load_rows(A, offs_d[None, :], D, NA, mask_d[None, :], ACC)
     h0 = initial_state(H0, pid_b, offs_d, mask_d, D, N, HAS_H0, ACC)
-    lam, sums = tile_walk(_adjoint_tile, (CELL, HAS_MASK), (U, M, H, GH, GU, h0, a), zeros(N, BLOCK_D, ACC),
-                          zeros(NA, BLOCK_D, ACC), pid_b, offs_d, mask_d, T, D, True, BLOCK_T)
+    lam, sums = tile_walk(
+        _adjoint_tile,
+        (CELL, HAS_MASK),
+        (U, M, H, GH, GU, h0, a),
+        zeros(N, BLOCK_D, ACC),
+        zeros(NA, BLOCK_D, ACC),
+        pid_b,
+        offs_d,
+        mask_d,
+        T,
+        D,
+        True,
+        BLOCK_T,
+    )
     store_rows(GA, pid_b * NA * D + offs_d, D, sums, mask_d)
     if HAS_H0:  # dh0 = J_0^T lambda_0
         m0 = 1.0
@@ -289,8 +363,14 @@ _CELL_FNS = {"gru": _gru_cell, "lstm": _lstm_cell}
 
 
 def _constexprs(cell, acc, h0, mask):
-    return dict(CELL=_CELL_FNS[cell], N=N_COMPONENTS[cell], NA=NUM_DIAGONALS[cell], HAS_H0=h0 is not None,
-                HAS_MASK=mask is not None, ACC=_TL_ACC[acc])
+    return dict(
+        CELL=_CELL_FNS[cell],
+        N=N_COMPONENTS[cell],
+        NA=NUM_DIAGONALS[cell],
+        HAS_H0=h0 is not None,
+        HAS_MASK=mask is not None,
+        ACC=_TL_ACC[acc],
+    )
 
 
 def _blocks(cell, T, D):
@@ -324,8 +404,14 @@ def _fused_forward(cfg, u, a, h0, mask):
     res_abs, scale, iters = stats.amax(dim=(0, 1)).tolist()  # the one device sync
     res = res_abs / max(1.0, scale)
     info, _ = check_convergence(
-        cfg.op, int(iters), res, tol, cfg.max_iter, cfg.on_fail,
-        lambda: _newton_kernel[grid](*args, NEWTON=False, BLOCK_T=1, **common), stacklevel=4,
+        cfg.op,
+        int(iters),
+        res,
+        tol,
+        cfg.max_iter,
+        cfg.on_fail,
+        lambda: _newton_kernel[grid](*args, NEWTON=False, BLOCK_T=1, **common),
+        stacklevel=4,
     )  # the sequential solve overwrites h in place
     return h, info
 
@@ -340,8 +426,20 @@ def _fused_adjoint(cell, u, a, h0, mask, h, gh):
     grid = (triton.cdiv(D, block_d), B)
     dummy = h
     _adjoint_kernel[grid](
-        u, a, dummy if h0 is None else h0, dummy if mask is None else mask, h, gh.contiguous(), gu, ga,
-        dummy if gh0 is None else gh0, T, D, BLOCK_T=block_t, BLOCK_D=block_d, **_constexprs(cell, acc, h0, mask),
+        u,
+        a,
+        dummy if h0 is None else h0,
+        dummy if mask is None else mask,
+        h,
+        gh.contiguous(),
+        gu,
+        ga,
+        dummy if gh0 is None else gh0,
+        T,
+        D,
+        BLOCK_T=block_t,
+        BLOCK_D=block_d,
+        **_constexprs(cell, acc, h0, mask),
     )
     return gu, ga.sum(0).to(a.dtype), None if gh0 is None else gh0.to(h0.dtype)
 
@@ -389,8 +487,20 @@ def _torch_solve(cfg, u, a, h0, mask, backend):
     if mask is not None:
         u = torch.cat([u, mask[:, :, None, None].to(u.dtype).expand(-1, -1, 1, u.shape[-1])], dim=-2)
         step, jac = _masked(step, structure == "block2", False), _masked(jac, structure == "block2", True)
-    return newton_solve(step, jac, u, (a,), h0, state_size=u.shape[-1], structure=structure, tol=cfg.tol,
-                        max_iter=cfg.max_iter, on_fail=cfg.on_fail, backend=backend, return_info=True)
+    return newton_solve(
+        step,
+        jac,
+        u,
+        (a,),
+        h0,
+        state_size=u.shape[-1],
+        structure=structure,
+        tol=cfg.tol,
+        max_iter=cfg.max_iter,
+        on_fail=cfg.on_fail,
+        backend=backend,
+        return_info=True,
+    )
 
 
 # -- public ops -----------------------------------------------------------------------------------------------------
@@ -434,8 +544,9 @@ def _fused_newton(op, cell, u, a, h0, mask, tol, max_iter, on_fail, backend, ret
     return (h, info) if return_info else h
 
 
-def fused_newton_gru(u, a, h0=None, mask=None, *, tol=None, max_iter=10, on_fail="fallback", backend=None,
-                     return_info=False):
+def fused_newton_gru(
+    u, a, h0=None, mask=None, *, tol=None, max_iter=10, on_fail="fallback", backend=None, return_info=False
+):
     """Solve the ParaGRU recurrence (``ParaGRUCell.step``) over ``u`` ``[B, T, 3, D]`` (rows z, r, c) with diagonals
     ``a`` ``[3, D]``, from ``h0`` ``[B, D]`` (zeros if None), with optional ``mask`` ``[B, T]`` (0 keeps the previous
     state). One fused Triton kernel per direction on CUDA (see the module docstring); ``newton_solve`` on the PyTorch
@@ -445,8 +556,9 @@ def fused_newton_gru(u, a, h0=None, mask=None, *, tol=None, max_iter=10, on_fail
     return _fused_newton("fused_newton_gru", "gru", u, a, h0, mask, tol, max_iter, on_fail, backend, return_info)
 
 
-def fused_newton_lstm(u, a, h0=None, mask=None, *, tol=None, max_iter=10, on_fail="fallback", backend=None,
-                      return_info=False):
+def fused_newton_lstm(
+    u, a, h0=None, mask=None, *, tol=None, max_iter=10, on_fail="fallback", backend=None, return_info=False
+):
     """Solve the ParaLSTM recurrence (``ParaLSTMCell.step``) over ``u`` ``[B, T, 3, D]`` (rows f, z, o) with
     ``a`` ``[5, D]`` (a_f, a_z, a_o, p_f, p_o), from ``h0`` ``[B, D, 2]`` = (c, h) (zeros if None); otherwise as
     :func:`fused_newton_gru`. Returns the states ``[B, T, D, 2]``."""

@@ -27,6 +27,7 @@ Gradients (``newton_solve``) follow the adjoint method at the solution: one reve
 ``lambda_t = dL/dh_t + J_{t+1}^T lambda_{t+1}`` and one batched vector-Jacobian product of ``step`` over all ``t``
 for ``x`` and ``params``; ``dL/dh0 = J_0^T lambda_0``. No Newton iterate is kept for the backward.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -145,8 +146,9 @@ def _sequential(step, x, params, h0, state_shape, dtype, packed=None):
 def check_convergence(op, iterations, residual, tol, max_iter, on_fail, sequential, stacklevel):
     """The outcome of a Newton solve: (NewtonInfo, None) when the relative residual reached ``tol``; otherwise raise
     NewtonConvergenceError (``on_fail="raise"``) or warn and return (info, ``sequential()``), the fallback's result."""
-    info = NewtonInfo(iterations=iterations, residual=residual,
-                      converged=math.isfinite(residual) and residual <= tol, fallback=False)
+    info = NewtonInfo(
+        iterations=iterations, residual=residual, converged=math.isfinite(residual) and residual <= tol, fallback=False
+    )
     if info.converged:
         return info, None
     msg = (
@@ -190,8 +192,14 @@ def _newton(cfg, x, h0, params):
         h = h + _scan(cfg, _jacobian(cfg, h_prev, x, params), f - h)
         it += 1
     info, h_sequential = check_convergence(
-        "newton_solve", it, res, tol, cfg.max_iter, cfg.on_fail,
-        lambda: _sequential(cfg.step, x, params, h0, cfg.state_shape, h.dtype, cfg.packed), stacklevel=2,
+        "newton_solve",
+        it,
+        res,
+        tol,
+        cfg.max_iter,
+        cfg.on_fail,
+        lambda: _sequential(cfg.step, x, params, h0, cfg.state_shape, h.dtype, cfg.packed),
+        stacklevel=2,
     )
     return (h if h_sequential is None else h_sequential), info
 
@@ -297,8 +305,9 @@ def _check_solve_args(op, step, jac, x, params, h0, state_size, structure, packe
             raise ValueError(f"{op}: `h0` is on {h0.device} but `x` is on {x.device}")
         return (x.shape[0], *h0.shape[1:])
     if state_size is not None and (isinstance(state_size, bool) or not isinstance(state_size, int)):
-        raise TypeError(f"{op}: pass `h0` or a positive int `state_size` (the number of units D), got "
-                        f"{type(state_size).__name__}")
+        raise TypeError(
+            f"{op}: pass `h0` or a positive int `state_size` (the number of units D), got {type(state_size).__name__}"
+        )
     if state_size is None or state_size <= 0:
         raise ValueError(f"{op}: pass `h0` or a positive int `state_size` (the number of units D), got {state_size!r}")
     return (x.shape[0], state_size, *tail)
@@ -343,7 +352,11 @@ def newton_solve(
     ``params`` and ``h0`` through the adjoint backward.
     """
     op = "newton_solve"
-    packed = check_cu_seqlens(op, cu_seqlens, x.shape[0], x.shape[1]) if isinstance(x, torch.Tensor) and x.dim() >= 2 else None
+    packed = (
+        check_cu_seqlens(op, cu_seqlens, x.shape[0], x.shape[1])
+        if isinstance(x, torch.Tensor) and x.dim() >= 2
+        else None
+    )
     state_shape = _check_solve_args(op, step, jac, x, params, h0, state_size, structure, packed)
     check_newton_options(op, tol, max_iter, on_fail)
     if x.shape[1] == 0:
@@ -360,7 +373,11 @@ def sequential_solve(step, x, params=(), h0=None, *, state_size=None, structure=
     """The same recurrence, one step at a time (``step`` on ``[B, 1, ...]`` slices): the slow reference and the
     Newton fallback. Differentiable by plain autograd through the loop. ``cu_seqlens``: as in :func:`newton_solve`."""
     op = "sequential_solve"
-    packed = check_cu_seqlens(op, cu_seqlens, x.shape[0], x.shape[1]) if isinstance(x, torch.Tensor) and x.dim() >= 2 else None
+    packed = (
+        check_cu_seqlens(op, cu_seqlens, x.shape[0], x.shape[1])
+        if isinstance(x, torch.Tensor) and x.dim() >= 2
+        else None
+    )
     state_shape = _check_solve_args(op, step, None, x, params, h0, state_size, structure, packed)
     dtype = torch.promote_types(x.dtype, h0.dtype) if h0 is not None else x.dtype
     return _sequential(step, x, tuple(params), h0, state_shape, dtype, packed)

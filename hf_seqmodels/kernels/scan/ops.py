@@ -8,6 +8,7 @@ Accumulation is fp32 (fp64 for fp64 inputs); the output has the dtype of ``b``. 
 ``initial_state``; the backward is itself a scan in the opposite direction. An empty sequence (T = 0) gives the empty
 ``h`` (and a zero gradient for ``initial_state``), computed by the PyTorch implementation on any device.
 """
+
 from __future__ import annotations
 
 import torch
@@ -71,7 +72,9 @@ def linear_scan(a, b, initial_state=None, reverse=False, backend=None, cu_seqlen
     ``cu_seqlens`` (1-D int offsets ``[0, l1, ..., T]``, batch 1): packed sequences, each scanned on its own
     (``initial_state`` is then ``[N, D]``, one per sequence: ``h_{-1}``, or ``h_T`` of each sequence when reversed).
     """
-    chosen, packed = _check_scan_args("linear_scan", a, b, initial_state, reverse, backend, (), (), cu_seqlens=cu_seqlens)
+    chosen, packed = _check_scan_args(
+        "linear_scan", a, b, initial_state, reverse, backend, (), (), cu_seqlens=cu_seqlens
+    )
     if packed is not None:
         a, b = _reset_packed(packed, a, b, initial_state, reverse, lambda a0, h0: a0 * h0)
         initial_state = None
@@ -85,8 +88,9 @@ def linear_scan(a, b, initial_state=None, reverse=False, backend=None, cu_seqlen
 def block2_scan(A, b, initial_state=None, reverse=False, backend=None, cu_seqlens=None):
     """2x2 block-diagonal recurrence ``h_t = A_t @ h_{t-1} + b_t`` per (batch, unit); returns ``h`` [B, T, D, 2].
     ``cu_seqlens``: packed sequences, as in :func:`linear_scan` (``initial_state`` ``[N, D, 2]``)."""
-    chosen, packed = _check_scan_args("block2_scan", A, b, initial_state, reverse, backend, (2, 2), (2,), a_name="A",
-                                      cu_seqlens=cu_seqlens)
+    chosen, packed = _check_scan_args(
+        "block2_scan", A, b, initial_state, reverse, backend, (2, 2), (2,), a_name="A", cu_seqlens=cu_seqlens
+    )
     if packed is not None:
         A, b = _reset_packed(packed, A, b, initial_state, reverse, lambda a0, h0: (a0 @ h0.unsqueeze(-1)).squeeze(-1))
         initial_state = None

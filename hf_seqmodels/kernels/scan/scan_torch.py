@@ -12,6 +12,7 @@ Backward (both scans): ``g_t = dh_t + a_{t+1}^T g_{t+1}`` (a scan in the opposit
 ``da_t = g_t h_{t-1}^T`` and ``d initial_state = a_first^T g_first``. The backward is built from differentiable
 ops (and this Function), so double backward works too.
 """
+
 from __future__ import annotations
 
 import torch

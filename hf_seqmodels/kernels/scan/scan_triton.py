@@ -6,6 +6,7 @@ carried state. Tiles run in scan order, so a reverse scan is the same kernel wal
 end of the sequence load the identity map, so the last row of every tile is the carried state. Accumulation happens
 in the dtype of the output buffer (fp32, or fp64 for fp64 inputs); the wrapper casts back to the input dtype.
 """
+
 from __future__ import annotations
 
 import torch
@@ -15,8 +16,20 @@ from torch.autograd.function import once_differentiable
 
 from .._dispatch import compute_dtype
 from ..triton_utils import patch_interpreter
-from .tiles import (COMPONENTS, apply_carry, initial_state, last_rows, load_map, load_state, previous_state,
-                    program_units, scan_tile, store_state, tile_walk, zeros)
+from .tiles import (
+    COMPONENTS,
+    apply_carry,
+    initial_state,
+    last_rows,
+    load_map,
+    load_state,
+    previous_state,
+    program_units,
+    scan_tile,
+    store_state,
+    tile_walk,
+    zeros,
+)
 
 
 @triton.jit
@@ -53,21 +66,57 @@ def _bwd_tile(OPTS: tl.constexpr, ctx, carry, stats, pid_b, t, offs_d, valid, T,
 
 
 @triton.jit
-def _fwd_kernel(A, Bv, H0, H, T, D, N: tl.constexpr, HAS_H0: tl.constexpr, REVERSE: tl.constexpr,
-                BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr):
+def _fwd_kernel(
+    A,
+    Bv,
+    H0,
+    H,
+    T,
+    D,
+    N: tl.constexpr,
+    HAS_H0: tl.constexpr,
+    REVERSE: tl.constexpr,
+    BLOCK_T: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+):
     pid_b, offs_d, mask_d = program_units(D, BLOCK_D)
     carry = initial_state(H0, pid_b, offs_d, mask_d, D, N, HAS_H0, H.dtype.element_ty)
     tile_walk(_fwd_tile, None, (A, Bv, H), carry, (), pid_b, offs_d, mask_d, T, D, REVERSE, BLOCK_T)
 
 
 @triton.jit
-def _bwd_kernel(A, H, H0, DH, DA, DB, T, D, N: tl.constexpr, HAS_H0: tl.constexpr, REVERSE: tl.constexpr,
-                BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr):
+def _bwd_kernel(
+    A,
+    H,
+    H0,
+    DH,
+    DA,
+    DB,
+    T,
+    D,
+    N: tl.constexpr,
+    HAS_H0: tl.constexpr,
+    REVERSE: tl.constexpr,
+    BLOCK_T: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+):
     pid_b, offs_d, mask_d = program_units(D, BLOCK_D)
     acc = DB.dtype.element_ty
     h0 = initial_state(H0, pid_b, offs_d, mask_d, D, N, HAS_H0, acc)
-    tile_walk(_bwd_tile, (REVERSE,), (A, H, DH, DA, DB, h0), zeros(N, BLOCK_D, acc), (), pid_b, offs_d, mask_d, T, D,
-              not REVERSE, BLOCK_T)
+    tile_walk(
+        _bwd_tile,
+        (REVERSE,),
+        (A, H, DH, DA, DB, h0),
+        zeros(N, BLOCK_D, acc),
+        (),
+        pid_b,
+        offs_d,
+        mask_d,
+        T,
+        D,
+        not REVERSE,
+        BLOCK_T,
+    )
 
 
 # Largest tiles; short sequences and narrow states get smaller ones (the interpreter pays per tile element).
@@ -81,8 +130,10 @@ def check_offsets(kind, T, D):
     elements = T * D * COMPONENTS[kind] ** 2
     if elements >= 2**31:
         op = "linear_scan" if kind == "diagonal" else "block2_scan"
-        raise ValueError(f"{op}: the Triton path supports T * D * {COMPONENTS[kind] ** 2} < 2**31 per sequence, got "
-                         f"T={T}, D={D}; split the sequence (initial_state carries it) or use backend='torch'")
+        raise ValueError(
+            f"{op}: the Triton path supports T * D * {COMPONENTS[kind] ** 2} < 2**31 per sequence, got "
+            f"T={T}, D={D}; split the sequence (initial_state carries it) or use backend='torch'"
+        )
 
 
 def _launch_cfg(kind, B, T, D):
@@ -102,8 +153,17 @@ class ScanTritonFunction(torch.autograd.Function):
         h = torch.empty(b.shape, dtype=compute_dtype(a, b, h0), device=b.device)
         grid, block_t, block_d = _launch_cfg(kind, B, T, D)
         _fwd_kernel[grid](
-            a, b, h if h0 is None else h0, h, T, D, N=COMPONENTS[kind], HAS_H0=h0 is not None, REVERSE=reverse,
-            BLOCK_T=block_t, BLOCK_D=block_d,
+            a,
+            b,
+            h if h0 is None else h0,
+            h,
+            T,
+            D,
+            N=COMPONENTS[kind],
+            HAS_H0=h0 is not None,
+            REVERSE=reverse,
+            BLOCK_T=block_t,
+            BLOCK_D=block_d,
         )
         ctx.kind, ctx.reverse = kind, reverse
         ctx.save_for_backward(a, h, h0)
@@ -119,8 +179,19 @@ class ScanTritonFunction(torch.autograd.Function):
         db = torch.empty(h.shape, dtype=h.dtype, device=h.device)
         grid, block_t, block_d = _launch_cfg(ctx.kind, B, T, D)
         _bwd_kernel[grid](
-            a, h, h if h0 is None else h0, dh, da, db, T, D, N=COMPONENTS[ctx.kind], HAS_H0=h0 is not None,
-            REVERSE=ctx.reverse, BLOCK_T=block_t, BLOCK_D=block_d,
+            a,
+            h,
+            h if h0 is None else h0,
+            dh,
+            da,
+            db,
+            T,
+            D,
+            N=COMPONENTS[ctx.kind],
+            HAS_H0=h0 is not None,
+            REVERSE=ctx.reverse,
+            BLOCK_T=block_t,
+            BLOCK_D=block_d,
         )
         dh0 = None
         if ctx.needs_input_grad[3]:

@@ -12,6 +12,7 @@ entries, row-major. In memory the components of one (batch, time, unit) index ``
 ``unit * N + i``, a map at ``unit * N * N + k``. Tile loops are ``while`` loops (the interpreter cannot take a runtime
 ``range`` bound with numpy >= 2.4); component loops are ``tl.static_range`` (unrolled at compile time).
 """
+
 from __future__ import annotations
 
 import triton
@@ -88,7 +89,8 @@ def store_state(ptr, unit, x, mask):
 
 @triton.jit
 def load_map(ptr, unit, mask, N: tl.constexpr, ACC: tl.constexpr, TRANSPOSE: tl.constexpr, EYE: tl.constexpr):
-    """The ``N x N`` map at ``unit`` (transposed if ``TRANSPOSE``); masked entries are the identity if ``EYE``, else 0."""
+    """The ``N x N`` map at ``unit`` (transposed if ``TRANSPOSE``); masked entries are the identity if ``EYE``,
+    else 0."""
     m = ()
     for k in tl.static_range(N * N):
         src = (k % N) * N + k // N if TRANSPOSE else k
@@ -151,8 +153,20 @@ def program_units(D, BLOCK_D: tl.constexpr):
 
 
 @triton.jit
-def tile_walk(TILE: tl.constexpr, OPTS: tl.constexpr, ctx, carry, stats, pid_b, offs_d, mask_d, T, D,
-              BACKWARDS: tl.constexpr, BLOCK_T: tl.constexpr):
+def tile_walk(
+    TILE: tl.constexpr,
+    OPTS: tl.constexpr,
+    ctx,
+    carry,
+    stats,
+    pid_b,
+    offs_d,
+    mask_d,
+    T,
+    D,
+    BACKWARDS: tl.constexpr,
+    BLOCK_T: tl.constexpr,
+):
     """Walk ``T`` steps in tiles of ``BLOCK_T`` (from the end if ``BACKWARDS``); returns the final ``(carry, stats)``.
 
     ``TILE(OPTS, ctx, carry, stats, pid_b, t, offs_d, valid, T, D) -> (carry, stats)`` does one tile: ``t``

@@ -6,6 +6,7 @@ a character whose UTF-8 bytes straddle a boundary (one that falls on a continuat
 character's first byte and is marked (underlined in the PNG, dotted outline in the HTML, counted in the text output).
 The tokenizer's special tokens (the BOS in front) are run through the model but not drawn.
 """
+
 from __future__ import annotations
 
 import html
@@ -53,8 +54,10 @@ def chunk_text(model, tokenizer, text: str, device: str = "cpu") -> tuple[list[s
     special = set(getattr(tokenizer, "all_special_ids", []) or [])
     positions = [i for i, t in enumerate(ids) if t not in special]  # input positions of the text's bytes
     if [ids[i] for i in positions] != list(data):
-        raise ValueError(f"the tokenizer of {type(tokenizer).__name__} does not encode the text as its UTF-8 bytes; "
-                         "hnet-chunks needs a byte tokenizer (ByteTokenizer)")
+        raise ValueError(
+            f"the tokenizer of {type(tokenizer).__name__} does not encode the text as its UTF-8 bytes; "
+            "hnet-chunks needs a byte tokenizer (ByteTokenizer)"
+        )
     model.eval()
     with torch.no_grad():
         out = model(input_ids=torch.tensor([ids], device=device), use_cache=False)
@@ -115,11 +118,15 @@ def format_chunks(chars: list[str], stage: StageChunks) -> str:
 def describe_stage(stage: StageChunks, n_bytes: int) -> str:
     target = "fixed word-boundary router" if not stage.learned else f"target 1/N = {stage.target:.3f}"
     unit = "bytes" if stage.stage == 0 else f"stage-{stage.stage - 1} chunks"
-    return (f"stage {stage.stage}: {stage.num_chunks} chunks over {n_bytes} bytes, boundary fraction "
-            f"{stage.fraction:.3f} of its {unit} ({target})")
+    return (
+        f"stage {stage.stage}: {stage.num_chunks} chunks over {n_bytes} bytes, boundary fraction "
+        f"{stage.fraction:.3f} of its {unit} ({target})"
+    )
 
 
-def write_png(path: str, chars: list[str], stages: list[StageChunks], n_bytes: int, title: str, width: int = 80) -> None:
+def write_png(
+    path: str, chars: list[str], stages: list[StageChunks], n_bytes: int, title: str, width: int = 80
+) -> None:
     import warnings
 
     import matplotlib
@@ -161,8 +168,16 @@ def write_png(path: str, chars: list[str], stages: list[StageChunks], n_bytes: i
                 if stage.straddled[k]:
                     ax.plot([x + 0.01, x + cw - 0.01], [y + ch - 0.05] * 2, color="#d62728", lw=1.5)
                 c = chars[k]
-                ax.text(x + cw / 2, y + ch / 2, _VISIBLE.get(c, c), fontsize=8, family="DejaVu Sans Mono",
-                        ha="center", va="center", color="#777777" if c in _VISIBLE else "black")
+                ax.text(
+                    x + cw / 2,
+                    y + ch / 2,
+                    _VISIBLE.get(c, c),
+                    fontsize=8,
+                    family="DejaVu Sans Mono",
+                    ha="center",
+                    va="center",
+                    color="#777777" if c in _VISIBLE else "black",
+                )
             y += ch
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # glyphs a font lacks (e.g. CJK) are drawn as boxes, not worth a warning
@@ -189,10 +204,15 @@ def write_html(path: str, chars: list[str], stages: list[StageChunks], n_bytes: 
         for j, (a, b) in enumerate(pieces):
             inner = "".join(
                 f"<span class='s' title='a chunk boundary fell inside this character'>{html.escape(chars[k])}</span>"
-                if stage.straddled[k] else html.escape(chars[k]) for k in range(a, b))
+                if stage.straddled[k]
+                else html.escape(chars[k])
+                for k in range(a, b)
+            )
             n = sum(len(c.encode("utf-8")) for c in chars[a:b])
-            parts.append(f"<span class='c' style='background:{PALETTE[j % len(PALETTE)]}' "
-                         f"title='chunk {j}, {n} bytes'>{inner}</span>")
+            parts.append(
+                f"<span class='c' style='background:{PALETTE[j % len(PALETTE)]}' "
+                f"title='chunk {j}, {n} bytes'>{inner}</span>"
+            )
         parts.append("</pre>")
     parts.append("</body></html>\n")
     Path(path).write_text("".join(parts), encoding="utf-8")

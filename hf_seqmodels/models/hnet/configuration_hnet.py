@@ -1,4 +1,5 @@
 """H-Net configuration: the nested layout of the reference configs (goombalab/hnet), with this package's mixers."""
+
 from __future__ import annotations
 
 import copy
@@ -18,19 +19,27 @@ _SSM = {"d_state": 128, "expand": 2, "head_dim": 64, "n_groups": 1, "d_conv": 4,
 #: the four released configurations of the reference, as presets (their shapes; vocab 256, untied embeddings)
 PRESETS = {
     "1stage_L": dict(
-        arch_layout=["m4", ["T22"], "m4"], d_model=[1024, 1536], d_intermediate=[0, 4096],
+        arch_layout=["m4", ["T22"], "m4"],
+        d_model=[1024, 1536],
+        d_intermediate=[0, 4096],
         attn_cfg={"num_heads": [16, 16], "rotary_emb_dim": [32, 48], "window_size": [1023, -1]},
     ),
     "1stage_XL": dict(
-        arch_layout=["m4", ["T24"], "m4"], d_model=[1024, 2048], d_intermediate=[0, 5504],
+        arch_layout=["m4", ["T24"], "m4"],
+        d_model=[1024, 2048],
+        d_intermediate=[0, 5504],
         attn_cfg={"num_heads": [16, 16], "rotary_emb_dim": [32, 64], "window_size": [1023, -1]},
     ),
     "2stage_L": dict(
-        arch_layout=["m4", ["T1m4", ["T26"], "m4T1"], "m4"], d_model=[1024, 1024, 1536], d_intermediate=[0, 2816, 4096],
+        arch_layout=["m4", ["T1m4", ["T26"], "m4T1"], "m4"],
+        d_model=[1024, 1024, 1536],
+        d_intermediate=[0, 2816, 4096],
         attn_cfg={"num_heads": [16, 16, 16], "rotary_emb_dim": [32, 32, 48], "window_size": [1023, 1023, -1]},
     ),
     "2stage_XL": dict(
-        arch_layout=["m4", ["T1m4", ["T27"], "m4T1"], "m4"], d_model=[1024, 1536, 2048], d_intermediate=[0, 4096, 5504],
+        arch_layout=["m4", ["T1m4", ["T27"], "m4T1"], "m4"],
+        d_model=[1024, 1536, 2048],
+        d_intermediate=[0, 4096, 5504],
         attn_cfg={"num_heads": [16, 16, 16], "rotary_emb_dim": [32, 48, 64], "window_size": [1023, 1023, -1]},
     ),
 }
@@ -39,8 +48,10 @@ PRESETS = {
 def parse_layer_string(spec: str, where: str = "arch_layout") -> list[str]:
     """``"T1m4"`` -> ``["T", "m", "m", "m", "m"]``; raises on anything that is not letter-count pairs."""
     if not isinstance(spec, str):
-        raise TypeError(f"HNetConfig.{where}: a layer string (such as 'm4' or 'T1m4') must be a str, got "
-                        f"{type(spec).__name__} {spec!r}")
+        raise TypeError(
+            f"HNetConfig.{where}: a layer string (such as 'm4' or 'T1m4') must be a str, got "
+            f"{type(spec).__name__} {spec!r}"
+        )
     if _LAYER_RE.sub("", spec) != "":
         raise ValueError(
             f"HNetConfig.{where}: {spec!r} is not a layer string (letter-count pairs such as 'm4' or 'T1m4'; letters "
@@ -55,7 +66,8 @@ def stage_layouts(arch_layout) -> list[tuple]:
     while True:
         if not isinstance(layout, (list, tuple)) or len(layout) not in (1, 3):
             raise ValueError(
-                f"HNetConfig.arch_layout: stage {depth} must be [encoder, inner, decoder] or [main] (innermost), got {layout!r}"
+                f"HNetConfig.arch_layout: stage {depth} must be [encoder, inner, decoder] or [main] (innermost), got "
+                f"{layout!r}"
             )
         if len(layout) == 1:
             out.append((layout[0],))
@@ -72,8 +84,10 @@ def _given(cfg: dict | None) -> dict:
 def _per_stage(name: str, values, minimum: int) -> list[int]:
     """``d_model`` / ``d_intermediate``: a list with one int per stage (its length is checked with the layout)."""
     if not isinstance(values, (list, tuple)):
-        raise TypeError(f"HNetConfig.{name} must be a list with one int per stage (outermost first), got "
-                        f"{type(values).__name__} {values!r}")
+        raise TypeError(
+            f"HNetConfig.{name} must be a list with one int per stage (outermost first), got "
+            f"{type(values).__name__} {values!r}"
+        )
     for s, value in enumerate(values):
         check_int("HNetConfig", f"{name}[{s}]", value, minimum=minimum)
     return [int(v) for v in values]
@@ -154,15 +168,19 @@ class HNetConfig(PretrainedConfig):
     ):
         if arch_layout is None:  # a small 1-stage byte model (~3.6M parameters) that trains on a CPU
             if d_model is not None or d_intermediate is not None:
-                raise ValueError("HNetConfig: d_model / d_intermediate were given without arch_layout; pass the "
-                                 "arch_layout they are for (left None, the default layout comes with its own widths)")
+                raise ValueError(
+                    "HNetConfig: d_model / d_intermediate were given without arch_layout; pass the "
+                    "arch_layout they are for (left None, the default layout comes with its own widths)"
+                )
             arch_layout, d_model, d_intermediate = ["m2", ["T4"], "m2"], [128, 256], [0, 512]
             ssm_cfg = {"d_state": 32, "head_dim": 32, **_given(ssm_cfg)}
             attn_cfg = attn_cfg or {"num_heads": [4, 4], "rotary_emb_dim": [16, 32], "window_size": [1023, -1]}
         stages = stage_layouts(arch_layout)
         if d_model is None:
-            raise ValueError(f"HNetConfig.d_model is required with arch_layout {arch_layout!r}: one width per stage, "
-                             f"outermost first ({len(stages)} entries)")
+            raise ValueError(
+                f"HNetConfig.d_model is required with arch_layout {arch_layout!r}: one width per stage, "
+                f"outermost first ({len(stages)} entries)"
+            )
         self.arch_layout = copy.deepcopy(list(arch_layout))
         self.d_model = _per_stage("d_model", d_model, minimum=1)
         if d_intermediate is None:  # an MLP width where the stage has MLP layers (uppercase letters)
@@ -182,11 +200,24 @@ class HNetConfig(PretrainedConfig):
             "rotary_emb_dim": list(attn.get("rotary_emb_dim", half_head)),
             "window_size": list(attn.get("window_size", [1023] * (S - 1) + [-1])),
         }
-        self.gla_cfg = {"num_heads": 4, "expand_k": 0.5, "expand_v": 1.0, "use_short_conv": True, "conv_size": 4,
-                        **_given(gla_cfg)}
-        self.pararnn_cfg = {"num_heads": 1, "use_short_conv": True, "conv_size": 4, "mode": "parallel",
-                            "newton_max_iter": 10, "newton_tol": None, "newton_on_fail": "fallback",
-                            **_given(pararnn_cfg)}
+        self.gla_cfg = {
+            "num_heads": 4,
+            "expand_k": 0.5,
+            "expand_v": 1.0,
+            "use_short_conv": True,
+            "conv_size": 4,
+            **_given(gla_cfg),
+        }
+        self.pararnn_cfg = {
+            "num_heads": 1,
+            "use_short_conv": True,
+            "conv_size": 4,
+            "mode": "parallel",
+            "newton_max_iter": 10,
+            "newton_tol": None,
+            "newton_on_fail": "fallback",
+            **_given(pararnn_cfg),
+        }
         n_chunk = S - 1
         if compression_ratio is None:
             compression_ratio = [6.0] if n_chunk == 1 else [3.0] + [2.0] * (n_chunk - 1)
@@ -204,9 +235,16 @@ class HNetConfig(PretrainedConfig):
         self.tie_word_embeddings = tie_word_embeddings
         self.hidden_size = self.d_model[0]
         self._validate()
-        self.num_hidden_layers = sum(len(parse_layer_string(s)) for stage in stage_layouts(self.arch_layout) for s in stage)
-        super().__init__(pad_token_id=pad_token_id, bos_token_id=bos_token_id, eos_token_id=eos_token_id,
-                         tie_word_embeddings=tie_word_embeddings, **kwargs)
+        self.num_hidden_layers = sum(
+            len(parse_layer_string(s)) for stage in stage_layouts(self.arch_layout) for s in stage
+        )
+        super().__init__(
+            pad_token_id=pad_token_id,
+            bos_token_id=bos_token_id,
+            eos_token_id=eos_token_id,
+            tie_word_embeddings=tie_word_embeddings,
+            **kwargs,
+        )
 
     @classmethod
     def from_preset(cls, name: str, **kwargs) -> "HNetConfig":
@@ -249,28 +287,39 @@ class HNetConfig(PretrainedConfig):
         for s, d in enumerate(self.d_model):  # the mixers' own shape checks, for the stages that build them
             if "g" in letters_used:
                 g = self.gla_cfg
-                gla_dims(f"HNetConfig.gla_cfg (stage {s}, d_model {d})", d, g["num_heads"], g["expand_k"], g["expand_v"])
+                gla_dims(
+                    f"HNetConfig.gla_cfg (stage {s}, d_model {d})", d, g["num_heads"], g["expand_k"], g["expand_v"]
+                )
             if letters_used & {"r", "l"}:
                 pararnn_shape(f"HNetConfig.pararnn_cfg (stage {s})", d, d, self.pararnn_cfg["num_heads"])
         if letters_used & {"r", "l"}:
             p = self.pararnn_cfg
             check_mode("HNetConfig.pararnn_cfg", p["mode"])
-            check_newton_options("HNetConfig.pararnn_cfg", p["newton_tol"], p["newton_max_iter"], p["newton_on_fail"],
-                                 prefix="newton_")
+            check_newton_options(
+                "HNetConfig.pararnn_cfg", p["newton_tol"], p["newton_max_iter"], p["newton_on_fail"], prefix="newton_"
+            )
         for name in ("d_model", "d_intermediate"):
             if len(getattr(self, name)) != S:
-                raise ValueError(f"HNetConfig.{name} needs one entry per stage ({S} for arch_layout {self.arch_layout}), got {getattr(self, name)}")
+                raise ValueError(
+                    f"HNetConfig.{name} needs one entry per stage ({S} for arch_layout {self.arch_layout}), "
+                    f"got {getattr(self, name)}"
+                )
         for key, values in self.attn_cfg.items():
             if len(values) != S:
                 raise ValueError(f"HNetConfig.attn_cfg[{key!r}] needs one entry per stage ({S}), got {values}")
         if any(b < a for a, b in zip(self.d_model, self.d_model[1:])):
             raise ValueError(f"HNetConfig.d_model must not shrink inward (outermost first), got {self.d_model}")
         if len(self.compression_ratio) != S - 1 or any(n <= 1 for n in self.compression_ratio):
-            raise ValueError(f"HNetConfig.compression_ratio needs one target N > 1 per chunking stage ({S - 1}), got {self.compression_ratio}")
+            raise ValueError(
+                f"HNetConfig.compression_ratio needs one target N > 1 per chunking stage ({S - 1}), "
+                f"got {self.compression_ratio}"
+            )
         if len(self.lr_multipliers) != S:
             raise ValueError(f"HNetConfig.lr_multipliers needs one entry per stage ({S}), got {self.lr_multipliers}")
         if self.ratio_loss_reduction not in ("sequence", "batch"):
-            raise ValueError(f"HNetConfig.ratio_loss_reduction must be 'sequence' or 'batch', got {self.ratio_loss_reduction!r}")
+            raise ValueError(
+                f"HNetConfig.ratio_loss_reduction must be 'sequence' or 'batch', got {self.ratio_loss_reduction!r}"
+            )
         if self.boundary_router not in ("learned", "word"):
             raise ValueError(f"HNetConfig.boundary_router must be 'learned' or 'word', got {self.boundary_router!r}")
         if S < 2:
@@ -279,11 +328,16 @@ class HNetConfig(PretrainedConfig):
             for spec in layouts:
                 letters = parse_layer_string(spec)
                 if any(c.isupper() for c in letters) and self.d_intermediate[s] <= 0:
-                    raise ValueError(f"HNetConfig: stage {s} layer string {spec!r} has MLP layers (uppercase) but d_intermediate[{s}] is {self.d_intermediate[s]}")
+                    raise ValueError(
+                        f"HNetConfig: stage {s} layer string {spec!r} has MLP layers (uppercase) but "
+                        f"d_intermediate[{s}] is {self.d_intermediate[s]}"
+                    )
                 if "t" in spec.lower():
                     h = self.attn_cfg["num_heads"][s]
                     if self.d_model[s] % h:
-                        raise ValueError(f"HNetConfig.attn_cfg['num_heads'][{s}] = {h} must divide d_model[{s}] = {self.d_model[s]}")
+                        raise ValueError(
+                            f"HNetConfig.attn_cfg['num_heads'][{s}] = {h} must divide d_model[{s}] = {self.d_model[s]}"
+                        )
         for s, (layouts, d) in enumerate(zip(stages, self.d_model)):  # Mamba-2's shape check, stages that have it
             if "m" in {c.lower() for spec in layouts for c in parse_layer_string(spec)}:
                 m = self.ssm_cfg

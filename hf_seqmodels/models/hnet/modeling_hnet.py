@@ -11,6 +11,7 @@ Decoding keeps every stage's state in one :class:`~hf_seqmodels.cache.RecurrentC
 token is a chunk boundary: it runs on the boundary rows of the batch and every other row's state is kept as it was,
 so rows may hit boundaries at different steps. Left padding is exact (a row computes what it computes alone).
 """
+
 from __future__ import annotations
 
 import math
@@ -81,8 +82,11 @@ class HNetCausalLMOutput(CausalLMOutputWithPast):
 def _stage_view(config: HNetConfig, stage: int) -> SimpleNamespace:
     """What DecoderBlock / LlamaMLP / the ParaRNN mixer read from a config, at one stage's widths."""
     return SimpleNamespace(
-        hidden_size=config.d_model[stage], intermediate_size=config.d_intermediate[stage], rms_norm_eps=config.rms_norm_eps,
-        hidden_act="silu", mlp_bias=False,
+        hidden_size=config.d_model[stage],
+        intermediate_size=config.d_intermediate[stage],
+        rms_norm_eps=config.rms_norm_eps,
+        hidden_act="silu",
+        mlp_bias=False,
     )
 
 
@@ -90,20 +94,48 @@ def build_mixer(letter: str, config: HNetConfig, stage: int, layer_idx: int) -> 
     kind, d = LAYER_LETTERS[letter.lower()], config.d_model[stage]
     if kind == "mamba2":
         s = config.ssm_cfg
-        return Mamba2Mixer(d, d_state=s["d_state"], expand=s["expand"], head_dim=s["head_dim"], n_groups=s["n_groups"],
-                           d_conv=s["d_conv"], chunk_size=s["chunk_size"], norm_eps=config.rms_norm_eps, layer_idx=layer_idx)
+        return Mamba2Mixer(
+            d,
+            d_state=s["d_state"],
+            expand=s["expand"],
+            head_dim=s["head_dim"],
+            n_groups=s["n_groups"],
+            d_conv=s["d_conv"],
+            chunk_size=s["chunk_size"],
+            norm_eps=config.rms_norm_eps,
+            layer_idx=layer_idx,
+        )
     if kind == "attention":
         a = config.attn_cfg
         window = a["window_size"][stage]
-        return CausalSelfAttention(d, a["num_heads"][stage], rotary_dim=a["rotary_emb_dim"][stage],
-                                   window=None if window < 0 else window + 1, rope_theta=config.rope_theta, layer_idx=layer_idx)
+        return CausalSelfAttention(
+            d,
+            a["num_heads"][stage],
+            rotary_dim=a["rotary_emb_dim"][stage],
+            window=None if window < 0 else window + 1,
+            rope_theta=config.rope_theta,
+            layer_idx=layer_idx,
+        )
     if kind == "gla":
         g = config.gla_cfg
-        return GatedLinearAttention(hidden_size=d, num_heads=g["num_heads"], expand_k=g["expand_k"], expand_v=g["expand_v"],
-                                    use_short_conv=g["use_short_conv"], conv_size=g["conv_size"], norm_eps=config.rms_norm_eps,
-                                    layer_idx=layer_idx)
-    return ParaRNNMixer(hidden_size=d, state_size=d, cell="gru" if kind == "paragru" else "lstm",
-                        norm_eps=config.rms_norm_eps, layer_idx=layer_idx, **config.pararnn_cfg)
+        return GatedLinearAttention(
+            hidden_size=d,
+            num_heads=g["num_heads"],
+            expand_k=g["expand_k"],
+            expand_v=g["expand_v"],
+            use_short_conv=g["use_short_conv"],
+            conv_size=g["conv_size"],
+            norm_eps=config.rms_norm_eps,
+            layer_idx=layer_idx,
+        )
+    return ParaRNNMixer(
+        hidden_size=d,
+        state_size=d,
+        cell="gru" if kind == "paragru" else "lstm",
+        norm_eps=config.rms_norm_eps,
+        layer_idx=layer_idx,
+        **config.pararnn_cfg,
+    )
 
 
 class HNetIsotropic(nn.Module):
@@ -154,8 +186,9 @@ class HNetStage(nn.Module):
             self.main_network = HNetStage(config, stage + 1, layout[1], next_slot, n_res)
             self.routing_module = None if self.word_router else RoutingModule(self.d_model)
             # at least fp32 (the reference keeps it fp32 under bf16; an fp64 model gets fp64)
-            self.residual_proj = nn.Linear(self.d_model, self.d_model,
-                                           dtype=torch.promote_types(torch.get_default_dtype(), torch.float32))
+            self.residual_proj = nn.Linear(
+                self.d_model, self.d_model, dtype=torch.promote_types(torch.get_default_dtype(), torch.float32)
+            )
             self.residual_proj.init_zeros = True
             self.state_slot = next_slot()
         self.lr_multipliers = config.lr_multipliers
@@ -168,7 +201,8 @@ class HNetStage(nn.Module):
             init.zeros_(self.pad_dimension)
 
     def forward(self, hidden_states, mask, cache, input_ids=None):
-        """hidden_states ``[B, T, D_parent]``, mask ``[B, T]`` bool or None. Returns (hidden_states, per-stage stats)."""
+        """hidden_states ``[B, T, D_parent]``, mask ``[B, T]`` bool or None. Returns (hidden_states, per-stage
+        stats)."""
         B, T, width_in = hidden_states.shape
         # A single decoding step with some rows inactive (padding, or no boundary in the parent): those rows' states
         # must not move. Layers always write new tensors into the cache, so keeping references suffices.
@@ -193,7 +227,9 @@ class HNetStage(nn.Module):
             b = word_boundaries(input_ids, attention_mask=mask, max_chunk_bytes=self.max_chunk_bytes)
             return b.float(), b, None
         # decoding: one byte per call (the model runs longer continuations byte by byte)
-        b, length = word_boundary_step(input_ids[:, 0], state["word_prev"], state["word_len"], max_chunk_bytes=self.max_chunk_bytes)
+        b, length = word_boundary_step(
+            input_ids[:, 0], state["word_prev"], state["word_len"], max_chunk_bytes=self.max_chunk_bytes
+        )
         return b[:, None].float(), b[:, None], length
 
     def _chunked(self, hidden_states, mask, cache, input_ids):
@@ -318,8 +354,18 @@ class HNetModel(HNetPreTrainedModel):
     def new_cache(self) -> RecurrentCache:
         return RecurrentCache(self.num_cache_slots)
 
-    def forward(self, input_ids=None, attention_mask=None, position_ids=None, cache=None, inputs_embeds=None,
-                use_cache=None, output_hidden_states=None, return_dict=None, **kwargs):
+    def forward(
+        self,
+        input_ids=None,
+        attention_mask=None,
+        position_ids=None,
+        cache=None,
+        inputs_embeds=None,
+        use_cache=None,
+        output_hidden_states=None,
+        return_dict=None,
+        **kwargs,
+    ):
         """input_ids ``[B, T]`` (bytes, long) or inputs_embeds ``[B, T, d_model[0]]``; attention_mask ``[B, T]``.
         Returns :class:`HNetModelOutput`: ``last_hidden_state`` ``[B, T, d_model[0]]`` and per-stage boundary
         masks/probabilities ``[B, T_s]``."""
@@ -345,7 +391,11 @@ class HNetModel(HNetPreTrainedModel):
             outs = []
             for t in range(T):
                 step_ids = None if input_ids is None else input_ids[:, t : t + 1]
-                outs.append(self._run(inputs_embeds[:, t : t + 1], None if mask is None else mask[:, t : t + 1], cache, step_ids))
+                outs.append(
+                    self._run(
+                        inputs_embeds[:, t : t + 1], None if mask is None else mask[:, t : t + 1], cache, step_ids
+                    )
+                )
                 cache.advance(1)
             hidden = torch.cat([o[0] for o in outs], 1)
             stats = outs[-1][1]
@@ -355,9 +405,13 @@ class HNetModel(HNetPreTrainedModel):
                 cache.advance(T)
         out = HNetModelOutput(
             last_hidden_state=hidden,
-            hidden_states=(hidden,) if (self.config.output_hidden_states if output_hidden_states is None else output_hidden_states) else None,
-            boundary_masks=tuple(s["b"] for s in stats), boundary_probs=tuple(s["p"] for s in stats),
-            stage_masks=tuple(s["mask"] for s in stats), **{CACHE_KWARG: cache},
+            hidden_states=(hidden,)
+            if (self.config.output_hidden_states if output_hidden_states is None else output_hidden_states)
+            else None,
+            boundary_masks=tuple(s["b"] for s in stats),
+            boundary_probs=tuple(s["p"] for s in stats),
+            stage_masks=tuple(s["mask"] for s in stats),
+            **{CACHE_KWARG: cache},
         )
         return out if resolve_return_dict(return_dict, self.config) else out.to_tuple()
 
@@ -384,14 +438,34 @@ class HNetForCausalLM(SeqForCausalLM, HNetPreTrainedModel):
     def set_input_embeddings(self, value):
         self.model.embeddings = value
 
-    def forward(self, input_ids=None, attention_mask=None, position_ids=None, cache=None, inputs_embeds=None, labels=None,
-                use_cache=None, output_hidden_states=None, return_dict=None, logits_to_keep=0, **kwargs):
+    def forward(
+        self,
+        input_ids=None,
+        attention_mask=None,
+        position_ids=None,
+        cache=None,
+        inputs_embeds=None,
+        labels=None,
+        use_cache=None,
+        output_hidden_states=None,
+        return_dict=None,
+        logits_to_keep=0,
+        **kwargs,
+    ):
         """As :meth:`HNetModel.forward`, plus labels ``[B, T]``. Returns :class:`HNetCausalLMOutput`: ``logits``
         ``[B, T', vocab_size]``, fp32 ``loss`` = ``lm_loss`` + weighted ``ratio_loss``, ``boundary_fractions``."""
         cache = pop_cache(cache, kwargs)
-        outputs = self.model(input_ids=input_ids, attention_mask=attention_mask, cache=cache, inputs_embeds=inputs_embeds,
-                             use_cache=use_cache, output_hidden_states=output_hidden_states, return_dict=True,
-                             position_ids=position_ids, **{n: kwargs[n] for n in PACKING_KWARGS if n in kwargs})
+        outputs = self.model(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            cache=cache,
+            inputs_embeds=inputs_embeds,
+            use_cache=use_cache,
+            output_hidden_states=output_hidden_states,
+            return_dict=True,
+            position_ids=position_ids,
+            **{n: kwargs[n] for n in PACKING_KWARGS if n in kwargs},
+        )
         logits = self.head_logits(outputs.last_hidden_state, logits_to_keep)
         ratio, fractions = compression_stats(outputs, self.config)
         loss = lm_loss = None
@@ -408,11 +482,21 @@ class HNetForCausalLM(SeqForCausalLM, HNetPreTrainedModel):
                     local = (labels[..., 1:] != -100).sum()
                     weight = weight * local / torch.as_tensor(total, device=local.device).clamp(min=1)
                 loss = lm_loss + weight * ratio
-        self.last_compression = {"ratio_loss": None if ratio is None else ratio.detach(), "boundary_fractions": fractions}
+        self.last_compression = {
+            "ratio_loss": None if ratio is None else ratio.detach(),
+            "boundary_fractions": fractions,
+        }
         out = HNetCausalLMOutput(
-            loss=loss, logits=logits, hidden_states=outputs.hidden_states, lm_loss=lm_loss, ratio_loss=ratio,
-            boundary_fractions=fractions, boundary_masks=outputs.boundary_masks, boundary_probs=outputs.boundary_probs,
-            stage_masks=outputs.stage_masks, **{CACHE_KWARG: getattr(outputs, CACHE_KWARG)},
+            loss=loss,
+            logits=logits,
+            hidden_states=outputs.hidden_states,
+            lm_loss=lm_loss,
+            ratio_loss=ratio,
+            boundary_fractions=fractions,
+            boundary_masks=outputs.boundary_masks,
+            boundary_probs=outputs.boundary_probs,
+            stage_masks=outputs.stage_masks,
+            **{CACHE_KWARG: getattr(outputs, CACHE_KWARG)},
         )
         return out if resolve_return_dict(return_dict, self.config) else out.to_tuple()
 

@@ -1,4 +1,5 @@
 """A byte-level tokenizer for H-Net (and any vocab-256 byte model): token ids are the text's UTF-8 bytes."""
+
 from __future__ import annotations
 
 import json
@@ -61,7 +62,9 @@ class ByteTokenizer(PreTrainedTokenizer):
         # the base vocabulary must exist before the base class looks the special tokens up
         self._special_ids = {str(pad_token): PAD_ID, str(bos_token): BOS_ID, str(eos_token): EOS_ID}
         if len(self._special_ids) != 3:
-            raise ValueError(f"bos_token, eos_token and pad_token must differ, got {bos_token!r}, {eos_token!r}, {pad_token!r}")
+            raise ValueError(
+                f"bos_token, eos_token and pad_token must differ, got {bos_token!r}, {eos_token!r}, {pad_token!r}"
+            )
         self._id_to_token = [_byte_token(b) for b in range(_NUM_BYTES)]
         for token, i in self._special_ids.items():
             self._id_to_token[i] = token
@@ -94,7 +97,9 @@ class ByteTokenizer(PreTrainedTokenizer):
         try:
             return self._vocab[token]
         except KeyError:
-            raise ValueError(f"{token!r} is not a ByteTokenizer token (bytes are spelled '<0x00>' .. '<0xFF>')") from None
+            raise ValueError(
+                f"{token!r} is not a ByteTokenizer token (bytes are spelled '<0x00>' .. '<0xFF>')"
+            ) from None
 
     def _convert_id_to_token(self, index: int) -> str:
         return self._id_to_token[self._checked_ids([index], "ids")[0]]
@@ -110,11 +115,15 @@ class ByteTokenizer(PreTrainedTokenizer):
         if ids and not (0 <= min(ids) and max(ids) < limit):
             k, bad = next((k, i) for k, i in enumerate(ids) if not 0 <= i < limit)
             added = f", added tokens {_NUM_BYTES}..{limit - 1}" if limit > _NUM_BYTES else ""
-            raise ValueError(f"{argument} holds {bad} at position {k}, which is not a ByteTokenizer id (bytes are 0..255{added})")
+            raise ValueError(
+                f"{argument} holds {bad} at position {k}, which is not a ByteTokenizer id (bytes are 0..255{added})"
+            )
         return ids
 
     # -- special tokens ---------------------------------------------------------------------------------------------
-    def build_inputs_with_special_tokens(self, token_ids_0: list[int], token_ids_1: list[int] | None = None) -> list[int]:
+    def build_inputs_with_special_tokens(
+        self, token_ids_0: list[int], token_ids_1: list[int] | None = None
+    ) -> list[int]:
         bos = [BOS_ID] if self.add_bos_token else []
         eos = [EOS_ID] if self.add_eos_token else []
         out = bos + list(token_ids_0) + eos
@@ -134,7 +143,9 @@ class ByteTokenizer(PreTrainedTokenizer):
             mask += bos + [0] * len(token_ids_1) + eos
         return mask
 
-    def create_token_type_ids_from_sequences(self, token_ids_0: list[int], token_ids_1: list[int] | None = None) -> list[int]:
+    def create_token_type_ids_from_sequences(
+        self, token_ids_0: list[int], token_ids_1: list[int] | None = None
+    ) -> list[int]:
         return [0] * len(self.build_inputs_with_special_tokens(token_ids_0, token_ids_1))
 
     # -- decoding ---------------------------------------------------------------------------------------------------
@@ -151,15 +162,23 @@ class ByteTokenizer(PreTrainedTokenizer):
         for k in [k for k, i in enumerate(ids) if i >= PAD_ID]:  # the ids that are not bytes of text
             pieces.append(bytes(ids[start:k]).decode("utf-8", errors="replace"))
             i = ids[k]
-            pieces.append(self._added_tokens_decoder[i].content if i in self._added_tokens_decoder else self._id_to_token[i])
+            pieces.append(
+                self._added_tokens_decoder[i].content if i in self._added_tokens_decoder else self._id_to_token[i]
+            )
             start = k + 1
         pieces.append(bytes(ids[start:]).decode("utf-8", errors="replace"))
         return "".join(pieces)
 
-    def _decode(self, token_ids, skip_special_tokens: bool = False, clean_up_tokenization_spaces: bool | None = None, **kwargs) -> str:
+    def _decode(
+        self, token_ids, skip_special_tokens: bool = False, clean_up_tokenization_spaces: bool | None = None, **kwargs
+    ) -> str:
         ids = self._checked_ids(token_ids if isinstance(token_ids, (list, tuple)) else [token_ids], "token_ids")
         text = self._join(ids, skip=set(self.all_special_ids) if skip_special_tokens else ())
-        if clean_up_tokenization_spaces if clean_up_tokenization_spaces is not None else self.clean_up_tokenization_spaces:
+        if (
+            clean_up_tokenization_spaces
+            if clean_up_tokenization_spaces is not None
+            else self.clean_up_tokenization_spaces
+        ):
             text = self.clean_up_tokenization(text)
         return text
 
@@ -172,18 +191,25 @@ class ByteTokenizer(PreTrainedTokenizer):
         drops them), no load-time facts (``is_local``), ``auto_map`` pointing at the loader file
         ``tokenization_hf_seqmodels.py`` written beside it."""
         # push_to_hub: save here, then upload through the mixin (which saves again into a temporary folder)
-        hub_kwargs = {k: kwargs.pop(k) for k in ("repo_id", "commit_message", "private", "token", "create_pr", "revision")
-                      if k in kwargs}
+        hub_kwargs = {
+            k: kwargs.pop(k)
+            for k in ("repo_id", "commit_message", "private", "token", "create_pr", "revision")
+            if k in kwargs
+        }
         # A class loaded with trust_remote_code is marked for an auto class; the base class would then copy this
         # module's source into the folder. The loader file below replaces that.
         self._auto_class = None
         try:
-            files = super().save_pretrained(save_directory, legacy_format=legacy_format, filename_prefix=filename_prefix, **kwargs)
+            files = super().save_pretrained(
+                save_directory, legacy_format=legacy_format, filename_prefix=filename_prefix, **kwargs
+            )
         finally:
             del self._auto_class
         if files is None:  # save_directory is a file: the base class logged an error
             return files
-        config_file = os.path.join(save_directory, (filename_prefix + "-" if filename_prefix else "") + _TOKENIZER_CONFIG_FILE)
+        config_file = os.path.join(
+            save_directory, (filename_prefix + "-" if filename_prefix else "") + _TOKENIZER_CONFIG_FILE
+        )
         with open(config_file, encoding="utf-8") as f:
             config = json.load(f)
         for load_time_fact in ("is_local", "local_files_only"):  # recorded by from_pretrained, not settings

@@ -1,5 +1,6 @@
 """The configuration every linearized Llama-shaped model shares (Liger and Lizard subclass it), and the checks of
 its hybrid layout (``softmax_layers``)."""
+
 from hf_seqmodels.kernels.attention import check_window
 from hf_seqmodels.layers.checks import check_bool, check_int
 from hf_seqmodels.layers.families import get_family
@@ -8,9 +9,23 @@ from hf_seqmodels.models.causal_lm import SeqModelConfig
 
 #: Llama config fields a linearized model keeps (shapes, RoPE, grouped-query heads, special tokens)
 LLAMA_FIELDS = (
-    "vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
-    "num_key_value_heads", "head_dim", "hidden_act", "max_position_embeddings", "initializer_range", "rms_norm_eps",
-    "pad_token_id", "bos_token_id", "eos_token_id", "tie_word_embeddings", "rope_parameters", "attention_bias",
+    "vocab_size",
+    "hidden_size",
+    "intermediate_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "num_key_value_heads",
+    "head_dim",
+    "hidden_act",
+    "max_position_embeddings",
+    "initializer_range",
+    "rms_norm_eps",
+    "pad_token_id",
+    "bos_token_id",
+    "eos_token_id",
+    "tie_word_embeddings",
+    "rope_parameters",
+    "attention_bias",
     "mlp_bias",
 )
 
@@ -64,8 +79,10 @@ class LinearizedLlamaConfig(SeqModelConfig):
         where = type(self).__name__
         get_family(base_model_type, f"{where}.base_model_type")  # an unsupported family is named here
         if base_config is not None and not isinstance(base_config, dict):
-            raise TypeError(f"{where}: base_config must be a dict of the teacher config's fields or None, got "
-                            f"{type(base_config).__name__}")
+            raise TypeError(
+                f"{where}: base_config must be a dict of the teacher config's fields or None, got "
+                f"{type(base_config).__name__}"
+            )
         self.base_model_type = base_model_type
         self.base_config = dict(base_config or {})
         check_int(where, "num_attention_heads", num_attention_heads)
@@ -78,16 +95,19 @@ class LinearizedLlamaConfig(SeqModelConfig):
         super().__init__(**kwargs)
         self.head_dim = head_dim or self.hidden_size // num_attention_heads
         if self.head_dim < 1:
-            raise ValueError(f"{where}: hidden_size ({self.hidden_size}) // num_attention_heads "
-                             f"({num_attention_heads}) is 0; pass head_dim or fewer heads")
+            raise ValueError(
+                f"{where}: hidden_size ({self.hidden_size}) // num_attention_heads "
+                f"({num_attention_heads}) is 0; pass head_dim or fewer heads"
+            )
         self.max_position_embeddings = max_position_embeddings
         self.rope_parameters = dict(rope_parameters or {"rope_type": "default", "rope_theta": 10000.0})
         self.rope_parameters.setdefault("rope_type", "default")
         rotary = self.rope_parameters.get("partial_rotary_factor", self.base_config.get("partial_rotary_factor", 1.0))
         if self.head_dim % 2 and int(self.head_dim * rotary) == self.head_dim:
             derived = "" if head_dim else f" (hidden_size {self.hidden_size} // num_attention_heads; pass head_dim)"
-            raise ValueError(f"{where}: head_dim must be even, RoPE turns pairs of dimensions; got "
-                             f"{self.head_dim}{derived}")
+            raise ValueError(
+                f"{where}: head_dim must be even, RoPE turns pairs of dimensions; got {self.head_dim}{derived}"
+            )
         self.attention_bias = attention_bias
         self.window_size = window_size
         self.gate_logit_normalizer = gate_logit_normalizer
@@ -124,8 +144,10 @@ def check_softmax_layers(where: str, layers, num_layers: int) -> list[int]:
     layers = list(layers)
     bad = [i for i in layers if isinstance(i, bool) or not isinstance(i, int) or not 0 <= i < num_layers]
     if bad:
-        raise ValueError(f"{where}: softmax_layers must hold layer indices in [0, {num_layers}) "
-                         f"(num_hidden_layers={num_layers}), got {bad}")
+        raise ValueError(
+            f"{where}: softmax_layers must hold layer indices in [0, {num_layers}) "
+            f"(num_hidden_layers={num_layers}), got {bad}"
+        )
     if len(set(layers)) != len(layers):
         raise ValueError(f"{where}: softmax_layers has repeated indices: {layers}")
     return sorted(layers)

@@ -16,7 +16,14 @@ class LizardConfig(LinearizedLlamaConfig):
 
     model_type = "hf_seqmodels_lizard"
 
-    def __init__(self, window_size: int = 128, feature_dim: int | None = None, num_sinks: int = 4, sink_init: float = -4.0, **kwargs):
+    def __init__(
+        self,
+        window_size: int = 128,
+        feature_dim: int | None = None,
+        num_sinks: int = 4,
+        sink_init: float = -4.0,
+        **kwargs,
+    ):
         check_lizard_options(type(self).__name__, feature_dim, num_sinks, sink_init)
         self.feature_dim = feature_dim
         self.num_sinks = num_sinks

@@ -27,9 +27,10 @@ class ParaRNNConfig(SeqModelConfig):
         newton_tol / newton_max_iter: convergence threshold (relative residual; None = by dtype) and iteration cap.
         newton_on_fail: ``"fallback"`` (warn, solve sequentially) or ``"raise"`` when Newton does not converge.
         conv_init: ``"identity"`` (default: the short convolution starts by passing the current input through) or
-            ``"normal"`` (transformers' normal(0, initializer_range), as fla's models, and what earlier versions did). With
-            the normal init the cell's input is ~50x smaller than the block's, its gates see almost no input, and
-            1-layer ParaGRU / ParaLSTM stayed at chance on parity at length 32 (see BENCHMARKS.md, state tracking).
+            ``"normal"`` (transformers' normal(0, initializer_range), as fla's models, and what earlier versions
+            did). With the normal init the cell's input is ~50x smaller than the block's, its gates see almost no
+            input, and 1-layer ParaGRU / ParaLSTM stayed at chance on parity at length 32 (see BENCHMARKS.md, state
+            tracking).
         recurrent_init: the diagonal recurrent weights' init, ``"xavier_clipped"`` (default: Xavier-normal, each
             vector's norm clipped to 0.5, as the paper), ``"xlstm"`` (the reference library: N(0, (2 / sqrt(5 D))^2))
             or ``"uniform"`` (U(-0.9, 0.9) per element, the reference library's uniform option). For state tracking
