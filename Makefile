@@ -18,7 +18,7 @@ TF_VERSION_OLD := $(shell sed -n 's/^transformers==//p' constraints-oldest.txt)
 TF_TESTS_NEW := $(TF_TESTS)/$(TF_VERSION)/tests/__init__.py
 TF_TESTS_OLD := $(TF_TESTS)/$(TF_VERSION_OLD)/tests/__init__.py
 
-.PHONY: install install-oldest install-newest transformers-tests demo test test-fast bench clean
+.PHONY: install install-oldest install-newest transformers-tests demo lint test test-fast bench clean
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -63,7 +63,12 @@ transformers-tests: $(TF_TESTS_NEW) $(TF_TESTS_OLD)
 demo: install
 	$(VENV)/bin/hf-seqmodels demo --overwrite
 
-test: install install-oldest install-newest transformers-tests
+# ruff (configured in pyproject.toml): pyflakes, pycodestyle, import order and the formatter's layout
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+test: install install-oldest install-newest transformers-tests lint
 	$(PY) -m pytest -q tests
 	@echo "== integration and transformers' own model tests against the oldest supported transformers =="
 	$(PY_OLD) -c "import transformers; print('transformers', transformers.__version__)"
@@ -74,7 +79,7 @@ test: install install-oldest install-newest transformers-tests
 	$(PY_NEWEST) -m pytest -q tests/integration tests/transformers_common -m "not slow"
 
 # the inner loop: no `slow` tests and none that start fresh Python processes (`subprocess`); `make test` runs them all
-test-fast: install $(TF_TESTS_NEW)
+test-fast: install $(TF_TESTS_NEW) lint
 	$(PY) -m pytest -q tests -m "not slow and not subprocess"
 
 bench: install
