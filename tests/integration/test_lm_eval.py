@@ -6,6 +6,7 @@ and at batch 4 (right-padded scoring without a mask, left-padded generation with
 from the model's logits: full forwards, one sequence at a time, no cache. A local multiple-choice task (YAML + jsonl in
 a temporary folder) runs through ``simple_evaluate`` and through the ``lm_eval`` command line on a saved checkpoint.
 """
+
 from __future__ import annotations
 
 import json
@@ -16,9 +17,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from integration_utils import build_lm, clean_env
 
 from hf_seqmodels import ByteTokenizer
-from integration_utils import build_lm, clean_env
 
 pytest.importorskip("lm_eval")
 from lm_eval.api.instance import Instance  # noqa: E402
@@ -54,8 +55,9 @@ def byte_level(config):
 
 
 def hflm(model, batch_size, **kw):
-    return HFLM(pretrained=model, tokenizer=ByteTokenizer(), batch_size=batch_size, max_length=256, backend="causal",
-                **kw)
+    return HFLM(
+        pretrained=model, tokenizer=ByteTokenizer(), batch_size=batch_size, max_length=256, backend="causal", **kw
+    )
 
 
 # -- random text (printable ASCII; contexts end in a non-space: lm-eval moves a context's trailing spaces into the
@@ -137,11 +139,16 @@ def generation_requests(model, n=6):
 
 def run_requests(lm, ll_pairs, gen_reqs, rolling_texts):
     ll = lm.loglikelihood([Instance("loglikelihood", {}, p, i) for i, p in enumerate(ll_pairs)], disable_tqdm=True)
-    gen = lm.generate_until([Instance("generate_until", {}, (p, {"until": u, "max_gen_toks": MAX_GEN,
-                                                                 "do_sample": False}), i)
-                             for i, (p, u) in enumerate(gen_reqs)], disable_tqdm=True)
-    rolling = lm.loglikelihood_rolling([Instance("loglikelihood_rolling", {}, (t,), i)
-                                        for i, t in enumerate(rolling_texts)], disable_tqdm=True)
+    gen = lm.generate_until(
+        [
+            Instance("generate_until", {}, (p, {"until": u, "max_gen_toks": MAX_GEN, "do_sample": False}), i)
+            for i, (p, u) in enumerate(gen_reqs)
+        ],
+        disable_tqdm=True,
+    )
+    rolling = lm.loglikelihood_rolling(
+        [Instance("loglikelihood_rolling", {}, (t,), i) for i, t in enumerate(rolling_texts)], disable_tqdm=True
+    )
     return ll, gen, rolling
 
 
@@ -173,8 +180,11 @@ def test_hflm_loglikelihood_and_generation_equal_the_model(tiny_config):
 
 
 # -- a memory-bank model ---------------------------------------------------------------------------------------------
-TOPIC_TEXTS = [f"{w} {i}: " + f"the {w} of the {w} is a {w} " * 3 for w in ("river", "element", "composer", "function")
-               for i in range(4)]
+TOPIC_TEXTS = [
+    f"{w} {i}: " + f"the {w} of the {w} is a {w} " * 3
+    for w in ("river", "element", "composer", "function")
+    for i in range(4)
+]
 
 
 def with_memory_bank(model):
@@ -185,8 +195,12 @@ def with_memory_bank(model):
 
     index = build_memory_index(TOPIC_TEXTS, levels=2, branching=3, embed_dim=64, progress=False)
     try:
-        attach_memory_bank(model, MemoryBankConfig(block_sizes=(6, 4), branching=3, generic_memory_prob=0.0), index,
-                           tokenizer=ByteTokenizer())
+        attach_memory_bank(
+            model,
+            MemoryBankConfig(block_sizes=(6, 4), branching=3, generic_memory_prob=0.0),
+            index,
+            tokenizer=ByteTokenizer(),
+        )
     except ValueError as e:
         if "no Llama-style decoder layers" not in str(e):
             raise
@@ -203,8 +217,8 @@ def test_hflm_memory_bank_model(tiny_config):
     the prompt, left padding masked, at any batch size."""
     model = byte_level(tiny_config)
     index = with_memory_bank(model)
-    pairs = [(t[:rand_len(8, 30)].rstrip(), t[40:40 + rand_len(1, 12)]) for t in TOPIC_TEXTS[::3]]
-    gens = [(t[:rand_len(5, 30)], ["\n\n\n"]) for t in TOPIC_TEXTS[1::3]]
+    pairs = [(t[: rand_len(8, 30)].rstrip(), t[40 : 40 + rand_len(1, 12)]) for t in TOPIC_TEXTS[::3]]
+    gens = [(t[: rand_len(5, 30)], ["\n\n\n"]) for t in TOPIC_TEXTS[1::3]]
 
     def paths(text):
         return index.route([text])
@@ -230,7 +244,7 @@ def test_hflm_memory_bank_model_batched_scoring_routes_the_padding(tiny_configs)
     found = None
     for text in TOPIC_TEXTS[1:]:  # a short request whose route its padding changes (deterministic: a fixed index)
         for cut in range(8, 40):
-            ctx, cont = text[:cut].rstrip(), text[cut:cut + 3]
+            ctx, cont = text[:cut].rstrip(), text[cut : cut + 3]
             row = ctx + cont[:-1]
             padded = row + "\0" * (width - 1 - len(row))
             if not torch.equal(index.route([row]), index.route([padded])):
@@ -255,8 +269,13 @@ TASK = "hf_seqmodels_choice"
 
 def write_task(folder, n_docs=6):
     """A zero-shot multiple-choice task (the shape of PIQA / ARC / HellaSwag) in ``folder``: its YAML and jsonl."""
-    docs = [{"question": rand_text(rand_len(5, 30), lo=33),
-             "choices": [rand_text(rand_len(1, 9), lo=33) for _ in range(rand_len(2, 4))]} for _ in range(n_docs)]
+    docs = [
+        {
+            "question": rand_text(rand_len(5, 30), lo=33),
+            "choices": [rand_text(rand_len(1, 9), lo=33) for _ in range(rand_len(2, 4))],
+        }
+        for _ in range(n_docs)
+    ]
     for d in docs:
         d["answer"] = rand_len(0, len(d["choices"]) - 1)
     (folder / "docs.jsonl").write_text("".join(json.dumps(d) + "\n" for d in docs))
@@ -280,8 +299,9 @@ def reference_scores(model, docs):
     task's acc (argmax log-likelihood) and acc_norm (argmax log-likelihood per character of the choice)."""
     lls = [[reference_loglikelihood(model, d["question"], " " + c)[0] for c in d["choices"]] for d in docs]
     acc = sum(max(range(len(ll)), key=ll.__getitem__) == d["answer"] for ll, d in zip(lls, docs)) / len(docs)
-    acc_norm = sum(max(range(len(ll)), key=lambda i: ll[i] / len(d["choices"][i])) == d["answer"]
-                   for ll, d in zip(lls, docs)) / len(docs)
+    acc_norm = sum(
+        max(range(len(ll)), key=lambda i: ll[i] / len(d["choices"][i])) == d["answer"] for ll, d in zip(lls, docs)
+    ) / len(docs)
     return lls, acc, acc_norm
 
 
@@ -317,12 +337,31 @@ def test_lm_eval_command_line_on_a_saved_checkpoint(tiny_configs, tmp_path):
     model = byte_level(tiny_configs["liger"]())
     model.save_pretrained(tmp_path / "model")
     ByteTokenizer().save_pretrained(tmp_path / "model")
-    cmd = [sys.executable, "-m", "lm_eval", "--model", "hf", "--model_args",
-           f"pretrained={tmp_path / 'model'},trust_remote_code=True,dtype=float32", "--tasks", TASK,
-           "--include_path", str(tmp_path), "--batch_size", "4", "--device", "cpu", "--seed", "0",
-           "--output_path", str(tmp_path / "out"), "--log_samples"]
-    proc = subprocess.run(cmd, env=clean_env(HF_DATASETS_OFFLINE="1"), capture_output=True, text=True, timeout=600,
-                          cwd=tmp_path)
+    cmd = [
+        sys.executable,
+        "-m",
+        "lm_eval",
+        "--model",
+        "hf",
+        "--model_args",
+        f"pretrained={tmp_path / 'model'},trust_remote_code=True,dtype=float32",
+        "--tasks",
+        TASK,
+        "--include_path",
+        str(tmp_path),
+        "--batch_size",
+        "4",
+        "--device",
+        "cpu",
+        "--seed",
+        "0",
+        "--output_path",
+        str(tmp_path / "out"),
+        "--log_samples",
+    ]
+    proc = subprocess.run(
+        cmd, env=clean_env(HF_DATASETS_OFFLINE="1"), capture_output=True, text=True, timeout=600, cwd=tmp_path
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     results = json.loads(next((tmp_path / "out").rglob("results_*.json")).read_text())
     samples = [json.loads(line) for line in next((tmp_path / "out").rglob(f"samples_{TASK}_*.jsonl")).open()]

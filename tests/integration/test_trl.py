@@ -8,6 +8,7 @@ and the same weights after the steps (same initial weights, same data in the sam
 first step's loss also equals a reference computed here, one sequence at a time. H-Net cannot take packed sequences
 and says so.
 """
+
 from __future__ import annotations
 
 import copy
@@ -15,9 +16,9 @@ import math
 
 import pytest
 import torch
+from integration_utils import build_lm
 
 from hf_seqmodels import ByteTokenizer
-from integration_utils import build_lm
 
 pytest.importorskip("trl")
 from datasets import Dataset  # noqa: E402
@@ -52,9 +53,19 @@ def rand_text(n: int) -> str:
 def sft(model, data, tmp_path, **kw):
     """``STEPS`` steps of SFTTrainer on a copy of ``model``; returns the trainer (its model is the trained copy)."""
     args = SFTConfig(
-        output_dir=str(tmp_path / "run"), max_steps=STEPS, per_device_train_batch_size=kw.pop("batch", BATCH),
-        learning_rate=1e-2, lr_scheduler_type="constant", warmup_steps=0, logging_steps=1, save_strategy="no",
-        report_to="none", use_cpu=True, train_sampling_strategy="sequential", disable_tqdm=True, seed=0,
+        output_dir=str(tmp_path / "run"),
+        max_steps=STEPS,
+        per_device_train_batch_size=kw.pop("batch", BATCH),
+        learning_rate=1e-2,
+        lr_scheduler_type="constant",
+        warmup_steps=0,
+        logging_steps=1,
+        save_strategy="no",
+        report_to="none",
+        use_cpu=True,
+        train_sampling_strategy="sequential",
+        disable_tqdm=True,
+        seed=0,
         bf16=False,  # TRL's default is bf16 autocast, even on the CPU
         **kw,
     )
