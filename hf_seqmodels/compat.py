@@ -5,10 +5,7 @@
 
 from __future__ import annotations
 
-import transformers
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
-
-TRANSFORMERS_VERSION = tuple(int(p) for p in transformers.__version__.split(".")[:2])
 
 #: the name transformers uses for the cache, as a forward argument and as an output field
 CACHE_KWARG = "cache" if "cache" in CausalLMOutputWithPast.__dataclass_fields__ else "past_key_values"

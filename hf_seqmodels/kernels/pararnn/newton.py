@@ -59,10 +59,6 @@ class NewtonInfo:
     fallback: bool  # the returned states come from the sequential solve
 
 
-def _state_dims(structure):
-    return 1 if structure == "diagonal" else 2  # dims after [B, T]
-
-
 def _shift(h, h0, packed=None):
     """[h0, h_0, ..., h_{T-2}]: the previous state of every step (packed sequences: each start sees its own h0)."""
     if packed is not None:

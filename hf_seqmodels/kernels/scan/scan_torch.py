@@ -26,8 +26,6 @@ CHUNK = 4
 class Diag:
     """Maps ``h -> a * h + b`` with elementwise ``a``; the time dim is followed by ``[D]``."""
 
-    map_dims = 1  # trailing dims of ``a`` after the time dim
-
     @staticmethod
     def apply(a, h):
         return a * h
@@ -51,8 +49,6 @@ class Diag:
 
 class Block2:
     """Maps ``h -> A @ h + b`` with one 2x2 ``A`` per unit; the time dim is followed by ``[D, 2, 2]`` / ``[D, 2]``."""
-
-    map_dims = 3
 
     @staticmethod
     def apply(A, h):
