@@ -61,7 +61,7 @@ from pathlib import Path
 
 import torch
 
-# importing a part registers its sections; in this order, which is the run order
+# importing a part registers its sections (run in common.RUN_ORDER)
 from benchmarks.gpu import checks, coverage, timings, training  # noqa: F401
 from benchmarks.gpu.common import SECTIONS, remaining
 from benchmarks.gpu.coverage import install_launch_ledger, remove_launch_ledger, set_section

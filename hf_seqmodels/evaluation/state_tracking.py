@@ -219,6 +219,21 @@ def _newton_mixers(model):
 
 
 @torch.no_grad()
+@contextlib.contextmanager
+def _newton_scoring(mixers):
+    """The scored lengths run the Newton solve (``mode="parallel"``), so that its iterations on the trained weights
+    are measured per length; ``mode="auto"`` would take the step-by-step solve there (no gradients on a CPU), with
+    the same outputs."""
+    modes = [m.mode for m in mixers]
+    for m in mixers:
+        m.mode = "parallel"
+    try:
+        yield
+    finally:
+        for m, mode in zip(mixers, modes):
+            m.mode = mode
+
+
 def accuracy(model, inputs, labels, batch_size: int = 256, num_classes: int | None = None) -> tuple[float, float]:
     """(accuracy at the last labelled position, accuracy over all labelled positions)."""
     model.eval()
@@ -384,9 +399,10 @@ def train_and_evaluate(
         "curve": curve,
     }
     for length in test_lengths:
-        last, every = accuracy(
-            model, *st.data(num_test, length, seed=20_000 + 97 * seed + length), num_classes=st.num_classes
-        )
+        with _newton_scoring(_newton_mixers(model)):
+            last, every = accuracy(
+                model, *st.data(num_test, length, seed=20_000 + 97 * seed + length), num_classes=st.num_classes
+            )
         result["accuracy"][str(length)] = {"last": last, "all": every}
         if hooks:
             result["accuracy"][str(length)]["newton"] = newton_summary(newton_log)
