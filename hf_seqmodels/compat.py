@@ -5,6 +5,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
 
 #: the name transformers uses for the cache, as a forward argument and as an output field
@@ -36,19 +38,35 @@ def output_cache(output):
     return getattr(output, CACHE_KWARG)
 
 
-def disable_transformers_progress_bars() -> None:
-    """Silence the progress bars transformers and huggingface_hub draw while loading and saving (``--no-progress``):
-    their own switches, plus the GGUF de-quantization loop, which uses tqdm directly (5.17 .. 5.25)."""
+@contextlib.contextmanager
+def transformers_progress_bars(show: bool):
+    """Inside, the progress bars transformers and huggingface_hub draw while loading and saving follow ``show``
+    (``--no-progress``: off); restored on exit. Their own switches, plus the GGUF de-quantization loop, which uses
+    tqdm directly (5.17 .. 5.25)."""
     import functools
 
     import huggingface_hub.utils
-    import transformers.utils.logging
+    import transformers.utils.logging as hf_logging
 
-    transformers.utils.logging.disable_progress_bar()
-    huggingface_hub.utils.disable_progress_bars()
+    if show:
+        yield
+        return
+    hf_was, hub_was = hf_logging.is_progress_bar_enabled(), not huggingface_hub.utils.are_progress_bars_disabled()
     try:
         from transformers import modeling_gguf_pytorch_utils as gguf_utils
-    except ImportError:  # no gguf support in this transformers: nothing to silence
-        return
-    if hasattr(gguf_utils, "tqdm") and not isinstance(gguf_utils.tqdm, functools.partial):
-        gguf_utils.tqdm = functools.partial(gguf_utils.tqdm, disable=True)
+    except ImportError:  # no gguf support in this transformers: nothing more to silence
+        gguf_utils = None
+    gguf_tqdm = getattr(gguf_utils, "tqdm", None)
+    hf_logging.disable_progress_bar()
+    huggingface_hub.utils.disable_progress_bars()
+    if gguf_tqdm is not None:
+        gguf_utils.tqdm = functools.partial(gguf_tqdm, disable=True)
+    try:
+        yield
+    finally:
+        if gguf_tqdm is not None:
+            gguf_utils.tqdm = gguf_tqdm
+        if hub_was:
+            huggingface_hub.utils.enable_progress_bars()
+        if hf_was:
+            hf_logging.enable_progress_bar()

@@ -245,11 +245,3 @@ def require_packages(command: str, needs: dict[str, str]) -> None:
             f"{command} needs {what}, which {'is' if len(missing) == 1 else 'are'} not installed: "
             f"pip install 'hf-seqmodels[{','.join(extras)}]'"
         )
-
-
-def quiet(progress: bool) -> None:
-    """``--no-progress``: also silence the bars transformers draws while loading and saving."""
-    if not progress:
-        from ..compat import disable_transformers_progress_bars
-
-        disable_transformers_progress_bars()

@@ -20,7 +20,6 @@ from .args import (
     non_negative_int,
     positive_int,
     positive_list,
-    quiet,
     read_text,
     require_packages,
 )
@@ -306,7 +305,6 @@ def run_ppl(args: argparse.Namespace) -> int:
         require_packages("eval ppl", {"gguf": "reading --gguf-file"})
     check_model_folder("--model", args.model, args.gguf_file)
     text = read_text("--text", args.text)
-    quiet(not args.no_progress)
     kw = {"gguf_file": args.gguf_file} if args.gguf_file else {}
     tokenizer = AutoTokenizer.from_pretrained(args.model, **kw)
     ids = text_ids(tokenizer, text, args.max_tokens)

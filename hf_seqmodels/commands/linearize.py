@@ -24,7 +24,6 @@ from .args import (
     non_negative_int,
     positive_float,
     positive_int,
-    quiet,
     read_text,
     require_packages,
 )
@@ -186,7 +185,6 @@ def run(args) -> int:
     train_text = read_text("--train-text", args.train_text)
     eval_text = read_text("--eval-text", args.eval_text) if args.eval_text else None
     progress = not args.no_progress
-    quiet(progress)
     t0 = time.time()
     # the tokenizer and texts next (cheap), so a text too short for --seq-len fails before the weights load
     _status(

@@ -75,7 +75,10 @@ def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        return int(args.func(args) or 0)
+        from ..compat import transformers_progress_bars  # transformers' own bars follow --no-progress
+
+        with transformers_progress_bars(not getattr(args, "no_progress", False)):
+            return int(args.func(args) or 0)
     except (ValueError, OSError) as err:  # bad input (our convention): the message, not a traceback
         if os.environ.get("HF_SEQMODELS_DEBUG") == "1":
             raise

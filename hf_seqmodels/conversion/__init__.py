@@ -10,10 +10,10 @@ A new format: a module here with ``detect``, ``load`` and ``FORMAT = CheckpointF
 
 from __future__ import annotations
 
-import contextlib
 import os
 import shutil
 
+from hf_seqmodels.compat import transformers_progress_bars
 from hf_seqmodels.registry import CHECKPOINT_FORMATS, classes_for_config
 from hf_seqmodels.saving import safe_output_folder
 
@@ -81,7 +81,10 @@ def convert(src, dst, *, overwrite: bool = False, progress: bool = True) -> str:
     fmt = detect_format(src)
     if fmt is None:
         raise ValueError(_unknown(src))
-    with safe_output_folder(dst, inputs=(src,), overwrite=overwrite, flag="DST") as tmp, _progress_bars(progress):
+    with (
+        safe_output_folder(dst, inputs=(src,), overwrite=overwrite, flag="DST") as tmp,
+        transformers_progress_bars(progress),
+    ):
         converted = fmt.load(src, progress=progress)
         lm_class = classes_for_config(converted.config)[2]
         if progress:
@@ -112,21 +115,6 @@ def convert(src, dst, *, overwrite: bool = False, progress: bool = True) -> str:
             "pipeline() or AutoTokenizer there"
         )
     return dst
-
-
-@contextlib.contextmanager
-def _progress_bars(show: bool):
-    """transformers' own loading/saving bars follow ``show`` (restored afterwards)."""
-    from transformers.utils import logging as hf_logging
-
-    was = hf_logging.is_progress_bar_enabled()
-    if not show:
-        hf_logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        if was and not show:
-            hf_logging.enable_progress_bar()
 
 
 def _card_section(fmt: CheckpointFormat, converted: Converted, tokenizer: str | None) -> str:

@@ -707,22 +707,16 @@ def test_no_progress_silences_transformers_bars(monkeypatch):
     import transformers.utils.logging as tf_logging
     from transformers import modeling_gguf_pytorch_utils as gguf_utils
 
-    from hf_seqmodels.commands.args import quiet
+    from hf_seqmodels.compat import transformers_progress_bars
 
     monkeypatch.setattr(gguf_utils, "tqdm", gguf_utils.tqdm)  # restored after the test
-    enabled = tf_logging.is_progress_bar_enabled()
-    try:
-        quiet(True)
+    enabled, real_tqdm = tf_logging.is_progress_bar_enabled(), gguf_utils.tqdm
+    with transformers_progress_bars(True):
         assert tf_logging.is_progress_bar_enabled() == enabled
-        quiet(False)
+    with transformers_progress_bars(False):
         assert not tf_logging.is_progress_bar_enabled()
         assert isinstance(gguf_utils.tqdm, functools.partial) and gguf_utils.tqdm.keywords == {"disable": True}
-    finally:
-        if enabled:
-            tf_logging.enable_progress_bar()
-            import huggingface_hub.utils
-
-            huggingface_hub.utils.enable_progress_bars()
+    assert tf_logging.is_progress_bar_enabled() == enabled and gguf_utils.tqdm is real_tqdm  # restored
 
 
 def test_help_shows_no_rest_literals(capsys):
