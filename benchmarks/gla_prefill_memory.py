@@ -18,20 +18,12 @@ import argparse
 import json
 import os
 import platform
-import subprocess
-import sys
 import time
 from pathlib import Path
 
+from benchmarks.lib.peak_memory import reset_peak, run_fresh, status_kb
+
 RESULTS = Path(__file__).resolve().parent / "results" / "gla_prefill_memory.json"
-
-
-def _status_kb(field: str) -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    raise RuntimeError(f"{field} not in /proc/self/status")
 
 
 def _one(T: int, mode: str, H: int, K: int, threads: int) -> dict:
@@ -50,14 +42,12 @@ def _one(T: int, mode: str, H: int, K: int, threads: int) -> dict:
     g.copy_(F.logsigmoid(g)).div_(16)
     del small
     input_bytes = sum(t.numel() * t.element_size() for t in (q, k, v, g))
-    before = _status_kb("VmRSS")
-    with open("/proc/self/clear_refs", "w") as f:  # reset the peak (VmHWM) to the current resident set
-        f.write("5")
+    before = reset_peak()
     start = time.perf_counter()
     with torch.no_grad():
         o, _ = chunk_gla_torch(q, k, v, g, K**-0.5, None, True, stream_elements=None if mode == "streamed" else 1 << 62)
     seconds = time.perf_counter() - start
-    peak = _status_kb("VmHWM")
+    peak = status_kb("VmHWM")
     out_bytes = o.numel() * o.element_size()
     extra = (peak - before) * 1024
     return {
@@ -93,21 +83,18 @@ def main():
         for mode in ("streamed", "full"):
             if mode == "full" and T > a.full_max_T:
                 continue
-            cmd = [
-                sys.executable,
-                __file__,
+            row = run_fresh(
+                "benchmarks.gla_prefill_memory",
                 "--one",
-                str(T),
+                T,
                 mode,
                 "--heads",
-                str(a.heads),
+                a.heads,
                 "--dim",
-                str(a.dim),
+                a.dim,
                 "--threads",
-                str(a.threads),
-            ]
-            res = subprocess.run(cmd, capture_output=True, text=True, check=True)
-            row = json.loads(res.stdout.strip().splitlines()[-1])
+                a.threads,
+            )
             rows.append(row)
             print(
                 f"T={T:>7} {mode:>8}: inputs {row['input_bytes'] / 2**20:8.1f} MiB  extra peak "

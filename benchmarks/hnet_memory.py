@@ -23,12 +23,10 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import subprocess
-import sys
 import time
 from pathlib import Path
 
-from benchmarks.gla_prefill_memory import _status_kb  # the same /proc/self/status reader
+from benchmarks.lib.peak_memory import reset_peak, run_fresh, status_kb
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "hnet_memory.json"
@@ -66,13 +64,11 @@ def _one(mode: str, name: str, T: int) -> dict:
         model.zero_grad(set_to_none=False)
 
     step(256)  # warm up library code, the allocator and the gradient buffers
-    before = _status_kb("VmRSS")
-    with open("/proc/self/clear_refs", "w") as f:  # reset the peak (VmHWM) to the current resident set
-        f.write("5")
+    before = reset_peak()
     start = time.perf_counter()
     step(T)
     seconds = time.perf_counter() - start
-    extra = (_status_kb("VmHWM") - before) / 1024
+    extra = (status_kb("VmHWM") - before) / 1024
     return {"config": name, "mode": mode, "T": T, "extra_peak_mib": round(extra, 1), "seconds": round(seconds, 2)}
 
 
@@ -88,14 +84,7 @@ def main():
     rows = []
     for name in args.configs:
         for mode in ("before", "after"):
-            out = subprocess.run(
-                [sys.executable, "-m", "benchmarks.hnet_memory", "--one", mode, name, str(args.T)],
-                capture_output=True,
-                text=True,
-                check=True,
-                cwd=ROOT,
-            ).stdout
-            rows.append(json.loads(out.strip().splitlines()[-1]))
+            rows.append(run_fresh("benchmarks.hnet_memory", "--one", mode, name, args.T))
             print(rows[-1], flush=True)
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(

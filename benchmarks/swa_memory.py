@@ -16,12 +16,10 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import subprocess
-import sys
 import time
 from pathlib import Path
 
-from benchmarks.gla_prefill_memory import _status_kb  # the same /proc/self/status reader
+from benchmarks.lib.peak_memory import reset_peak, run_fresh, status_kb
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "swa_memory.json"
@@ -36,13 +34,11 @@ def _one(T: int, window: int, H: int, D: int) -> dict:
     small = [torch.randn(1, 64, H, D, requires_grad=True) for _ in range(3)]
     sliding_window_attention(*small, window=8).sum().backward()  # warm up library code and the allocator
     q, k, v = (torch.randn(1, T, H, D, requires_grad=True) for _ in range(3))
-    before = _status_kb("VmRSS")
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")
+    before = reset_peak()
     start = time.perf_counter()
     sliding_window_attention(q, k, v, window=window).sum().backward()
     seconds = time.perf_counter() - start
-    extra = (_status_kb("VmHWM") - before) / 1024
+    extra = (status_kb("VmHWM") - before) / 1024
     return {
         "T": T,
         "window": window,
@@ -66,14 +62,7 @@ def main():
         return
     rows = []
     for w in args.windows:
-        out = subprocess.run(
-            [sys.executable, "-m", "benchmarks.swa_memory", "--one", str(args.T), str(w)],
-            capture_output=True,
-            text=True,
-            check=True,
-            cwd=ROOT,
-        ).stdout
-        rows.append(json.loads(out.strip().splitlines()[-1]))
+        rows.append(run_fresh("benchmarks.swa_memory", "--one", args.T, w))
         print(rows[-1], flush=True)
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(
