@@ -75,6 +75,31 @@ def test_low_precision_inputs_and_extreme_gates(dtype, tol, gate):
         assert (a.double() - b).abs().max() <= ref_scale(b) * 2, f"gradient of {name}"
 
 
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_chunks_of_both_intra_chunk_forms_in_one_call(dtype):
+    """A chunk whose total decay is within the one-matmul form's span and one beyond it (the sub-block form), in the
+    same call: heads and chunks decay at different rates; the fp32 case puts chunks just under the span limit."""
+    from hf_seqmodels.kernels.gla.chunk_torch import CHUNK, FAST_SPAN
+
+    B, T, H, K, V = 2, 3 * CHUNK + 5, 3, 8, 6
+    q, k, v, _, h0 = _inputs(B, T, H, K, V, dtype)
+    limit = FAST_SPAN[torch.float32 if dtype == torch.float32 else torch.float64]
+    g = -torch.rand(B, T, H, K, dtype=torch.float64) * 0.1
+    g[:, CHUNK : 2 * CHUNK, 0] = -(0.9 * limit / CHUNK)  # head 0, chunk 1: just under the limit (fast form)
+    g[:, 2 * CHUNK :, 1, :3] = -(2.5 * limit / CHUNK)  # head 1, chunk 2 on: beyond it in 3 keys (sub-blocks)
+    g[0, :CHUNK, 2] = -(1.5 * limit / CHUNK)  # row 0, head 2, chunk 0 only
+    g = g.to(dtype)
+    do, dh = torch.randn(B, T, H, V, dtype=torch.float64), torch.randn(B, H, K, V, dtype=torch.float64)
+    o, h, grads = _grads(
+        lambda *x: chunk_gla(*x[:4], scale=0.6, initial_state=x[4], output_final_state=True), (q, k, v, g, h0), do, dh
+    )
+    ro, rh, rgrads = _grads(lambda *x: gla_loop(*x[:4], 0.6, x[4]), (q, k, v, g, h0), do, dh)
+    tol = 1e-10 if dtype == torch.float64 else 2e-4
+    for name, a, b in zip(["o", "final state", *"dq dk dv dg dh0".split()], (o, h, *grads), (ro, rh, *rgrads)):
+        assert torch.isfinite(a).all(), name
+        assert (a.double() - b).abs().max() <= tol * max(1.0, b.abs().max().item()), name
+
+
 @pytest.mark.parametrize("op", OPS)
 def test_state_carried_across_two_calls_equals_one_call(op):
     q, k, v, g, h0 = _inputs(2, 101, 2, 8, 8)

@@ -3,9 +3,12 @@
 Per head, with ``alpha_t = exp(g_t)`` (``g_t <= 0``, one gate per key dimension):
     S_t = diag(alpha_t) S_{t-1} + k_t^T v_t,    o_t = (scale * q_t) S_t.
 The sequence is cut into chunks of ``CHUNK`` tokens; inside a chunk ``G`` is the cumulative log-gate. Scores inside
-a chunk are built from 8-token sub-blocks: off-diagonal sub-blocks use the last log-gate of the key sub-block as a
-reference so every exponent is <= 0; the diagonal sub-blocks are computed offset by offset (8 vectorized steps
-over the whole sequence), again with exponents <= 0. Chunks are linked through an fp32 state ``[K, V]``.
+a chunk are one matmul ``(q * exp(G - G_last)) (k * exp(G_last - G))^T`` where the chunk's total decay is at most
+``FAST_SPAN`` nats in every key dimension (each factor then stays far from overflow; the product is each term's
+exact value, no cancellation); a chunk that decays more is computed from 8-token sub-blocks: off-diagonal
+sub-blocks use the last log-gate of the key sub-block as a reference so every exponent is <= 0; the diagonal
+sub-blocks are computed offset by offset, again with exponents <= 0. Chunks are linked through an fp32 state
+``[K, V]``.
 Backward recomputes the chunk states instead of storing them. Packed sequences (``cu_seqlens``) use the same
 function over a chunk-aligned layout in which the state restarts at each sequence's first chunk.
 
@@ -24,6 +27,9 @@ import torch.nn.functional as F
 
 CHUNK = 64
 SUB = 8
+#: largest total in-chunk decay (nats, per key dimension) computed by the one-matmul form: exp(40) ~ 2e17 leaves
+#: fp32 ~20 orders of magnitude of headroom for q, k and the gradients; fp64 has room for far more
+FAST_SPAN = {torch.float32: 40.0, torch.float64: 300.0}
 
 
 def _to_chunks(x: torch.Tensor, dtype: torch.dtype, chunk: int) -> torch.Tensor:
@@ -207,6 +213,45 @@ def _gate_grad(local, const, lay):
     return local + carry.unsqueeze(3)
 
 
+def _slow_chunks(Glast):
+    """Indices (into the flattened [B*H*N] chunks) of the chunks that decay too fast for the one-matmul form."""
+    span = -Glast.reshape(-1, Glast.shape[-1]).min(-1).values  # G_last <= G_t for every t: the largest exponent
+    return torch.nonzero(span > FAST_SPAN[Glast.dtype]).flatten()
+
+
+def _intra_scores(qc, kc, G, Glast, kdec, causal):
+    """A[t, j] = sum_k q[t,k] k[j,k] exp(G[t,k] - G[j,k]) for j <= t (0 above), [.., C, C]."""
+    qrel = qc * torch.exp((G - Glast.unsqueeze(-2)).clamp(max=FAST_SPAN[G.dtype]))
+    A = (qrel @ kdec.transpose(-1, -2)) * causal
+    slow = _slow_chunks(Glast)
+    if slow.numel():
+        C, K = qc.shape[-2:]
+        flat = A.view(-1, C, C)
+        flat[slow] = _SubBlocks(G.reshape(-1, C, K)[slow]).scores(
+            qc.reshape(-1, C, K)[slow], kc.reshape(-1, C, K)[slow]
+        )
+    return A
+
+
+def _intra_scores_and_grads(qc, kc, G, Glast, kdec, dA):
+    """:func:`_intra_scores` and, for its upstream gradient ``dA`` (causal), the gradients w.r.t. q and k."""
+    rel = torch.exp((G - Glast.unsqueeze(-2)).clamp(max=FAST_SPAN[G.dtype]))
+    qrel = qc * rel
+    causal = dA.new_ones(dA.shape[-2:]).tril()
+    A = (qrel @ kdec.transpose(-1, -2)) * causal
+    dq = (dA @ kdec) * rel
+    dk = (dA.transpose(-1, -2) @ qrel) * torch.exp(Glast.unsqueeze(-2) - G)
+    slow = _slow_chunks(Glast)
+    if slow.numel():
+        C, K = qc.shape[-2:]
+        pick = [x.reshape(-1, C, x.shape[-1])[slow] for x in (G, qc, kc, dA)]
+        a, dqs, dks = _SubBlocks(pick[0]).scores_and_grads(*pick[1:])
+        A.view(-1, C, C)[slow] = a
+        dq.view(-1, C, K)[slow] = dqs
+        dk.view(-1, C, K)[slow] = dks
+    return A, dq, dk
+
+
 def _prepare(q, k, v, g, scale, lay):
     from .._dispatch import compute_dtype
 
@@ -226,7 +271,8 @@ class ChunkGLAFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, v, g, scale, initial_state, output_final_state, lay):
         qc, kc, vc, G, Glast, kdec = _prepare(q, k, v, g, scale, lay)
-        A = _SubBlocks(G).scores(qc, kc)
+        causal = qc.new_ones(lay.chunk, lay.chunk).tril()
+        A = _intra_scores(qc, kc, G, Glast, kdec, causal)
         states, finals = _chunk_states(kdec, vc, torch.exp(Glast), initial_state, lay)
         o = A @ vc + (qc * torch.exp(G)) @ states
         ctx.save_for_backward(q, k, v, g, initial_state)
@@ -255,7 +301,7 @@ class ChunkGLAFunction(torch.autograd.Function):
 
         causal = torch.ones(lay.chunk, lay.chunk, dtype=torch.bool, device=q.device).tril()
         dA = (doc @ vc.transpose(-1, -2)) * causal
-        A, dq, dk = _SubBlocks(G).scores_and_grads(qc, kc, dA)
+        A, dq, dk = _intra_scores_and_grads(qc, kc, G, Glast, kdec, dA)
         dq = dq + torch.exp(G) * (doc @ states.transpose(-1, -2))
         dk = dk + torch.exp(Glast.unsqueeze(-2) - G) * (vc @ dstates.transpose(-1, -2))
         dv = A.transpose(-1, -2) @ doc + kdec @ dstates
