@@ -120,7 +120,7 @@ def test_tiny_run_learns_parity(config, one_thread):
             break
     assert max(r["accuracy"]["8"]["last"] for r in results) > 0.95, results
     if config.startswith("para"):
-        assert results[-1]["overrides"] == {"recurrent_init": "uniform"}
+        assert results[-1]["overrides"] == {"recurrent_init": "uniform", "mode": "parallel"}
         newton = results[-1]["newton"]
         assert newton["solves"] == 400 and 1 <= newton["mean_iterations"] <= newton["max_iterations"] <= 10
         assert newton["fallbacks"] == 0
@@ -197,7 +197,11 @@ def test_cli_sets_config_fields(tmp_path, capsys, one_thread):
     )
     assert code in (0, None)
     (run,) = json.loads(out.read_text())
-    assert run["overrides"] == {"recurrent_init": "xavier_clipped", "recurrent_clip": 0.9}  # JSON number, not "0.9"
+    assert run["overrides"] == {
+        "recurrent_init": "xavier_clipped",
+        "recurrent_clip": 0.9,
+        "mode": "parallel",
+    }  # JSON number, not "0.9"
     capsys.readouterr()
     with pytest.raises(SystemExit):  # before anything trains: the usage line and the message
         main(
@@ -282,7 +286,7 @@ def test_benchmark_script_runs_resumes_and_reports(tmp_path, one_thread):
         ("paragru-lminit", 1e-3),
         ("paragru-lminit", 1e-2),
     ]
-    assert runs[2]["overrides"] == {"recurrent_init": "xavier_clipped"}
+    assert runs[2]["overrides"] == {"recurrent_init": "xavier_clipped", "mode": "parallel"}
     bench.main(common + ["--models", "dense-lstm", "--lr", "1e-2", "3e-2"])  # 1e-2 is there: only 3e-2 runs
     runs = json.loads(out.read_text())
     assert len(runs) == 5 and runs[-1]["lr"] == 3e-2

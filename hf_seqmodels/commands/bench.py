@@ -333,6 +333,7 @@ def _pararnn_methods(cell_name):
 
         name = "para" + cell_name
         return [
+            Method(f"{name}-auto", run_cell("auto"), 1),  # the default: what a user gets
             Method(f"{name}-parallel", run_cell("parallel"), 1),
             Method(f"{name}-sequential", run_cell("sequential"), 1),
             Method(f"torch.nn.{cell_name.upper()}", torch_rnn, 1),
@@ -349,7 +350,8 @@ def _pararnn_describe(cell_name):
             "newton_solve", torch.device(args.device), None if args.backend == "auto" else args.backend
         )
         return (
-            f"para{cell_name}: Newton-parallel ({backend} backend) vs sequential vs torch.nn.{cell_name.upper()}, "
+            f"para{cell_name}: mode auto (the default) vs Newton-parallel ({backend} backend) vs sequential vs "
+            f"torch.nn.{cell_name.upper()}, "
             f"B{args.batch} hidden {args.hidden_size} {args.dtype}"
         )
 

@@ -155,7 +155,10 @@ MODELS = ("gla", "paragru", "paralstm", "llama", *DENSE)
 #: config fields the named ParaRNN models get here unless overridden: recurrent weights U(-0.9, 0.9). A parity flip
 #: needs some unit with ``|a| > 1``; from the LM init (every ``|a|`` below ~0.2 at d 64) Adam has to carry one there
 #: at ~lr per step, and 1-layer ParaLSTM at length 32 often stalled on the way (BENCHMARKS.md, state tracking).
-PARARNN_STATE_TRACKING = {"recurrent_init": "uniform"}
+#: They train with Newton's solve (``mode="parallel"``): its iterations and fallbacks on the weights being learned are
+#: part of what this evaluation reports (``mode="auto"`` would train with the step-by-step forward and the adjoint
+#: backward on a CPU: the same outputs and gradients, and no Newton statistics).
+PARARNN_STATE_TRACKING = {"recurrent_init": "uniform", "mode": "parallel"}
 
 
 def _applied_overrides(config: str, config_overrides: dict) -> dict:

@@ -8,7 +8,7 @@ from ._dispatch import select_backend
 from .attention import sliding_window_attention, sliding_window_decode
 from .gla import chunk_gla, fused_recurrent_gla
 from .memory import memory_ffn
-from .pararnn import NewtonConvergenceError, NewtonInfo, newton_solve, sequential_solve
+from .pararnn import NewtonConvergenceError, NewtonInfo, adjoint_solve, newton_solve, sequential_solve
 from .scan import block2_scan, linear_scan
 
 __all__ = [
@@ -18,6 +18,7 @@ __all__ = [
     "linear_scan",
     "block2_scan",
     "newton_solve",
+    "adjoint_solve",
     "sequential_solve",
     "NewtonInfo",
     "NewtonConvergenceError",

@@ -11,7 +11,8 @@ A cell only says how one step goes. Subclass :class:`ParallelRNNCell` and write
 
 The cell then trains in parallel (``mode="parallel"``: Newton iterations solved with parallel scans, adjoint
 backward) or step by step (``mode="sequential"``); both give the same result. ``mode="auto"`` (the mixer's and
-``ParaRNNConfig``'s default) picks the faster of the two for each call (:func:`resolve_mode`).
+``ParaRNNConfig``'s default) picks the faster for each call (:func:`resolve_mode`); on a CPU with gradients that
+can be a third way: the step-by-step forward without a graph and the adjoint backward (``adjoint_solve``).
 :func:`check_jacobian_structure` verifies that a cell's Jacobian has the structure it declares (and a closed-form
 ``jacobian`` matches autograd); ``register_cell`` and a cell class's first parallel forward run it once
 (:func:`verify_cell`). The built-in cells' maths live in ``hf_seqmodels.kernels.pararnn.cells``, shared with the
@@ -32,6 +33,7 @@ from transformers import initialization as init
 
 from hf_seqmodels.kernels import select_backend
 from hf_seqmodels.kernels.pararnn import (
+    adjoint_solve,
     cells,
     check_newton_options,
     fused_newton_gru,
@@ -59,16 +61,17 @@ AUTO_SEQUENTIAL_MIN_STATE = 256
 
 def resolve_mode(mode: str, x: torch.Tensor, tensors, state_elements: int) -> str:
     """``"auto"``: the faster solve for this call (measured: ``ParaRNNConfig``'s docstring,
-    ``benchmarks/pararnn_auto.py``). Newton (``"parallel"``) when a gradient will flow (grad mode on and ``x`` or
-    one of ``tensors``, the parameters and initial state, requires grad: the adjoint backward beats autograd through
-    the loop) or off the CPU (the fused solver); without gradients on the CPU, the step-by-step solve when a step
-    updates at least :data:`AUTO_SEQUENTIAL_MIN_STATE` state elements (``state_elements``, over the batch), Newton
-    for smaller states. Other modes are returned as they are."""
+    ``benchmarks/pararnn_auto.py``). Off the CPU, Newton (``"parallel"``: the fused solver). On the CPU, when a step
+    updates at least :data:`AUTO_SEQUENTIAL_MIN_STATE` state elements (``state_elements``, over the batch): the
+    step-by-step solve, and when a gradient will flow (grad mode on and ``x`` or one of ``tensors``, the parameters
+    and initial state, requires grad) ``"adjoint"``: that solve's forward without a graph and Newton's adjoint
+    backward (cheaper than both Newton's iterations and autograd through the loop); Newton for smaller states, where
+    the loop's per-step overhead dominates. Other modes are returned as they are."""
     if mode != "auto":
         return mode
-    if _needs_grad(x, *tensors) or x.device.type != "cpu":
+    if x.device.type != "cpu" or state_elements < AUTO_SEQUENTIAL_MIN_STATE:
         return "parallel"
-    return "sequential" if state_elements >= AUTO_SEQUENTIAL_MIN_STATE else "parallel"
+    return "adjoint" if _needs_grad(x, *tensors) else "sequential"
 
 
 def _needs_grad(*tensors) -> bool:
@@ -187,19 +190,32 @@ class ParallelRNNCell(nn.Module):
             out = self.output(h)
             return (out, h, info) if return_info else (out, h)
         params = self.recurrent_params()
+        scan = self._builtin("scan") if cu_seqlens is None else None
+        if mode == "adjoint" and (scan is None or x.shape[1] == 1):
+            mode = "parallel"  # a user cell, or packed sequences: Newton's solve
         sequential = mode == "sequential" or x.shape[1] == 1
-        scan = self._builtin("scan") if sequential and cu_seqlens is None and not _needs_grad(u, h0, *params) else None
-        if scan is not None:  # the same solve as below in fewer ops per step
+        if sequential and scan is not None and not _needs_grad(u, h0, *params):  # the same solve in fewer ops
             h = scan(u, *params, h0, mask)
             out = self.output(h)
             return (out, h, None) if return_info else (out, h)
-        step, jac = self.step, self.jacobian
+        step, jac, u_raw = self.step, self.jacobian, u
         if mask is not None:
             u = torch.cat([u, mask[:, :, None, None].to(u.dtype).expand(-1, -1, 1, u.shape[-1])], dim=-2)
             step = self._masked(self.step, None)
             jac = self._masked(self.jacobian, self._eye) if self.jacobian is not None else None
         info = None
-        if sequential:
+        if mode == "adjoint":
+            h = adjoint_solve(
+                lambda: scan(u_raw, *params, h0, mask),
+                step,
+                jac,
+                u,
+                params,
+                h0,
+                state_size=self.state_size,
+                structure=self.structure,
+            )
+        elif sequential:
             h = sequential_solve(
                 step, u, params, h0, state_size=self.state_size, structure=self.structure, cu_seqlens=cu_seqlens
             )

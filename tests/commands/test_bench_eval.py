@@ -298,12 +298,13 @@ def test_bench_pararnn_sections(cell, tmp_path, capsys):
         == 0
     )
     data = json.loads((out / f"bench_para{cell}.json").read_text())
-    ours, sequential, peer = f"para{cell}-parallel", f"para{cell}-sequential", f"torch.nn.{cell.upper()}"
-    assert {r["method"] for r in data["results"]} == {ours, sequential, peer}
-    assert len(data["results"]) == 2 * 2 * 3 and all(r["median_s"] > 0 for r in data["results"])
+    ours, parallel = f"para{cell}-auto", f"para{cell}-parallel"
+    sequential, peer = f"para{cell}-sequential", f"torch.nn.{cell.upper()}"
+    assert {r["method"] for r in data["results"]} == {ours, parallel, sequential, peer}
+    assert len(data["results"]) == 2 * 2 * 4 and all(r["median_s"] > 0 for r in data["results"])
     assert data["meta"]["hidden_size"] == 16
     printed = capsys.readouterr().out
-    assert f"{ours} vs {sequential}" in printed and f"{ours} vs {peer}" in printed
+    assert all(f"{ours} vs {other}" in printed for other in (parallel, sequential, peer))
 
 
 def test_bench_skips_slow_methods(tmp_path, capsys):

@@ -11,7 +11,7 @@ import pytest
 import torch
 from reference import recurrence_loop
 
-from hf_seqmodels.kernels.pararnn import NewtonConvergenceError, newton_solve, sequential_solve
+from hf_seqmodels.kernels.pararnn import NewtonConvergenceError, adjoint_solve, newton_solve, sequential_solve
 from hf_seqmodels.kernels.scan import scan_triton
 
 E = 3  # input features
@@ -104,6 +104,12 @@ def solve(cell, x, params, h0, how, **kw):
     D = params[1].shape[-1]
     if how == "sequential":
         return sequential_solve(spec["step"], x, params, h0, state_size=D, structure=spec["structure"])
+    if how == "adjoint":  # the loop's forward (no graph), the adjoint backward
+        with torch.no_grad():
+            h = solve(cell, x, params, h0, "loop")
+        return adjoint_solve(
+            lambda: h, spec["step"], spec["jac"], x, params, h0, state_size=D, structure=spec["structure"]
+        )
     jac = spec["jac"] if how == "newton" else None  # "newton_autograd_jac": Jacobian derived by autograd
     return newton_solve(spec["step"], jac, x, params, h0, state_size=D, structure=spec["structure"], **kw)
 
@@ -137,7 +143,7 @@ def test_toy_jacobians_match_autograd(cell):
 
 
 @pytest.mark.parametrize("cell", list(CELLS))
-@pytest.mark.parametrize("how", ["newton", "newton_autograd_jac"])
+@pytest.mark.parametrize("how", ["newton", "newton_autograd_jac", "adjoint"])
 @pytest.mark.parametrize("T,h0", [(1, True), (37, True), (64, False)])
 def test_parallel_matches_sequential(cell, how, T, h0):
     inputs = make_problem(cell, 2, T, 4, h0=h0)
@@ -321,3 +327,11 @@ def test_cuda_newton_matches_sequential(cell, T):
     ref = values_and_grads(cell, [t.double() for t in inputs], "loop", weight)
     err = max_err(got, ref)
     assert err < 1e-4, err
+
+
+def test_adjoint_solve_checks_what_solve_returns():
+    x, *params, h0 = make_problem("gru", 2, 5, 4)
+    with pytest.raises(ValueError, match=r"adjoint_solve: `solve\(\)` must return the states \(2, 5, 4\)"):
+        adjoint_solve(lambda: torch.zeros(2, 4, 4), gru_step, gru_jac, x, params, h0, structure="diagonal")
+    with pytest.raises(TypeError, match="`solve` must be callable"):
+        adjoint_solve(None, gru_step, gru_jac, x, params, h0)

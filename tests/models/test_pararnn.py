@@ -149,9 +149,10 @@ def test_no_grad_sequential_scan_equals_the_step_loop(cell_class, T):
 
 @pytest.mark.parametrize("cell,B", [("gru", 2), ("gru", 16), ("lstm", 2), ("lstm", 8)])
 def test_auto_mode_equals_sequential_and_newton_with_and_without_grad(cell, B):
-    """``mode="auto"`` (the default) gives the outputs and gradients of both solves, and picks (on the CPU) Newton
-    when gradients flow, and without them the step-by-step solve from AUTO_SEQUENTIAL_MIN_STATE state elements per
-    step, Newton below: its NewtonInfo is there exactly when Newton ran."""
+    """``mode="auto"`` (the default) gives the outputs and gradients of both solves, and picks (on the CPU) the
+    step-by-step solve from AUTO_SEQUENTIAL_MIN_STATE state elements per step (with gradients: its forward and the
+    adjoint backward, checked here against autograd through the generic loop), Newton below: its NewtonInfo is
+    there exactly when Newton ran."""
     torch.set_default_dtype(torch.float64)
     try:
         model = AutoModelForCausalLM.from_config(_tiny(cell))
@@ -172,7 +173,12 @@ def test_auto_mode_equals_sequential_and_newton_with_and_without_grad(cell, B):
                 out.loss.backward()
             infos = [layer.mixer.newton_info for layer in model.model.layers]
             got[mode] = (out.logits.detach(), {n: p.grad for n, p in model.named_parameters()}, infos)
-        newton = grad or elements < AUTO_SEQUENTIAL_MIN_STATE
+        newton = elements < AUTO_SEQUENTIAL_MIN_STATE
+        if grad:
+            from hf_seqmodels.layers.pararnn import resolve_mode
+
+            x = torch.ones(1, 1, requires_grad=True)
+            assert resolve_mode("auto", x, (), elements) == ("parallel" if newton else "adjoint")
         assert all((info is not None) == newton for info in got["auto"][2]), (grad, elements, got["auto"][2])
         assert all(info is not None for info in got["parallel"][2])
         assert all(info is None for info in got["sequential"][2])

@@ -4,6 +4,7 @@ from .newton import (
     ON_FAIL,
     NewtonConvergenceError,
     NewtonInfo,
+    adjoint_solve,
     check_newton_options,
     check_on_fail,
     newton_solve,
@@ -17,6 +18,7 @@ else:
 
 __all__ = [
     "ON_FAIL",
+    "adjoint_solve",
     "cells",
     "check_newton_options",
     "check_on_fail",

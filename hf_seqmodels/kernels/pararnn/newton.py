@@ -170,6 +170,7 @@ class _Config:
     backend: str | None
     info: NewtonInfo | None = None
     packed: object = None  # kernels._varlen.Packed for packed sequences
+    solve: object = None  # adjoint_solve: the solver of the forward pass
 
 
 def _newton(cfg, x, h0, params):
@@ -211,41 +212,68 @@ class _NewtonFunction(torch.autograd.Function):
     @staticmethod
     @once_differentiable
     def backward(ctx, gh):
-        cfg = ctx.cfg
-        h, x, h0, *params = ctx.saved_tensors
-        need_x, need_h0, *need_p = ctx.needs_input_grad[1:]
-        h_prev = _shift(h, h0, cfg.packed)
-        J = _jacobian(cfg, h_prev, x, params)
-        if cfg.structure == "block2":
-            J = J.transpose(-1, -2)
-        J_next = torch.cat((J[:, 1:], torch.zeros_like(J[:, :1])), 1)
-        lam = _scan(cfg, J_next, gh.to(h.dtype), reverse=True)
+        return _adjoint_backward(ctx, gh)
 
-        gx = gp = None
-        wanted = [need_x] + need_p
-        if any(wanted):
-            with torch.enable_grad():
-                xd = x.detach().requires_grad_(need_x)
-                pd = [p.detach().requires_grad_(n) for p, n in zip(params, need_p)]
-                out = cfg.step(h_prev, xd, *pd)
-                inputs = [t for t in [xd, *pd] if t.requires_grad]
-                grads = iter(torch.autograd.grad(out, inputs, lam, allow_unused=True))
-            gx = next(grads) if need_x else None
-            gp = [next(grads) if n else None for n in need_p]
-        else:
-            gp = [None] * len(params)
-        gh0 = None
-        if need_h0:
-            if cfg.packed is None:
-                J0, lam0 = J[:, 0], lam[:, 0]
-            else:  # each sequence's h0 feeds its first step
-                starts = cfg.packed.starts(h.device)
-                J0, lam0 = J[0, starts], lam[0, starts]
-            gh0 = J0 * lam0 if cfg.structure == "diagonal" else (J0 @ lam0.unsqueeze(-1)).squeeze(-1)
-            if cfg.packed is not None:
-                gh0 = cfg.packed.per_sequence(gh0)
-            gh0 = gh0.to(h0.dtype)
-        return None, gx, gh0, *gp
+
+class _SolvedFunction(torch.autograd.Function):
+    """The recurrence solved by ``cfg.solve()`` (any exact solver, run without a graph), differentiated by the adjoint
+    method at its solution, as :class:`_NewtonFunction`."""
+
+    @staticmethod
+    def forward(ctx, cfg, x, h0, *params):
+        with torch.no_grad():
+            h = cfg.solve()
+        want = (cfg.state_shape[0], x.shape[1], *cfg.state_shape[1:])
+        if not isinstance(h, torch.Tensor) or tuple(h.shape) != want:
+            got = tuple(h.shape) if isinstance(h, torch.Tensor) else type(h).__name__
+            raise ValueError(f"adjoint_solve: `solve()` must return the states {want}, got {got}")
+        ctx.cfg = cfg
+        ctx.save_for_backward(h, x, h0, *params)
+        return h
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, gh):
+        return _adjoint_backward(ctx, gh)
+
+
+def _adjoint_backward(ctx, gh):
+    """The gradients of a solved recurrence at its solution ``h`` (saved with x, h0, params), by the adjoint method."""
+    cfg = ctx.cfg
+    h, x, h0, *params = ctx.saved_tensors
+    need_x, need_h0, *need_p = ctx.needs_input_grad[1:]
+    h_prev = _shift(h, h0, cfg.packed)
+    J = _jacobian(cfg, h_prev, x, params)
+    if cfg.structure == "block2":
+        J = J.transpose(-1, -2)
+    J_next = torch.cat((J[:, 1:], torch.zeros_like(J[:, :1])), 1)
+    lam = _scan(cfg, J_next, gh.to(h.dtype), reverse=True)
+
+    gx = gp = None
+    wanted = [need_x] + need_p
+    if any(wanted):
+        with torch.enable_grad():
+            xd = x.detach().requires_grad_(need_x)
+            pd = [p.detach().requires_grad_(n) for p, n in zip(params, need_p)]
+            out = cfg.step(h_prev, xd, *pd)
+            inputs = [t for t in [xd, *pd] if t.requires_grad]
+            grads = iter(torch.autograd.grad(out, inputs, lam, allow_unused=True))
+        gx = next(grads) if need_x else None
+        gp = [next(grads) if n else None for n in need_p]
+    else:
+        gp = [None] * len(params)
+    gh0 = None
+    if need_h0:
+        if cfg.packed is None:
+            J0, lam0 = J[:, 0], lam[:, 0]
+        else:  # each sequence's h0 feeds its first step
+            starts = cfg.packed.starts(h.device)
+            J0, lam0 = J[0, starts], lam[0, starts]
+        gh0 = J0 * lam0 if cfg.structure == "diagonal" else (J0 @ lam0.unsqueeze(-1)).squeeze(-1)
+        if cfg.packed is not None:
+            gh0 = cfg.packed.per_sequence(gh0)
+        gh0 = gh0.to(h0.dtype)
+    return None, gx, gh0, *gp
 
 
 def check_on_fail(op: str, on_fail, name: str = "on_fail") -> None:
@@ -377,3 +405,24 @@ def sequential_solve(step, x, params=(), h0=None, *, state_size=None, structure=
     state_shape = _check_solve_args(op, step, None, x, params, h0, state_size, structure, packed)
     dtype = torch.promote_types(x.dtype, h0.dtype) if h0 is not None else x.dtype
     return _sequential(step, x, tuple(params), h0, state_shape, dtype, packed)
+
+
+def adjoint_solve(solve, step, jac, x, params=(), h0=None, *, state_size=None, structure="diagonal"):
+    """The states of ``h_t = step(h_{t-1}, x_t, *params)`` computed by ``solve()``, differentiable w.r.t. ``x``,
+    ``params`` and ``h0`` by the adjoint method (the backward of :func:`newton_solve`: one reverse scan and one
+    batched vector-Jacobian product of ``step``).
+
+    ``solve`` is called without arguments and without autograd; it must return the exact solution ``[B, T, D]`` /
+    ``[B, T, D, 2]`` (e.g. a step-by-step loop of the same cell: on a CPU the loop's forward is cheaper than Newton's
+    iterations, and the adjoint backward is cheaper than autograd through the loop). ``step``, ``jac``, ``x``,
+    ``params``, ``h0``, ``state_size``, ``structure``: as in :func:`newton_solve`; ``step`` and ``jac`` serve the
+    backward only. No sequence packing (``cu_seqlens``)."""
+    op = "adjoint_solve"
+    if not callable(solve):
+        raise TypeError(f"{op}: `solve` must be callable solve() -> states")
+    state_shape = _check_solve_args(op, step, jac, x, params, h0, state_size, structure)
+    if x.shape[1] == 0:
+        dtype = torch.promote_types(x.dtype, h0.dtype) if h0 is not None else x.dtype
+        return _empty_solution(step, x, tuple(params), state_shape, dtype)
+    cfg = _Config(step, jac, structure, state_shape, None, 0, "raise", None, solve=solve)
+    return _SolvedFunction.apply(cfg, x, h0, *params)

@@ -3,10 +3,13 @@
 Both scans compose affine maps ``h -> a_t h + b_t`` along time (dim 1). ``diagonal``: ``a, b`` are ``[B, T, D]``;
 ``block2``: ``a`` is ``[B, T, D, 2, 2]``, ``b`` is ``[B, T, D, 2]`` (one 2x2 map per unit).
 
-The scan is parallel over time and exact for any real ``a`` (only products and sums; no logarithms): the sequence
-is cut into chunks of ``CHUNK`` steps, each chunk is scanned by Hillis-Steele doubling (log2(CHUNK) vectorized
-steps that also give the chunk's composed map), the chunk carries are scanned by the same routine recursively, and
-each chunk is finally shifted by the state it starts from. Work O(T log CHUNK), O(log T) sequential steps.
+The scan is exact for any real ``a`` (only products and sums; no logarithms) and does O(T) work, the least a CPU
+can: the sequence is cut into about sqrt(T) chunks of about sqrt(T) steps; every chunk is scanned from a zero
+state step by step, all chunks at once (one vectorized step per position in a chunk, which also composes each
+chunk's maps), then the states entering the chunks are carried from chunk to chunk, and each chunk is shifted by
+the state it starts from. About 2 sqrt(T) vectorized steps in all (a log-depth doubling scan does O(T log T) work
+and copies; on a CPU the work, not the step count, sets the time). The 2x2 maps are applied and composed
+elementwise: a batched 2x2 matmul costs far more per element on a CPU.
 
 Backward (both scans): ``g_t = dh_t + a_{t+1}^T g_{t+1}`` (a scan in the opposite direction), ``db = g``,
 ``da_t = g_t h_{t-1}^T`` and ``d initial_state = a_first^T g_first``. The backward is built from differentiable
@@ -15,12 +18,15 @@ ops (and this Function), so double backward works too.
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 
 from .._dispatch import compute_dtype
 
-CHUNK = 4
+#: at most this many steps: one plain step-by-step loop (no chunks)
+SEQUENTIAL_MAX = 16
 
 
 class Diag:
@@ -52,11 +58,28 @@ class Block2:
 
     @staticmethod
     def apply(A, h):
-        return (A @ h.unsqueeze(-1)).squeeze(-1)
+        h0, h1 = h[..., 0], h[..., 1]
+        return torch.stack((A[..., 0, 0] * h0 + A[..., 0, 1] * h1, A[..., 1, 0] * h0 + A[..., 1, 1] * h1), -1)
 
     @staticmethod
     def compose(later, earlier):
-        return later @ earlier
+        """``later @ earlier``."""
+        L, E = later, earlier
+        top = torch.stack(
+            (
+                L[..., 0, 0] * E[..., 0, 0] + L[..., 0, 1] * E[..., 1, 0],
+                L[..., 0, 0] * E[..., 0, 1] + L[..., 0, 1] * E[..., 1, 1],
+            ),
+            -1,
+        )
+        bottom = torch.stack(
+            (
+                L[..., 1, 0] * E[..., 0, 0] + L[..., 1, 1] * E[..., 1, 0],
+                L[..., 1, 0] * E[..., 0, 1] + L[..., 1, 1] * E[..., 1, 1],
+            ),
+            -1,
+        )
+        return torch.stack((top, bottom), -2)
 
     @staticmethod
     def identity(like, shape):
@@ -71,38 +94,42 @@ class Block2:
         return g.unsqueeze(-1) * h.unsqueeze(-2)
 
 
-def _doubling(kind, a, b, dim, need_a):
-    """Inclusive Hillis-Steele scan of the maps along ``dim``: (composed maps or None, states from a zero start)."""
-    L = b.shape[dim]
-    k = 1
-    while k < L:
-        a_hi, a_lo = a.narrow(dim, k, L - k), a.narrow(dim, 0, L - k)
-        b = torch.cat((b.narrow(dim, 0, k), kind.apply(a_hi, b.narrow(dim, 0, L - k)) + b.narrow(dim, k, L - k)), dim)
-        if need_a or 2 * k < L:
-            a = torch.cat((a.narrow(dim, 0, k), kind.compose(a_hi, a_lo)), dim)
-        k *= 2
-    return (a if need_a else None), b
+def _steps(kind, a, b, h, dim, need_maps):
+    """Step by step along ``dim`` from the state ``h`` (None: 0): the states, and (``need_maps``) the composed map
+    of every prefix of the steps (None otherwise)."""
+    states, maps = [], []
+    m = None
+    for i in range(b.shape[dim]):
+        ai, bi = a.select(dim, i), b.select(dim, i)
+        h = bi if h is None else kind.apply(ai, h) + bi
+        states.append(h)
+        if need_maps:
+            m = ai if m is None else kind.compose(ai, m)
+            maps.append(m)
+    return torch.stack(states, dim), (torch.stack(maps, dim) if need_maps else None)
 
 
-def _scan_forward(kind, a, b, h0, chunk=CHUNK):
+def _scan_forward(kind, a, b, h0):
     """h_t = a_t h_{t-1} + b_t over dim 1 with h_{-1} = h0 (None: 0). All tensors in the compute dtype."""
-    if h0 is not None:
-        b = torch.cat((b[:, :1] + kind.apply(a[:, :1], h0.unsqueeze(1)), b[:, 1:]), 1)
     T = b.shape[1]
-    if T <= chunk:
-        return _doubling(kind, a, b, 1, need_a=False)[1]
+    if T <= SEQUENTIAL_MAX:
+        return _steps(kind, a, b, h0, 1, need_maps=False)[0] if T else b
+    chunk = math.isqrt(T - 1) + 1
     n = -(-T // chunk)
     pad = n * chunk - T
     if pad:
         a = torch.cat((a, kind.identity(a, (a.shape[0], pad, *a.shape[2:]))), 1)
         b = F.pad(b, (0, 0) * (b.dim() - 2) + (0, pad))
     B = b.shape[0]
-    a = a.reshape(B, n, chunk, *a.shape[2:])
-    b = b.reshape(B, n, chunk, *b.shape[2:])
-    A, Bc = _doubling(kind, a, b, 2, need_a=True)
-    ends = _scan_forward(kind, A[:, :, -1], Bc[:, :, -1], None, chunk)  # state at the end of every chunk
-    shifted = Bc[:, 1:] + kind.apply(A[:, 1:], ends[:, :-1].unsqueeze(2))
-    h = torch.cat((Bc[:, :1], shifted), 1)
+    local, maps = _steps(
+        kind, a.reshape(B, n, chunk, *a.shape[2:]), b.reshape(B, n, chunk, *b.shape[2:]), None, 2, True
+    )
+    state = torch.zeros_like(b[:, 0]) if h0 is None else h0
+    entering = []
+    for c in range(n):  # the state entering every chunk
+        entering.append(state)
+        state = kind.apply(maps[:, c, -1], state) + local[:, c, -1]
+    h = local + kind.apply(maps, torch.stack(entering, 1).unsqueeze(2))
     return h.reshape(B, n * chunk, *h.shape[3:])[:, :T]
 
 

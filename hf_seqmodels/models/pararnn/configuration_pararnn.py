@@ -15,15 +15,16 @@ class ParaRNNConfig(SeqModelConfig):
         num_heads: groups of the gated RMSNorm on the cell output.
         use_short_conv / conv_size: causal depthwise convolution before the cell.
         mode: ``"auto"`` (default: the faster solve for each forward, below), ``"parallel"`` (Newton + parallel
-            scans) or ``"sequential"`` (step by step); all three give the same result. ``"auto"`` solves by Newton when
-            gradients flow (training) or off the CPU; without gradients on the CPU (prefill, evaluation, decoding) it
-            solves step by step when a step updates >= 256 state elements (batch x state_size, x 2 for ParaLSTM),
-            by Newton below. Measured (``python -m benchmarks.pararnn_auto``, 1 CPU thread, a loaded machine, so
-            indicative), step-by-step / Newton time without gradients, cells at T 512: ParaGRU 2.7-2.9 up to 64 state
-            elements, 1.8-2.7 at 128, 1.1 at 256, 0.70 at 512, 0.37 at 1024; ParaLSTM 4.1 at 32, 1.6 at 128, 0.8 at
-            256, 0.25-0.43 at 512, 0.11-0.24 above; the ParaGRU mixer at B 4, d 256: 0.50-0.61 at T 64-1024. With
-            gradients Newton wins from T 64 on (that mixer: step-by-step takes 1.4x, 2.0x, 5.3x Newton's time at
-            T 64, 256, 1024: autograd through the loop against Newton's adjoint backward).
+            scans, adjoint backward) or ``"sequential"`` (step by step, autograd through the loop); all three give the
+            same result. ``"auto"`` solves by Newton off the CPU (the fused solver). On the CPU, when a step updates
+            >= 256 state elements (batch x state_size, x 2 for ParaLSTM), it solves step by step (a fused loop of the
+            built-in cell, no graph), and when gradients flow (training) adds Newton's adjoint backward to that
+            forward (one reverse scan: cheaper than Newton's iterations, and than autograd through the loop); by
+            Newton below 256, where the loop's per-step overhead dominates. Measured (``python -m
+            benchmarks.pararnn_auto``, 1 CPU thread, a loaded machine, so indicative), step-by-step / Newton time
+            without gradients, cells at T 512: ParaGRU 2.7-2.9 up to 64 state elements, 1.8-2.7 at 128, 1.1 at 256,
+            0.70 at 512, 0.37 at 1024; ParaLSTM 4.1 at 32, 1.6 at 128, 0.8 at 256, 0.25-0.43 at 512, 0.11-0.24
+            above; the ParaGRU mixer at B 4, d 256: 0.50-0.61 at T 64-1024. Training figures: BENCHMARKS.md.
         newton_tol / newton_max_iter: convergence threshold (relative residual; None = by dtype) and iteration cap.
         newton_on_fail: ``"fallback"`` (warn, solve sequentially) or ``"raise"`` when Newton does not converge.
         conv_init: ``"identity"`` (default: the short convolution starts by passing the current input through) or
