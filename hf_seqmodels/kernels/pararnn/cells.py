@@ -83,11 +83,14 @@ def gru_scan(u: torch.Tensor, a: torch.Tensor, h0: torch.Tensor | None = None, m
     ``h0`` ``[B, D]`` (None: zeros), ``mask`` ``[B, T]`` (1 = token, 0 = padding: the state carries over) ->
     ``[B, T, D]``."""
     ut, mt, h, out = _scan_setup(u, h0, mask, (a,), (u.shape[-1],))
-    for t in range(ut.shape[0]):
-        z = torch.sigmoid(torch.addcmul(ut[t, :, 0], a[0], h))
-        r = torch.sigmoid(torch.addcmul(ut[t, :, 1], a[1], h))
-        c = torch.tanh(torch.addcmul(ut[t, :, 2], a[2], h * r))
-        h = torch.lerp(h, c, z if mt is None else z * mt[t])  # (1 - z) h + z c
+    # per-step tensors indexed once up front: at batch 1 the indexing, not the maths, is most of a step's cost
+    a_z, a_r, a_c = a.to(h.dtype).unbind(0)
+    masks = [None] * ut.shape[0] if mt is None else mt.unbind(0)
+    for t, (u_z, u_r, u_c) in enumerate(zip(*ut.unbind(2))):
+        z = torch.sigmoid(torch.addcmul(u_z, a_z, h))
+        r = torch.sigmoid(torch.addcmul(u_r, a_r, h))
+        c = torch.tanh(torch.addcmul(u_c, a_c, h * r))
+        h = torch.lerp(h, c, z if masks[t] is None else z * masks[t])  # (1 - z) h + z c
         out[t] = h
     return out.transpose(0, 1)
 
@@ -96,19 +99,22 @@ def gru_scan(u: torch.Tensor, a: torch.Tensor, h0: torch.Tensor | None = None, m
 def lstm_scan(u: torch.Tensor, a: torch.Tensor, s0: torch.Tensor | None = None, mask: torch.Tensor | None = None):
     """ParaLSTM's states over a whole sequence, step by step, without autograd (as :func:`gru_scan`): ``u``
     ``[B, T, 3, D]``, ``s0`` ``[B, D, 2]`` = (c, h) (None: zeros), ``mask`` ``[B, T]`` -> ``[B, T, D, 2]``."""
-    ut, mt, s, out = _scan_setup(u, s0, mask, (a,), (u.shape[-1], 2))
+    ut, mt, s, _ = _scan_setup(u, s0, mask, (a,), (u.shape[-1], 2))
+    out = s.new_empty(ut.shape[0], s.shape[0], 2, s.shape[1])  # (c, h) as rows: one contiguous write per step
     c, h = s[..., 0], s[..., 1]
-    for t in range(ut.shape[0]):
-        f = torch.sigmoid(torch.addcmul(torch.addcmul(ut[t, :, 0], a[0], h), a[3], c))
-        z = torch.tanh(torch.addcmul(ut[t, :, 1], a[1], h))
+    a_f, a_z, a_o, p_f, p_o = a.to(s.dtype).unbind(0)
+    masks = [None] * ut.shape[0] if mt is None else mt.unbind(0)
+    for t, (u_f, u_z, u_o) in enumerate(zip(*ut.unbind(2))):
+        f = torch.sigmoid(torch.addcmul(torch.addcmul(u_f, a_f, h), p_f, c))
+        z = torch.tanh(torch.addcmul(u_z, a_z, h))
         c_new = torch.lerp(z, c, f)  # f c + (1 - f) z
-        o = torch.sigmoid(torch.addcmul(torch.addcmul(ut[t, :, 2], a[2], h), a[4], c_new))
+        o = torch.sigmoid(torch.addcmul(torch.addcmul(u_o, a_o, h), p_o, c_new))
         h_new = o * torch.tanh(c_new)
-        if mt is not None:
-            c_new, h_new = torch.lerp(c, c_new, mt[t]), torch.lerp(h, h_new, mt[t])
+        if masks[t] is not None:
+            c_new, h_new = torch.lerp(c, c_new, masks[t]), torch.lerp(h, h_new, masks[t])
         c, h = c_new, h_new
-        out[t, ..., 0], out[t, ..., 1] = c, h
-    return out.transpose(0, 1)
+        torch.stack((c, h), 1, out=out[t])
+    return out.permute(1, 0, 3, 2)
 
 
 #: name -> (step, jacobian, structure, number of diagonal weight rows)

@@ -54,36 +54,12 @@ class Diag:
 
 
 class Block2:
-    """Maps ``h -> A @ h + b`` with one 2x2 ``A`` per unit; the time dim is followed by ``[D, 2, 2]`` / ``[D, 2]``."""
+    """Maps ``h -> A @ h + b`` with one 2x2 ``A`` per unit; the time dim is followed by ``[D, 2, 2]`` / ``[D, 2]``.
+    The scan itself runs on :class:`_Block2Rows` (``split``/``merge`` convert)."""
 
     @staticmethod
     def apply(A, h):
-        h0, h1 = h[..., 0], h[..., 1]
-        return torch.stack((A[..., 0, 0] * h0 + A[..., 0, 1] * h1, A[..., 1, 0] * h0 + A[..., 1, 1] * h1), -1)
-
-    @staticmethod
-    def compose(later, earlier):
-        """``later @ earlier``."""
-        L, E = later, earlier
-        top = torch.stack(
-            (
-                L[..., 0, 0] * E[..., 0, 0] + L[..., 0, 1] * E[..., 1, 0],
-                L[..., 0, 0] * E[..., 0, 1] + L[..., 0, 1] * E[..., 1, 1],
-            ),
-            -1,
-        )
-        bottom = torch.stack(
-            (
-                L[..., 1, 0] * E[..., 0, 0] + L[..., 1, 1] * E[..., 1, 0],
-                L[..., 1, 0] * E[..., 0, 1] + L[..., 1, 1] * E[..., 1, 1],
-            ),
-            -1,
-        )
-        return torch.stack((top, bottom), -2)
-
-    @staticmethod
-    def identity(like, shape):
-        return torch.eye(2, dtype=like.dtype, device=like.device).expand(shape)
+        return (A @ h.unsqueeze(-1)).squeeze(-1)
 
     @staticmethod
     def transpose(A):
@@ -92,6 +68,52 @@ class Block2:
     @staticmethod
     def outer(g, h):
         return g.unsqueeze(-1) * h.unsqueeze(-2)
+
+    @staticmethod
+    def split(a, b, h0):
+        """[B, T, D, 2, 2], [B, T, D, 2], [B, D, 2] -> the layout of :class:`_Block2Rows`."""
+        return (
+            a.permute(0, 1, 3, 4, 2).contiguous(),
+            b.transpose(-1, -2).contiguous(),
+            None if h0 is None else h0.transpose(-1, -2).contiguous(),
+        )
+
+    @staticmethod
+    def merge(h):
+        return h.transpose(-1, -2)
+
+
+class _Block2Rows:
+    """:class:`Block2`'s maps with the unit dim last (``A`` ``[.., 2, 2, D]``, ``h`` ``[.., 2, D]``): the scan applies
+    and composes them elementwise on rows of D contiguous values (a batched 2x2 matmul, or elementwise ops on the
+    strided entries of ``[.., D, 2, 2]``, costs several times more per element on a CPU)."""
+
+    @staticmethod
+    def apply(A, h):
+        h0, h1 = h[..., 0, :], h[..., 1, :]
+        return torch.stack(
+            (A[..., 0, 0, :] * h0 + A[..., 0, 1, :] * h1, A[..., 1, 0, :] * h0 + A[..., 1, 1, :] * h1), -2
+        )
+
+    @staticmethod
+    def compose(later, earlier):
+        """``later @ earlier``, per unit."""
+        L, E = later, earlier
+        rows = [
+            torch.stack(
+                (
+                    L[..., i, 0, :] * E[..., 0, 0, :] + L[..., i, 1, :] * E[..., 1, 0, :],
+                    L[..., i, 0, :] * E[..., 0, 1, :] + L[..., i, 1, :] * E[..., 1, 1, :],
+                ),
+                -2,
+            )
+            for i in (0, 1)
+        ]
+        return torch.stack(rows, -3)
+
+    @staticmethod
+    def identity(like, shape):
+        return torch.eye(2, dtype=like.dtype, device=like.device).unsqueeze(-1).expand(shape)
 
 
 def _steps(kind, a, b, h, dim, need_maps):
@@ -135,9 +157,13 @@ def _scan_forward(kind, a, b, h0):
 
 def scan(kind, a, b, h0=None, reverse=False):
     """The scan without autograd bookkeeping; ``reverse`` runs it from the end of the sequence."""
-    if not reverse:
-        return _scan_forward(kind, a, b, h0)
-    return _scan_forward(kind, a.flip(1), b.flip(1), h0).flip(1)
+    if reverse:
+        a, b = a.flip(1), b.flip(1)
+    if kind is Block2:
+        h = Block2.merge(_scan_forward(_Block2Rows, *Block2.split(a, b, h0)))
+    else:
+        h = _scan_forward(kind, a, b, h0)
+    return h.flip(1) if reverse else h
 
 
 def scan_backward(kind, a, h, h0, dh, reverse, need_h0):
