@@ -202,31 +202,20 @@ def _newton(cfg, x, h0, params):
 
 
 class _NewtonFunction(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, cfg, x, h0, *params):
-        h, cfg.info = _newton(cfg, x, h0, params)
-        ctx.cfg = cfg
-        ctx.save_for_backward(h, x, h0, *params)
-        return h
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, gh):
-        return _adjoint_backward(ctx, gh)
-
-
-class _SolvedFunction(torch.autograd.Function):
-    """The recurrence solved by ``cfg.solve()`` (any exact solver, run without a graph), differentiated by the adjoint
-    method at its solution, as :class:`_NewtonFunction`."""
+    """The recurrence solved by Newton's iterations, or by ``cfg.solve()`` when set (any exact solver, run without a
+    graph: :func:`adjoint_solve`), differentiated by the adjoint method at its solution."""
 
     @staticmethod
     def forward(ctx, cfg, x, h0, *params):
-        with torch.no_grad():
-            h = cfg.solve()
-        want = (cfg.state_shape[0], x.shape[1], *cfg.state_shape[1:])
-        if not isinstance(h, torch.Tensor) or tuple(h.shape) != want:
-            got = tuple(h.shape) if isinstance(h, torch.Tensor) else type(h).__name__
-            raise ValueError(f"adjoint_solve: `solve()` must return the states {want}, got {got}")
+        if cfg.solve is None:
+            h, cfg.info = _newton(cfg, x, h0, params)
+        else:
+            with torch.no_grad():
+                h = cfg.solve()
+            want = (cfg.state_shape[0], x.shape[1], *cfg.state_shape[1:])
+            if not isinstance(h, torch.Tensor) or tuple(h.shape) != want:
+                got = tuple(h.shape) if isinstance(h, torch.Tensor) else type(h).__name__
+                raise ValueError(f"adjoint_solve: `solve()` must return the states {want}, got {got}")
         ctx.cfg = cfg
         ctx.save_for_backward(h, x, h0, *params)
         return h
@@ -425,4 +414,4 @@ def adjoint_solve(solve, step, jac, x, params=(), h0=None, *, state_size=None, s
         dtype = torch.promote_types(x.dtype, h0.dtype) if h0 is not None else x.dtype
         return _empty_solution(step, x, tuple(params), state_shape, dtype)
     cfg = _Config(step, jac, structure, state_shape, None, 0, "raise", None, solve=solve)
-    return _SolvedFunction.apply(cfg, x, h0, *params)
+    return _NewtonFunction.apply(cfg, x, h0, *params)
