@@ -22,11 +22,10 @@ from ..triton_utils import check_triton_dtypes, patch_interpreter, pow2_block
 
 
 @triton.jit
-def _decayed(S, g, p_k, km, SCALAR_GATE: tl.constexpr, K: tl.constexpr):
-    """``S [BK, BV]`` times this token's decay ``exp(g)``: per key dimension (``g`` [B, T, H, K], at the offsets
-    ``p_k`` of the token's keys) or, SCALAR_GATE, one for its head (``g`` [B, T, H], every key reads ``p_k // K``)."""
-    p_g = p_k // K if SCALAR_GATE else p_k
-    return S * tl.exp(tl.load(g + p_g, mask=km, other=0.0).to(tl.float32))[:, None]
+def _gate(g, p_k, km, SCALAR_GATE: tl.constexpr, K: tl.constexpr):
+    """This token's log gate per key dimension ``[BK]``: ``g`` [B, T, H, K] at the offsets ``p_k`` of its keys, or,
+    SCALAR_GATE, ``g`` [B, T, H] at its head's (every key dimension reads ``p_k // K``)."""
+    return tl.load(g + (p_k // K if SCALAR_GATE else p_k), mask=km, other=0.0).to(tl.float32)
 
 
 @triton.jit
@@ -65,8 +64,9 @@ def _recurrent_fwd_kernel(
     for t in range(T):
         b_q = tl.load(q + p_k, mask=km, other=0.0).to(tl.float32)
         b_k = tl.load(k + p_k, mask=km, other=0.0).to(tl.float32)
+        b_g = _gate(g, p_k, km, SCALAR_GATE, K)
         b_v = tl.load(v + p_v, mask=vm, other=0.0).to(tl.float32)
-        S = _decayed(S, g, p_k, km, SCALAR_GATE, K) + b_k[:, None] * b_v[None, :]
+        S = S * tl.exp(b_g)[:, None] + b_k[:, None] * b_v[None, :]
         b_o = tl.sum(S * b_q[:, None], axis=0) * scale
         tl.store(o + p_v, b_o.to(o.dtype.element_ty), mask=vm)
         p_k += H * K
@@ -119,9 +119,10 @@ def _recurrent_bwd_kernel(
     p_v = tok * V + cv
     for t in range(T):
         b_k = tl.load(k + p_k, mask=km, other=0.0).to(tl.float32)
+        b_g = _gate(g, p_k, km, SCALAR_GATE, K)
         b_v = tl.load(v + p_v, mask=vm, other=0.0).to(tl.float32)
         b_do = tl.load(do + p_v, mask=vm, other=0.0).to(tl.float32)
-        S = _decayed(S, g, p_k, km, SCALAR_GATE, K) + b_k[:, None] * b_v[None, :]
+        S = S * tl.exp(b_g)[:, None] + b_k[:, None] * b_v[None, :]
         tl.store(dq + part + p_k, tl.sum(S * b_do[None, :], axis=1) * scale, mask=km)
         p_k += H * K
         p_v += H * V
@@ -139,12 +140,13 @@ def _recurrent_bwd_kernel(
         p_v = (tok + t * H) * V + cv
         b_q = tl.load(q + p_k, mask=km, other=0.0).to(tl.float32)
         b_k = tl.load(k + p_k, mask=km, other=0.0).to(tl.float32)
+        b_g = _gate(g, p_k, km, SCALAR_GATE, K)
         b_v = tl.load(v + p_v, mask=vm, other=0.0).to(tl.float32)
         b_do = tl.load(do + p_v, mask=vm, other=0.0).to(tl.float32)
         dS += (b_q * scale)[:, None] * b_do[None, :]
         tl.store(dk + part + p_k, tl.sum(dS * b_v[None, :], axis=1), mask=km)
         tl.store(dv + p_v, tl.sum(dS * b_k[:, None], axis=0).to(dv.dtype.element_ty), mask=vm)
-        dS = _decayed(dS, g, p_k, km, SCALAR_GATE, K)
+        dS = dS * tl.exp(b_g)[:, None]
     if HAS_H0:
         tl.store(dh0 + i_bh.to(tl.int64) * K * V + kv, dS, mask=kv_mask)
 
