@@ -1,7 +1,7 @@
 """Static estimate from compiled code, no GPU: the chunked GLA Triton kernels read from their sm_90 SASS.
 
     .venv/bin/python -m benchmarks.gla_static [--shapes 8x2048,2x8192,1x32768] [--g-dtype bf16|fp32]
-                                              [--paths fast,blocked,exact] [--out PATH]
+                                              [--paths fast,blocked,exact] [--gate key|head] [--out PATH]
 
 Each kernel is compiled for sm_90 (and sm_80 for registers and spills) through the real host wrappers
 (``benchmarks/lib/sm90_harness.py``: a stand-in driver, compile instead of launch, meta tensors; ``chunk_gla``
@@ -11,6 +11,10 @@ instructions with their source lines) and counts what one warp executes:
 * loops are the backward branches of the SASS; each is matched to the Python ``for`` of the kernel source that holds
   most of its instructions' source lines, and runs that loop's trip count, evaluated from the launch's arguments
   (``range(N)``, ``range(tl.cdiv(K, BK))``...). Code outside loops runs once.
+* ``--gate head``: one gate per head (``g`` [B, T, H], the scalar-gate kernels of ``chunk_scalar_triton.py``). They
+  have no data-dependent branch (the in-chunk decay matrix is exact for any decay rate), so one "scalar" path, the
+  same estimate for any gate values (e.g. a Mamba-2 head decaying 3-8 nats a step, where the per-key kernels given
+  that gate over K take the "exact" path).
 * data-dependent branches: the kernels choose per chunk between one reference row and per-block references (the
   gate's decay inside the chunk); ``--paths`` says which side runs (``cold_lines``): "fast" (the GLA layer's gates),
   "blocked" / "exact" (every chunk on per-block references, the diagonal blocks in the dot / pair by pair: the
@@ -454,6 +458,13 @@ TRAFFIC: dict[str, dict[str, str]] = {
     },
     "_bwd_slow_kernel": {n: "1 - fast" for n in ("q", "k", "v", "g", "h", "dh", "do", "dq", "dk", "dg", "carry")}
     | {"flags": "1"},
+    # the scalar-gate kernels (a gate per head; every chunk alike). The backward kernel's two K passes read q, k, dh
+    # twice and h twice (h_{n+1}, then h_n): counted as DRAM rereads, though the second reads are recent (L2)
+    "_scalar_state_fwd_kernel": {"k": "g1", "v": "g2", "g": "g1 * g2", "h": "1", "h0": "1", "ht": "1"},
+    "_scalar_output_kernel": {n: "1" for n in ("q", "k", "v", "g", "h", "o")},
+    "_scalar_state_bwd_kernel": {"q": "g1", "do": "g2", "g": "g1 * g2", "dh": "1", "dht": "1", "dh0": "1"},
+    "_scalar_bwd_kernel": {"q": "2", "k": "2", "h": "2", "dh": "2"}
+    | {n: "1" for n in ("v", "g", "do", "dq", "dk", "dv", "dg")},
     # the kernels before the restructuring (commit 08144ae), for the before/after comparison
     "_cumsum_kernel": {"g": "1", "gc": "1"},
     "_output_kernel@08144ae": {"q": "g2", "k": "g2", "v": "1", "gc": "g2", "h": "1", "o": "1"},
@@ -531,8 +542,8 @@ class KeepingRecorder(H.Recorder):
         )
 
 
-def gla_run(B, T, H_, K, V, dtype, g_dtype):
-    return H.gla_case("chunk", B, T, H_, K, V, dtype, g_dtype)
+def gla_run(B, T, H_, K, V, dtype, g_dtype, scalar_gate=False):
+    return H.gla_case("chunk", B, T, H_, K, V, dtype, g_dtype, scalar_gate=scalar_gate)
 
 
 def sass_of(cubin: bytes, nvdisasm: str) -> str:
@@ -623,7 +634,7 @@ def estimate(k: dict, clock_hz: float, bandwidth: float, launch_us: float, step_
     return out
 
 
-def compile_launches(shapes, dtype, g_dtype, archs):
+def compile_launches(shapes, dtype, g_dtype, archs, scalar_gate=False):
     ptxas, cuobjdump = H.find_tools()
     if ptxas is None or cuobjdump is None:
         raise RuntimeError(f"ptxas ({ptxas}) or cuobjdump ({cuobjdump}) not found")
@@ -637,7 +648,7 @@ def compile_launches(shapes, dtype, g_dtype, archs):
             for B, T in shapes:
                 first = len(rec.launches)
                 rec.case = f"B{B}T{T}@sm_{arch}"
-                gla_run(B, T, 16, 128, 128, dtype, g_dtype)()
+                gla_run(B, T, 16, 128, 128, dtype, g_dtype, scalar_gate)()
                 by_shape[(B, T, arch)] = rec.launches[first:]
     variants = {key: __import__("dataclasses").asdict(v) for key, v in rec.variants.items()}
     return by_shape, variants, cuobjdump
@@ -660,6 +671,12 @@ def main(argv=None) -> int:
         "(typical gates), blocked / exact (every chunk on per-block references, the diagonal blocks in "
         "the dot / pair by pair); see cold_lines",
     )
+    p.add_argument(
+        "--gate",
+        default="key",
+        choices=["key", "head"],
+        help="a gate per key (g [B, T, H, K]) or per head (g [B, T, H], the scalar-gate kernels: one path, 'scalar')",
+    )
     p.add_argument("--arch", default="90,80", help="90 for the estimate; 80 adds its registers and spills")
     p.add_argument("--clock", type=float, default=1.755e9, help="SM clock, Hz")
     p.add_argument("--bandwidth", type=float, default=4.3e12, help="DRAM bytes/s")
@@ -669,7 +686,7 @@ def main(argv=None) -> int:
         "--dram-latency", type=int, default=1200, help="cycles, added per step when loads are not prefetched"
     )
     p.add_argument("--sass-dir", default=None, help="also write each kernel's SASS here")
-    p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "gla_static.json"))
+    p.add_argument("--out", default=None, help="default results/gla_static.json (results/gla_static_scalar.json)")
     args = p.parse_args(argv)
     shapes = [tuple(int(x) for x in s.split("x")) for s in args.shapes.split(",")]
     os.environ.pop("TRITON_INTERPRET", None)  # before triton is imported: compiling needs the real JIT
@@ -678,7 +695,11 @@ def main(argv=None) -> int:
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}[args.dtype]
     g_dtype = {"bf16": dtype, "fp32": torch.float32}[args.g_dtype]
     archs = tuple(int(a) for a in args.arch.split(","))
-    by_shape, variants, cuobjdump = compile_launches(shapes, dtype, g_dtype, archs)
+    scalar = args.gate == "head"
+    paths = ["scalar"] if scalar else args.paths.split(",")
+    if args.out is None:
+        args.out = str(ROOT / "benchmarks" / "results" / f"gla_static{'_scalar' if scalar else ''}.json")
+    by_shape, variants, cuobjdump = compile_launches(shapes, dtype, g_dtype, archs, scalar)
     nvdisasm = os.path.join(os.path.dirname(cuobjdump), "nvdisasm")
     sass_dir = Path(args.sass_dir) if args.sass_dir else None
     if sass_dir:
@@ -696,6 +717,7 @@ def main(argv=None) -> int:
         ),
         dtype=args.dtype,
         g_dtype=args.g_dtype,
+        gate=args.gate,
         paths={},
     )
     sm80 = {}
@@ -704,14 +726,15 @@ def main(argv=None) -> int:
             for ln in launches:
                 v = variants[ln["key"]]
                 sm80[(B, T, ln["kernel"])] = dict(registers=v["registers"], spill=v["stack"], shared=v["shared"])
-    for path in args.paths.split(","):
+    for path in paths:
         out = report["paths"][path] = {}
+        mode = "fast" if path == "scalar" else path  # the scalar kernels have no gate-dependent branch
         for (B, T, arch), launches in by_shape.items():
             if arch != 90:
                 continue
             rows = []
             for ln in launches:
-                k = analyse(ln, variants[ln["key"]], nvdisasm, sass_dir if (B, T) == shapes[0] else None, path)
+                k = analyse(ln, variants[ln["key"]], nvdisasm, sass_dir if (B, T) == shapes[0] else None, mode)
                 k["compile_s"] = variants[ln["key"]]["compile_s"]
                 k["sm80"] = sm80.get((B, T, ln["kernel"]))
                 k["time"] = estimate(
@@ -723,7 +746,8 @@ def main(argv=None) -> int:
             fla = FLA_MS.get((B, T))
             out[f"B{B}T{T}"] = dict(kernels=rows, total_ms=tot_b, total_adjusted_ms=tot_a, fla_ms=fla)
             print(
-                f"\n# B{B} T{T} H16 K128 V128 {args.dtype} (g {args.g_dtype}), {path} path: sm_90 static estimate "
+                f"\n# B{B} T{T} H16 K128 V128 {args.dtype} (g {args.g_dtype}, per {args.gate}), {path} path: sm_90 "
+                "static estimate "
                 "from compiled code, no GPU"
             )
             print(table(rows))

@@ -72,6 +72,12 @@ STAND_IN_FLA = {  # a working "fla" (our PyTorch path under fla's name and signa
         "def chunk_gla(q, k, v, g, scale=None, initial_state=None, output_final_state=False, cu_seqlens=None):\n"
         "    return _ours(q, k, v, g, scale, initial_state, output_final_state, backend='torch')\n"
     ),
+    "fla/ops/simple_gla/__init__.py": (  # fla's chunk_simple_gla: a gate per head, g [B, T, H]
+        "from hf_seqmodels.kernels import chunk_gla as _ours\n\n\n"
+        "def chunk_simple_gla(q, k, v, g, scale=None, initial_state=None, output_final_state=False, cu_seqlens=None):\n"
+        "    assert g.dim() == 3\n"
+        "    return _ours(q, k, v, g, scale, initial_state, output_final_state, backend='torch')\n"
+    ),
 }
 # an fla whose import raises (as a Triton/torch version mismatch does at import time)
 BROKEN_FLA = {"fla/__init__.py": f"raise RuntimeError({PLANTED_FAILURE!r})\n"}
@@ -128,6 +134,10 @@ def test_smoke_checks_compare_every_row(smoke):
         rows = _section(smoke, name)["rows"]
         assert rows and all(r["ok"] and 0 <= r["worst"] < tol.get(r.get("dtype"), 1e-4) for r in rows), (name, rows)
     assert {r["op"] for r in _section(smoke, "gla_check")["rows"]} == {"chunk", "recurrent"}
+    assert {r["op"] for r in _section(smoke, "gla_check")["rows"] if r["gates"].startswith("head")} == {
+        "chunk",
+        "recurrent",
+    }  # a gate per head: the scalar-gate kernels
     assert {r["op"] for r in _section(smoke, "scan_check")["rows"]} == {"linear_scan", "block2_scan"}
     assert {r["solver"] for r in _section(smoke, "pararnn_check")["rows"]} == {"fused", "newton_solve", "cell"}
     assert len(_section(smoke, "packed_check")["rows"]) == 6
@@ -149,8 +159,11 @@ def test_smoke_gla_bench_times_ours_fla_and_sdpa(smoke):
     assert gla["fla"] == {"skipped": None, "version": "stand-in"}
     assert len(gla["rows"]) == 2 * 2  # two tiny shapes, fwd and fwd+bwd
     for r in gla["rows"]:
-        assert all(_finite_positive(r[f"{n}_ms"]) for n in ("ours", "fla", "sdpa")), r
+        assert all(_finite_positive(r[f"{n}_ms"]) for n in ("ours", "fla", "sdpa", "ours_head", "fla_head")), r
         assert _finite_positive(r["fla/ours"]) and r["max_err_vs_fla"] < 2e-2, r  # interpreter bf16 vs torch path
+        # a gate per head: our scalar-gate kernels beside (the stand-in for) fla's chunk_simple_gla
+        assert _finite_positive(r["fla_head/ours_head"]) and r["max_err_head_vs_fla"] < 2e-2, r
+    assert gla["fla_simple_gla"]["skipped"] is None
     assert _finite_positive(gla["cold_first_fwd_bwd_s"]["ours"])
     assert set(gla["cold_first_fwd_bwd_s"]["fla"]) == {"B1 T40", "B2 T17"}
 

@@ -76,16 +76,19 @@ def _backend_env(value):
 # ---------------------------------------------------------------------------------------------------------------
 # GLA: correctness
 
-GLA_CHECK_CASES = [  # B, T, H, K, V, dtype of q/k/v, dtype of g, gates
+GLA_CHECK_CASES = [  # B, T, H, K, V, dtype of q/k/v, dtype of g, gates ("head...": a gate per head, g [B, T, H])
     (2, 1000, 4, 128, 128, BF16, BF16, "normal"),  # the gla_bench head shape
     (2, 333, 4, 128, 256, BF16, FP32, "normal"),  # GLA-340M's heads (K128 V256), g fp32 as the GLA layer makes it
     (3, 77, 3, 100, 36, FP32, FP32, "steep"),  # fp32 (tf32x3 dots), padded odd head dims, extreme gates
     (1, 1, 2, 128, 128, BF16, BF16, "normal"),
+    (2, 1000, 4, 128, 128, BF16, FP32, "head_mamba2"),  # the scalar-gate kernels at Mamba-2 decay rates
+    (3, 77, 3, 100, 36, FP32, FP32, "head_mild"),
 ]
 GLA_TINY_CASES = [
     (1, 20, 2, 16, 16, FP32, FP32, "normal"),
     (2, 9, 1, 24, 8, FP32, FP32, "steep"),
     (1, 1, 2, 16, 16, BF16, FP32, "normal"),
+    (1, 70, 2, 16, 16, FP32, FP32, "head_mamba2"),
 ]
 _TOL = {FP32: 1e-4, BF16: 3e-2, FP64: 1e-10}
 
@@ -100,6 +103,10 @@ def _gla_inputs(B, T, H, K, V, dtype, g_dtype=None, gates="normal", device="cuda
         steep = torch.arange(K, device=device) % 2 == 0
         shape = (B, T, H, K)
         g = torch.where(steep, -30 - 10 * torch.rand(shape, device=device), -1e-2 * torch.rand(shape, device=device))
+    elif gates == "head_mamba2":  # one gate per head, 3-8 nats a step (a Mamba-2 head's dt A)
+        g = -3 - 5 * torch.rand(B, T, H, device=device)
+    elif gates == "head_mild":  # one gate per head, the GLA layer's range
+        g = F.logsigmoid(torch.randn(B, T, H, device=device)) / 16
     else:
         g = F.logsigmoid(torch.randn(B, T, H, K, device=device)) / 16
     s0 = torch.randn(B, H, K, V, device=device) if state else None
@@ -125,8 +132,12 @@ def gla_check_rows(cases, device):
         weights = (torch.randn(B, T, H, V, device=device), torch.randn(B, H, K, V, device=device))
         ref = _grads(_gla_op(chunk_gla, "torch"), [x.double() for x in inputs], weights)
         q, k = inputs[0].double(), inputs[1].double()
-        # dg = q*dq - k*dk summed backwards: its error is relative to those products, not to dg itself
-        dg_scale = max(float(ref[5].abs().max()), float((q * ref[2]).abs().max()), float((k * ref[3]).abs().max()))
+        # dg = q*dq - k*dk summed backwards (and over K for a gate per head): its error is relative to those
+        # products, not to dg itself
+        qdq, kdk = q * ref[2], k * ref[3]
+        if inputs[3].dim() == 3:
+            qdq, kdk = qdq.sum(-1), kdk.sum(-1)
+        dg_scale = max(float(ref[5].abs().max()), float(qdq.abs().max()), float(kdk.abs().max()))
         for op_name, op in (("chunk", chunk_gla), ("recurrent", fused_recurrent_gla)):
             row = dict(
                 op=op_name,
@@ -146,7 +157,7 @@ def gla_check_rows(cases, device):
     return rows, ok
 
 
-@section("gla_check", est_s=40, tiny_est_s=25)
+@section("gla_check", est_s=50, tiny_est_s=30)
 def gla_check(args):
     rows, ok = gla_check_rows(GLA_TINY_CASES if args.tiny else GLA_CHECK_CASES, args.device)
     print_table(

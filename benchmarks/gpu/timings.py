@@ -1,7 +1,9 @@
 """The GPU suite's timings: our kernels beside the peers a user would pick instead.
 
     gla_bench      chunk_gla beside fla's chunk_gla and causal SDPA (fwd, fwd+bwd, peak memory), the difference of
-                   ours from fla, and the cold first fwd+bwd of both (from the warm-up, ``benchmarks.gpu.warmup``)
+                   ours from fla, and the cold first fwd+bwd of both (from the warm-up, ``benchmarks.gpu.warmup``);
+                   with a gate per head (g [B, T, H] at Mamba-2 decay rates), ours ("ours_head", the scalar-gate
+                   kernels) beside fla's chunk_simple_gla ("fla_head")
     pararnn_bench  a ParaGRU/ParaLSTM layer solved by the fused kernel, by the generic Newton solver, step by step,
                    and the same-size cuDNN GRU/LSTM; optionally the fused kernel at other tile sizes
 
@@ -16,12 +18,19 @@ import traceback
 import torch
 
 from benchmarks.gpu.common import BF16, SECTIONS, bench, peak_mib, print_table, remaining, section, sync, time_capped
-from benchmarks.gpu.warmup import finish_warmup, fla_chunk_gla_fn, gla_bench_inputs, ours_chunk_gla_fn
+from benchmarks.gpu.warmup import (
+    finish_warmup,
+    fla_chunk_gla_fn,
+    fla_chunk_simple_gla_fn,
+    gla_bench_inputs,
+    ours_chunk_gla_fn,
+)
 
 
 # -- GLA: beside fla and SDPA ---------------------------------------------------------------------------------------
-def _gla_methods(args, B, T, H, D, fla):
-    """name -> (forward, forward+backward, leaves) on fresh bf16 inputs; ``fla`` is fla's chunk_gla or None."""
+def _gla_methods(args, B, T, H, D, fla, fla_simple=None):
+    """name -> (forward, forward+backward, leaves) on fresh bf16 inputs; ``fla`` is fla's chunk_gla or None,
+    ``fla_simple`` its chunk_simple_gla or None (the "_head" methods: a gate per head)."""
     import torch.nn.functional as F
 
     q, k, v, g = gla_bench_inputs(B, T, H, D, args.device)
@@ -30,6 +39,10 @@ def _gla_methods(args, B, T, H, D, fla):
     methods = {"ours": (lambda: ours(q, k, v, g), lambda: ours(q, k, v, g).backward(do), (q, k, v, g))}
     if fla is not None:
         methods["fla"] = (lambda: fla(q, k, v, g), lambda: fla(q, k, v, g).backward(do), (q, k, v, g))
+    head = gla_bench_inputs(B, T, H, D, args.device, scalar_gate=True)
+    methods["ours_head"] = (lambda: ours(*head), lambda: ours(*head).backward(do), head)
+    if fla_simple is not None:
+        methods["fla_head"] = (lambda: fla_simple(*head), lambda: fla_simple(*head).backward(do), head)
     qs, ks, vs = (torch.randn(B, H, T, D, device=args.device, dtype=BF16, requires_grad=True) for _ in range(3))
     dos = torch.randn(B, H, T, D, device=args.device, dtype=BF16)
 
@@ -54,7 +67,7 @@ def _plot_bars(ax, rows, names, label, title, log=False):
         ax.legend()
 
 
-@section("gla_bench", est_s=90, tiny_est_s=15)
+@section("gla_bench", est_s=110, tiny_est_s=20)
 def gla_bench(args):
     H, D = args.gla_hd
     warm = args.warmup
@@ -73,13 +86,20 @@ def gla_bench(args):
     if fla is not None and args.device != "cuda" and not args.fla_on_cpu:
         fla, fla_reason = None, f"fla {report.get('fla_version')} imported, but its Triton kernels need a CUDA device"
     print(f"fla: {'skipped: ' + fla_reason if fla_reason else 'fla ' + str(report.get('fla_version'))}")
+    fla_simple, simple_reason = None, fla_reason
+    if fla is not None:
+        try:
+            fla_simple = fla_chunk_simple_gla_fn()
+        except (Exception, SystemExit) as e:
+            simple_reason = f"fla's chunk_simple_gla import failed: {type(e).__name__}: {e}"[:500]
     rows, ok, first_call = [], True, {}
     for B, T in args.gla_shapes:
         if remaining(args) < 20:
             rows.append(dict(shape=f"B{B} T{T}", B=B, T=T, skipped="budget"))
             continue
-        methods = _gla_methods(args, B, T, H, D, fla)
-        for name in ("ours", "fla"):  # the first fwd+bwd in this process (fla: its autotuning on this idle GPU)
+        methods = _gla_methods(args, B, T, H, D, fla, fla_simple)
+        # the first fwd+bwd in this process (fla: its autotuning on this idle GPU)
+        for name in ("ours", "fla", "ours_head", "fla_head"):
             if name in methods and name not in first_call:
                 try:
                     sync(args)
@@ -93,16 +113,21 @@ def gla_bench(args):
                         fla_reason = f"fla's first call failed: {type(e).__name__}: {e}"[:500]
                         methods.pop("fla")
                         fla = None
+                    elif name == "fla_head":
+                        simple_reason = f"fla's chunk_simple_gla first call failed: {type(e).__name__}: {e}"[:500]
+                        methods.pop("fla_head")
+                        fla_simple = None
                     else:
                         ok = False
-        agree = None
-        if "fla" in methods:
-            try:
-                with torch.no_grad():
-                    o_ours, o_fla = methods["ours"][0]().float(), methods["fla"][0]().float()
-                agree = float((o_ours - o_fla).abs().max() / o_fla.abs().max())
-            except Exception:  # a broken peer must not stop the rest of the run
-                traceback.print_exc()
+        agree = {}
+        for ours_name, peer in (("ours", "fla"), ("ours_head", "fla_head")):
+            if peer in methods:
+                try:
+                    with torch.no_grad():
+                        o_ours, o_fla = methods[ours_name][0]().float(), methods[peer][0]().float()
+                    agree[peer] = float((o_ours - o_fla).abs().max() / o_fla.abs().max())
+                except Exception:  # a broken peer must not stop the rest of the run
+                    traceback.print_exc()
         for mode in ("fwd", "fwd+bwd"):
             row = dict(shape=f"B{B} T{T}", B=B, T=T, mode=mode)
             for name, (fwd, fwd_bwd, leaves) in methods.items():
@@ -117,11 +142,14 @@ def gla_bench(args):
                 except Exception as e:
                     traceback.print_exc()
                     row[f"{name}_error"] = f"{type(e).__name__}: {e}"[:300]
-                    ok = ok and name != "ours"
+                    ok = ok and not name.startswith("ours")
             for peer in ("fla", "sdpa"):  # peer time / our time: above 1, ours is faster
                 if row.get("ours_ms") and row.get(f"{peer}_ms"):
                     row[f"{peer}/ours"] = row[f"{peer}_ms"] / row["ours_ms"]
-            row["max_err_vs_fla"] = agree
+            if row.get("ours_head_ms") and row.get("fla_head_ms"):
+                row["fla_head/ours_head"] = row["fla_head_ms"] / row["ours_head_ms"]
+            row["max_err_vs_fla"] = agree.get("fla")
+            row["max_err_head_vs_fla"] = agree.get("fla_head")
             rows.append(row)
         del methods
         if args.device == "cuda":
@@ -149,6 +177,13 @@ def gla_bench(args):
             "skipped",
         ],
     )
+    print_table(
+        f"GLA chunked with a gate per head (g [B, T, H], 3-8 nats a step), H{H} D{D} bf16, median ms: ours beside "
+        "fla's chunk_simple_gla; fla_head/ours_head above 1: ours faster",
+        rows,
+        ["shape", "mode", "ours_head_ms", "fla_head_ms", "fla_head/ours_head", "ours_head_MiB", "fla_head_MiB"]
+        + ["max_err_head_vs_fla", "skipped"],
+    )
     print(
         f"cold first fwd+bwd (fresh process, empty Triton cache, beside the checks): ours {cold['ours']} s; fla "
         f"(compile + autotune, its configs split over {report.get('shards')} processes) {cold['fla']} s per shape, "
@@ -162,7 +197,7 @@ def gla_bench(args):
             _plot_bars(
                 ax,
                 [r for r in rows if r.get("mode") == mode],
-                ("ours", "fla", "sdpa"),
+                ("ours", "fla", "sdpa", "ours_head", "fla_head"),
                 lambda r: r["shape"],
                 f"GLA H{H} D{D} bf16, {mode}",
             )
@@ -171,6 +206,7 @@ def gla_bench(args):
         "ok": ok,
         "rows": rows,
         "fla": {"skipped": fla_reason, "version": report.get("fla_version")},
+        "fla_simple_gla": {"skipped": simple_reason, "first_fwd_bwd_s": report.get("fla_simple_first_fwd_bwd_s")},
         "cold_first_fwd_bwd_s": cold,
         "first_call_in_process_s": first_call,
         "warmup": report,

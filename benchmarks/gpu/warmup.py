@@ -23,12 +23,17 @@ import torch
 from benchmarks.gpu.common import BF16, log_tail, read_report, spawn_child, sync, write_atomic
 
 
-def gla_bench_inputs(B, T, H, D, device, requires_grad=True):
+def gla_bench_inputs(B, T, H, D, device, requires_grad=True, scalar_gate=False):
+    """bf16 q, k, v and the gate: per key, the GLA layer's (logsigmoid / 16), or ``scalar_gate``: one per head
+    ``[B, T, H]`` at Mamba-2 decay rates (3-8 nats a step)."""
     import torch.nn.functional as F
 
     q, k, v = (torch.randn(B, T, H, D, device=device, dtype=BF16, requires_grad=requires_grad) for _ in range(3))
-    g = (F.logsigmoid(torch.randn(B, T, H, D, device=device)) / 16).to(BF16).requires_grad_(requires_grad)
-    return q, k, v, g
+    if scalar_gate:
+        g = -3 - 5 * torch.rand(B, T, H, device=device)
+    else:
+        g = F.logsigmoid(torch.randn(B, T, H, D, device=device)) / 16
+    return q, k, v, g.to(BF16).requires_grad_(requires_grad)
 
 
 def fla_chunk_gla_fn():
@@ -45,6 +50,20 @@ def fla_chunk_gla_fn():
     return fla
 
 
+def fla_chunk_simple_gla_fn():
+    """fla's chunk_simple_gla (a gate per head, ``g`` [B, T, H]), in our [B, T, H, K] layout."""
+    import inspect
+
+    from fla.ops.simple_gla import chunk_simple_gla
+
+    layout = {"head_first": False} if "head_first" in inspect.signature(chunk_simple_gla).parameters else {}
+
+    def fla(q, k, v, g):
+        return chunk_simple_gla(q, k, v, g, **layout)[0]
+
+    return fla
+
+
 def ours_chunk_gla_fn():
     from hf_seqmodels.kernels import chunk_gla
 
@@ -54,8 +73,8 @@ def ours_chunk_gla_fn():
     return ours
 
 
-def _first_fwd_bwd(args, fn, B, T, H, D):
-    q, k, v, g = gla_bench_inputs(B, T, H, D, args.device)
+def _first_fwd_bwd(args, fn, B, T, H, D, scalar_gate=False):
+    q, k, v, g = gla_bench_inputs(B, T, H, D, args.device, scalar_gate=scalar_gate)
     sync(args)
     t0 = time.perf_counter()
     fn(q, k, v, g).float().sum().backward()
@@ -122,6 +141,18 @@ def warmup_child(args):
         # with its share of the configs only, a process may be left with none that fits the GPU: the suite's own
         # first call (all configs) decides then
         out["fla_shard_error" if shards > 1 else "fla_error"] = err
+    write()
+    # fla's chunk_simple_gla (a gate per head), timed beside our scalar-gate kernels: its failure, or this process
+    # stopped here, costs only its column (and the suite's process compiles what is left on its first call)
+    out["phase"], out["fla_simple_first_fwd_bwd_s"] = "simple_gla", {}
+    try:
+        simple = fla_chunk_simple_gla_fn()
+        for B, T in args.gla_shapes:
+            out["fla_simple_first_fwd_bwd_s"][f"B{B} T{T}"] = _first_fwd_bwd(args, simple, B, T, H, D, True)
+            write()
+    except (Exception, SystemExit) as e:
+        traceback.print_exc()
+        out["fla_simple_error"] = f"fla's chunk_simple_gla failed: {type(e).__name__}: {e}"[:500]
     write()
     return 0
 
@@ -192,10 +223,15 @@ def finish_warmup(args, warm, wait_s):
         # would take (a user's first call)
         report["fla_first_fwd_bwd_s"] = {k: max(t[k] for t in times) for k in times[0]}
         report["fla_first_calls_sum_s"] = sum(sum(t.values()) for t in times)
+    simple = [sh.get("fla_simple_first_fwd_bwd_s") or {} for sh in shards]
+    if all(simple) and all(len(t) == len(args.gla_shapes) for t in simple):
+        report["fla_simple_first_fwd_bwd_s"] = {k: max(t[k] for t in simple) for k in simple[0]}
+    report["fla_simple_errors"] = [sh["fla_simple_error"] for sh in shards if "fla_simple_error" in sh]
     errors = [sh["fla_error"] for sh in shards if "fla_error" in sh]
     if errors:
         return report, errors[0] if errors[0].startswith("fla's") else f"fla import failed: {errors[0]}"
-    bad = [(i, sh) for i, sh in enumerate(shards) if sh["returncode"] != 0]
+    # a shard stopped while compiling chunk_simple_gla has done all of chunk_gla's work
+    bad = [(i, sh) for i, sh in enumerate(shards) if sh["returncode"] != 0 and sh.get("phase") != "simple_gla"]
     if not bad:
         return report, None
     i, sh = bad[0]

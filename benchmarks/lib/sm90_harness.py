@@ -308,13 +308,16 @@ class Case:
     note: str = ""
 
 
-def gla_case(op, B, T, H, K, V, dtype, g_dtype=None, state=False, grad=True):
+def gla_case(op, B, T, H, K, V, dtype, g_dtype=None, state=False, grad=True, scalar_gate=False):
+    """``scalar_gate``: one gate per head, ``g`` [B, T, H] (the scalar-gate kernels), else one per key."""
+
     def run():
         from hf_seqmodels.kernels import chunk_gla, fused_recurrent_gla
 
         fn = chunk_gla if op == "chunk" else fused_recurrent_gla
         q, k = meta(B, T, H, K, dtype=dtype, grad=grad), meta(B, T, H, K, dtype=dtype, grad=grad)
-        v, g = meta(B, T, H, V, dtype=dtype, grad=grad), meta(B, T, H, K, dtype=g_dtype or dtype, grad=grad)
+        gate = (B, T, H) if scalar_gate else (B, T, H, K)
+        v, g = meta(B, T, H, V, dtype=dtype, grad=grad), meta(*gate, dtype=g_dtype or dtype, grad=grad)
         s0 = meta(B, H, K, V, grad=grad) if state else None
         o, final = fn(q, k, v, g, initial_state=s0, output_final_state=state, backend="triton")
         if grad:
@@ -404,6 +407,20 @@ CASES = [
         note="fused_recurrent_gla fwd+bwd at T=1",
     ),
     Case(
+        "gla_scalar_train_step",
+        gla_case("chunk", 8, 2048, 16, 128, 128, BF16, FP32, scalar_gate=True),
+        True,
+        True,
+        note="chunk_gla fwd+bwd with a gate per head (g [B, T, H], the scalar-gate kernels), B8 T2048 H16 K128 V128",
+    ),
+    Case(
+        "gla_scalar_decode_bf16",
+        gla_case("recurrent", 8, 1, 16, 128, 128, BF16, FP32, state=True, scalar_gate=True),
+        True,
+        True,
+        note="fused_recurrent_gla T=1 fwd+bwd with a gate per head, state in and out",
+    ),
+    Case(
         "scan_diag_bf16",
         scan_case("diagonal", 8, 2048, 1024, BF16, directions=(False,)),
         True,
@@ -482,6 +499,18 @@ CASES = [
     ),
     Case("gla_fp32", gla_case("chunk", 2, 300, 4, 64, 128, FP32), False, note="chunk_gla fwd+bwd fp32, K64 V128"),
     Case("gla_t1_bf16", gla_case("chunk", 1, 1, 2, 128, 128, BF16, state=True), True, note="chunk_gla at T=1"),
+    Case(
+        "gla_scalar_odd_half_state",
+        lambda: [gla_case("chunk", 3, 77, 3, 100, 36, dt, state=True, scalar_gate=True)() for dt in (BF16, FP16)],
+        True,
+        note="chunk_gla with a gate per head, K=100 V=36, bf16 and fp16, initial + final state",
+    ),
+    Case(
+        "gla_scalar_odd_fp32",
+        gla_case("chunk", 3, 77, 3, 100, 36, FP32, state=True, scalar_gate=True),
+        False,
+        note="chunk_gla with a gate per head, K=100 V=36, fp32 (tf32x3), initial + final state",
+    ),
     Case("gla_odd_bf16", gla_case("chunk", 3, 77, 3, 100, 36, BF16), True, note="chunk_gla K=100 V=36 bf16"),
     Case(
         "gla_recurrent_odd_fp32",

@@ -198,9 +198,10 @@ def test_bad_scalar_gates_raise_named_value_error(op, g, pattern):
 @pytest.mark.interpreter
 @pytest.mark.parametrize("op", OPS)
 @pytest.mark.parametrize("T,lengths", [(37, None), (1, None), (40, [9, 0, 31])])
-def test_triton_route_broadcasts_the_gate_interpreter(op, T, lengths):
-    """On the Triton backend a per-head gate runs the per-key kernels with the gate broadcast over K (no scalar-gate
-    kernel yet): the result and the gradients (d g summed back over K) are the loop's."""
+def test_triton_route_scalar_gate_kernels_interpreter(op, T, lengths):
+    """On the Triton backend a per-head gate runs the scalar-gate kernels (``chunk_scalar_triton.py``, the recurrent
+    kernels with SCALAR_GATE), packed sequences through the padded route: the result and the gradients are the
+    loop's (the kernels themselves: ``test_gla_scalar_triton.py``)."""
     H, K, V, scale = 2, 16, 16, 0.5
     q, k, v, g, h0 = _inputs(1, T, H, K, V, torch.float32)
     cu = None

@@ -139,6 +139,21 @@ def test_gla_training_step_compiles_in_well_under_a_minute(quick_report):
     assert c["cpu_s"] < 30, c
 
 
+@pytest.mark.subprocess
+def test_gla_scalar_gate_runs_only_the_scalar_kernels(quick_report):
+    """A gate per head compiles (and launches) the scalar-gate kernels and none of the per-key ones: no broadcast
+    of the gate over K; decoding with it, the recurrent kernels."""
+    for case, want in (
+        (
+            "gla_scalar_train_step",
+            {"_scalar_state_fwd_kernel", "_scalar_output_kernel", "_scalar_state_bwd_kernel", "_scalar_bwd_kernel"},
+        ),
+        ("gla_scalar_decode_bf16", {"_recurrent_fwd_kernel", "_recurrent_bwd_kernel"}),
+    ):
+        c = quick_report["cases"][f"{case}@sm_90"]
+        assert {v["kernel"] for v in quick_report["variants"] if v["key"] in c["variants"]} == want, case
+
+
 @pytest.mark.slow
 @pytest.mark.subprocess
 @pytest.mark.skipif(
@@ -189,6 +204,8 @@ def test_every_case_name_is_unique_and_quick_cases_cover_each_kernel_family():
     families = (
         "gla_train",
         "gla_decode",
+        "gla_scalar_train",
+        "gla_scalar_decode",
         "scan_diag",
         "scan_block2",
         "newton_gru",

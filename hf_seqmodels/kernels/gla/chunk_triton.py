@@ -917,15 +917,14 @@ class ChunkGLATriton(torch.autograd.Function):
         return dq, dk, dv, dg, None, dh0, None
 
 
-def chunk_gla_triton(q, k, v, g, scale: float, initial_state=None, output_final_state: bool = False):
-    """Chunked GLA on Triton. q, k, g ``[B, T, H, K]``, v ``[B, T, H, V]``, contiguous; returns ``(o, final_state)``."""
-    check_triton_dtypes("chunk_gla", q, k, v, g, initial_state)
-    scale, output_final_state = float(scale), bool(output_final_state)
+def _over_value_slices(fn, q, k, v, g, scale, initial_state, output_final_state):
+    """``fn.apply`` (a chunked autograd Function) on the whole value row, or on slices of ``MAX_V`` columns when it is
+    wider (the recurrence is independent across value columns; autograd sums the slices' gradients of q, k, g)."""
     V = v.shape[-1]
     if V <= MAX_V:
-        return ChunkGLATriton.apply(q, k, v, g, scale, initial_state, output_final_state)
+        return fn.apply(q, k, v, g, scale, initial_state, output_final_state)
     parts = [
-        ChunkGLATriton.apply(
+        fn.apply(
             q,
             k,
             v[..., s : s + MAX_V].contiguous(),
@@ -938,3 +937,9 @@ def chunk_gla_triton(q, k, v, g, scale: float, initial_state=None, output_final_
     ]
     o = torch.cat([p[0] for p in parts], dim=-1)
     return o, (torch.cat([p[1] for p in parts], dim=-1) if output_final_state else None)
+
+
+def chunk_gla_triton(q, k, v, g, scale: float, initial_state=None, output_final_state: bool = False):
+    """Chunked GLA on Triton. q, k, g ``[B, T, H, K]``, v ``[B, T, H, V]``, contiguous; returns ``(o, final_state)``."""
+    check_triton_dtypes("chunk_gla", q, k, v, g, initial_state)
+    return _over_value_slices(ChunkGLATriton, q, k, v, g, float(scale), initial_state, bool(output_final_state))

@@ -96,12 +96,6 @@ def _packed_gla(fn, packed, q, k, v, g, scale, initial_state, output_final_state
     return packed.from_padded(o), final
 
 
-def _triton_gate(g, K):
-    """The Triton kernels take a gate per key: a per-head gate [B, T, H] is broadcast over K (same result; the
-    kernels have no scalar-gate path yet, so no speed-up on the GPU). Autograd sums its gradient back over K."""
-    return g.unsqueeze(-1).expand(*g.shape, K).contiguous() if g.dim() == 3 else g
-
-
 def chunk_gla(q, k, v, g, scale=None, initial_state=None, output_final_state=False, backend=None, cu_seqlens=None):
     """Chunkwise-parallel gated linear attention (training and prefill). Returns ``(o, final_state)``.
 
@@ -118,9 +112,10 @@ def chunk_gla(q, k, v, g, scale=None, initial_state=None, output_final_state=Fal
             stacklevel=2,
         )
     if chosen == "triton":
+        from .chunk_scalar_triton import chunk_scalar_gla_triton
         from .chunk_triton import chunk_gla_triton
 
-        fn, g = chunk_gla_triton, _triton_gate(g, q.shape[-1])
+        fn = chunk_scalar_gla_triton if g.dim() == 3 else chunk_gla_triton
     else:
         fn = chunk_gla_torch
     if packed is not None:
@@ -137,8 +132,6 @@ def fused_recurrent_gla(
     chosen, scale, packed = _check_gla_args(
         "fused_recurrent_gla", q, k, v, g, scale, initial_state, backend, cu_seqlens
     )
-    if chosen == "triton":
-        g = _triton_gate(g, q.shape[-1])
     if packed is not None:
         if chosen == "torch":  # the torch path computes the recurrence in chunked form
             return chunk_gla_packed_torch(q, k, v, g, scale, initial_state, output_final_state, packed)

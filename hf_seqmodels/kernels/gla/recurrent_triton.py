@@ -7,6 +7,9 @@ Backward, in the same program layout: a forward sweep recomputes ``S_t`` for ``d
 reverse sweep carries ``dS`` for ``dk_t = dS_t v_t``, ``dv_t = k_t dS_t``, and ``dS_{t-1} = exp(g_t) dS_t``. dq and dk
 are partial sums over V tiles (summed on the host). ``dg_t = sum_{s>=t} (q dq - k dk)_s + sum_v(S_T * dht)``,
 a reverse cumsum on the host. Nothing is stored by the forward beyond the inputs.
+
+A gate per head (``g`` [B, T, H], fla's simple GLA; SCALAR_GATE) runs the same kernels, every key dimension
+reading its head's gate (``S_t = exp(g_t) S_{t-1} + ...``); its ``dg`` is the per-key one summed over K.
 """
 
 from __future__ import annotations
@@ -16,6 +19,13 @@ import triton
 import triton.language as tl
 
 from ..triton_utils import check_triton_dtypes, patch_interpreter, pow2_block
+
+
+@triton.jit
+def _gate(g, p_k, km, SCALAR_GATE: tl.constexpr, K: tl.constexpr):
+    """This token's log gate per key dimension ``[BK]``: ``g`` [B, T, H, K] at the offsets ``p_k`` of its keys, or,
+    SCALAR_GATE, ``g`` [B, T, H] at its head's (every key dimension reads ``p_k // K``)."""
+    return tl.load(g + (p_k // K if SCALAR_GATE else p_k), mask=km, other=0.0).to(tl.float32)
 
 
 @triton.jit
@@ -36,6 +46,7 @@ def _recurrent_fwd_kernel(
     BV: tl.constexpr,
     HAS_H0: tl.constexpr,
     STORE_FINAL: tl.constexpr,
+    SCALAR_GATE: tl.constexpr,
 ):
     i_bh, i_v = tl.program_id(0), tl.program_id(1)
     i_b, i_h = i_bh // H, i_bh % H
@@ -53,7 +64,7 @@ def _recurrent_fwd_kernel(
     for t in range(T):
         b_q = tl.load(q + p_k, mask=km, other=0.0).to(tl.float32)
         b_k = tl.load(k + p_k, mask=km, other=0.0).to(tl.float32)
-        b_g = tl.load(g + p_k, mask=km, other=0.0).to(tl.float32)
+        b_g = _gate(g, p_k, km, SCALAR_GATE, K)
         b_v = tl.load(v + p_v, mask=vm, other=0.0).to(tl.float32)
         S = S * tl.exp(b_g)[:, None] + b_k[:, None] * b_v[None, :]
         b_o = tl.sum(S * b_q[:, None], axis=0) * scale
@@ -88,6 +99,7 @@ def _recurrent_bwd_kernel(
     BV: tl.constexpr,
     HAS_H0: tl.constexpr,
     HAS_DHT: tl.constexpr,
+    SCALAR_GATE: tl.constexpr,
 ):
     i_bh, i_v = tl.program_id(0), tl.program_id(1)
     i_b, i_h = i_bh // H, i_bh % H
@@ -107,7 +119,7 @@ def _recurrent_bwd_kernel(
     p_v = tok * V + cv
     for t in range(T):
         b_k = tl.load(k + p_k, mask=km, other=0.0).to(tl.float32)
-        b_g = tl.load(g + p_k, mask=km, other=0.0).to(tl.float32)
+        b_g = _gate(g, p_k, km, SCALAR_GATE, K)
         b_v = tl.load(v + p_v, mask=vm, other=0.0).to(tl.float32)
         b_do = tl.load(do + p_v, mask=vm, other=0.0).to(tl.float32)
         S = S * tl.exp(b_g)[:, None] + b_k[:, None] * b_v[None, :]
@@ -128,7 +140,7 @@ def _recurrent_bwd_kernel(
         p_v = (tok + t * H) * V + cv
         b_q = tl.load(q + p_k, mask=km, other=0.0).to(tl.float32)
         b_k = tl.load(k + p_k, mask=km, other=0.0).to(tl.float32)
-        b_g = tl.load(g + p_k, mask=km, other=0.0).to(tl.float32)
+        b_g = _gate(g, p_k, km, SCALAR_GATE, K)
         b_v = tl.load(v + p_v, mask=vm, other=0.0).to(tl.float32)
         b_do = tl.load(do + p_v, mask=vm, other=0.0).to(tl.float32)
         dS += (b_q * scale)[:, None] * b_do[None, :]
@@ -171,6 +183,7 @@ class FusedRecurrentGLATriton(torch.autograd.Function):
             BV,
             initial_state is not None,
             output_final_state,
+            g.dim() == 3,
             num_warps=4,
         )
         ctx.save_for_backward(q, k, v, g, initial_state)
@@ -214,18 +227,25 @@ class FusedRecurrentGLATriton(torch.autograd.Function):
             BV,
             h0 is not None,
             dht is not None,
+            g.dim() == 3,
             num_warps=4,
         )
         dq, dk = dq.sum(0), dk.sum(0)
-        dg = (q.float() * dq - k.float() * dk).flip(1).cumsum(1).flip(1)
+        dg = q.float() * dq - k.float() * dk
+        dg_final = dg_final.sum(0) if dg_final is not None else None
+        if g.dim() == 3:  # one gate per head: the per-key gradient summed over K
+            dg = dg.sum(-1)
+            dg_final = dg_final.sum(-1) if dg_final is not None else None
+        dg = dg.flip(1).cumsum(1).flip(1)
         if dg_final is not None:
-            dg += dg_final.sum(0).unsqueeze(1)
+            dg += dg_final.unsqueeze(1)
         if dh0 is not None:
             dh0 = dh0.to(h0.dtype)
         return dq.to(q.dtype), dk.to(k.dtype), dv, dg.to(g.dtype), None, dh0, None
 
 
 def fused_recurrent_gla_triton(q, k, v, g, scale: float, initial_state=None, output_final_state: bool = False):
-    """Recurrent GLA on Triton, any T (T = 1 for decoding). Same arguments and results as ``chunk_gla_triton``."""
+    """Recurrent GLA on Triton, any T (T = 1 for decoding). Same arguments and results as ``chunk_gla_triton``; ``g``
+    ``[B, T, H, K]`` (a gate per key) or ``[B, T, H]`` (one per head)."""
     check_triton_dtypes("fused_recurrent_gla", q, k, v, g, initial_state)
     return FusedRecurrentGLATriton.apply(q, k, v, g, float(scale), initial_state, bool(output_final_state))
