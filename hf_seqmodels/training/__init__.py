@@ -1,6 +1,25 @@
 """Training helpers around the models: optimizer parameter groups and ``Trainer`` callbacks (one module per
-architecture or method; :mod:`.hnet`: H-Net's per-stage learning rates and compression logging)."""
+architecture or method). :mod:`.hnet`: H-Net's per-stage learning rates and compression logging;
+:mod:`.gradient_noise`: annealed Gaussian gradient noise; :mod:`.depth`: nested sub-models by depth (SortedNet,
+sorted fine-tuning); :mod:`.pruning`: magnitude pruning of the decoder's projections."""
 
+from .depth import SortedDepthCallback, decoder_layers, depth_perplexities, sample_depth, truncated_depth
+from .gradient_noise import GradientNoiseCallback, gradient_noise_seed
 from .hnet import HNetCompressionCallback, hnet_parameter_groups
+from .pruning import projection_sparsity, prunable_projections, prune_projections, remove_pruning
 
-__all__ = ["HNetCompressionCallback", "hnet_parameter_groups"]
+__all__ = [
+    "GradientNoiseCallback",
+    "HNetCompressionCallback",
+    "SortedDepthCallback",
+    "decoder_layers",
+    "depth_perplexities",
+    "gradient_noise_seed",
+    "hnet_parameter_groups",
+    "projection_sparsity",
+    "prunable_projections",
+    "prune_projections",
+    "remove_pruning",
+    "sample_depth",
+    "truncated_depth",
+]

@@ -10,6 +10,10 @@ global step covers the same examples as one process's step). SGD, not Adam: Adam
 the gradient, so gradients summed instead of averaged across processes would go unnoticed. For each config rank 0
 writes ``DIR/<config>/log.json`` (losses, grad norms; or the error that stopped that config) and the final weights
 (``DIR/<config>/final/``).
+
+A name ``<config>+gradient-noise`` trains that config with :class:`hf_seqmodels.GradientNoiseCallback`; there every
+rank also writes its own parameters (``DIR/<name>/params_rank<r>.safetensors``), to check that the ranks, each adding
+its own noise, still hold equal replicas.
 """
 
 from __future__ import annotations
@@ -26,12 +30,20 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import torch  # noqa: E402
 from conftest import TRAIN_CONFIGS, train_config_for  # noqa: E402
 from integration_utils import ByteBlocks, build_lm  # noqa: E402
+from safetensors.torch import save_file  # noqa: E402
 from transformers import Trainer, TrainingArguments  # noqa: E402
 
+from hf_seqmodels import GradientNoiseCallback  # noqa: E402
 
-def train(name: str, out: Path, args, world: int) -> dict:
+NOISE = "+gradient-noise"
+#: the runs a launch makes by default: every TRAIN_CONFIGS entry, and one with gradient noise
+RUNS = [*TRAIN_CONFIGS, "gla-conv-tied" + NOISE]
+
+
+def train(name: str, out: Path, args, world: int, rank: int) -> dict:
     torch.manual_seed(args.seed)  # the same initial weights in every process (DDP also broadcasts rank 0's)
-    config = train_config_for(name)
+    noise = name.endswith(NOISE)
+    config = train_config_for(name.removesuffix(NOISE))
     config.initializer_range = 0.02
     model = build_lm(config).train()
     data = ByteBlocks(args.block, args.steps * args.global_batch)
@@ -56,8 +68,13 @@ def train(name: str, out: Path, args, world: int) -> dict:
         disable_tqdm=True,
         label_names=["labels"],
     )
-    trainer = Trainer(model=model, args=targs, train_dataset=data)
+    callbacks = [GradientNoiseCallback(eta=1e-3)] if noise else []
+    trainer = Trainer(model=model, args=targs, train_dataset=data, callbacks=callbacks)
     trainer.train()
+    if noise:
+        out.mkdir(parents=True, exist_ok=True)
+        params = {k: v.detach().contiguous() for k, v in trainer.model.named_parameters()}
+        save_file(params, str(out / f"params_rank{rank}.safetensors"))
     trainer.save_model(str(out / "final"))  # every rank calls it; only the main process writes
     logs = [h for h in trainer.state.log_history if "loss" in h]
     return dict(
@@ -71,7 +88,7 @@ def train(name: str, out: Path, args, world: int) -> dict:
 def main() -> int:
     """Train every config in turn; returns how many failed."""
     parser = argparse.ArgumentParser()
-    parser.add_argument("--configs", default=",".join(TRAIN_CONFIGS), help="comma-separated names from TRAIN_CONFIGS")
+    parser.add_argument("--configs", default=",".join(RUNS), help="comma-separated names from RUNS")
     parser.add_argument("--out", required=True)
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--global-batch", type=int, default=8)
@@ -81,9 +98,9 @@ def main() -> int:
     args = parser.parse_args()
 
     names = args.configs.split(",")
-    unknown = [n for n in names if n not in TRAIN_CONFIGS]
+    unknown = [n for n in names if n.removesuffix(NOISE) not in TRAIN_CONFIGS]
     if unknown:
-        raise SystemExit(f"--configs: unknown {unknown}; expected names from {TRAIN_CONFIGS}")
+        raise SystemExit(f"--configs: unknown {unknown}; expected names from {RUNS}")
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     if args.global_batch % world:
@@ -94,7 +111,7 @@ def main() -> int:
         # A config that fails (in every rank alike: the same code on the same data) is recorded and the next one
         # trains, so one broken architecture does not hide the results of the others.
         try:
-            report = train(name, out, args, world)
+            report = train(name, out, args, world, rank)
         except Exception:
             report = dict(error=traceback.format_exc())
             failed += 1
