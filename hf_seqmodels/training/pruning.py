@@ -114,7 +114,7 @@ def _save_plain_weights(module: nn.Module) -> None:
 
     module.__dict__["_plain_weight_hooks"] = (
         module._register_state_dict_hook(to_plain),
-        module._register_load_state_dict_pre_hook(from_plain),
+        module._register_load_state_dict_pre_hook(from_plain, with_module=True),
     )
 
 
