@@ -4,9 +4,10 @@ architecture or method). :mod:`.hnet`: H-Net's per-stage learning rates and comp
 sorted fine-tuning); :mod:`.pruning`: magnitude pruning of the decoder's projections."""
 
 from .depth import SortedDepthCallback, decoder_layers, depth_perplexities, sample_depth, truncated_depth
-from .gradient_noise import GradientNoiseCallback, gradient_noise_seed
+from .gradient_noise import GradientNoiseCallback
 from .hnet import HNetCompressionCallback, hnet_parameter_groups
 from .pruning import projection_sparsity, prunable_projections, prune_projections, remove_pruning
+from .seeding import step_seed
 
 __all__ = [
     "GradientNoiseCallback",
@@ -14,12 +15,12 @@ __all__ = [
     "SortedDepthCallback",
     "decoder_layers",
     "depth_perplexities",
-    "gradient_noise_seed",
     "hnet_parameter_groups",
     "projection_sparsity",
     "prunable_projections",
     "prune_projections",
     "remove_pruning",
     "sample_depth",
+    "step_seed",
     "truncated_depth",
 ]

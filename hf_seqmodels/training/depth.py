@@ -18,6 +18,8 @@ import torch
 from torch import nn
 from transformers import TrainerCallback
 
+from .seeding import step_seed
+
 
 def _unwrap(model):
     """The model inside DDP (``.module``) and PEFT (``get_base_model()``) wrappers."""
@@ -86,8 +88,9 @@ def truncated_depth(model, num_layers: int):
 
 def sample_depth(depths, seed: int, step: int) -> int:
     """The depth of optimizer step ``step``: uniform over ``depths``, drawn from a generator seeded with
-    ``(seed * 2**32 + step) mod 2**64``, so every data-parallel rank draws the same depth without communicating."""
-    gen = torch.Generator().manual_seed((int(seed) * 2**32 + int(step)) % 2**64)
+    :func:`~hf_seqmodels.training.seeding.step_seed` ``(seed, step)``, so every data-parallel rank draws the same
+    depth without communicating."""
+    gen = torch.Generator().manual_seed(step_seed(seed, step))
     return depths[int(torch.randint(len(depths), (), generator=gen))]
 
 

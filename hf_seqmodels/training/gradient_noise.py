@@ -9,11 +9,7 @@ import math
 import torch
 from transformers import TrainerCallback
 
-
-def gradient_noise_seed(seed: int, step: int) -> int:
-    """The seed of the generator that draws the noise of optimizer step ``step``: ``(seed * 2**32 + step) mod 2**64``.
-    Every process computes it alone, so data-parallel ranks draw the same noise without communicating."""
-    return (int(seed) * 2**32 + int(step)) % 2**64
+from .seeding import step_seed
 
 
 class GradientNoiseCallback(TrainerCallback):
@@ -31,8 +27,9 @@ class GradientNoiseCallback(TrainerCallback):
     uses; clipping after it would shrink the scheduled variance whenever the clip is active), and before the optimizer
     step. So under gradient accumulation the noise is drawn once per update, not once per micro-batch, and the
     logged ``grad_norm`` is the norm before the noise. Each step's noise comes from a generator seeded with
-    :func:`gradient_noise_seed` ``(seed, t)`` (one generator per device, drawn parameter by parameter in
-    ``model.parameters()`` order), so every data-parallel rank adds the same noise and the replicas stay equal.
+    :func:`~hf_seqmodels.training.seeding.step_seed` ``(seed, t)`` (one generator per device, drawn parameter by
+    parameter in ``model.parameters()`` order), so every data-parallel rank adds the same noise and the replicas stay
+    equal.
     """
 
     def __init__(self, eta: float, gamma: float = 0.55, seed: int | None = None):
@@ -56,7 +53,7 @@ class GradientNoiseCallback(TrainerCallback):
             gen = generators.get(p.grad.device)
             if gen is None:
                 gen = generators[p.grad.device] = torch.Generator(device=p.grad.device)
-                gen.manual_seed(gradient_noise_seed(seed, step))
+                gen.manual_seed(step_seed(seed, step))
             noise = torch.randn(p.grad.shape, generator=gen, device=p.grad.device, dtype=torch.float32)
             p.grad.add_(noise.mul_(std).to(p.grad.dtype))
 

@@ -4,6 +4,7 @@ equal parameters) runs with the other DDP runs in tests/integration/test_ddp.py.
 
 from __future__ import annotations
 
+import hashlib
 import math
 
 import pytest
@@ -87,6 +88,10 @@ def test_noise_variance_follows_the_schedule(eta, gamma):
     p.grad = torch.zeros(n)
     callback.add_noise([p], 7, seed)
     assert torch.equal(p.grad.double(), draws[7])
+    # and depends on the seed: another run's noise of the same step is independent
+    p.grad.zero_()
+    callback.add_noise([p], 7, seed + 1)
+    assert abs(float(torch.corrcoef(torch.stack([p.grad.double(), draws[7]]))[0, 1])) < 0.02
 
 
 def test_bad_arguments_are_refused():
@@ -105,14 +110,15 @@ def test_trainer_update_equals_hand_computed_sgd_with_noise(tmp_path):
 
     noisy = _train(model, _Ids(ids), _args(tmp_path / "a", steps, batch, lr, seed), [GradientNoiseCallback(eta, gamma)])
 
-    # by hand: w <- w - lr * (grad + N(0, eta / (1 + t)^gamma)), the noise drawn from a generator seeded with
-    # seed * 2^32 + t, parameter by parameter in model.parameters() order
+    # by hand: w <- w - lr * (grad + N(0, eta / (1 + t)^gamma)), the noise drawn from a generator seeded with the
+    # first 8 bytes (little-endian) of blake2b("{seed},{t}"), parameter by parameter in model.parameters() order
     ref = _reset(_tiny_gla(), start)
     for t in range(steps):
         ref.zero_grad()
         chunk = ids[t * batch : (t + 1) * batch]
         ref(input_ids=chunk, labels=chunk).loss.backward()
-        gen = torch.Generator().manual_seed((seed * 2**32 + t) % 2**64)
+        digest = hashlib.blake2b(f"{seed},{t}".encode(), digest_size=8).digest()
+        gen = torch.Generator().manual_seed(int.from_bytes(digest, "little"))
         std = math.sqrt(eta / (1 + t) ** gamma)
         with torch.no_grad():
             for p in ref.parameters():
