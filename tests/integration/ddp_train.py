@@ -11,9 +11,11 @@ the gradient, so gradients summed instead of averaged across processes would go 
 writes ``DIR/<config>/log.json`` (losses, grad norms; or the error that stopped that config) and the final weights
 (``DIR/<config>/final/``).
 
-A name ``<config>+gradient-noise`` trains that config with :class:`hf_seqmodels.GradientNoiseCallback`; there every
-rank also writes its own parameters (``DIR/<name>/params_rank<r>.safetensors``), to check that the ranks, each adding
-its own noise, still hold equal replicas.
+A name ``<config>+gradient-noise`` trains that config with :class:`hf_seqmodels.GradientNoiseCallback`, and
+``<config>+sorted`` with :class:`hf_seqmodels.SortedDepthCallback` (one sampled depth per step; DDP with
+``find_unused_parameters``); there every rank also writes its own parameters
+(``DIR/<name>/params_rank<r>.safetensors``), to check that the ranks, each drawing its own noise or depth, still hold
+equal replicas.
 """
 
 from __future__ import annotations
@@ -33,17 +35,26 @@ from integration_utils import ByteBlocks, build_lm  # noqa: E402
 from safetensors.torch import save_file  # noqa: E402
 from transformers import Trainer, TrainingArguments  # noqa: E402
 
-from hf_seqmodels import GradientNoiseCallback  # noqa: E402
+from hf_seqmodels import GradientNoiseCallback, SortedDepthCallback  # noqa: E402
 
-NOISE = "+gradient-noise"
-#: the runs a launch makes by default: every TRAIN_CONFIGS entry, and one with gradient noise
-RUNS = [*TRAIN_CONFIGS, "gla-conv-tied" + NOISE]
+#: run-name suffix -> the callbacks of that run
+TECHNIQUES = {"+gradient-noise": lambda: [GradientNoiseCallback(eta=1e-3)], "+sorted": lambda: [SortedDepthCallback()]}
+#: the runs a launch makes by default: every TRAIN_CONFIGS entry, and one per technique
+RUNS = [*TRAIN_CONFIGS, *("gla-conv-tied" + t for t in TECHNIQUES)]
+
+
+def split_run(name: str) -> tuple[str, str]:
+    """(config name, technique suffix or "")"""
+    for suffix in TECHNIQUES:
+        if name.endswith(suffix):
+            return name.removesuffix(suffix), suffix
+    return name, ""
 
 
 def train(name: str, out: Path, args, world: int, rank: int) -> dict:
     torch.manual_seed(args.seed)  # the same initial weights in every process (DDP also broadcasts rank 0's)
-    noise = name.endswith(NOISE)
-    config = train_config_for(name.removesuffix(NOISE))
+    config_name, technique = split_run(name)
+    config = train_config_for(config_name)
     config.initializer_range = 0.02
     model = build_lm(config).train()
     data = ByteBlocks(args.block, args.steps * args.global_batch)
@@ -62,16 +73,17 @@ def train(name: str, out: Path, args, world: int, rank: int) -> dict:
         report_to="none",
         use_cpu=True,
         ddp_backend="gloo" if world > 1 else None,
+        ddp_find_unused_parameters=technique == "+sorted" or None,  # a shallow step leaves the deeper layers unused
         train_sampling_strategy="sequential",
         seed=args.seed,
         dataloader_num_workers=0,
         disable_tqdm=True,
         label_names=["labels"],
     )
-    callbacks = [GradientNoiseCallback(eta=1e-3)] if noise else []
+    callbacks = TECHNIQUES[technique]() if technique else []
     trainer = Trainer(model=model, args=targs, train_dataset=data, callbacks=callbacks)
     trainer.train()
-    if noise:
+    if technique:
         out.mkdir(parents=True, exist_ok=True)
         params = {k: v.detach().contiguous() for k, v in trainer.model.named_parameters()}
         save_file(params, str(out / f"params_rank{rank}.safetensors"))
@@ -98,7 +110,7 @@ def main() -> int:
     args = parser.parse_args()
 
     names = args.configs.split(",")
-    unknown = [n for n in names if n.removesuffix(NOISE) not in TRAIN_CONFIGS]
+    unknown = [n for n in names if split_run(n)[0] not in TRAIN_CONFIGS]
     if unknown:
         raise SystemExit(f"--configs: unknown {unknown}; expected names from {RUNS}")
     world = int(os.environ.get("WORLD_SIZE", "1"))

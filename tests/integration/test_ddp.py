@@ -108,10 +108,12 @@ def test_two_process_ddp_matches_one_process(train_name, ddp_runs):
 
 
 @pytest.mark.subprocess
-def test_gradient_noise_keeps_ranks_equal(ddp_runs):
-    """GradientNoiseCallback under DDP: each rank draws the noise of a step from a generator seeded with (seed, step),
-    so both ranks add the same noise and their replicas stay equal; and the run equals the one-process run."""
-    name, plain = "gla-conv-tied+gradient-noise", "gla-conv-tied"
+@pytest.mark.parametrize("technique", ["gradient-noise", "sorted"])
+def test_seeded_techniques_keep_ranks_equal(technique, ddp_runs):
+    """GradientNoiseCallback / SortedDepthCallback under DDP: each rank draws a step's noise / depth from a generator
+    seeded with (seed, step), so both ranks add the same noise / train the same depth and their replicas stay equal;
+    and the run equals the one-process run (a depth drawn per rank would average mismatched gradients)."""
+    name, plain = f"gla-conv-tied+{technique}", "gla-conv-tied"
     _log(ddp_runs[1], name, 1)
     _log(ddp_runs[2], name, 2)
     ranks = [load_file(str(ddp_runs[2]["dir"] / name / f"params_rank{r}.safetensors")) for r in (0, 1)]
@@ -121,7 +123,7 @@ def test_gradient_noise_keeps_ranks_equal(ddp_runs):
     one = load_file(str(ddp_runs[1]["dir"] / name / "params_rank0.safetensors"))
     for k in one:
         torch.testing.assert_close(ranks[0][k], one[k], rtol=1e-4, atol=1e-5, msg=k)
-    # the noise changed the training: the final weights differ from the same run without it
+    # the technique changed the training: the final weights differ from the same run without it
     noisy = load_file(str(ddp_runs[1]["dir"] / name / "final" / "model.safetensors"))
     without = load_file(str(ddp_runs[1]["dir"] / plain / "final" / "model.safetensors"))
     assert max(float((noisy[k] - without[k]).abs().max()) for k in noisy) > 1e-3
