@@ -58,6 +58,7 @@ def main():
     ap.add_argument("--recovery-steps", type=int, default=25)
     ap.add_argument("--eval-windows", type=int, default=64)
     ap.add_argument("--lr", type=float, default=3e-3)
+    ap.add_argument("--recovery-lr", type=float, default=3e-4)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results", "pruning.json"))
     args = ap.parse_args()
@@ -80,7 +81,7 @@ def main():
             counts = {n: m.weight.numel() for n, m in model.named_modules() if n in report}
             achieved = sum(report[n] * counts[n] for n in report) / sum(counts.values())
             before = perplexity(model, eval_ids)
-            train(model, recovery_ids, args.batch, args.lr / 3)
+            train(model, recovery_ids, args.batch, args.recovery_lr)
             after = perplexity(model, eval_ids)
             rows.append(dict(sparsity=sparsity, achieved=achieved, ppl_pruned=before, ppl_recovered=after))
             print(f"{arch:8} {sparsity:8.0%} {achieved:8.1%} {before:10.3f} {after:13.3f}", flush=True)
