@@ -16,10 +16,12 @@ from .training import (
     GradientNoiseCallback,
     HNetCompressionCallback,
     SortedDepthCallback,
+    SummedDepthLossCallback,
     depth_perplexities,
     hnet_parameter_groups,
     prune_projections,
     remove_pruning,
+    summed_depth_loss,
     truncated_depth,
 )
 
@@ -47,7 +49,9 @@ __all__ = [
     "HNetCompressionCallback",
     "GradientNoiseCallback",
     "SortedDepthCallback",
+    "SummedDepthLossCallback",
     "truncated_depth",
+    "summed_depth_loss",
     "depth_perplexities",
     "prune_projections",
     "remove_pruning",

@@ -3,7 +3,15 @@ architecture or method). :mod:`.hnet`: H-Net's per-stage learning rates and comp
 :mod:`.gradient_noise`: annealed Gaussian gradient noise; :mod:`.depth`: nested sub-models by depth (SortedNet,
 sorted fine-tuning); :mod:`.pruning`: magnitude pruning of the decoder's projections."""
 
-from .depth import SortedDepthCallback, decoder_layers, depth_perplexities, sample_depth, truncated_depth
+from .depth import (
+    SortedDepthCallback,
+    SummedDepthLossCallback,
+    decoder_layers,
+    depth_perplexities,
+    sample_depth,
+    summed_depth_loss,
+    truncated_depth,
+)
 from .gradient_noise import GradientNoiseCallback
 from .hnet import HNetCompressionCallback, hnet_parameter_groups
 from .pruning import projection_sparsity, prunable_projections, prune_projections, remove_pruning
@@ -13,6 +21,7 @@ __all__ = [
     "GradientNoiseCallback",
     "HNetCompressionCallback",
     "SortedDepthCallback",
+    "SummedDepthLossCallback",
     "decoder_layers",
     "depth_perplexities",
     "hnet_parameter_groups",
@@ -22,5 +31,6 @@ __all__ = [
     "remove_pruning",
     "sample_depth",
     "step_seed",
+    "summed_depth_loss",
     "truncated_depth",
 ]

@@ -168,3 +168,69 @@ def depth_perplexities(model, input_ids: torch.Tensor, depths=None, batch_size: 
     finally:
         model.train(was_training)
     return out
+
+
+@contextmanager
+def summed_depth_loss(model, depths=None):
+    """Sorted LLaMA's loss: while inside, a training-mode forward with ``labels`` returns as ``loss`` the sum of the
+    losses of the sub-models of every depth in ``depths`` (default: every depth 1..L), all from one pass through the
+    stack: the output of layer ``n`` goes through the shared final norm and head, and the model's own
+    ``loss_function`` (with the same ``num_items_in_batch``, so ``Trainer``'s loss scaling applies to every term).
+    The full depth's term is the model's own loss, counted when ``L`` is in ``depths``. ``logits`` stay the full
+    model's. Every layer takes part in each step, so DDP needs no ``find_unused_parameters``. Labels are read from the
+    keyword argument ``labels`` (as ``Trainer`` passes them)."""
+    owner, top = _layer_owner(model), _unwrap(model)
+    total = len(owner.layers)
+    depths = list(range(1, total + 1)) if depths is None else sorted({int(d) for d in depths})
+    if not depths or depths[0] < 1 or depths[-1] > total:
+        raise ValueError(f"summed_depth_loss: `depths` must be layer counts in [1, {total}], got {depths!r}")
+    captured: dict[int, torch.Tensor] = {}
+
+    def capture(depth):
+        def hook(module, args, output):
+            captured[depth] = output[0] if isinstance(output, tuple) else output
+
+        return hook
+
+    def add_losses(module, args, kwargs, output):
+        labels = kwargs.get("labels")
+        shallow = [captured.pop(d) for d in depths if d < total and d in captured]
+        if not module.training or labels is None or getattr(output, "loss", None) is None:
+            return output
+        extra = {k: kwargs[k] for k in ("num_items_in_batch",) if k in kwargs}
+        loss = output.loss if total in depths else output.loss * 0
+        for hidden in shallow:
+            logits = module.get_output_embeddings()(owner.norm(hidden))
+            loss = loss + module.loss_function(
+                logits=logits, labels=labels, vocab_size=module.config.vocab_size, **extra
+            )
+        output.loss = loss
+        return output
+
+    handles = [owner.layers[d - 1].register_forward_hook(capture(d)) for d in depths if d < total]
+    handles.append(top.register_forward_hook(add_losses, with_kwargs=True))
+    try:
+        yield model
+    finally:
+        for h in handles:
+            h.remove()
+        captured.clear()
+
+
+class SummedDepthLossCallback(TrainerCallback):
+    """Sorted fine-tuning as Sorted LLaMA trains it: every step's loss is the sum of the losses of the sub-models of
+    ``depths`` (default: every depth), from one forward pass (:func:`summed_depth_loss`, active from the start to the
+    end of training): ``Trainer(..., callbacks=[SummedDepthLossCallback()])``."""
+
+    def __init__(self, depths=None):
+        self.depths = depths
+        self._active = None
+
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        self._active = summed_depth_loss(model, self.depths)
+        self._active.__enter__()
+
+    def on_train_end(self, args, state, control, **kwargs):
+        if self._active is not None:
+            active, self._active = self._active, None
+            active.__exit__(None, None, None)

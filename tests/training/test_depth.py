@@ -8,8 +8,15 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM, Trainer, TrainingArguments
 
-from hf_seqmodels import GLAConfig, GLAForCausalLM, SortedDepthCallback, depth_perplexities, truncated_depth
-from hf_seqmodels.training import sample_depth
+from hf_seqmodels import (
+    GLAConfig,
+    GLAForCausalLM,
+    SortedDepthCallback,
+    SummedDepthLossCallback,
+    depth_perplexities,
+    truncated_depth,
+)
+from hf_seqmodels.training import sample_depth, summed_depth_loss
 
 
 @pytest.fixture(autouse=True)
@@ -148,3 +155,54 @@ def test_sorted_training_trains_the_shallow_sub_models(tmp_path):
     # (measured: 19.2 vs 22.9)
     assert sorted_[1] < 0.9 * plain[1], results
     assert sorted_[2] < plain[2], results
+
+
+@pytest.mark.parametrize("arch", ["gla", "llama"])
+@pytest.mark.parametrize("depths", [None, [1, 2]])
+def test_summed_depth_loss_is_the_sum_of_the_sub_models_losses(arch, depths):
+    model = (_gla(initializer_range=0.2) if arch == "gla" else _llama()).train()
+    ids = torch.randint(0, 64, (2, 13))
+    with torch.no_grad():
+        plain = float(model(input_ids=ids, labels=ids).loss)
+    expected = 0.0
+    for d in depths or [1, 2, 3]:
+        with torch.no_grad(), truncated_depth(model, d):
+            expected += float(model(input_ids=ids, labels=ids).loss)
+    with summed_depth_loss(model, depths):
+        out = model(input_ids=ids, labels=ids)
+    assert float(out.loss) == pytest.approx(expected, rel=1e-5)
+    # every depth's term sends gradient to the layers below it; with depths [1, 2] the third layer gets none
+    out.loss.backward()
+    third = [p.grad for p in model.model.layers[2].parameters()]
+    assert all(g is None or not g.any() for g in third) == (depths is not None)
+    assert all(p.grad is not None and p.grad.any() for p in model.model.layers[0].parameters() if p.dim() > 1)
+    # hooks removed on leaving: the plain loss again
+    with torch.no_grad():
+        full = float(model(input_ids=ids, labels=ids).loss)
+    assert full == plain and abs(full - expected) > 0.1
+
+
+def test_summed_depth_loss_callback_in_trainer(tmp_path):
+    model = _gla(initializer_range=0.2)
+    ids = torch.randint(0, 64, (8, 12))
+    data = [{"input_ids": r, "labels": r.clone()} for r in ids]
+    args = TrainingArguments(
+        output_dir=str(tmp_path),
+        max_steps=1,
+        per_device_train_batch_size=8,
+        logging_steps=1,
+        learning_rate=0.0,
+        save_strategy="no",
+        report_to="none",
+        use_cpu=True,
+        disable_tqdm=True,
+        label_names=["labels"],
+    )
+    trainer = Trainer(model=model, args=args, train_dataset=data, callbacks=[SummedDepthLossCallback()])
+    trainer.train()
+    logged = [h["loss"] for h in trainer.state.log_history if "loss" in h][0]
+    expected = 0.0
+    for d in (1, 2, 3):
+        with torch.no_grad(), truncated_depth(model, d):
+            expected += float(model(input_ids=ids, labels=ids).loss)
+    assert logged == pytest.approx(expected, rel=1e-4)
