@@ -16,6 +16,7 @@ from hf_seqmodels import (
     depth_perplexities,
     truncated_depth,
 )
+from hf_seqmodels.compat import CACHE_KWARG
 from hf_seqmodels.training import sample_depth, summed_depth_loss
 
 
@@ -82,10 +83,10 @@ def test_truncated_llama_equals_transformers_shallower_llama(depth):
     ids = torch.randint(0, 64, (2, 11))
     with torch.no_grad(), truncated_depth(model, depth):
         out = model(ids, use_cache=True)
-        step = model(ids[:, -1:], past_key_values=out.past_key_values).logits
+        step = model(ids[:, -1:], **{CACHE_KWARG: getattr(out, CACHE_KWARG)}).logits
     with torch.no_grad():
         ref = shallow(ids, use_cache=True)
-        ref_step = shallow(ids[:, -1:], past_key_values=ref.past_key_values).logits
+        ref_step = shallow(ids[:, -1:], **{CACHE_KWARG: getattr(ref, CACHE_KWARG)}).logits
     torch.testing.assert_close(out.logits, ref.logits, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(step, ref_step, rtol=1e-5, atol=1e-5)
     assert len(model.model.layers) == 3 == model.config.num_hidden_layers
@@ -170,7 +171,7 @@ def test_summed_depth_loss_is_the_sum_of_the_sub_models_losses(arch, depths):
             expected += float(model(input_ids=ids, labels=ids).loss)
     with summed_depth_loss(model, depths):
         out = model(input_ids=ids, labels=ids)
-    assert float(out.loss) == pytest.approx(expected, rel=1e-5)
+    assert float(out.loss.detach()) == pytest.approx(expected, rel=1e-5)
     # every depth's term sends gradient to the layers below it; with depths [1, 2] the third layer gets none
     out.loss.backward()
     third = [p.grad for p in model.model.layers[2].parameters()]
