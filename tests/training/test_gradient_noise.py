@@ -125,7 +125,7 @@ def test_trainer_update_equals_hand_computed_sgd_with_noise(tmp_path):
                 p -= lr * (p.grad + std * torch.randn(p.shape, generator=gen))
     plain = _train(_reset(model, start), _Ids(ids), _args(tmp_path / "b", steps, batch, lr, seed), [])
     for name, p in ref.named_parameters():
-        torch.testing.assert_close(noisy[name], p.detach(), rtol=1e-4, atol=1e-5, msg=name)
+        torch.testing.assert_close(noisy[name], p.detach(), rtol=1e-3, atol=1e-4, msg=name)  # noise: ~5e-2
         # the noise moved every parameter tensor (by about lr * std per element)
         assert (noisy[name] - plain[name]).abs().mean() > 0.1 * lr * math.sqrt(eta / steps**gamma), name
 
@@ -150,4 +150,4 @@ def test_noise_once_per_optimizer_step_under_gradient_accumulation(tmp_path):
     whole_args = _args(tmp_path / "b", steps, 6, lr, seed)
     whole = _train(_reset(model, start), _Ids(ids), whole_args, [GradientNoiseCallback(0.3)])
     for name in whole:
-        torch.testing.assert_close(accumulated[name], whole[name], rtol=1e-4, atol=1e-5, msg=name)
+        torch.testing.assert_close(accumulated[name], whole[name], rtol=1e-3, atol=1e-4, msg=name)
