@@ -12,7 +12,18 @@ from .models.hnet import ByteTokenizer, HNetConfig, HNetForCausalLM, HNetModel
 from .models.liger import LigerConfig, LigerForCausalLM, LigerModel
 from .models.lizard import LizardConfig, LizardForCausalLM, LizardModel
 from .models.pararnn import ParaRNNConfig, ParaRNNForCausalLM, ParaRNNModel
-from .training import HNetCompressionCallback, hnet_parameter_groups
+from .training import (
+    GradientNoiseCallback,
+    HNetCompressionCallback,
+    SortedDepthCallback,
+    SummedDepthLossCallback,
+    depth_perplexities,
+    hnet_parameter_groups,
+    prune_projections,
+    remove_pruning,
+    summed_depth_loss,
+    truncated_depth,
+)
 
 register_auto_classes()
 register_peft_targets()
@@ -36,6 +47,14 @@ __all__ = [
     "HNetForCausalLM",
     "ByteTokenizer",
     "HNetCompressionCallback",
+    "GradientNoiseCallback",
+    "SortedDepthCallback",
+    "SummedDepthLossCallback",
+    "truncated_depth",
+    "summed_depth_loss",
+    "depth_perplexities",
+    "prune_projections",
+    "remove_pruning",
     "hnet_parameter_groups",
     "LigerConfig",
     "LigerModel",

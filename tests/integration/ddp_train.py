@@ -10,6 +10,12 @@ global step covers the same examples as one process's step). SGD, not Adam: Adam
 the gradient, so gradients summed instead of averaged across processes would go unnoticed. For each config rank 0
 writes ``DIR/<config>/log.json`` (losses, grad norms; or the error that stopped that config) and the final weights
 (``DIR/<config>/final/``).
+
+A name ``<config>+gradient-noise`` trains that config with :class:`hf_seqmodels.GradientNoiseCallback`, and
+``<config>+sorted`` with :class:`hf_seqmodels.SortedDepthCallback` (one sampled depth per step; DDP with
+``find_unused_parameters``); there every rank also writes its own parameters
+(``DIR/<name>/params_rank<r>.safetensors``), to check that the ranks, each drawing its own noise or depth, still hold
+equal replicas.
 """
 
 from __future__ import annotations
@@ -26,12 +32,29 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import torch  # noqa: E402
 from conftest import TRAIN_CONFIGS, train_config_for  # noqa: E402
 from integration_utils import ByteBlocks, build_lm  # noqa: E402
+from safetensors.torch import save_file  # noqa: E402
 from transformers import Trainer, TrainingArguments  # noqa: E402
 
+from hf_seqmodels import GradientNoiseCallback, SortedDepthCallback  # noqa: E402
 
-def train(name: str, out: Path, args, world: int) -> dict:
+#: run-name suffix -> the callbacks of that run
+TECHNIQUES = {"+gradient-noise": lambda: [GradientNoiseCallback(eta=1e-3)], "+sorted": lambda: [SortedDepthCallback()]}
+#: the runs a launch makes by default: every TRAIN_CONFIGS entry, and one per technique
+RUNS = [*TRAIN_CONFIGS, *("gla-conv-tied" + t for t in TECHNIQUES)]
+
+
+def split_run(name: str) -> tuple[str, str]:
+    """(config name, technique suffix or "")"""
+    for suffix in TECHNIQUES:
+        if name.endswith(suffix):
+            return name.removesuffix(suffix), suffix
+    return name, ""
+
+
+def train(name: str, out: Path, args, world: int, rank: int) -> dict:
     torch.manual_seed(args.seed)  # the same initial weights in every process (DDP also broadcasts rank 0's)
-    config = train_config_for(name)
+    config_name, technique = split_run(name)
+    config = train_config_for(config_name)
     config.initializer_range = 0.02
     model = build_lm(config).train()
     data = ByteBlocks(args.block, args.steps * args.global_batch)
@@ -50,14 +73,20 @@ def train(name: str, out: Path, args, world: int) -> dict:
         report_to="none",
         use_cpu=True,
         ddp_backend="gloo" if world > 1 else None,
+        ddp_find_unused_parameters=technique == "+sorted" or None,  # a shallow step leaves the deeper layers unused
         train_sampling_strategy="sequential",
         seed=args.seed,
         dataloader_num_workers=0,
         disable_tqdm=True,
         label_names=["labels"],
     )
-    trainer = Trainer(model=model, args=targs, train_dataset=data)
+    callbacks = TECHNIQUES[technique]() if technique else []
+    trainer = Trainer(model=model, args=targs, train_dataset=data, callbacks=callbacks)
     trainer.train()
+    if technique:
+        out.mkdir(parents=True, exist_ok=True)
+        params = {k: v.detach().contiguous() for k, v in trainer.model.named_parameters()}
+        save_file(params, str(out / f"params_rank{rank}.safetensors"))
     trainer.save_model(str(out / "final"))  # every rank calls it; only the main process writes
     logs = [h for h in trainer.state.log_history if "loss" in h]
     return dict(
@@ -71,7 +100,7 @@ def train(name: str, out: Path, args, world: int) -> dict:
 def main() -> int:
     """Train every config in turn; returns how many failed."""
     parser = argparse.ArgumentParser()
-    parser.add_argument("--configs", default=",".join(TRAIN_CONFIGS), help="comma-separated names from TRAIN_CONFIGS")
+    parser.add_argument("--configs", default=",".join(RUNS), help="comma-separated names from RUNS")
     parser.add_argument("--out", required=True)
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--global-batch", type=int, default=8)
@@ -81,9 +110,9 @@ def main() -> int:
     args = parser.parse_args()
 
     names = args.configs.split(",")
-    unknown = [n for n in names if n not in TRAIN_CONFIGS]
+    unknown = [n for n in names if split_run(n)[0] not in TRAIN_CONFIGS]
     if unknown:
-        raise SystemExit(f"--configs: unknown {unknown}; expected names from {TRAIN_CONFIGS}")
+        raise SystemExit(f"--configs: unknown {unknown}; expected names from {RUNS}")
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     if args.global_batch % world:
@@ -94,7 +123,7 @@ def main() -> int:
         # A config that fails (in every rank alike: the same code on the same data) is recorded and the next one
         # trains, so one broken architecture does not hide the results of the others.
         try:
-            report = train(name, out, args, world)
+            report = train(name, out, args, world, rank)
         except Exception:
             report = dict(error=traceback.format_exc())
             failed += 1

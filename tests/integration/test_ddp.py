@@ -107,6 +107,28 @@ def test_two_process_ddp_matches_one_process(train_name, ddp_runs):
         torch.testing.assert_close(w2[k], w1[k], rtol=1e-4, atol=1e-5, msg=k)
 
 
+@pytest.mark.subprocess
+@pytest.mark.parametrize("technique", ["gradient-noise", "sorted"])
+def test_seeded_techniques_keep_ranks_equal(technique, ddp_runs):
+    """GradientNoiseCallback / SortedDepthCallback under DDP: each rank draws a step's noise / depth from a generator
+    seeded with (seed, step), so both ranks add the same noise / train the same depth and their replicas stay equal;
+    and the run equals the one-process run (a depth drawn per rank would average mismatched gradients)."""
+    name, plain = f"gla-conv-tied+{technique}", "gla-conv-tied"
+    _log(ddp_runs[1], name, 1)
+    _log(ddp_runs[2], name, 2)
+    ranks = [load_file(str(ddp_runs[2]["dir"] / name / f"params_rank{r}.safetensors")) for r in (0, 1)]
+    assert set(ranks[0]) == set(ranks[1])
+    for k in ranks[0]:
+        assert torch.equal(ranks[0][k], ranks[1][k]), k
+    one = load_file(str(ddp_runs[1]["dir"] / name / "params_rank0.safetensors"))
+    for k in one:
+        torch.testing.assert_close(ranks[0][k], one[k], rtol=1e-4, atol=1e-5, msg=k)
+    # the technique changed the training: the final weights differ from the same run without it
+    noisy = load_file(str(ddp_runs[1]["dir"] / name / "final" / "model.safetensors"))
+    without = load_file(str(ddp_runs[1]["dir"] / plain / "final" / "model.safetensors"))
+    assert max(float((noisy[k] - without[k]).abs().max()) for k in noisy) > 1e-3
+
+
 def test_no_split_modules_keep_blocks_whole(tiny_config):
     from accelerate import infer_auto_device_map
     from accelerate.utils import compute_module_sizes
