@@ -62,6 +62,13 @@ class PLSTM(nn.Module):
     ``JK = JQ = 1``). Then a swish-gated RMSNorm per head over ``JO * V`` and the output projection, and optional
     short convolutions on q, k, v, as in GLA.
 
+    Against the reference's 1-D layer (``pLSTM1DLayer``): the same recurrence and output (``QK_scale = K^-1/2``);
+    sigmoid gates as its default ``logsigmoid`` activation, biases started at 0 instead of -5; its transitions are
+    bounded by an orthogonal x tanh-eigenvalue x orthogonal product (``LongRangeTransitionLayer``), not offered here:
+    P- and D-mode are the bounds of the reference's DAG layer (``pLSTMGraphLayer``) applied to the ``JT`` channels.
+    Not carried over: its passthrough branch and the convolution in front of the gates; the multi-head RMSNorm is
+    GLA's swish-gated one.
+
     Left padding: pass the 2-D attention mask; padded positions get zero keys (so add nothing to the state, which is
     zero before the first token) and each row computes exactly what it would alone.
     """

@@ -211,3 +211,17 @@ def test_hnet_with_plstm_layers_runs():
     model = HNetForCausalLM(config)
     out = model(input_ids=torch.randint(0, 256, (2, 12)))
     assert out.logits.shape == (2, 12, 256) and torch.isfinite(out.logits).all()
+
+
+def test_plstm_in_mqar_and_state_tracking():
+    from hf_seqmodels.evaluation.mqar import make_mqar_config
+    from hf_seqmodels.evaluation.state_tracking import MODELS, get_task, make_model
+
+    config = make_mqar_config("plstm", 32, 1, 64)
+    assert isinstance(config, PLSTMConfig) and config.use_short_conv and config.head_k_dim == 16
+    assert "plstm" in MODELS
+    task = get_task("parity")
+    model = make_model("plstm", task, d_model=16, transition_mode="D")
+    inputs, _ = task.data(2, 7)
+    assert model(inputs).shape == (2, 7, 2)
+    assert model.model.config.transition_mode == "D"
