@@ -36,6 +36,8 @@ RECIPES = {
     "paragru-clip": dict(config="paragru", layers=1, recurrent_clip=0.9),
     "paralstm-clip": dict(config="paralstm", layers=1, recurrent_clip=0.9),
     "gla": dict(config="gla", layers=1),
+    "plstm": dict(config="plstm", layers=1),  # P-mode: dense transitions
+    "plstm-d": dict(config="plstm", layers=1, transition_mode="D"),  # D-mode: diagonal transitions
     "llama": dict(config="llama", layers=2),
     "dense-gru": dict(config="dense-gru", layers=1),
     "dense-lstm": dict(config="dense-lstm", layers=1),
@@ -48,6 +50,8 @@ NAMES = {
     "paragru-clip": "ParaGRU, recurrent_clip 0.9",
     "paralstm-clip": "ParaLSTM, recurrent_clip 0.9",
     "gla": "GLA",
+    "plstm": "pLSTM (P-mode)",
+    "plstm-d": "pLSTM (D-mode)",
     "llama": "Llama (2 layers)",
     "dense-gru": "torch.nn.GRU",
     "dense-lstm": "torch.nn.LSTM",

@@ -12,6 +12,7 @@ from .models.hnet import ByteTokenizer, HNetConfig, HNetForCausalLM, HNetModel
 from .models.liger import LigerConfig, LigerForCausalLM, LigerModel
 from .models.lizard import LizardConfig, LizardForCausalLM, LizardModel
 from .models.pararnn import ParaRNNConfig, ParaRNNForCausalLM, ParaRNNModel
+from .models.plstm import PLSTMConfig, PLSTMForCausalLM, PLSTMModel
 from .training import (
     GradientNoiseCallback,
     HNetCompressionCallback,
@@ -65,4 +66,7 @@ __all__ = [
     "ParaRNNConfig",
     "ParaRNNModel",
     "ParaRNNForCausalLM",
+    "PLSTMConfig",
+    "PLSTMModel",
+    "PLSTMForCausalLM",
 ]

@@ -157,6 +157,24 @@ def _pararnn_config(cell):
     return factory
 
 
+def _plstm_config(d_model, layers, vocab_size, heads=1):
+    from hf_seqmodels.models.plstm import PLSTMConfig
+
+    # GLA's setting: short convolutions on q, k, v; the head widths of a GLA head at this width (expand_k 0.5)
+    return PLSTMConfig(
+        vocab_size=vocab_size,
+        hidden_size=d_model,
+        num_hidden_layers=layers,
+        num_heads=heads,
+        head_k_dim=max(1, d_model // (2 * heads)),
+        head_v_dim=max(1, d_model // heads),
+        use_short_conv=True,
+        tie_word_embeddings=True,
+        bos_token_id=None,
+        eos_token_id=None,
+    )
+
+
 def _llama_config(d_model, layers, vocab_size, heads=1):
     from transformers import LlamaConfig
 
@@ -186,6 +204,7 @@ MQAR_CONFIGS = {
     "gla": _gla_config,
     "paragru": _pararnn_config("gru"),
     "paralstm": _pararnn_config("lstm"),
+    "plstm": _plstm_config,
     "llama": _llama_config,  # softmax attention, the baseline
 }
 

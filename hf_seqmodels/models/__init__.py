@@ -12,6 +12,7 @@ from .hnet.tokenization_byte import register_byte_tokenizer
 from .liger import LigerConfig, LigerForCausalLM, LigerModel
 from .lizard import LizardConfig, LizardForCausalLM, LizardModel
 from .pararnn import ParaRNNConfig, ParaRNNForCausalLM, ParaRNNModel
+from .plstm import PLSTMConfig, PLSTMForCausalLM, PLSTMModel
 
 for _entry in (
     (GLAConfig, GLAModel, GLAForCausalLM),
@@ -19,6 +20,7 @@ for _entry in (
     (LizardConfig, LizardModel, LizardForCausalLM),
     (ParaRNNConfig, ParaRNNModel, ParaRNNForCausalLM),
     (HNetConfig, HNetModel, HNetForCausalLM),
+    (PLSTMConfig, PLSTMModel, PLSTMForCausalLM),
 ):
     register_architecture(*_entry)
 

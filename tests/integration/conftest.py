@@ -15,7 +15,7 @@ import importlib.util
 import pytest
 from integration_utils import FreshProcesses
 
-from hf_seqmodels import GLAConfig, HNetConfig, LigerConfig, LizardConfig, ParaRNNConfig
+from hf_seqmodels import GLAConfig, HNetConfig, LigerConfig, LizardConfig, ParaRNNConfig, PLSTMConfig
 
 # initializer_range 0.2 (not 0.02) gives peaked next-token distributions, so greedy/beam comparisons are not
 # decided by float-rounding near-ties; pad 0, bos 1, eos 2 (inputs avoid them where it matters).
@@ -61,6 +61,22 @@ TINY_CONFIGS = {
     "paralstm-tied": _tiny(
         ParaRNNConfig,
         dict(cell="lstm", vocab_size=128, hidden_size=32, num_heads=1, use_short_conv=False, tie_word_embeddings=True),
+    ),
+    "plstm": _tiny(
+        PLSTMConfig,
+        dict(vocab_size=128, hidden_size=32, num_heads=2, head_k_dim=8, head_v_dim=8, source_dim=2, mark_dim=2),
+    ),
+    "plstm-d-conv-tied": _tiny(
+        PLSTMConfig,
+        dict(
+            vocab_size=128,
+            hidden_size=32,
+            num_heads=2,
+            transition_mode="D",
+            use_short_conv=True,
+            chunk_size=4,
+            tie_word_embeddings=True,
+        ),
     ),
     "liger": _tiny(LigerConfig, dict(**_LLAMA, window_size=5, tie_word_embeddings=True)),
     "lizard": _tiny(LizardConfig, dict(**_LLAMA, window_size=4, num_sinks=2)),

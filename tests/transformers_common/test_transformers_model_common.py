@@ -40,6 +40,9 @@ from hf_seqmodels import (
     ParaRNNConfig,
     ParaRNNForCausalLM,
     ParaRNNModel,
+    PLSTMConfig,
+    PLSTMForCausalLM,
+    PLSTMModel,
 )
 
 
@@ -165,6 +168,12 @@ class ParaLSTMModelTest(SeqModelTestBase, unittest.TestCase):
     all_model_classes = (ParaRNNModel, ParaRNNForCausalLM)
     config_class = ParaRNNConfig
     config_kwargs = dict(_COMMON, cell="lstm", num_heads=1, use_short_conv=False, tie_word_embeddings=True)
+
+
+class PLSTMModelTest(SeqModelTestBase, unittest.TestCase):
+    all_model_classes = (PLSTMModel, PLSTMForCausalLM)
+    config_class = PLSTMConfig
+    config_kwargs = dict(_COMMON, num_heads=2, head_k_dim=8, head_v_dim=8, source_dim=2, use_short_conv=True)
 
 
 class LigerModelTest(SeqModelTestBase, unittest.TestCase):

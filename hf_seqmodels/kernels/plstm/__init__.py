@@ -1,0 +1,3 @@
+from .chunk_torch import chunk_plstm
+
+__all__ = ["chunk_plstm"]
