@@ -12,7 +12,8 @@ from .models.hnet import ByteTokenizer, HNetConfig, HNetForCausalLM, HNetModel
 from .models.liger import LigerConfig, LigerForCausalLM, LigerModel
 from .models.lizard import LizardConfig, LizardForCausalLM, LizardModel
 from .models.pararnn import ParaRNNConfig, ParaRNNForCausalLM, ParaRNNModel
-from .training import HNetCompressionCallback, hnet_parameter_groups
+from .models.s4d import S4DConfig, S4DForCausalLM, S4DModel
+from .training import HNetCompressionCallback, hnet_parameter_groups, s4d_parameter_groups
 
 register_auto_classes()
 register_peft_targets()
@@ -46,4 +47,8 @@ __all__ = [
     "ParaRNNConfig",
     "ParaRNNModel",
     "ParaRNNForCausalLM",
+    "S4DConfig",
+    "S4DModel",
+    "S4DForCausalLM",
+    "s4d_parameter_groups",
 ]

@@ -157,6 +157,20 @@ def _pararnn_config(cell):
     return factory
 
 
+def _s4d_config(d_model, layers, vocab_size, heads=1):
+    from hf_seqmodels.models.s4d import S4DConfig
+
+    # the reference's S4D-Lin layer (d_state 64); ``heads`` does not apply (one state space per channel)
+    return S4DConfig(
+        vocab_size=vocab_size,
+        hidden_size=d_model,
+        num_hidden_layers=layers,
+        tie_word_embeddings=True,
+        bos_token_id=None,
+        eos_token_id=None,
+    )
+
+
 def _llama_config(d_model, layers, vocab_size, heads=1):
     from transformers import LlamaConfig
 
@@ -186,6 +200,7 @@ MQAR_CONFIGS = {
     "gla": _gla_config,
     "paragru": _pararnn_config("gru"),
     "paralstm": _pararnn_config("lstm"),
+    "s4d": _s4d_config,
     "llama": _llama_config,  # softmax attention, the baseline
 }
 

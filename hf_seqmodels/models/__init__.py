@@ -12,6 +12,7 @@ from .hnet.tokenization_byte import register_byte_tokenizer
 from .liger import LigerConfig, LigerForCausalLM, LigerModel
 from .lizard import LizardConfig, LizardForCausalLM, LizardModel
 from .pararnn import ParaRNNConfig, ParaRNNForCausalLM, ParaRNNModel
+from .s4d import S4DConfig, S4DForCausalLM, S4DModel
 
 for _entry in (
     (GLAConfig, GLAModel, GLAForCausalLM),
@@ -19,6 +20,7 @@ for _entry in (
     (LizardConfig, LizardModel, LizardForCausalLM),
     (ParaRNNConfig, ParaRNNModel, ParaRNNForCausalLM),
     (HNetConfig, HNetModel, HNetForCausalLM),
+    (S4DConfig, S4DModel, S4DForCausalLM),
 ):
     register_architecture(*_entry)
 
