@@ -40,6 +40,9 @@ from hf_seqmodels import (
     ParaRNNConfig,
     ParaRNNForCausalLM,
     ParaRNNModel,
+    S4DConfig,
+    S4DForCausalLM,
+    S4DModel,
 )
 
 
@@ -165,6 +168,12 @@ class ParaLSTMModelTest(SeqModelTestBase, unittest.TestCase):
     all_model_classes = (ParaRNNModel, ParaRNNForCausalLM)
     config_class = ParaRNNConfig
     config_kwargs = dict(_COMMON, cell="lstm", num_heads=1, use_short_conv=False, tie_word_embeddings=True)
+
+
+class S4DModelTest(SeqModelTestBase, unittest.TestCase):
+    all_model_classes = (S4DModel, S4DForCausalLM)
+    config_class = S4DConfig
+    config_kwargs = dict(_COMMON, d_state=8, ssm_init="legs")
 
 
 class LigerModelTest(SeqModelTestBase, unittest.TestCase):
