@@ -21,10 +21,13 @@ dt_max]``, ``C`` standard complex normal, ``D`` standard normal; ``A`` by ``ssm_
   ``-1/2 + i w_n``; ``B`` is LegS's ``B`` in that eigenbasis with its imaginary part clipped to [-2, 2], as s4's
   ``init="legs"``. Only ``C B`` enters the layer, so ``B`` is folded into ``C`` at initialisation.
 
-The complex multiply by ``Ab`` is a 2x2 rotation-scaling block on ``(Re x, Im x)``, so the state runs on the shared
-2x2 block-diagonal scan (``block2_scan``, ParaLSTM's): a diagonal real scan cannot carry a complex multiply (the real
-and imaginary parts mix at every step), and the block scan runs the exact recurrence in fp32 (fp64 for fp64 input)
-with its explicit backward, in ``O(log T)`` parallel steps on the GPU.
+The complex multiply by ``Ab`` is a 2x2 rotation-scaling block ``[[Re, -Im], [Im, Re]]`` on ``(Re x, Im x)``, so
+the state runs on the shared 2x2 block-diagonal scan (``block2_scan``, ParaLSTM's). The other choice, real and
+imaginary parts as separate channels of the diagonal scan (``linear_scan``), cannot work: its ``a_t`` is real and
+per channel, while a complex multiply mixes the two parts at every step. The block scan runs the exact recurrence in
+fp32 (fp64 for fp64 input) with its explicit backward, in ``O(log T)`` parallel steps on the GPU; it holds one 2x2
+map per (token, channel, state), so training memory grows as ``B T H d_state`` (the reference's FFT convolution
+needs ``B H T`` but no state, and no decoding path of its own).
 
 Padding: ``attention_mask`` (1 = token, anywhere in the row) makes padded positions identity steps (``Ab = 1``,
 no input), so each row computes exactly what it computes alone and a cached state is the one after its last real

@@ -298,3 +298,14 @@ def test_hnet_with_s4d_letters_runs_and_decodes():
         steps = [model(x[:, :4], cache=cache, use_cache=True).logits]
         steps += [model(x[:, t : t + 1], cache=cache, use_cache=True).logits for t in range(4, 13)]
     assert float((torch.cat(steps, 1) - full).abs().max()) < 1e-5 * float(full.abs().max())
+
+
+def test_eval_rows_build_an_s4d_model():
+    from hf_seqmodels.evaluation.mqar import make_mqar_config
+    from hf_seqmodels.evaluation.state_tracking import MODELS, TASKS, make_model
+
+    assert isinstance(make_mqar_config("s4d", d_model=16, layers=1, vocab_size=40), S4DConfig)
+    assert "s4d" in MODELS
+    model = make_model("s4d", TASKS["parity"], d_model=16, d_state=4)
+    assert sum(isinstance(m, S4D) for m in model.modules()) == 1
+    assert model(torch.randint(0, 2, (2, 5))).shape[:2] == (2, 5)
