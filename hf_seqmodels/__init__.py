@@ -13,6 +13,7 @@ from .models.liger import LigerConfig, LigerForCausalLM, LigerModel
 from .models.lizard import LizardConfig, LizardForCausalLM, LizardModel
 from .models.pararnn import ParaRNNConfig, ParaRNNForCausalLM, ParaRNNModel
 from .models.plstm import PLSTMConfig, PLSTMForCausalLM, PLSTMModel
+from .models.s4d import S4DConfig, S4DForCausalLM, S4DModel
 from .training import (
     GradientNoiseCallback,
     HNetCompressionCallback,
@@ -22,6 +23,7 @@ from .training import (
     hnet_parameter_groups,
     prune_projections,
     remove_pruning,
+    s4d_parameter_groups,
     summed_depth_loss,
     truncated_depth,
 )
@@ -69,4 +71,8 @@ __all__ = [
     "PLSTMConfig",
     "PLSTMModel",
     "PLSTMForCausalLM",
+    "S4DConfig",
+    "S4DModel",
+    "S4DForCausalLM",
+    "s4d_parameter_groups",
 ]

@@ -12,7 +12,7 @@ import pytest
 import torch
 from transformers import PretrainedConfig
 
-from hf_seqmodels import GLAConfig, HNetConfig, LigerConfig, LizardConfig, ParaRNNConfig
+from hf_seqmodels import GLAConfig, HNetConfig, LigerConfig, LizardConfig, ParaRNNConfig, S4DConfig
 from hf_seqmodels.memory import MemoryBankConfig, attach_memory_bank, build_memory_index
 from hf_seqmodels.models import GLAForCausalLM
 from hf_seqmodels.models.hnet.tokenization_byte import ByteTokenizer
@@ -35,6 +35,7 @@ _MEMORY = dict(block_sizes=(4, 2), branching=2, generic_memory_prob=0.0)
 BASES = {
     GLAConfig: dict(_SEQ, num_heads=2, use_short_conv=True),
     ParaRNNConfig: dict(_SEQ, cell="lstm"),
+    S4DConfig: dict(_SEQ, d_state=8),
     LigerConfig: _LLAMA,
     LizardConfig: dict(_LLAMA, num_sinks=2),
     LinearizedLlamaConfig: _LLAMA,  # the base of Liger and Lizard: no model of its own

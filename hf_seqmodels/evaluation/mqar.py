@@ -175,6 +175,20 @@ def _plstm_config(d_model, layers, vocab_size, heads=1):
     )
 
 
+def _s4d_config(d_model, layers, vocab_size, heads=1):
+    from hf_seqmodels.models.s4d import S4DConfig
+
+    # the reference's S4D-Lin layer (d_state 64); ``heads`` does not apply (one state space per channel)
+    return S4DConfig(
+        vocab_size=vocab_size,
+        hidden_size=d_model,
+        num_hidden_layers=layers,
+        tie_word_embeddings=True,
+        bos_token_id=None,
+        eos_token_id=None,
+    )
+
+
 def _llama_config(d_model, layers, vocab_size, heads=1):
     from transformers import LlamaConfig
 
@@ -205,6 +219,7 @@ MQAR_CONFIGS = {
     "paragru": _pararnn_config("gru"),
     "paralstm": _pararnn_config("lstm"),
     "plstm": _plstm_config,
+    "s4d": _s4d_config,
     "llama": _llama_config,  # softmax attention, the baseline
 }
 

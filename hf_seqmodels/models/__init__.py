@@ -13,6 +13,7 @@ from .liger import LigerConfig, LigerForCausalLM, LigerModel
 from .lizard import LizardConfig, LizardForCausalLM, LizardModel
 from .pararnn import ParaRNNConfig, ParaRNNForCausalLM, ParaRNNModel
 from .plstm import PLSTMConfig, PLSTMForCausalLM, PLSTMModel
+from .s4d import S4DConfig, S4DForCausalLM, S4DModel
 
 for _entry in (
     (GLAConfig, GLAModel, GLAForCausalLM),
@@ -21,6 +22,7 @@ for _entry in (
     (ParaRNNConfig, ParaRNNModel, ParaRNNForCausalLM),
     (HNetConfig, HNetModel, HNetForCausalLM),
     (PLSTMConfig, PLSTMModel, PLSTMForCausalLM),
+    (S4DConfig, S4DModel, S4DForCausalLM),
 ):
     register_architecture(*_entry)
 

@@ -15,7 +15,7 @@ import importlib.util
 import pytest
 from integration_utils import FreshProcesses
 
-from hf_seqmodels import GLAConfig, HNetConfig, LigerConfig, LizardConfig, ParaRNNConfig, PLSTMConfig
+from hf_seqmodels import GLAConfig, HNetConfig, LigerConfig, LizardConfig, ParaRNNConfig, PLSTMConfig, S4DConfig
 
 # initializer_range 0.2 (not 0.02) gives peaked next-token distributions, so greedy/beam comparisons are not
 # decided by float-rounding near-ties; pad 0, bos 1, eos 2 (inputs avoid them where it matters).
@@ -77,6 +77,10 @@ TINY_CONFIGS = {
             chunk_size=4,
             tie_word_embeddings=True,
         ),
+    ),
+    "s4d": _tiny(S4DConfig, dict(vocab_size=128, hidden_size=32, d_state=8, tie_word_embeddings=False)),
+    "s4d-legs-tied": _tiny(
+        S4DConfig, dict(vocab_size=128, hidden_size=32, d_state=16, ssm_init="legs", tie_word_embeddings=True)
     ),
     "liger": _tiny(LigerConfig, dict(**_LLAMA, window_size=5, tie_word_embeddings=True)),
     "lizard": _tiny(LizardConfig, dict(**_LLAMA, window_size=4, num_sinks=2)),

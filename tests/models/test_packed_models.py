@@ -19,6 +19,7 @@ def _configs():
         "gla": lambda: hf_seqmodels.GLAConfig(hidden_size=32, num_heads=2, use_short_conv=True, **common),
         "pararnn-gru": lambda: hf_seqmodels.ParaRNNConfig(cell="gru", hidden_size=16, num_heads=2, **common),
         "pararnn-lstm": lambda: hf_seqmodels.ParaRNNConfig(cell="lstm", hidden_size=16, num_heads=2, **common),
+        "s4d": lambda: hf_seqmodels.S4DConfig(hidden_size=16, d_state=6, **common),
         "liger": lambda: hf_seqmodels.LigerConfig(**lin, **common),
         "lizard": lambda: hf_seqmodels.LizardConfig(**lin, num_sinks=2, **common),
         "liger-hybrid": lambda: hf_seqmodels.LigerConfig(**lin, softmax_layers=[1], base_model_type="qwen2", **common),

@@ -43,6 +43,9 @@ from hf_seqmodels import (
     PLSTMConfig,
     PLSTMForCausalLM,
     PLSTMModel,
+    S4DConfig,
+    S4DForCausalLM,
+    S4DModel,
 )
 
 
@@ -174,6 +177,12 @@ class PLSTMModelTest(SeqModelTestBase, unittest.TestCase):
     all_model_classes = (PLSTMModel, PLSTMForCausalLM)
     config_class = PLSTMConfig
     config_kwargs = dict(_COMMON, num_heads=2, head_k_dim=8, head_v_dim=8, source_dim=2, use_short_conv=True)
+
+
+class S4DModelTest(SeqModelTestBase, unittest.TestCase):
+    all_model_classes = (S4DModel, S4DForCausalLM)
+    config_class = S4DConfig
+    config_kwargs = dict(_COMMON, d_state=8, ssm_init="legs")
 
 
 class LigerModelTest(SeqModelTestBase, unittest.TestCase):

@@ -11,7 +11,7 @@ from hf_seqmodels.layers.checks import check_int, check_number
 from hf_seqmodels.models.causal_lm import default_intermediate_size
 
 #: layer letters: lowercase = mixer only, uppercase = mixer + SwiGLU MLP (needs d_intermediate > 0 for the stage)
-LAYER_LETTERS = {"m": "mamba2", "t": "attention", "g": "gla", "r": "paragru", "l": "paralstm", "p": "plstm"}
+LAYER_LETTERS = {"m": "mamba2", "t": "attention", "g": "gla", "r": "paragru", "l": "paralstm", "p": "plstm", "s": "s4d"}
 _LAYER_RE = re.compile(rf"([{''.join(LAYER_LETTERS)}{''.join(LAYER_LETTERS).upper()}])(\d+)")
 
 _SSM = {"d_state": 128, "expand": 2, "head_dim": 64, "n_groups": 1, "d_conv": 4, "chunk_size": 256}

@@ -41,6 +41,7 @@ from hf_seqmodels.layers.mamba2 import Mamba2Mixer
 from hf_seqmodels.layers.norm import RMSNorm
 from hf_seqmodels.layers.pararnn import ParaRNNMixer
 from hf_seqmodels.layers.plstm import PLSTM
+from hf_seqmodels.layers.s4d import S4D
 from hf_seqmodels.layers.word_boundary import word_boundaries, word_boundary_state, word_boundary_step
 from hf_seqmodels.models.causal_lm import (
     PACKING_KWARGS,
@@ -131,6 +132,8 @@ def build_mixer(letter: str, config: HNetConfig, stage: int, layer_idx: int) -> 
         )
     if kind == "plstm":  # PLSTM's defaults: its widths do not depend on the stage width
         return PLSTM(d, norm_eps=config.rms_norm_eps, layer_idx=layer_idx)
+    if kind == "s4d":  # the layer's defaults (S4D-Lin, d_state 64) at the stage width
+        return S4D(d, layer_idx=layer_idx)
     return ParaRNNMixer(
         hidden_size=d,
         state_size=d,
