@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from hf_seqmodels.kernels import chunk_gla, fused_recurrent_gla
+from hf_seqmodels.kernels import chunk_gla, context_parallel, fused_recurrent_gla
 from hf_seqmodels.kernels.attention import (
     check_window,
     ring_buffer_init,
@@ -142,6 +142,10 @@ class LinearizedAttention(nn.Module):
     def project(self, x):
         """x ``[B, T, hidden]`` -> q ``[B, T, H, D]``, k, v ``[B, T, Hkv, D]`` as the teacher's attention makes
         them before RoPE (biases, fused split, q/k norms)."""
+        context_parallel.refuse(
+            f"{type(self).__name__} (a linearized attention with a sliding-window softmax branch)",
+            "the window needs a key/value halo from the previous rank, not implemented",
+        )
         B, T, _ = x.shape
         H, Hkv, D = self.num_heads, self.num_kv_heads, self.head_dim
         if self.family.fused_qkv:
@@ -248,6 +252,9 @@ class SoftmaxAttention(LinearizedAttention):
         """hidden_states ``[B, T, hidden_size]`` -> ``[B, T, hidden_size]`` (same dtype); arguments as
         :meth:`~hf_seqmodels.layers.liger.LigerAttention.forward`. Padded query positions give zeros before
         ``o_proj``."""
+        context_parallel.refuse(
+            f"{type(self).__name__} (sliding-window / softmax attention)", "it needs a key/value halo, not implemented"
+        )
         B, T, _ = hidden_states.shape
         q, k, v = self.project(hidden_states)
         cu_seqlens = kwargs.get("cu_seqlens")
