@@ -8,7 +8,8 @@ Cases (fp64, sequence lengths not divisible by the rank count, slices of unequal
 - ``chunk_gla`` with a per-key gate and a per-head gate: the output and the final state, and the gradients of q, k,
   v, g from random upstream gradients of both;
 - a GLA model with short convolutions (conv_size 4): the logits and every parameter's gradient of the loss as the
-  ``context_parallel`` docstring combines it (per-rank summed token losses over the total, gradients summed);
+  ``context_parallel`` docstring combines it (per-rank summed token losses over the total, gradients summed), also
+  with a row left-padded past the first rank's slice (attention_mask sliced like the ids; padded logits not compared);
 - refusals: ParaRNN, Liger, H-Net inside the block raise NotImplementedError naming the layer.
 Rank 0 writes ``DIR/result.json``: the largest relative error of each case over the ranks (or the errors raised).
 """
@@ -93,13 +94,18 @@ def token_loss_sum(logits, shift_labels):
     return F.cross_entropy(logits.flatten(0, 1), shift_labels.flatten(), reduction="sum", ignore_index=-100)
 
 
-def check_model(group, ranks, T, seed) -> float:
+def check_model(group, ranks, T, seed, pad=0) -> float:
+    """``pad``: the first row is left-padded with ``pad`` positions (attention_mask 0, no labels there)."""
     model = gla_model(seed)
     torch.manual_seed(seed + 1)
     ids = random_ids(model.config, 2, T)
+    mask = torch.ones_like(ids)
+    mask[0, :pad] = 0
+    ids[0, :pad] = model.config.pad_token_id
     shift = F.pad(ids[:, 1:], (0, 1), value=-100)
+    shift[0, : max(pad - 1, 0)] = -100
     n_tokens = int((shift != -100).sum())
-    logits = model(input_ids=ids, use_cache=False).logits
+    logits = model(input_ids=ids, attention_mask=mask, use_cache=False).logits
     (token_loss_sum(logits, shift) / n_tokens).backward()
     ref = {n: p.grad.clone() for n, p in model.named_parameters()}
     model.zero_grad(set_to_none=True)
@@ -107,9 +113,15 @@ def check_model(group, ranks, T, seed) -> float:
     r, W = ranks.index(dist.get_rank()), len(ranks)
     lo, hi = bounds(T, W, r)
     with context_parallel(group):
-        logits_r = model(input_ids=ids[:, lo:hi], position_ids=torch.arange(lo, hi)[None], use_cache=False).logits
+        logits_r = model(
+            input_ids=ids[:, lo:hi],
+            attention_mask=mask[:, lo:hi],
+            position_ids=torch.arange(lo, hi)[None],
+            use_cache=False,
+        ).logits
     (token_loss_sum(logits_r, shift[:, lo:hi]) / n_tokens).backward()
-    errs = [rel(logits_r, logits[:, lo:hi].detach())]
+    valid = mask[:, lo:hi, None].bool()
+    errs = [rel(logits_r * valid, (logits[:, lo:hi] * valid).detach())]
     for n, p in model.named_parameters():
         dist.all_reduce(p.grad, group=group)
         errs.append(rel(p.grad, ref[n]))
@@ -157,6 +169,9 @@ def main() -> int:
                     )
                 )
         cases.append((f"model W={W} T=29", W, ranks, group, lambda g, rk: check_model(g, rk, 29, seed=5)))
+        cases.append(
+            (f"model W={W} T=29 left-padded", W, ranks, group, lambda g, rk: check_model(g, rk, 29, seed=6, pad=12))
+        )
     for name, W, ranks, group, fn in cases:
         err = torch.tensor(0.0, dtype=torch.float64)
         if rank in ranks:
