@@ -182,3 +182,15 @@ def test_context_parallel_equals_one_process(launches):
 @pytest.mark.subprocess
 def test_context_parallel_refuses_by_name(launches):
     assert _cp_result(launches)["refusals"] == {"paragru": "ok", "liger": "ok", "lizard": "ok", "hnet": "ok"}
+
+
+def test_context_parallel_needs_a_process_group():
+    import torch.distributed as dist
+
+    from hf_seqmodels import context_parallel
+
+    if dist.is_initialized():
+        pytest.skip("a process group is initialized in this process")
+    with pytest.raises(RuntimeError, match="context_parallel: torch.distributed is not initialized"):
+        with context_parallel():
+            pass
