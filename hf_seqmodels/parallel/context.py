@@ -5,7 +5,7 @@
 
     ids = input_ids[:, lo:hi]              # this rank's slice: rank r holds positions lo..hi-1, in rank order
     with context_parallel():               # the default process group (or group=...)
-        logits = model(input_ids=ids, use_cache=False).logits
+        logits = model(input_ids=ids, position_ids=torch.arange(lo, hi)[None], use_cache=False).logits
         # the loss of the whole sequence: every rank's summed token losses over the total number of tokens
         loss = F.cross_entropy(logits.flatten(0, 1), shift_labels[:, lo:hi].flatten(), reduction="sum") / n_tokens
     loss.backward()                        # exchanges too (every rank calls it; the group is kept from the forward)
@@ -19,12 +19,14 @@ over the same group, which averages gradients, multiply the loss by the group's 
 
 What runs on a slice: ``chunk_gla`` (every rank runs its slice from a zero state; the ranks exchange each slice's
 final state ``[B, H, K, V]`` and total log-decay, one all_gather, for each rank's true initial state; backward
-mirrors it) and GLA's short convolutions (a halo of the previous slice's last ``conv_size - 1`` inputs). Each slice
-needs at least ``conv_size - 1`` positions; slices may differ in length (any T over any number of ranks). Everything
-else in GLA acts per position. Refused by name inside the block: softmax and sliding-window attention (hybrid
-layouts, Liger, Lizard: no ring attention or key/value halo yet), ParaRNN (no distributed Newton scan yet), Mamba-2
-and H-Net (its inner network runs on chunk sequences whose length differs per rank), token-by-token decoding.
-Packed sequences (``cu_seqlens``) and an initial cache are refused by ``chunk_gla``.
+mirrors it), GLA's short convolutions (a halo of the previous slice's last ``conv_size - 1`` inputs) and Liger's and
+Lizard's sliding windows (a halo of the previous slice's last ``window`` keys and values after RoPE, with their
+padding mask; pass ``position_ids``, this slice's positions in the whole sequence). Each slice needs at least
+``conv_size - 1`` / ``window`` positions; slices may differ in length (any T over any number of ranks). Everything
+else in these models acts per position. Refused by name inside the block: global softmax attention (hybrid layouts,
+Lizard's attention-transfer teacher: no ring attention), ParaRNN (no distributed Newton scan yet), Mamba-2 (no conv
+halo yet) and H-Net (its inner network runs on chunk sequences whose length differs per rank), token-by-token
+decoding. Packed sequences (``cu_seqlens``) and an initial cache are refused.
 """
 
 from __future__ import annotations

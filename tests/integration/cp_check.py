@@ -10,7 +10,8 @@ Cases (fp64, sequence lengths not divisible by the rank count, slices of unequal
 - a GLA model with short convolutions (conv_size 4): the logits and every parameter's gradient of the loss as the
   ``context_parallel`` docstring combines it (per-rank summed token losses over the total, gradients summed), also
   with a row left-padded past the first rank's slice (attention_mask sliced like the ids; padded logits not compared);
-- refusals: ParaRNN, Liger, H-Net inside the block raise NotImplementedError naming the layer.
+- Liger and Lizard models (their linear branch on chunk_gla, their sliding window on a key/value halo), left-padded;
+- refusals: ParaRNN and H-Net inside the block raise NotImplementedError naming the layer.
 Rank 0 writes ``DIR/result.json``: the largest relative error of each case over the ranks (or the errors raised).
 """
 
@@ -94,9 +95,15 @@ def token_loss_sum(logits, shift_labels):
     return F.cross_entropy(logits.flatten(0, 1), shift_labels.flatten(), reduction="sum", ignore_index=-100)
 
 
-def check_model(group, ranks, T, seed, pad=0) -> float:
-    """``pad``: the first row is left-padded with ``pad`` positions (attention_mask 0, no labels there)."""
-    model = gla_model(seed)
+def tiny_model(name, seed):
+    torch.manual_seed(seed)
+    return build_lm(TINY_CONFIGS[name]()).double().train()
+
+
+def check_model(group, ranks, T, seed, pad=0, name=None) -> float:
+    """``pad``: the first row is left-padded with ``pad`` positions (attention_mask 0, no labels there). ``name``: a
+    TINY_CONFIGS model instead of the GLA with short convolutions."""
+    model = gla_model(seed) if name is None else tiny_model(name, seed)
     torch.manual_seed(seed + 1)
     ids = random_ids(model.config, 2, T)
     mask = torch.ones_like(ids)
@@ -130,12 +137,7 @@ def check_model(group, ranks, T, seed, pad=0) -> float:
 
 def check_refusals(group) -> dict:
     out = {}
-    for name, want in (
-        ("paragru", "ParaRNNMixer"),
-        ("liger", "LigerAttention"),
-        ("lizard", "LizardAttention"),
-        ("hnet", "H-Net"),
-    ):
+    for name, want in (("paragru", "ParaRNNMixer"), ("hnet", "H-Net")):
         model = build_lm(TINY_CONFIGS[name]())
         ids = random_ids(model.config, 1, 12)
         try:
@@ -172,6 +174,16 @@ def main() -> int:
         cases.append(
             (f"model W={W} T=29 left-padded", W, ranks, group, lambda g, rk: check_model(g, rk, 29, seed=6, pad=12))
         )
+        for arch in ("liger", "lizard"):  # the linear branch on chunk_gla, the window on a key/value halo
+            cases.append(
+                (
+                    f"model W={W} T=29 {arch} left-padded",
+                    W,
+                    ranks,
+                    group,
+                    lambda g, rk, a=arch: check_model(g, rk, 29, seed=7, pad=11, name=a),
+                )
+            )
     for name, W, ranks, group, fn in cases:
         err = torch.tensor(0.0, dtype=torch.float64)
         if rank in ranks:

@@ -34,37 +34,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import torch  # noqa: E402
 import torch.distributed as dist  # noqa: E402
 from conftest import TRAIN_CONFIGS, train_config_for  # noqa: E402
-from integration_utils import ByteBlocks, build_lm  # noqa: E402
+from integration_utils import ByteBlocks, build_lm, memory_model, memory_paths  # noqa: E402
 from safetensors.torch import save_file  # noqa: E402
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict  # noqa: E402
 
 from hf_seqmodels.parallel import save_pretrained_sharded, shard_model  # noqa: E402
 
 MEMORY_RUNS = ["memory-ddp"]
-
-
-def memory_model():
-    """A GLA anchor (gla-conv-tied, frozen) with a 2-level trainable bank (branching 3: 3 + 9 clusters, + generic)."""
-    from hf_seqmodels.memory import MemoryBankConfig, attach_memory_bank, build_memory_index
-
-    texts = [f"topic {i % 3} text number {i} about subject {i % 3}" for i in range(18)]
-    index = build_memory_index(texts, levels=2, branching=3, embed_dim=32, progress=False, seed=0)
-    model = build_lm(train_config_for("gla-conv-tied"))
-    cfg = MemoryBankConfig(
-        block_sizes=(4, 2), branching=3, generic_memory_prob=0.0, memory_lr=2e-2, memory_weight_decay=0.5
-    )
-    return attach_memory_bank(model, cfg, index)
-
-
-def memory_paths(n_rows: int, global_batch: int) -> torch.Tensor:
-    """Per-row paths ``[n_rows, 2]`` (the same whatever the world size): level-1 clusters 0..1 and level-2 clusters
-    0..5 only (cluster 2 of level 1 and 6..8 of level 2 are never fetched), and level-2 cluster 5 only by the second
-    half of each step's rows (the second process's, under 2 processes)."""
-    rows = torch.arange(n_rows)
-    first_half = (rows % global_batch) < global_batch // 2
-    level1 = rows % 2
-    level2 = torch.where(first_half, rows % 5, 5)
-    return torch.stack([level1, level2], dim=1)
 
 
 def full_state(model, sharded: bool) -> dict:
@@ -79,7 +55,7 @@ def train(run: str, out: Path, args, world: int, rank: int) -> dict:
     torch.manual_seed(args.seed)  # the same initial weights in every process
     is_memory = run.startswith("memory")
     if is_memory:
-        model = memory_model()
+        model = memory_model(train_config_for("gla-conv-tied"))
     else:
         config = train_config_for(run)
         config.initializer_range = 0.02  # as ddp_train.py: a stable run at lr 0.5 (rounding is not amplified)
