@@ -34,6 +34,7 @@ register_peft_targets()
 from .conversion import convert  # noqa: E402  (fills the registry's checkpoint formats: converted on load)
 from .linearize import linearize  # noqa: E402  (needs the registered classes)
 from .memory import register_memory_auto_classes  # noqa: E402
+from .parallel import context_parallel  # noqa: E402
 
 register_memory_auto_classes()  # a folder saved with a memory bank loads through the Auto classes with its bank
 
@@ -42,6 +43,7 @@ __all__ = [
     "RecurrentCache",
     "linearize",
     "convert",
+    "context_parallel",
     "GLAConfig",
     "GLAModel",
     "GLAForCausalLM",

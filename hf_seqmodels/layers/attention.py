@@ -25,7 +25,7 @@ from torch import nn
 from transformers import LlamaConfig
 from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding, apply_rotary_pos_emb
 
-from ..kernels import sliding_window_attention
+from ..kernels import context_parallel, sliding_window_attention
 from .checks import check_int
 
 
@@ -145,6 +145,7 @@ class CausalSelfAttention(nn.Module):
         """hidden_states ``[B, T, hidden_size]`` -> ``[B, T, hidden_size]`` (same dtype; padded positions 0 before
         ``o_proj``). ``attention_mask`` ``[B, >= T]`` (1 = token, last T columns used); ``cache``: a RecurrentCache
         (``attn_k``/``attn_v`` ``[B, H, L, D]``, ``attn_pos`` ``[B, L]``, ``attn_count`` ``[B]``)."""
+        context_parallel.refuse("CausalSelfAttention (softmax attention)", "it needs ring attention, not implemented")
         B, T, _ = hidden_states.shape
         H, D, idx = self.num_heads, self.head_dim, self.layer_idx
         valid = (

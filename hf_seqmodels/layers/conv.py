@@ -3,6 +3,8 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import initialization as init
 
+from hf_seqmodels.kernels import context_parallel
+
 CONV_INITS = ("normal", "identity")
 
 
@@ -47,6 +49,13 @@ class ShortConvolution(nn.Module):
             return self._packed(x, tail, cu_seqlens), None
         x = x.transpose(1, 2)
         width = self.kernel_size - 1
+        if tail is None and width and context_parallel.active():  # the sequence split over ranks: a halo
+            if x.shape[-1] < width:
+                raise ValueError(
+                    f"ShortConvolution under context_parallel: this rank's slice has {x.shape[-1]} positions, fewer "
+                    f"than the kernel's {width} earlier taps; give every rank >= {width} positions"
+                )
+            tail = context_parallel.exchange_halo(x[..., x.shape[-1] - width :])
         if tail is None:
             tail = x.new_zeros(x.shape[0], x.shape[1], width)
         xp = torch.cat([tail.to(x.dtype), x], dim=-1)

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from hf_seqmodels.kernels import chunk_gla, fused_recurrent_gla
+from hf_seqmodels.kernels import chunk_gla, context_parallel, fused_recurrent_gla
 from hf_seqmodels.kernels.attention import (
     check_window,
     ring_buffer_init,
@@ -175,6 +175,8 @@ class LinearizedAttention(nn.Module):
         B, T = q.shape[:2]
         window = window or self.window_size
         seen = cache.seen_tokens if cache is not None else 0
+        if cache is None and context_parallel.active():
+            return self._context_parallel_window(q, k, v, mask, position_ids, sinks, window, cu_seqlens)
         q, k = self.rope(q, k, self.positions(B, T, cache, position_ids, q.device))
         valid = torch.ones(B, T, dtype=torch.bool, device=q.device) if mask is None else mask.bool()
         if cache is None:
@@ -200,6 +202,30 @@ class LinearizedAttention(nn.Module):
             kb, vb, mb = ring_buffer_write(*buf, kt, vt, valid[:, -T:], seen, window)
         cache.set(idx, "swa_k", kb), cache.set(idx, "swa_v", vb), cache.set(idx, "swa_mask", mb)
         return o
+
+    def _context_parallel_window(self, q, k, v, mask, position_ids, sinks, window, cu_seqlens):
+        """The window on this rank's slice (``hf_seqmodels.context_parallel``): the previous rank's last ``window``
+        keys and values (after RoPE) and their padding mask come as a key prefix (kernels/context_parallel.py)."""
+        B, T = q.shape[:2]
+        name = type(self).__name__
+        if position_ids is None or cu_seqlens is not None:
+            raise ValueError(
+                f"{name} under context_parallel: pass `position_ids` (this slice's positions in the whole sequence: "
+                "RoPE turns keys by them before they travel) and no `cu_seqlens`"
+            )
+        if T < window:
+            raise ValueError(
+                f"{name} under context_parallel: this rank's slice has {T} positions, fewer than the window "
+                f"({window}); give every rank >= {window} positions"
+            )
+        q, k = self.rope(q, k, position_ids)
+        valid = torch.ones(B, T, dtype=k.dtype, device=q.device) if mask is None else mask.to(k.dtype)
+        halo_k = context_parallel.exchange_halo(k[:, T - window :])
+        halo_v = context_parallel.exchange_halo(v[:, T - window :])
+        halo_valid = context_parallel.exchange_halo(valid[:, T - window :]) > 0.5  # rank 0: no keys before it
+        k, v = torch.cat([halo_k, k], 1), torch.cat([halo_v, v], 1)
+        key_mask = torch.cat([halo_valid, valid > 0.5], 1)
+        return sliding_window_attention(q, k, v, window, sinks=sinks, key_mask=key_mask)
 
     def linear_attention(self, q, k, v, g, mask, cache, scale, cu_seqlens=None):
         """Gated linear attention over all heads: q, k, g [B, T, H, K] (features, log-gates), v [B, T, H, D].
@@ -248,6 +274,9 @@ class SoftmaxAttention(LinearizedAttention):
         """hidden_states ``[B, T, hidden_size]`` -> ``[B, T, hidden_size]`` (same dtype); arguments as
         :meth:`~hf_seqmodels.layers.liger.LigerAttention.forward`. Padded query positions give zeros before
         ``o_proj``."""
+        context_parallel.refuse(
+            f"{type(self).__name__} (sliding-window / softmax attention)", "it needs a key/value halo, not implemented"
+        )
         B, T, _ = hidden_states.shape
         q, k, v = self.project(hidden_states)
         cu_seqlens = kwargs.get("cu_seqlens")

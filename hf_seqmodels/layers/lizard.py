@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import initialization as init
 
+from ..kernels import context_parallel
 from .checks import check_int, check_number
 from .linearized import LinearizedAttention, check_linear_branch
 
@@ -118,6 +119,7 @@ class LizardAttention(LinearizedAttention):
         cu_seqlens = kwargs.get("cu_seqlens")
         if not self.attention_transfer:
             return self.student(hidden_states, q, k, v, attention_mask, cache, position_ids, cu_seqlens)
+        context_parallel.refuse("LizardAttention with attention_transfer", "its teacher attends over the whole input")
         T = hidden_states.shape[1]
         with (
             torch.no_grad()

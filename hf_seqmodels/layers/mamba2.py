@@ -46,7 +46,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import initialization as init
 
-from hf_seqmodels.kernels import chunk_gla, fused_recurrent_gla
+from hf_seqmodels.kernels import chunk_gla, context_parallel, fused_recurrent_gla
 
 from .checks import check_int, check_number
 
@@ -222,6 +222,7 @@ class Mamba2Mixer(nn.Module):
         """hidden_states ``[B, T, hidden_size]`` (any float dtype; the SSM runs in fp32, fp64 for fp64 input) ->
         ``[B, T, hidden_size]`` in the input dtype. ``attention_mask`` ``[B, >= T]`` (1 = token, last T columns
         used); ``cache``: a RecurrentCache (``conv`` and ``ssm_state`` under ``layer_idx``)."""
+        context_parallel.refuse("Mamba2Mixer", "its causal convolution exchanges no halo yet")
         Bsz, T, _ = hidden_states.shape
         H, P, N, G = self.num_heads, self.head_dim, self.d_state, self.n_groups
         mask = None

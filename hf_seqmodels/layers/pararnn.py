@@ -31,7 +31,7 @@ import torch
 from torch import nn
 from transformers import initialization as init
 
-from hf_seqmodels.kernels import select_backend
+from hf_seqmodels.kernels import context_parallel, select_backend
 from hf_seqmodels.kernels.pararnn import (
     adjoint_solve,
     cells,
@@ -553,6 +553,7 @@ class ParaRNNMixer(nn.Module):
         """hidden_states ``[B, T, hidden_size]`` -> ``[B, T, hidden_size]`` (same dtype; the cell runs in its
         parameters' dtype). ``attention_mask`` ``[B, >= T]`` (1 = token, last T columns used); ``cache``: a
         RecurrentCache (``state`` ``[B, D(, 2)]`` and ``conv`` tail under ``layer_idx``); ``cu_seqlens`` (kwargs)."""
+        context_parallel.refuse("ParaRNNMixer (ParaGRU, ParaLSTM)", "its Newton solve has no distributed scan yet")
         B, T, _ = hidden_states.shape
         x, idx = hidden_states, self.layer_idx
         cu_seqlens = kwargs.get("cu_seqlens")  # packed sequences (batch 1): no state or conv tap crosses a start

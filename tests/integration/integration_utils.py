@@ -76,6 +76,32 @@ class ByteBlocks(torch.utils.data.Dataset):
         return {"input_ids": ids, "labels": ids.clone()}
 
 
+# -- a memory-bank model for the multi-process tests (fsdp_train.py, test_parallel.py) ----------------------------
+def memory_model(anchor_config):
+    """A causal LM of ``anchor_config`` (frozen) with a 2-level trainable bank (branching 3: 3 + 9 clusters, and
+    the generic block of each level)."""
+    from hf_seqmodels.memory import MemoryBankConfig, attach_memory_bank, build_memory_index
+
+    texts = [f"topic {i % 3} text number {i} about subject {i % 3}" for i in range(18)]
+    index = build_memory_index(texts, levels=2, branching=3, embed_dim=32, progress=False, seed=0)
+    model = build_lm(anchor_config)
+    cfg = MemoryBankConfig(
+        block_sizes=(4, 2), branching=3, generic_memory_prob=0.0, memory_lr=2e-2, memory_weight_decay=0.5
+    )
+    return attach_memory_bank(model, cfg, index)
+
+
+def memory_paths(n_rows: int, global_batch: int) -> torch.Tensor:
+    """Per-row paths ``[n_rows, 2]`` (the same whatever the world size): level-1 clusters 0..1 and level-2 clusters
+    0..5 only (cluster 2 of level 1 and 6..8 of level 2 are never fetched), and level-2 cluster 5 only by the second
+    half of each step's rows (the second process's, under 2 processes)."""
+    rows = torch.arange(n_rows)
+    first_half = (rows % global_batch) < global_batch // 2
+    level1 = rows % 2
+    level2 = torch.where(first_half, rows % 5, 5)
+    return torch.stack([level1, level2], dim=1)
+
+
 # -- fresh Python processes ----------------------------------------------------------------------------------------
 def clean_env(**extra) -> dict:
     """The environment for a child process: offline, no seed override, one BLAS thread per process."""

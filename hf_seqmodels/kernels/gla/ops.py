@@ -17,6 +17,7 @@ import warnings
 
 import torch
 
+from .. import context_parallel
 from .._dispatch import (
     check_contiguous,
     check_same_device,
@@ -118,11 +119,36 @@ def chunk_gla(q, k, v, g, scale=None, initial_state=None, output_final_state=Fal
         fn = chunk_scalar_gla_triton if g.dim() == 3 else chunk_gla_triton
     else:
         fn = chunk_gla_torch
+    if context_parallel.active():
+        return _context_parallel_gla(fn, q, k, v, g, scale, initial_state, output_final_state, packed)
     if packed is not None:
         if chosen == "torch":  # chunk-aligned packing: no padding beyond each sequence's last chunk
             return chunk_gla_packed_torch(q, k, v, g, scale, initial_state, output_final_state, packed)
         return _packed_gla(fn, packed, q, k, v, g, scale, initial_state, output_final_state)
     return fn(q, k, v, g, scale, initial_state, output_final_state)
+
+
+def _context_parallel_gla(fn, q, k, v, g, scale, initial_state, output_final_state, packed):
+    """chunk_gla on this rank's slice of the sequence (see kernels/context_parallel.py). The state is linear in the
+    initial state: with ``G`` the slice's cumulative log-gate, the output from initial state ``h`` is the output from
+    a zero start plus ``scale * (q * exp(G)) h``, and the final state ``exp(G_last) h + S``. The slice runs once from
+    a zero start; the ranks exchange ``(S, G_last)`` for ``h``."""
+    if packed is not None or initial_state is not None:
+        raise ValueError(
+            "chunk_gla under context_parallel: `cu_seqlens` and `initial_state` are not supported (the state enters "
+            "from the previous rank's slice)"
+        )
+    if q.shape[1] == 0:
+        raise ValueError("chunk_gla under context_parallel: this rank's slice is empty; give every rank >= 1 position")
+    o, S = fn(q, k, v, g, scale, None, True)
+    G = g.to(S.dtype).cumsum(1)
+    h = context_parallel.exchange_gla_state(S, G[:, -1])
+    decay = torch.exp(G) if G.dim() == 4 else torch.exp(G)[..., None]
+    o = o + torch.einsum("bthk,bhkv->bthv", q.to(S.dtype) * decay * scale, h).to(o.dtype)
+    if not output_final_state:
+        return o, None
+    last = torch.exp(G[:, -1])
+    return o, (last[..., None] if last.dim() == 3 else last[..., None, None]) * h + S
 
 
 def fused_recurrent_gla(
@@ -132,6 +158,7 @@ def fused_recurrent_gla(
     chosen, scale, packed = _check_gla_args(
         "fused_recurrent_gla", q, k, v, g, scale, initial_state, backend, cu_seqlens
     )
+    context_parallel.refuse("fused_recurrent_gla", "it decodes token by token; run chunk_gla on slices instead")
     if packed is not None:
         if chosen == "torch":  # the torch path computes the recurrence in chunked form
             return chunk_gla_packed_torch(q, k, v, g, scale, initial_state, output_final_state, packed)

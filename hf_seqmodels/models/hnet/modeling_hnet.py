@@ -25,6 +25,7 @@ from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutpu
 
 from hf_seqmodels.cache import RecurrentCache
 from hf_seqmodels.compat import CACHE_KWARG, pop_cache
+from hf_seqmodels.kernels import context_parallel
 from hf_seqmodels.layers.attention import CausalSelfAttention
 from hf_seqmodels.layers.block import DecoderBlock
 from hf_seqmodels.layers.gla import GatedLinearAttention
@@ -375,6 +376,7 @@ class HNetModel(HNetPreTrainedModel):
         """input_ids ``[B, T]`` (bytes, long) or inputs_embeds ``[B, T, d_model[0]]``; attention_mask ``[B, T]``.
         Returns :class:`HNetModelOutput`: ``last_hidden_state`` ``[B, T, d_model[0]]`` and per-stage boundary
         masks/probabilities ``[B, T_s]``."""
+        context_parallel.refuse("H-Net", "its inner network runs on a chunk sequence whose length differs per rank")
         cache = pop_cache(cache, kwargs)
         self.check_inputs(input_ids, inputs_embeds)
         if self.config.boundary_router == "word" and input_ids is None:

@@ -1,0 +1,209 @@
+"""Context parallelism checks that ``test_context_parallel.py`` runs in ONE launch of 3 processes (gloo, CPU):
+every case runs over a 2-rank group (ranks 0, 1; rank 2 waits) and over all 3 ranks, and is compared with the same
+computation on the whole sequence in one process (each rank computes that reference itself, outside the block).
+
+    python -m torch.distributed.run --standalone --nproc_per_node 3 cp_check.py --out DIR
+
+Cases (fp64, sequence lengths not divisible by the rank count, slices of unequal length):
+- ``chunk_gla`` with a per-key gate and a per-head gate: the output and the final state, and the gradients of q, k,
+  v, g from random upstream gradients of both;
+- a GLA model with short convolutions (conv_size 4): the logits and every parameter's gradient of the loss as the
+  ``context_parallel`` docstring combines it (per-rank summed token losses over the total, gradients summed), also
+  with a row left-padded past the first rank's slice (attention_mask sliced like the ids; padded logits not compared);
+- Liger and Lizard models (their linear branch on chunk_gla, their sliding window on a key/value halo), left-padded;
+- refusals: ParaRNN and H-Net inside the block raise NotImplementedError naming the layer.
+Rank 0 writes ``DIR/result.json``: the largest relative error of each case over the ranks (or the errors raised).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import traceback
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import torch  # noqa: E402
+import torch.distributed as dist  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+from conftest import TINY_CONFIGS  # noqa: E402
+from integration_utils import build_lm, random_ids  # noqa: E402
+
+from hf_seqmodels import GLAConfig, context_parallel  # noqa: E402
+from hf_seqmodels.kernels import chunk_gla  # noqa: E402
+
+
+def bounds(T: int, world: int, rank: int) -> tuple[int, int]:
+    """Unequal contiguous slices: rank r of W holds [lo, hi), the first ranks one position shorter."""
+    cuts = torch.linspace(0, T, world + 1).round().long().tolist()
+    cuts[1:-1] = [c - 1 for c in cuts[1:-1]]  # shift the inner cuts: lengths differ even when W divides T
+    return cuts[rank], cuts[rank + 1]
+
+
+def rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    a, b = a.detach(), b.detach()
+    return float((a - b).abs().max() / b.abs().max().clamp_min(1e-300))
+
+
+def check_op(group, ranks, T, per_head, seed) -> float:
+    torch.manual_seed(seed)
+    B, H, K, V = 2, 3, 5, 7
+    q, k = torch.randn(B, T, H, K, dtype=torch.float64), torch.randn(B, T, H, K, dtype=torch.float64)
+    v = torch.randn(B, T, H, V, dtype=torch.float64)
+    g = F.logsigmoid(2 * torch.randn(B, T, H, *(() if per_head else (K,)), dtype=torch.float64))
+    do, dfin = torch.randn(B, T, H, V, dtype=torch.float64), torch.randn(B, H, K, V, dtype=torch.float64)
+    leaves = [t.clone().requires_grad_() for t in (q, k, v, g)]
+    o, fin = chunk_gla(*leaves, output_final_state=True)
+    ((o * do).sum() + (fin * dfin).sum()).backward()
+    ref_grads = [t.grad for t in leaves]
+
+    r, W = ranks.index(dist.get_rank()), len(ranks)
+    lo, hi = bounds(T, W, r)
+    mine = [t[:, lo:hi].clone().requires_grad_() for t in (q, k, v, g)]
+    with context_parallel(group):
+        o_r, fin_r = chunk_gla(*mine, output_final_state=True)
+    loss = (o_r * do[:, lo:hi]).sum() + ((fin_r * dfin).sum() if r == W - 1 else 0)
+    loss.backward()
+    errs = [rel(o_r, o[:, lo:hi].detach())]
+    if r == W - 1:
+        errs.append(rel(fin_r, fin.detach()))
+    errs += [rel(t.grad, gr[:, lo:hi]) for t, gr in zip(mine, ref_grads)]
+    return max(errs)
+
+
+def gla_model(seed):
+    torch.manual_seed(seed)
+    config = GLAConfig(
+        vocab_size=64,
+        hidden_size=32,
+        num_heads=2,
+        num_hidden_layers=2,
+        use_short_conv=True,
+        conv_size=4,
+        initializer_range=0.3,
+        pad_token_id=0,
+        bos_token_id=1,
+        eos_token_id=2,
+    )
+    return build_lm(config).double().train()
+
+
+def token_loss_sum(logits, shift_labels):
+    return F.cross_entropy(logits.flatten(0, 1), shift_labels.flatten(), reduction="sum", ignore_index=-100)
+
+
+def tiny_model(name, seed):
+    torch.manual_seed(seed)
+    return build_lm(TINY_CONFIGS[name]()).double().train()
+
+
+def check_model(group, ranks, T, seed, pad=0, name=None) -> float:
+    """``pad``: the first row is left-padded with ``pad`` positions (attention_mask 0, no labels there). ``name``: a
+    TINY_CONFIGS model instead of the GLA with short convolutions."""
+    model = gla_model(seed) if name is None else tiny_model(name, seed)
+    torch.manual_seed(seed + 1)
+    ids = random_ids(model.config, 2, T)
+    mask = torch.ones_like(ids)
+    mask[0, :pad] = 0
+    ids[0, :pad] = model.config.pad_token_id
+    shift = F.pad(ids[:, 1:], (0, 1), value=-100)
+    shift[0, : max(pad - 1, 0)] = -100
+    n_tokens = int((shift != -100).sum())
+    logits = model(input_ids=ids, attention_mask=mask, use_cache=False).logits
+    (token_loss_sum(logits, shift) / n_tokens).backward()
+    ref = {n: p.grad.clone() for n, p in model.named_parameters()}
+    model.zero_grad(set_to_none=True)
+
+    r, W = ranks.index(dist.get_rank()), len(ranks)
+    lo, hi = bounds(T, W, r)
+    with context_parallel(group):
+        logits_r = model(
+            input_ids=ids[:, lo:hi],
+            attention_mask=mask[:, lo:hi],
+            position_ids=torch.arange(lo, hi)[None],
+            use_cache=False,
+        ).logits
+    (token_loss_sum(logits_r, shift[:, lo:hi]) / n_tokens).backward()
+    valid = mask[:, lo:hi, None].bool()
+    errs = [rel(logits_r * valid, (logits[:, lo:hi] * valid).detach())]
+    for n, p in model.named_parameters():
+        dist.all_reduce(p.grad, group=group)
+        errs.append(rel(p.grad, ref[n]))
+    return max(errs)
+
+
+def check_refusals(group) -> dict:
+    out = {}
+    for name, want in (("paragru", "ParaRNNMixer"), ("hnet", "H-Net")):
+        model = build_lm(TINY_CONFIGS[name]())
+        ids = random_ids(model.config, 1, 12)
+        try:
+            with context_parallel(group):
+                model(input_ids=ids, use_cache=False)
+            out[name] = "no error"
+        except NotImplementedError as e:
+            out[name] = "ok" if want in str(e) and "context parallelism" in str(e) else f"wrong message: {e}"
+    return out
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--out", required=True)
+    args = parser.parse_args()
+    dist.init_process_group("gloo")
+    rank, world = dist.get_rank(), dist.get_world_size()
+    groups = {2: ([0, 1], dist.new_group([0, 1])), world: (list(range(world)), None)}
+    result, failed = {}, 0
+    cases = []
+    for W, (ranks, group) in groups.items():
+        for T in (37, 131):  # 131 > 2 chunks of 64 on a 2-rank slice
+            for per_head in (False, True):
+                cases.append(
+                    (
+                        f"op W={W} T={T} {'per-head' if per_head else 'per-key'}",
+                        W,
+                        ranks,
+                        group,
+                        lambda g, rk, T=T, ph=per_head: check_op(g, rk, T, ph, seed=T),
+                    )
+                )
+        cases.append((f"model W={W} T=29", W, ranks, group, lambda g, rk: check_model(g, rk, 29, seed=5)))
+        cases.append(
+            (f"model W={W} T=29 left-padded", W, ranks, group, lambda g, rk: check_model(g, rk, 29, seed=6, pad=12))
+        )
+        for arch in ("liger", "lizard"):  # the linear branch on chunk_gla, the window on a key/value halo
+            cases.append(
+                (
+                    f"model W={W} T=29 {arch} left-padded",
+                    W,
+                    ranks,
+                    group,
+                    lambda g, rk, a=arch: check_model(g, rk, 29, seed=7, pad=11, name=a),
+                )
+            )
+    for name, W, ranks, group, fn in cases:
+        err = torch.tensor(0.0, dtype=torch.float64)
+        if rank in ranks:
+            try:
+                err = torch.tensor(fn(group, ranks), dtype=torch.float64)
+            except Exception:
+                err = torch.tensor(float("inf"), dtype=torch.float64)
+                result[name + " error"] = traceback.format_exc()
+                failed += 1
+        dist.all_reduce(err, op=dist.ReduceOp.MAX)
+        result[name] = float(err)
+    result["refusals"] = check_refusals(None)
+    if rank == 0:
+        Path(args.out).mkdir(parents=True, exist_ok=True)
+        (Path(args.out) / "result.json").write_text(json.dumps(result, indent=1))
+    return failed
+
+
+if __name__ == "__main__":
+    failed = main()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(1 if failed else 0)

@@ -1,0 +1,196 @@
+"""Training past one process on the CPU (gloo), three launches started at once (each spends much of its time
+starting Python and importing torch/transformers):
+
+- FSDP (``hf_seqmodels.parallel.shard_model``, torch's ``fully_shard``): ``fsdp_train.py`` alone (one process, an
+  unsharded model) and under torchrun with 2 processes (sharded), every architecture of TRAIN_CONFIGS and a
+  memory-bank model (sharded, and under DDP): the same global losses, the same final weights, and the folder saved by
+  the 2 sharded processes loads into this process with their logits.
+- context parallelism (``hf_seqmodels.context_parallel``): ``cp_check.py`` under torchrun with 3 processes (cases
+  over 2 and 3 ranks), against the unsplit run in one process.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+
+import pytest
+import torch
+from integration_utils import HERE, build_lm, clean_env, memory_model, memory_paths
+from safetensors.torch import load_file
+
+from hf_seqmodels.parallel import block_classes, shard_model
+
+
+def _torchrun(n):
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(n)]
+
+
+@pytest.fixture(scope="module")
+def launches(tmp_path_factory):
+    """{name: dict(dir=..., rc=..., output=...)} for the launches "one" and "two" (fsdp_train.py) and "cp"."""
+    root = tmp_path_factory.mktemp("parallel")
+    commands = {
+        "one": [sys.executable, str(HERE / "fsdp_train.py"), "--out", str(root / "one")],
+        "two": [*_torchrun(2), str(HERE / "fsdp_train.py"), "--out", str(root / "two")],
+        "cp": [*_torchrun(3), str(HERE / "cp_check.py"), "--out", str(root / "cp")],
+    }
+    # each launch in its own process group, so that a hung one is stopped with its workers
+    procs = {
+        name: subprocess.Popen(
+            cmd,
+            cwd=root,
+            env=clean_env(),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            start_new_session=True,
+        )
+        for name, cmd in commands.items()
+    }
+    runs = {}
+    try:
+        for name, proc in procs.items():
+            try:
+                output, _ = proc.communicate(timeout=900)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                output = proc.communicate()[0] + "\n[stopped after 900 s]"
+            runs[name] = dict(dir=root / name, rc=proc.returncode, output=output)
+    finally:
+        for proc in procs.values():
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+    return runs
+
+
+def _log(run, name):
+    path = run["dir"] / name / "log.json"
+    if not path.is_file():
+        pytest.fail(f"the launch wrote no result for {name} (rc={run['rc']}):\n{run['output'][-8000:]}")
+    log = json.loads(path.read_text())
+    if "error" in log:
+        pytest.fail(f"{name} failed:\n{log['error']}")
+    return log
+
+
+@pytest.mark.subprocess
+def test_parallel_launches_exit_cleanly(launches):
+    for name, run in launches.items():
+        assert run["rc"] == 0, f"launch {name!r} failed (rc={run['rc']}):\n{run['output'][-8000:]}"
+
+
+def _same_training(one_dir, two_dir, run):
+    one = _log({"dir": one_dir, "rc": None, "output": ""}, run)
+    two = _log({"dir": two_dir, "rc": None, "output": ""}, run)
+    assert len(one["losses"]) == len(two["losses"]) == 4
+    # the loss of every step (the mean over both halves == over the whole batch), fp32
+    torch.testing.assert_close(torch.tensor(two["losses"]), torch.tensor(one["losses"]), rtol=1e-5, atol=0)
+    w1 = load_file(str(one_dir / run / "weights.safetensors"))
+    w2 = load_file(str(two_dir / run / "weights.safetensors"))
+    assert set(w1) == set(w2)
+    for k in w1:  # equal within float rounding, relative to each tensor's scale
+        diff, scale = float((w2[k] - w1[k]).abs().max()), float(w1[k].abs().max())
+        assert diff <= 1e-5 * scale, f"{k}: max |diff| {diff:.3g} > 1e-5 x scale {scale:.3g}"
+    return one, two, w1, w2
+
+
+@pytest.mark.subprocess
+def test_fsdp_two_processes_match_one(launches, train_name):
+    run = train_name
+    one, two, _, _ = _same_training(launches["one"]["dir"], launches["two"]["dir"], run)
+    assert (one["sharded"], two["sharded"]) == (False, True)
+    # the run trains (so later losses depend on how the earlier updates were combined)
+    assert one["losses"][-1] < one["losses"][0] - 0.3, one["losses"]
+
+    # the folder written by the 2 sharded processes (gathered, saved by rank 0) loads into one process with the
+    # logits the sharded model computed
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(launches["two"]["dir"] / run / "final").eval()
+    probe = load_file(str(launches["two"]["dir"] / run / "probe.safetensors"))
+    with torch.no_grad():
+        logits = model(input_ids=probe["input_ids"]).logits
+    torch.testing.assert_close(logits, probe["logits"], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.subprocess
+def test_memory_bank_two_processes_match_one(launches):
+    run = "memory-ddp"
+    one, two, w1, w2 = _same_training(launches["one"]["dir"], launches["two"]["dir"], run)
+    assert two["ddp"] and not two["sharded"]
+    # which blocks were fetched: level-1 clusters 0, 1; level-2 clusters 0..5 (5 by the second process's rows only)
+    paths = memory_paths(16, 4)
+    assert set(paths[:, 0].tolist()) == {0, 1} and set(paths[:, 1].tolist()) == set(range(6))
+    init = load_file(str(launches["one"]["dir"] / run / "initial.safetensors"))
+    for name, w in w2.items():
+        if not name.startswith("memory_bank."):
+            assert torch.equal(w, init[name]), f"{name}: the frozen anchor changed"
+            continue
+        level, cluster = int(name.split(".level")[1].split(".")[0]), int(name.rsplit(".", 1)[1])
+        fetched = cluster in ((0, 1) if level == 1 else range(6))
+        # an unfetched block: no update and no weight decay (bit for bit); a fetched one moved in both runs
+        assert torch.equal(w, init[name]) != fetched, (name, fetched)
+
+
+def test_shard_model_refuses_a_memory_bank():
+    from hf_seqmodels import GLAConfig
+
+    anchor = GLAConfig(vocab_size=256, hidden_size=32, num_heads=2, num_hidden_layers=2)
+    with pytest.raises(ValueError, match="shard_model: this model has a memory bank.*find_unused_parameters"):
+        shard_model(memory_model(anchor))
+
+
+def test_block_classes_name_every_architectures_blocks(tiny_config):
+    """What shard_model wraps: the classes named by _no_split_modules cover every residual block of the model."""
+    from hf_seqmodels.layers.block import DecoderBlock
+
+    model = build_lm(tiny_config)
+    classes = block_classes(model)
+    blocks = [m for m in model.modules() if isinstance(m, DecoderBlock)]
+    assert blocks and all(isinstance(b, classes) for b in blocks), (classes, {type(b).__name__ for b in blocks})
+
+
+def _cp_result(launches):
+    path = launches["cp"]["dir"] / "result.json"
+    if not path.is_file():
+        pytest.fail(
+            f"the context-parallel launch wrote no result (rc={launches['cp']['rc']}):\n"
+            f"{launches['cp']['output'][-8000:]}"
+        )
+    return json.loads(path.read_text())
+
+
+@pytest.mark.subprocess
+def test_context_parallel_equals_one_process(launches):
+    result = _cp_result(launches)
+    errors = {k: v for k, v in result.items() if k.endswith(" error")}
+    assert not errors, "\n".join(f"{k}:\n{v}" for k, v in errors.items())
+    cases = {k: v for k, v in result.items() if k.startswith(("op ", "model "))}
+    # chunk_gla per-key and per-head gates, T 37 and 131; the GLA model (unpadded, left-padded), Liger and Lizard
+    # (left-padded); each over 2 and 3 ranks
+    assert len(cases) == 16, sorted(cases)
+    for name, err in cases.items():
+        assert err < 1e-10, f"{name}: max relative error {err:.3g} (fp64)"
+
+
+@pytest.mark.subprocess
+def test_context_parallel_refuses_by_name(launches):
+    assert _cp_result(launches)["refusals"] == {"paragru": "ok", "hnet": "ok"}
+
+
+def test_context_parallel_needs_a_process_group():
+    import torch.distributed as dist
+
+    from hf_seqmodels import context_parallel
+
+    if dist.is_initialized():
+        pytest.skip("a process group is initialized in this process")
+    with pytest.raises(RuntimeError, match="context_parallel: torch.distributed is not initialized"):
+        with context_parallel():
+            pass
