@@ -214,3 +214,12 @@ def test_hnet_with_aaren_layers_runs_and_decodes():
             steps.append(out.logits)
     assert torch.isfinite(full).all()
     close(torch.cat(steps, 1), full, 1e-8)
+
+
+def test_eval_rows_build_aaren():
+    from hf_seqmodels.evaluation.mqar import make_mqar_config
+    from hf_seqmodels.evaluation.state_tracking import MODELS
+
+    config = make_mqar_config("aaren", d_model=32, layers=1, vocab_size=50, heads=2)
+    assert isinstance(config, AarenConfig) and config.num_heads == 2 and config.tie_word_embeddings
+    assert "aaren" in MODELS
