@@ -92,7 +92,9 @@ def test_extreme_scores_stay_finite_in_float32():
     (gx,) = torch.autograd.grad((out[0] * r).sum(), [x])
     (rx,) = torch.autograd.grad((ref * r.double()).sum(), [xd])
     assert torch.isfinite(gx).all()
-    close(gx[0], rx, 1e-3)
+    # float32 scores of size 1e4 carry ~1e-3 absolute rounding, which moves the softmax weights by ~1e-3 relative
+    # (any float32 implementation does); a broken stabilisation gives inf/nan or O(1) errors
+    close(gx[0], rx, 1e-2)
 
 
 def run_pieces(layer, x, pieces, mask=None):
