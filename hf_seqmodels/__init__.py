@@ -7,6 +7,8 @@ __version__ = "0.1.0"
 
 from .cache import RecurrentCache
 from .models import ARCHITECTURES, register_auto_classes, register_peft_targets
+from .models.aaren import AarenConfig, AarenForCausalLM, AarenModel
+from .models.gam import GAMConfig, GAMForCausalLM, GAMModel
 from .models.gla import GLAConfig, GLAForCausalLM, GLAModel
 from .models.hnet import ByteTokenizer, HNetConfig, HNetForCausalLM, HNetModel
 from .models.liger import LigerConfig, LigerForCausalLM, LigerModel
@@ -77,4 +79,10 @@ __all__ = [
     "S4DModel",
     "S4DForCausalLM",
     "s4d_parameter_groups",
+    "AarenConfig",
+    "AarenModel",
+    "AarenForCausalLM",
+    "GAMConfig",
+    "GAMModel",
+    "GAMForCausalLM",
 ]

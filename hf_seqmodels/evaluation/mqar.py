@@ -189,6 +189,34 @@ def _s4d_config(d_model, layers, vocab_size, heads=1):
     )
 
 
+def _aaren_config(d_model, layers, vocab_size, heads=1):
+    from hf_seqmodels.models.aaren import AarenConfig
+
+    return AarenConfig(
+        vocab_size=vocab_size,
+        hidden_size=d_model,
+        num_hidden_layers=layers,
+        num_heads=heads,
+        tie_word_embeddings=True,
+        bos_token_id=None,
+        eos_token_id=None,
+    )
+
+
+def _gam_config(d_model, layers, vocab_size, heads=1):
+    from hf_seqmodels.models.gam import GAMConfig
+
+    # GAM has no heads; its MLP is the reference's 4x GELU FFN
+    return GAMConfig(
+        vocab_size=vocab_size,
+        hidden_size=d_model,
+        num_hidden_layers=layers,
+        tie_word_embeddings=True,
+        bos_token_id=None,
+        eos_token_id=None,
+    )
+
+
 def _llama_config(d_model, layers, vocab_size, heads=1):
     from transformers import LlamaConfig
 
@@ -221,6 +249,8 @@ MQAR_CONFIGS = {
     "plstm": _plstm_config,
     "s4d": _s4d_config,
     "llama": _llama_config,  # softmax attention, the baseline
+    "aaren": _aaren_config,
+    "gam": _gam_config,
 }
 
 

@@ -151,7 +151,7 @@ class DenseRNNClassifier(torch.nn.Module):
 
 
 DENSE = {"dense-gru": "gru", "dense-lstm": "lstm"}
-MODELS = ("gla", "paragru", "paralstm", "plstm", "s4d", "llama", *DENSE)
+MODELS = ("gla", "paragru", "paralstm", "plstm", "s4d", "aaren", "gam", "llama", *DENSE)
 #: config fields the named ParaRNN models get here unless overridden: recurrent weights U(-0.9, 0.9). A parity flip
 #: needs some unit with ``|a| > 1``; from the LM init (every ``|a|`` below ~0.2 at d 64) Adam has to carry one there
 #: at ~lr per step, and 1-layer ParaLSTM at length 32 often stalled on the way (BENCHMARKS.md, state tracking).

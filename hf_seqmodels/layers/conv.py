@@ -27,16 +27,20 @@ class ShortConvolution(nn.Module):
 
     ``init``: ``"normal"`` (transformers' normal(0, initializer_range), as fla's models) or ``"identity"`` (the
     current input passes through at init). The normal init shrinks the signal ~50x at initializer_range 0.02, which a
-    nonlinear cell behind it cannot afford (its gates then see no input; see ParaRNNConfig.conv_init)."""
+    nonlinear cell behind it cannot afford (its gates then see no input; see ParaRNNConfig.conv_init).
+    ``bias``: a per-channel bias; ``activation=False``: no SiLU (a plain causal depthwise convolution, as GAM's)."""
 
-    def __init__(self, dim: int, kernel_size: int = 4, init: str = "normal"):
+    def __init__(
+        self, dim: int, kernel_size: int = 4, init: str = "normal", bias: bool = False, activation: bool = True
+    ):
         super().__init__()
         if kernel_size < 1:
             raise ValueError(f"ShortConvolution: kernel_size must be >= 1, got {kernel_size}")
         if init not in CONV_INITS:
             raise ValueError(f"ShortConvolution: init must be one of {CONV_INITS}, got {init!r}")
         self.kernel_size = kernel_size
-        self.conv = _DepthwiseConv1d(dim, dim, kernel_size, groups=dim, bias=False)
+        self.activation = activation
+        self.conv = _DepthwiseConv1d(dim, dim, kernel_size, groups=dim, bias=bias)
         self.conv.init_mode = init
         self.conv.init_extra_weights()
 
@@ -59,8 +63,11 @@ class ShortConvolution(nn.Module):
         if tail is None:
             tail = x.new_zeros(x.shape[0], x.shape[1], width)
         xp = torch.cat([tail.to(x.dtype), x], dim=-1)
-        y = F.conv1d(xp, self.conv.weight, groups=x.shape[1])
-        return F.silu(y).transpose(1, 2), xp[..., xp.shape[-1] - width :]
+        y = F.conv1d(xp, self.conv.weight, self.conv.bias, groups=x.shape[1])
+        return self._act(y).transpose(1, 2), xp[..., xp.shape[-1] - width :]
+
+    def _act(self, y):
+        return F.silu(y) if self.activation else y
 
     def _packed(self, x, tail, cu_seqlens):
         from hf_seqmodels.kernels._varlen import check_cu_seqlens
@@ -77,4 +84,4 @@ class ShortConvolution(nn.Module):
         for lag in range(1, min(W, x.shape[1])):
             shifted = F.pad(x[:, :-lag], (0, 0, lag, 0))
             y = y + shifted * (pos >= lag).to(x.dtype)[None, :, None] * w[:, W - 1 - lag]
-        return F.silu(y)
+        return self._act(y if self.conv.bias is None else y + self.conv.bias.to(x.dtype))

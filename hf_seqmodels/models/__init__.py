@@ -6,6 +6,8 @@ from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
 
 from hf_seqmodels.registry import ARCHITECTURES, register_architecture
 
+from .aaren import AarenConfig, AarenForCausalLM, AarenModel
+from .gam import GAMConfig, GAMForCausalLM, GAMModel
 from .gla import GLAConfig, GLAForCausalLM, GLAModel
 from .hnet import HNetConfig, HNetForCausalLM, HNetModel
 from .hnet.tokenization_byte import register_byte_tokenizer
@@ -23,6 +25,8 @@ for _entry in (
     (HNetConfig, HNetModel, HNetForCausalLM),
     (PLSTMConfig, PLSTMModel, PLSTMForCausalLM),
     (S4DConfig, S4DModel, S4DForCausalLM),
+    (AarenConfig, AarenModel, AarenForCausalLM),
+    (GAMConfig, GAMModel, GAMForCausalLM),
 ):
     register_architecture(*_entry)
 

@@ -15,7 +15,17 @@ import importlib.util
 import pytest
 from integration_utils import FreshProcesses
 
-from hf_seqmodels import GLAConfig, HNetConfig, LigerConfig, LizardConfig, ParaRNNConfig, PLSTMConfig, S4DConfig
+from hf_seqmodels import (
+    AarenConfig,
+    GAMConfig,
+    GLAConfig,
+    HNetConfig,
+    LigerConfig,
+    LizardConfig,
+    ParaRNNConfig,
+    PLSTMConfig,
+    S4DConfig,
+)
 
 # initializer_range 0.2 (not 0.02) gives peaked next-token distributions, so greedy/beam comparisons are not
 # decided by float-rounding near-ties; pad 0, bos 1, eos 2 (inputs avoid them where it matters).
@@ -84,6 +94,11 @@ TINY_CONFIGS = {
     ),
     "liger": _tiny(LigerConfig, dict(**_LLAMA, window_size=5, tie_word_embeddings=True)),
     "lizard": _tiny(LizardConfig, dict(**_LLAMA, window_size=4, num_sinks=2)),
+    "aaren": _tiny(AarenConfig, dict(vocab_size=128, hidden_size=32, num_heads=2)),
+    "gam-tied": _tiny(
+        GAMConfig,
+        dict(vocab_size=128, hidden_size=32, num_memory_slots=24, conv_kernel_size=3, tie_word_embeddings=True),
+    ),
     "hnet": _hnet(["m1", ["T1g1"], "M1"]),
     "hnet-2stage-word": _hnet(
         ["t1", ["m1", ["T1"], "m1"], "m1"],

@@ -25,6 +25,12 @@ from transformers_upstream import (
 
 import hf_seqmodels  # noqa: F401  (registers the architectures)
 from hf_seqmodels import (
+    AarenConfig,
+    AarenForCausalLM,
+    AarenModel,
+    GAMConfig,
+    GAMForCausalLM,
+    GAMModel,
     GLAConfig,
     GLAForCausalLM,
     GLAModel,
@@ -195,6 +201,18 @@ class LizardModelTest(SeqModelTestBase, unittest.TestCase):
     all_model_classes = (LizardModel, LizardForCausalLM)
     config_class = LizardConfig
     config_kwargs = dict(_LLAMA, window_size=4, num_sinks=2)
+
+
+class AarenModelTest(SeqModelTestBase, unittest.TestCase):
+    all_model_classes = (AarenModel, AarenForCausalLM)
+    config_class = AarenConfig
+    config_kwargs = dict(_COMMON, num_heads=2)
+
+
+class GAMModelTest(SeqModelTestBase, unittest.TestCase):
+    all_model_classes = (GAMModel, GAMForCausalLM)
+    config_class = GAMConfig
+    config_kwargs = dict(_COMMON, num_memory_slots=16, tie_word_embeddings=True)
 
 
 class HNetModelTest(SeqModelTestBase, unittest.TestCase):

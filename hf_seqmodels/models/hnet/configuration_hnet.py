@@ -11,7 +11,17 @@ from hf_seqmodels.layers.checks import check_int, check_number
 from hf_seqmodels.models.causal_lm import default_intermediate_size
 
 #: layer letters: lowercase = mixer only, uppercase = mixer + SwiGLU MLP (needs d_intermediate > 0 for the stage)
-LAYER_LETTERS = {"m": "mamba2", "t": "attention", "g": "gla", "r": "paragru", "l": "paralstm", "p": "plstm", "s": "s4d"}
+LAYER_LETTERS = {
+    "m": "mamba2",
+    "t": "attention",
+    "g": "gla",
+    "r": "paragru",
+    "l": "paralstm",
+    "p": "plstm",
+    "s": "s4d",
+    "a": "aaren",
+    "b": "gam",
+}
 _LAYER_RE = re.compile(rf"([{''.join(LAYER_LETTERS)}{''.join(LAYER_LETTERS).upper()}])(\d+)")
 
 _SSM = {"d_state": 128, "expand": 2, "head_dim": 64, "n_groups": 1, "d_conv": 4, "chunk_size": 256}
@@ -107,7 +117,8 @@ class HNetConfig(PretrainedConfig):
     Args:
         arch_layout: nested ``[encoder, inner, decoder]`` lists (innermost ``[main]``) of layer strings, e.g.
             ``["m4", ["T22"], "m4"]``. Letters: ``m`` Mamba-2, ``t`` softmax attention, ``g`` GLA, ``r`` ParaGRU,
-            ``l`` ParaLSTM; uppercase adds a SwiGLU MLP to the layer.
+            ``l`` ParaLSTM, ``a`` Aaren (``attn_cfg``'s heads of the stage), ``b`` GAM (512 memory slots, kernel 3);
+            uppercase adds a SwiGLU MLP to the layer.
             Left None (with ``d_model`` and ``d_intermediate``): a small 1-stage model, ``["m2", ["T4"], "m2"]``.
         d_model / d_intermediate: width and MLP width per stage, outermost first (widths may only grow inward; a
             wider stage pads with a learned vector and slices back on the way out). ``d_model`` is required with an
@@ -260,6 +271,7 @@ class HNetConfig(PretrainedConfig):
 
     def _validate(self):
         from hf_seqmodels.kernels.pararnn import check_newton_options
+        from hf_seqmodels.layers.aaren import aaren_dims
         from hf_seqmodels.layers.gla import gla_dims
         from hf_seqmodels.layers.pararnn import check_mode, pararnn_shape
 
@@ -290,6 +302,8 @@ class HNetConfig(PretrainedConfig):
                 gla_dims(
                     f"HNetConfig.gla_cfg (stage {s}, d_model {d})", d, g["num_heads"], g["expand_k"], g["expand_v"]
                 )
+            if "a" in letters_used:
+                aaren_dims(f"HNetConfig.attn_cfg (stage {s}, d_model {d})", d, self.attn_cfg["num_heads"][s], None)
             if letters_used & {"r", "l"}:
                 pararnn_shape(f"HNetConfig.pararnn_cfg (stage {s})", d, d, self.pararnn_cfg["num_heads"])
         if letters_used & {"r", "l"}:

@@ -26,8 +26,10 @@ from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutpu
 from hf_seqmodels.cache import RecurrentCache
 from hf_seqmodels.compat import CACHE_KWARG, pop_cache
 from hf_seqmodels.kernels import context_parallel
+from hf_seqmodels.layers.aaren import Aaren
 from hf_seqmodels.layers.attention import CausalSelfAttention
 from hf_seqmodels.layers.block import DecoderBlock
+from hf_seqmodels.layers.gam import GatedAssociativeMemory
 from hf_seqmodels.layers.gla import GatedLinearAttention
 from hf_seqmodels.layers.hnet import (
     RoutingModule,
@@ -135,6 +137,10 @@ def build_mixer(letter: str, config: HNetConfig, stage: int, layer_idx: int) -> 
         return PLSTM(d, norm_eps=config.rms_norm_eps, layer_idx=layer_idx)
     if kind == "s4d":  # the layer's defaults (S4D-Lin, d_state 64) at the stage width
         return S4D(d, layer_idx=layer_idx)
+    if kind == "aaren":
+        return Aaren(d, config.attn_cfg["num_heads"][stage], layer_idx=layer_idx)
+    if kind == "gam":
+        return GatedAssociativeMemory(d, layer_idx=layer_idx)
     return ParaRNNMixer(
         hidden_size=d,
         state_size=d,
