@@ -92,7 +92,9 @@ def run(args) -> int:
     from transformers import AutoTokenizer
 
     from ..cola import answer_loglik_reward, answer_match_reward, search_layer_path
+    from ..layers.families import get_family
     from ..linearize import load_llama
+    from ..linearize.convert import teacher_shape
 
     if args.gguf_file:
         require_packages("cola-search", {"gguf": "reading --gguf-file"})
@@ -100,7 +102,10 @@ def run(args) -> int:
     if args.min_length is not None and args.max_length is not None and args.min_length > args.max_length:
         raise ValueError(f"--min-length {args.min_length} is larger than --max-length {args.max_length}")
     items = read_items(args.data)
-    check_model_folder("--model", args.model, args.gguf_file)
+    gguf_path = check_model_folder("--model", args.model, args.gguf_file)
+    teacher = teacher_shape(args.model, gguf_path)
+    if teacher["model_type"] is not None:  # an unsupported family, named before anything loads
+        get_family(teacher["model_type"], f"--model {args.model!r}")
     progress = not args.no_progress
     tokenizer = AutoTokenizer.from_pretrained(args.model, gguf_file=args.gguf_file)
     model = load_llama(args.model, gguf_file=args.gguf_file, dtype=getattr(torch, args.dtype)).eval()

@@ -132,3 +132,13 @@ def test_command_line(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main([*argv, "--simulations", "-2"])
     assert "--simulations must be >= 0" in capsys.readouterr().err
+    from hf_seqmodels import GLAConfig, GLAForCausalLM
+
+    GLAForCausalLM(GLAConfig(vocab_size=96, hidden_size=32, num_hidden_layers=1, num_heads=2)).save_pretrained(
+        tmp_path / "gla"
+    )
+    tokenizer.save_pretrained(tmp_path / "gla")
+    data.write_text('{"prompt": "x", "answer": "y"}\n')
+    with pytest.raises(SystemExit):
+        main(["cola-search", "--model", str(tmp_path / "gla"), "--data", str(data), "--out", str(out)])
+    assert "--model" in (err := capsys.readouterr().err) and "not a supported decoder family" in err
