@@ -33,6 +33,7 @@ from .training import (
 register_auto_classes()
 register_peft_targets()
 
+from .cola import search_layer_path, with_layer_path  # noqa: E402
 from .conversion import convert  # noqa: E402  (fills the registry's checkpoint formats: converted on load)
 from .linearize import linearize  # noqa: E402  (needs the registered classes)
 from .memory import register_memory_auto_classes  # noqa: E402
@@ -46,6 +47,8 @@ __all__ = [
     "linearize",
     "convert",
     "context_parallel",
+    "with_layer_path",
+    "search_layer_path",
     "GLAConfig",
     "GLAModel",
     "GLAForCausalLM",

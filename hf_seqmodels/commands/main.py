@@ -11,7 +11,7 @@ import sys
 from .args import HelpFormatter
 
 DESCRIPTION = """Train a demo, benchmark the kernels, evaluate, linearize a Llama, show H-Net chunks, convert published
-checkpoints.
+checkpoints, search CoLa layer paths.
 
 Run `hf-seqmodels COMMAND --help` for a command's flags and their defaults. HF_SEQMODELS_DEBUG=1 shows the traceback
 of an input error."""
@@ -23,6 +23,7 @@ COMMAND_MODULES = [
     "hf_seqmodels.commands.linearize",  # linearize
     "hf_seqmodels.commands.hnet_chunks",  # hnet-chunks
     "hf_seqmodels.commands.convert",  # convert
+    "hf_seqmodels.commands.cola_search",  # cola-search
 ]
 
 
