@@ -18,6 +18,7 @@ register_auto_classes()
 register_peft_targets()
 
 from .conversion import convert  # noqa: E402  (fills the registry's checkpoint formats: converted on load)
+from .hmt import HMTConfig, attach_hmt, load_hmt  # noqa: E402
 from .linearize import linearize  # noqa: E402  (needs the registered classes)
 from .memory import register_memory_auto_classes  # noqa: E402
 
@@ -28,6 +29,9 @@ __all__ = [
     "RecurrentCache",
     "linearize",
     "convert",
+    "HMTConfig",
+    "attach_hmt",
+    "load_hmt",
     "GLAConfig",
     "GLAModel",
     "GLAForCausalLM",
