@@ -253,7 +253,7 @@ def test_reference_checkpoint_layout(tmp_path):
     stage1 = {k: v for k, v in state.items() if not k.startswith("cross_attn.")}
     with pytest.raises(HMTCheckpointError, match="stage-1"):
         load_reference_hmt(tiny_llama(), stage1, cfg)
-    load_reference_hmt(tiny_llama(), stage1, hf_seqmodels.HMTConfig(segment_length=5, recall=False))
+    load_reference_hmt(tiny_llama(), stage1, hf_seqmodels.HMTConfig(segment_length=5, num_sensory=1, recall=False))
 
 
 @pytest.mark.parametrize(
