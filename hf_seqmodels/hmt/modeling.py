@@ -303,10 +303,9 @@ def attach_hmt(model, config: HMTConfig):
     d = base.config.hidden_size
     ref = base.get_input_embeddings().weight
     std = float(ref.detach().float().std())
-    if config.freeze_base:
-        for name, param in model.named_parameters():
-            if not (_is_peft(model) and "lora_" in name):
-                param.requires_grad_(False)
+    if config.freeze_base and not _is_peft(model):  # (PEFT has frozen all but its adapters already)
+        for param in model.parameters():
+            param.requires_grad_(False)
     hmt = HMTMemory(d, config.recall_hidden_size or d, std=std, dtype=ref.dtype, device=ref.device)
     model.add_module("hmt", hmt)
     model._hmt_config = config

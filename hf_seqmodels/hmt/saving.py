@@ -116,11 +116,8 @@ def load_reference_hmt(model, checkpoint, config: HMTConfig):
     if lora:
         raise HMTCheckpointError(f"load_reference_hmt: PEFT adapter weights ({lora[0]}, ...): merge them first")
     base_state = {k[len("memory_cell.model.") :]: v for k, v in state.items() if k.startswith("memory_cell.model.")}
-    unknown = sorted(
-        k
-        for k in state
-        if k not in _REFERENCE_KEYS and k not in _REFERENCE_UNUSED and k[len("memory_cell.model.") :] not in base_state
-    )
+    known = set(_REFERENCE_KEYS) | set(_REFERENCE_UNUSED)
+    unknown = sorted(k for k in state if k not in known and not k.startswith("memory_cell.model."))
     if unknown:
         raise HMTCheckpointError(f"load_reference_hmt: keys HMT does not have: {unknown[:5]}")
     for key in ("mem", "memory_cell.memory"):

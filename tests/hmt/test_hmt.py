@@ -250,6 +250,8 @@ def test_reference_checkpoint_layout(tmp_path):
     bad = dict(state, **{"memory_cell.model.model.layers.0.self_attn.q_proj.lora_A.weight": torch.randn(2, d)})
     with pytest.raises(HMTCheckpointError, match="lora_A"):
         load_reference_hmt(tiny_llama(), bad, cfg)
+    with pytest.raises(HMTCheckpointError, match="cross_attn.wv.weight"):
+        load_reference_hmt(tiny_llama(), dict(state, **{"cross_attn.wv.weight": torch.randn(h, d)}), cfg)
     stage1 = {k: v for k, v in state.items() if not k.startswith("cross_attn.")}
     with pytest.raises(HMTCheckpointError, match="stage-1"):
         load_reference_hmt(tiny_llama(), stage1, cfg)
