@@ -35,6 +35,7 @@ register_peft_targets()
 
 from .cola import search_layer_path, with_layer_path  # noqa: E402
 from .conversion import convert  # noqa: E402  (fills the registry's checkpoint formats: converted on load)
+from .hmt import HMTConfig, attach_hmt, load_hmt  # noqa: E402
 from .linearize import linearize  # noqa: E402  (needs the registered classes)
 from .memory import register_memory_auto_classes  # noqa: E402
 from .parallel import context_parallel  # noqa: E402
@@ -49,6 +50,9 @@ __all__ = [
     "context_parallel",
     "with_layer_path",
     "search_layer_path",
+    "HMTConfig",
+    "attach_hmt",
+    "load_hmt",
     "GLAConfig",
     "GLAModel",
     "GLAForCausalLM",
