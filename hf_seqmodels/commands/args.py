@@ -101,6 +101,18 @@ def device(flag: str = "--device"):
     return parse
 
 
+def add_decoder_arguments(parser) -> None:
+    """``--model`` and ``--gguf-file``: a Llama-family checkpoint, for the commands that take one (linearize,
+    cola-search); checked by :func:`check_model_folder` before any work."""
+    parser.add_argument(
+        "--model",
+        required=True,
+        help="Llama, Mistral, Qwen2/2.5, Qwen3 or Phi-3 checkpoint: a safetensors folder or Hub id, or the "
+        "folder of --gguf-file",
+    )
+    parser.add_argument("--gguf-file", default=None, help="GGUF file (in --model's folder, or an absolute path)")
+
+
 def check_output_folder(flag: str, path: str) -> None:
     """Raise ``ValueError`` unless ``path`` is (or can be created as) a writable folder: checked before the work that
     ends in saving there. Nothing is created."""

@@ -16,6 +16,7 @@ import time
 
 from .args import (
     HelpFormatter,
+    add_decoder_arguments,
     bounded_int,
     check_model_folder,
     check_output_folder,
@@ -36,13 +37,7 @@ def add_parser(subparsers) -> None:
         description=__doc__,
         formatter_class=HelpFormatter,
     )
-    p.add_argument(
-        "--model",
-        required=True,
-        help="Llama, Mistral, Qwen2/2.5, Qwen3 or Phi-3 checkpoint: a safetensors folder or Hub id, or the "
-        "folder of --gguf-file",
-    )
-    p.add_argument("--gguf-file", default=None, help="GGUF file (in --model's folder, or an absolute path)")
+    add_decoder_arguments(p)
     p.add_argument("--method", default="liger", choices=["liger", "lizard"], help="linearization method")
     p.add_argument(
         "--out",
