@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -211,3 +212,43 @@ def assert_same_greedy(tokens, ref_tokens, ref_step_logits, tie_rel=2 * LOGIT_RE
             f"row {b}: greedy tokens differ at step {t} ({tokens[b].tolist()} vs {ref_tokens[b].tolist()}) where the "
             f"reference's top-2 logit margin is {float(top2[0] - top2[1]):.3g} (not a tie)"
         )
+
+
+# -- multi-process launches (torchrun, gloo) -----------------------------------------------------------------------
+def torchrun(n: int) -> list[str]:
+    """The command prefix that starts ``n`` processes of a script on this machine."""
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(n)]
+
+
+def run_launches(commands: dict, root: Path, timeout: float = 900) -> dict:
+    """Start every command of ``{name: argv}`` at once in ``root`` (each launch spends most of its time starting
+    Python and importing torch/transformers), each in its own process group so that a hung one is stopped with its
+    workers; wait for all. Returns ``{name: dict(rc=exit status, output=stdout and stderr)}``."""
+    procs = {
+        name: subprocess.Popen(
+            cmd,
+            cwd=root,
+            env=clean_env(),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            start_new_session=True,
+        )
+        for name, cmd in commands.items()
+    }
+    runs = {}
+    try:
+        for name, proc in procs.items():
+            try:
+                output, _ = proc.communicate(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                output = proc.communicate()[0] + f"\n[stopped after {timeout:g} s]"
+            runs[name] = dict(rc=proc.returncode, output=output)
+    finally:
+        for proc in procs.values():
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+    return runs

@@ -4,15 +4,12 @@
 from __future__ import annotations
 
 import json
-import os
 import re
-import signal
-import subprocess
 import sys
 
 import pytest
 import torch
-from integration_utils import HERE, blocks_of, build_lm, clean_env
+from integration_utils import HERE, blocks_of, build_lm, run_launches, torchrun
 from safetensors.torch import load_file
 
 pytest.importorskip("accelerate")
@@ -27,47 +24,10 @@ def ddp_runs(tmp_path_factory):
     common = [str(HERE / "ddp_train.py"), "--steps", "5", "--global-batch", "8"]
     commands = {
         1: [sys.executable, *common, "--out", str(root / "one")],
-        2: [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--standalone",
-            "--nproc_per_node",
-            "2",
-            *common,
-            "--out",
-            str(root / "two"),
-        ],
+        2: [*torchrun(2), *common, "--out", str(root / "two")],
     }
-    # each launch in its own process group, so that a hung one is stopped with its workers
-    procs = {
-        n: subprocess.Popen(
-            cmd,
-            cwd=root,
-            env=clean_env(),
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            start_new_session=True,
-        )
-        for n, cmd in commands.items()
-    }
-    runs = {}
-    try:
-        for n, proc in procs.items():
-            try:
-                output, _ = proc.communicate(timeout=900)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                output = proc.communicate()[0] + "\n[stopped after 900 s]"
-            runs[n] = dict(dir=root / ("one" if n == 1 else "two"), rc=proc.returncode, output=output)
-    finally:
-        for proc in procs.values():
-            if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
-    return runs
+    runs = run_launches(commands, root)
+    return {n: dict(run, dir=root / ("one" if n == 1 else "two")) for n, run in runs.items()}
 
 
 def _log(run, name, n):

@@ -12,21 +12,14 @@ starting Python and importing torch/transformers):
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
 import sys
 
 import pytest
 import torch
-from integration_utils import HERE, build_lm, clean_env, memory_model, memory_paths
+from integration_utils import HERE, build_lm, memory_model, memory_paths, run_launches, torchrun
 from safetensors.torch import load_file
 
 from hf_seqmodels.parallel import block_classes, shard_model
-
-
-def _torchrun(n):
-    return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(n)]
 
 
 @pytest.fixture(scope="module")
@@ -35,38 +28,10 @@ def launches(tmp_path_factory):
     root = tmp_path_factory.mktemp("parallel")
     commands = {
         "one": [sys.executable, str(HERE / "fsdp_train.py"), "--out", str(root / "one")],
-        "two": [*_torchrun(2), str(HERE / "fsdp_train.py"), "--out", str(root / "two")],
-        "cp": [*_torchrun(3), str(HERE / "cp_check.py"), "--out", str(root / "cp")],
+        "two": [*torchrun(2), str(HERE / "fsdp_train.py"), "--out", str(root / "two")],
+        "cp": [*torchrun(3), str(HERE / "cp_check.py"), "--out", str(root / "cp")],
     }
-    # each launch in its own process group, so that a hung one is stopped with its workers
-    procs = {
-        name: subprocess.Popen(
-            cmd,
-            cwd=root,
-            env=clean_env(),
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            start_new_session=True,
-        )
-        for name, cmd in commands.items()
-    }
-    runs = {}
-    try:
-        for name, proc in procs.items():
-            try:
-                output, _ = proc.communicate(timeout=900)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                output = proc.communicate()[0] + "\n[stopped after 900 s]"
-            runs[name] = dict(dir=root / name, rc=proc.returncode, output=output)
-    finally:
-        for proc in procs.values():
-            if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
-    return runs
+    return {name: dict(run, dir=root / name) for name, run in run_launches(commands, root).items()}
 
 
 def _log(run, name):
