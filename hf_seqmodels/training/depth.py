@@ -11,13 +11,13 @@ decoders that keep their layers in ``model.model.layers`` (Llama and its kin).
 
 from __future__ import annotations
 
-import math
 from contextlib import contextmanager
 
 import torch
 from torch import nn
 from transformers import TrainerCallback
 
+from ..evaluation.perplexity import perplexity_of_ids
 from .seeding import step_seed
 
 
@@ -149,24 +149,12 @@ def depth_perplexities(model, input_ids: torch.Tensor, depths=None, batch_size: 
     if input_ids.dim() != 2 or input_ids.shape[1] < 2:
         raise ValueError(f"depth_perplexities: `input_ids` must be [N, T] with T >= 2, got {tuple(input_ids.shape)}")
     depths = list(range(1, len(decoder_layers(model)) + 1)) if depths is None else list(depths)
-    was_training = model.training
-    model.eval()
+    # each row a block scored from its own start: the package's one perplexity method with stride == context
+    flat, T = input_ids.reshape(-1), input_ids.shape[1]
     out = {}
-    try:
-        for depth in depths:
-            total = 0.0
-            with truncated_depth(model, depth):
-                for i in range(0, input_ids.shape[0], batch_size):
-                    ids = input_ids[i : i + batch_size]
-                    logits = model(input_ids=ids, use_cache=False).logits.float()
-                    total += float(
-                        nn.functional.cross_entropy(
-                            logits[:, :-1].reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1), reduction="sum"
-                        )
-                    )
-            out[depth] = math.exp(total / (input_ids.shape[0] * (input_ids.shape[1] - 1)))
-    finally:
-        model.train(was_training)
+    for depth in depths:
+        with truncated_depth(model, depth):
+            out[depth] = perplexity_of_ids(model, flat, context=T, stride=T, batch_size=batch_size, progress=False)
     return out
 
 
