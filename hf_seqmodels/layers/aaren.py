@@ -12,7 +12,8 @@ combine is a diagonal linear recurrence, run on the shared ``linear_scan`` kerne
 ``h_t = exp(m_{t-1} - m_t) h_{t-1} + exp(s_t - m_t) [v_t, 1]``, ``o_t = h_t[:-1] / h_t[-1]``. It is the same
 computation (``h_t = [w_t, u_t]``) and just as stable: every exponent is <= 0 and the denominator is >= 1 (the
 argmax term contributes exp(0)). The max is a stop-gradient (the output does not depend on it). Decoding keeps the
-state ``(m, h)`` per head, constant in the sequence length.
+state ``(m, h)`` per head, constant in the sequence length. Under ``hf_seqmodels.context_parallel`` a slice's running
+max starts from the earlier slices' max (one exchange) and the scan carries the state across the slices.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import torch
 from torch import nn
 from transformers import initialization as init
 
-from hf_seqmodels.kernels import linear_scan
+from hf_seqmodels.kernels import context_parallel, linear_scan
 
 from .checks import check_int
 
@@ -96,6 +97,8 @@ class Aaren(nn.Module):
         idx = self.layer_idx
         m_prev = cache.get(idx, "max") if cache is not None else None
         h_prev = cache.get(idx, "state") if cache is not None else None
+        if m_prev is None and context_parallel.active():  # the sequence split over ranks: the earlier slices' max
+            m_prev = context_parallel.exchange_running_max(s.detach().amax(1))
         if m_prev is None:
             m_prev = s.new_full((B, H), float("-inf"))
         m = _masked_max(s.detach(), m_prev)  # [B, T, H]; -inf until the first token

@@ -204,6 +204,13 @@ class Mamba2Mixer(nn.Module):
         Returns the output and the new tail: the ``d_conv - 1`` inputs ending at each row's last real token."""
         width = self.d_conv - 1
         x = xBC.transpose(1, 2)
+        if tail is None and width and context_parallel.active():  # the sequence split over ranks: a halo
+            if x.shape[-1] < width:
+                raise ValueError(
+                    f"Mamba2Mixer under context_parallel: this rank's slice has {x.shape[-1]} positions, fewer than "
+                    f"the convolution's {width} earlier taps (d_conv - 1); give every rank >= {width} positions"
+                )
+            tail = context_parallel.exchange_halo(x[..., x.shape[-1] - width :])
         if tail is None:
             tail = x.new_zeros(x.shape[0], x.shape[1], width)
         xp = torch.cat([tail.to(x.dtype), x], dim=-1)
@@ -222,7 +229,6 @@ class Mamba2Mixer(nn.Module):
         """hidden_states ``[B, T, hidden_size]`` (any float dtype; the SSM runs in fp32, fp64 for fp64 input) ->
         ``[B, T, hidden_size]`` in the input dtype. ``attention_mask`` ``[B, >= T]`` (1 = token, last T columns
         used); ``cache``: a RecurrentCache (``conv`` and ``ssm_state`` under ``layer_idx``)."""
-        context_parallel.refuse("Mamba2Mixer", "its causal convolution exchanges no halo yet")
         Bsz, T, _ = hidden_states.shape
         H, P, N, G = self.num_heads, self.head_dim, self.d_state, self.n_groups
         mask = None

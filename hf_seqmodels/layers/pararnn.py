@@ -177,12 +177,23 @@ class ParallelRNNCell(nn.Module):
         ``cu_seqlens``: offsets of packed sequences (batch 1), each solved from its own ``h0`` row (``[N, D(, 2)]``)."""
         check_mode(type(self).__name__, mode)
         per_row = self.state_size * (2 if self.structure == "block2" else 1)
+        if context_parallel.active():  # a slice of the sequence: Newton's distributed solve ("auto" routes there)
+            if mode == "sequential":
+                context_parallel.refuse(
+                    f"{type(self).__name__} mode='sequential'", "a step-by-step solve; use mode='parallel' or 'auto'"
+                )
+            mode = "parallel"
         mode = resolve_mode(mode, x, (h0, *self.parameters()), x.shape[0] * per_row)
         if mode == "parallel" and x.shape[1] > 1:
             verify_cell(self)  # once per class: structure and closed-form Jacobian, on a tiny fp64 copy
         u = self.input_projection(x)
-        # the fused solvers know no sequence boundaries: packed input takes the generic Newton path (scans reset)
-        fused = self._fused(u) if mode == "parallel" and x.shape[1] > 1 and cu_seqlens is None else None
+        # the fused solvers know no sequence boundaries and no other rank: packed input and a slice of a sequence
+        # (context parallelism) take the generic Newton path
+        fused = (
+            self._fused(u)
+            if mode == "parallel" and x.shape[1] > 1 and cu_seqlens is None and not context_parallel.active()
+            else None
+        )
         if fused is not None:
             h, info = fused(
                 u, *self.recurrent_params(), h0, mask, tol=tol, max_iter=max_iter, on_fail=on_fail, return_info=True
@@ -193,7 +204,7 @@ class ParallelRNNCell(nn.Module):
         scan = self._builtin("scan") if cu_seqlens is None else None
         if mode == "adjoint" and (scan is None or x.shape[1] == 1):
             mode = "parallel"  # a user cell, or packed sequences: Newton's solve
-        sequential = mode == "sequential" or x.shape[1] == 1
+        sequential = mode == "sequential" or (x.shape[1] == 1 and not context_parallel.active())
         if sequential and scan is not None and not _needs_grad(u, h0, *params):  # the same solve in fewer ops
             h = scan(u, *params, h0, mask)
             out = self.output(h)
@@ -553,7 +564,6 @@ class ParaRNNMixer(nn.Module):
         """hidden_states ``[B, T, hidden_size]`` -> ``[B, T, hidden_size]`` (same dtype; the cell runs in its
         parameters' dtype). ``attention_mask`` ``[B, >= T]`` (1 = token, last T columns used); ``cache``: a
         RecurrentCache (``state`` ``[B, D(, 2)]`` and ``conv`` tail under ``layer_idx``); ``cu_seqlens`` (kwargs)."""
-        context_parallel.refuse("ParaRNNMixer (ParaGRU, ParaLSTM)", "its Newton solve has no distributed scan yet")
         B, T, _ = hidden_states.shape
         x, idx = hidden_states, self.layer_idx
         cu_seqlens = kwargs.get("cu_seqlens")  # packed sequences (batch 1): no state or conv tap crosses a start

@@ -11,7 +11,15 @@ Cases (fp64, sequence lengths not divisible by the rank count, slices of unequal
   ``context_parallel`` docstring combines it (per-rank summed token losses over the total, gradients summed), also
   with a row left-padded past the first rank's slice (attention_mask sliced like the ids; padded logits not compared);
 - Liger and Lizard models (their linear branch on chunk_gla, their sliding window on a key/value halo), left-padded;
-- refusals: ParaRNN and H-Net inside the block raise NotImplementedError naming the layer.
+- ``linear_scan`` and ``block2_scan``, forward and reversed, maps of either sign and some zero: the states and the
+  gradients of the maps and inputs;
+- S4D and Aaren models (on the distributed ``block2_scan`` / ``linear_scan``), left-padded;
+- two residual Mamba2Mixer layers (their convolution on a halo, their scan on chunk_gla's per-head gate), left-padded:
+  the outputs, the input's and every parameter's gradient;
+- ParaGRU and ParaLSTM models (Newton's iterations on the distributed scans, a global convergence test), left-padded,
+  and with one Newton iteration (each rank then falls back to the step-by-step solve from the previous rank's last
+  state; checked that it did);
+- refusals: ParaRNN's mode="sequential" and H-Net inside the block raise NotImplementedError naming the layer.
 Rank 0 writes ``DIR/result.json``: the largest relative error of each case over the ranks (or the errors raised).
 """
 
@@ -33,7 +41,7 @@ from conftest import TINY_CONFIGS  # noqa: E402
 from integration_utils import build_lm, random_ids  # noqa: E402
 
 from hf_seqmodels import GLAConfig, context_parallel  # noqa: E402
-from hf_seqmodels.kernels import chunk_gla  # noqa: E402
+from hf_seqmodels.kernels import block2_scan, chunk_gla, linear_scan  # noqa: E402
 
 
 def bounds(T: int, world: int, rank: int) -> tuple[int, int]:
@@ -74,6 +82,30 @@ def check_op(group, ranks, T, per_head, seed) -> float:
     return max(errs)
 
 
+def check_scan(group, ranks, T, block2, reverse, seed) -> float:
+    """``linear_scan`` / ``block2_scan`` (``reverse`` too) with O(1) maps of either sign, some exactly zero: the
+    states and the gradients of the maps and inputs from a random upstream gradient."""
+    torch.manual_seed(seed)
+    B, D = 2, 5
+    tail = (2,) if block2 else ()
+    a = torch.randn(B, T, D, *tail, *tail, dtype=torch.float64) * (0.6 if block2 else 1.0)
+    a = a * (torch.rand(B, T, D, *tail, *tail) > 0.05)  # a few maps forget the state
+    b, dh = torch.randn(B, T, D, *tail, dtype=torch.float64), torch.randn(B, T, D, *tail, dtype=torch.float64)
+    scan = block2_scan if block2 else linear_scan
+    leaves = [a.clone().requires_grad_(), b.clone().requires_grad_()]
+    h = scan(*leaves, reverse=reverse)
+    (h * dh).sum().backward()
+
+    r, W = ranks.index(dist.get_rank()), len(ranks)
+    lo, hi = bounds(T, W, r)
+    mine = [a[:, lo:hi].clone().requires_grad_(), b[:, lo:hi].clone().requires_grad_()]
+    with context_parallel(group):
+        h_r = scan(*mine, reverse=reverse)
+    (h_r * dh[:, lo:hi]).sum().backward()
+    errs = [rel(h_r, h[:, lo:hi])] + [rel(t.grad, ref.grad[:, lo:hi]) for t, ref in zip(mine, leaves)]
+    return max(errs)
+
+
 def gla_model(seed):
     torch.manual_seed(seed)
     config = GLAConfig(
@@ -95,15 +127,16 @@ def token_loss_sum(logits, shift_labels):
     return F.cross_entropy(logits.flatten(0, 1), shift_labels.flatten(), reduction="sum", ignore_index=-100)
 
 
-def tiny_model(name, seed):
+def tiny_model(name, seed, **overrides):
     torch.manual_seed(seed)
-    return build_lm(TINY_CONFIGS[name]()).double().train()
+    return build_lm(TINY_CONFIGS[name](**overrides)).double().train()
 
 
-def check_model(group, ranks, T, seed, pad=0, name=None) -> float:
+def check_model(group, ranks, T, seed, pad=0, name=None, fallback=None, **overrides) -> float:
     """``pad``: the first row is left-padded with ``pad`` positions (attention_mask 0, no labels there). ``name``: a
-    TINY_CONFIGS model instead of the GLA with short convolutions."""
-    model = gla_model(seed) if name is None else tiny_model(name, seed)
+    TINY_CONFIGS model (with ``overrides``) instead of the GLA with short convolutions. ``fallback`` (ParaRNN): whether
+    every Newton solve of the split run must have fallen back to the step-by-step solve."""
+    model = gla_model(seed) if name is None else tiny_model(name, seed, **overrides)
     torch.manual_seed(seed + 1)
     ids = random_ids(model.config, 2, T)
     mask = torch.ones_like(ids)
@@ -127,6 +160,10 @@ def check_model(group, ranks, T, seed, pad=0, name=None) -> float:
             use_cache=False,
         ).logits
     (token_loss_sum(logits_r, shift[:, lo:hi]) / n_tokens).backward()
+    if fallback is not None:
+        infos = [m.newton_info for m in model.modules() if hasattr(m, "newton_info")]
+        if not infos or any(i is None or i.fallback != fallback for i in infos):
+            raise AssertionError(f"the split run's Newton solves: {infos}, expected fallback={fallback}")
     valid = mask[:, lo:hi, None].bool()
     errs = [rel(logits_r * valid, (logits[:, lo:hi] * valid).detach())]
     for n, p in model.named_parameters():
@@ -135,10 +172,55 @@ def check_model(group, ranks, T, seed, pad=0, name=None) -> float:
     return max(errs)
 
 
+def check_mamba2(group, ranks, T, seed, pad) -> float:
+    """Two residual Mamba2Mixer layers (n_groups 2, d_conv 4) on random fp64 hidden states, the first row
+    left-padded with ``pad`` positions: the outputs at real positions, the input's gradient and every parameter's
+    gradient from a random upstream gradient."""
+    from hf_seqmodels.layers.mamba2 import Mamba2Mixer
+
+    torch.manual_seed(seed)
+    D = 16
+    layers = torch.nn.ModuleList(
+        Mamba2Mixer(D, d_state=6, head_dim=8, n_groups=2, d_conv=4, dt_min=0.1, dt_max=1.0, layer_idx=i)
+        for i in range(2)
+    ).double()
+
+    def run(x, mask):
+        for layer in layers:
+            x = x + layer(x, attention_mask=mask)
+        return x
+
+    x = torch.randn(2, T, D, dtype=torch.float64)
+    mask = torch.ones(2, T, dtype=torch.long)
+    mask[0, :pad] = 0
+    dy = torch.randn(2, T, D, dtype=torch.float64) * mask[..., None]
+    xr = x.clone().requires_grad_()
+    y = run(xr, mask)
+    (y * dy).sum().backward()
+    ref = {n: p.grad.clone() for n, p in layers.named_parameters()}
+    layers.zero_grad(set_to_none=True)
+
+    r, W = ranks.index(dist.get_rank()), len(ranks)
+    lo, hi = bounds(T, W, r)
+    xs = x[:, lo:hi].clone().requires_grad_()
+    with context_parallel(group):
+        y_r = run(xs, mask[:, lo:hi])
+    (y_r * dy[:, lo:hi]).sum().backward()
+    valid = mask[:, lo:hi, None].bool()
+    errs = [rel(y_r * valid, (y[:, lo:hi] * valid).detach()), rel(xs.grad, xr.grad[:, lo:hi])]
+    for n, p in layers.named_parameters():
+        dist.all_reduce(p.grad, group=group)
+        errs.append(rel(p.grad, ref[n]))
+    return max(errs)
+
+
 def check_refusals(group) -> dict:
     out = {}
-    for name, want in (("paragru", "ParaRNNMixer"), ("hnet", "H-Net")):
-        model = build_lm(TINY_CONFIGS[name]())
+    for name, overrides, want in (
+        ("paragru", dict(mode="sequential"), "ParaGRUCell mode='sequential'"),
+        ("hnet", {}, "H-Net"),
+    ):
+        model = build_lm(TINY_CONFIGS[name](**overrides))
         ids = random_ids(model.config, 1, 12)
         try:
             with context_parallel(group):
@@ -170,11 +252,27 @@ def main() -> int:
                         lambda g, rk, T=T, ph=per_head: check_op(g, rk, T, ph, seed=T),
                     )
                 )
+        for block2 in (False, True):
+            for reverse in (False, True):
+                cases.append(
+                    (
+                        f"op W={W} T=37 {'block2_scan' if block2 else 'linear_scan'}{' reverse' if reverse else ''}",
+                        W,
+                        ranks,
+                        group,
+                        lambda g, rk, b2=block2, rv=reverse: check_scan(g, rk, 37, b2, rv, seed=11),
+                    )
+                )
         cases.append((f"model W={W} T=29", W, ranks, group, lambda g, rk: check_model(g, rk, 29, seed=5)))
         cases.append(
             (f"model W={W} T=29 left-padded", W, ranks, group, lambda g, rk: check_model(g, rk, 29, seed=6, pad=12))
         )
-        for arch in ("liger", "lizard"):  # the linear branch on chunk_gla, the window on a key/value halo
+        cases.append(
+            (f"op W={W} T=23 mamba2 left-padded", W, ranks, group, lambda g, rk: check_mamba2(g, rk, 23, 8, pad=9))
+        )
+        # liger, lizard: the linear branch on chunk_gla, the window on a key/value halo; s4d: block2_scan; aaren:
+        # linear_scan after the running max's exchange
+        for arch in ("liger", "lizard", "s4d", "aaren", "paragru", "paralstm-tied"):
             cases.append(
                 (
                     f"model W={W} T=29 {arch} left-padded",
@@ -182,6 +280,16 @@ def main() -> int:
                     ranks,
                     group,
                     lambda g, rk, a=arch: check_model(g, rk, 29, seed=7, pad=11, name=a),
+                )
+            )
+        for arch in ("paragru", "paralstm-tied"):  # one Newton iteration, then the step-by-step solve rank by rank
+            cases.append(
+                (
+                    f"model W={W} T=29 {arch} fallback",
+                    W,
+                    ranks,
+                    group,
+                    lambda g, rk, a=arch: check_model(g, rk, 29, seed=9, name=a, fallback=True, newton_max_iter=1),
                 )
             )
     for name, W, ranks, group, fn in cases:

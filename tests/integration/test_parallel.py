@@ -137,16 +137,17 @@ def test_context_parallel_equals_one_process(launches):
     errors = {k: v for k, v in result.items() if k.endswith(" error")}
     assert not errors, "\n".join(f"{k}:\n{v}" for k, v in errors.items())
     cases = {k: v for k, v in result.items() if k.startswith(("op ", "model "))}
-    # chunk_gla per-key and per-head gates, T 37 and 131; the GLA model (unpadded, left-padded), Liger and Lizard
-    # (left-padded); each over 2 and 3 ranks
-    assert len(cases) == 16, sorted(cases)
+    # chunk_gla per-key and per-head gates, T 37 and 131; linear_scan and block2_scan, forward and reversed; the GLA
+    # model (unpadded, left-padded), two Mamba-2 layers, Liger, Lizard, S4D, Aaren, ParaGRU and ParaLSTM (left-padded),
+    # ParaGRU and ParaLSTM falling back to the step-by-step solve; each over 2 and 3 ranks
+    assert len(cases) == 38, sorted(cases)
     for name, err in cases.items():
         assert err < 1e-10, f"{name}: max relative error {err:.3g} (fp64)"
 
 
 @pytest.mark.subprocess
 def test_context_parallel_refuses_by_name(launches):
-    assert _cp_result(launches)["refusals"] == {"paragru": "ok", "hnet": "ok"}
+    assert _cp_result(launches)["refusals"] == {"paragru": "ok", "hnet": "ok"}  # ParaGRU with mode="sequential"
 
 
 def test_context_parallel_needs_a_process_group():

@@ -36,7 +36,8 @@ Everything is computed in fp32 (fp64 when an input is fp64) whatever the input d
 of ``u``, ``a`` and ``h0`` (as the cells' step gives it), and the default ``tol`` is that of the compute dtype
 (``DEFAULT_TOL``: fp32 1e-5, fp64 1e-12). The PyTorch backend (CPU tensors, ``HF_SEQMODELS_BACKEND=torch``) is
 ``newton_solve`` with the same closed forms (and its defaults: tol by state dtype, max_iter counting global sweeps).
-An empty sequence (T = 0) takes that backend too, on any device: ``newton_solve``'s empty solution.
+An empty sequence (T = 0) takes that backend too, on any device: ``newton_solve``'s empty solution; so does a slice
+under ``hf_seqmodels.context_parallel`` (``newton_solve``'s distributed iterations; the kernels have no exchange).
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ import triton
 import triton.language as tl
 from torch.autograd.function import once_differentiable
 
+from .. import context_parallel
 from .._dispatch import check_same_device, check_tensor, compute_dtype, select_backend
 from ..scan.tiles import (
     COMPONENTS,
@@ -533,7 +535,8 @@ def _check_args(op, cell, u, a, h0, mask, tol, max_iter, on_fail):
 def _fused_newton(op, cell, u, a, h0, mask, tol, max_iter, on_fail, backend, return_info):
     device = _check_args(op, cell, u, a, h0, mask, tol, max_iter, on_fail)
     cfg = _Config(op, cell, tol, max_iter, on_fail)
-    if select_backend(op, device, backend) == "torch" or u.shape[1] == 0:  # T = 0: newton_solve's empty solution
+    # T = 0: newton_solve's empty solution; context parallelism: newton_solve's distributed iterations
+    if select_backend(op, device, backend) == "torch" or u.shape[1] == 0 or context_parallel.active():
         h, info = _torch_solve(cfg, u, a, h0, mask, backend)
     else:
         acc = compute_dtype(u, a, h0)

@@ -26,6 +26,14 @@ state after it, unchanged), converged in 0 iterations.
 Gradients (``newton_solve``) follow the adjoint method at the solution: one reverse scan
 ``lambda_t = dL/dh_t + J_{t+1}^T lambda_{t+1}`` and one batched vector-Jacobian product of ``step`` over all ``t``
 for ``x`` and ``params``; ``dL/dh0 = J_0^T lambda_0``. No Newton iterate is kept for the backward.
+
+Inside ``hf_seqmodels.context_parallel`` (``newton_solve`` only; no ``h0``, no packing) ``x`` is this rank's slice of
+the sequence and the system is the whole sequence's: each iteration's previous states take the previous rank's last
+state at the slice's first position (a halo of one position), the linear scan is the distributed one
+(``linear_scan``/``block2_scan`` on a slice), and the residual is the maximum over the ranks, so every rank stops
+after the same iteration. The fallback is the step-by-step solve passed from rank to rank
+(``context_parallel.relay``). The adjoint backward runs the reversed distributed scan, its ``J_{t+1}`` at a slice's
+last position the next rank's first Jacobian (a halo the other way).
 """
 
 from __future__ import annotations
@@ -37,6 +45,7 @@ import warnings
 import torch
 from torch.autograd.function import once_differentiable
 
+from .. import context_parallel
 from .._varlen import check_cu_seqlens
 from ..scan import block2_scan, linear_scan
 
@@ -68,7 +77,10 @@ def _shift(h, h0, packed=None):
             return prev.index_fill(1, starts, 0)
         first = h0.index_select(0, packed.nonempty_index(h.device)).to(h.dtype).unsqueeze(0)
         return prev.index_copy(1, starts, first)
-    first = torch.zeros_like(h[:, :1]) if h0 is None else h0.unsqueeze(1).to(h.dtype)
+    if context_parallel.active():  # the sequence split over ranks: the previous slice's last state
+        first = context_parallel.exchange_halo(h[:, -1:])
+    else:
+        first = torch.zeros_like(h[:, :1]) if h0 is None else h0.unsqueeze(1).to(h.dtype)
     return torch.cat((first, h[:, :-1]), 1)
 
 
@@ -111,7 +123,10 @@ def _scan(cfg, J, r, reverse=False):
 
 
 def _residual(h, f):
-    r, scale = torch.stack(((f - h).abs().max(), h.abs().max())).tolist()  # one device sync
+    both = torch.stack(((f - h).abs().max(), h.abs().max()))
+    if context_parallel.active():  # the whole sequence's: every rank takes the same decision
+        both = context_parallel.global_max(both)
+    r, scale = both.tolist()  # one device sync
     return r / max(1.0, scale)
 
 
@@ -171,6 +186,7 @@ class _Config:
     info: NewtonInfo | None = None
     packed: object = None  # kernels._varlen.Packed for packed sequences
     solve: object = None  # adjoint_solve: the solver of the forward pass
+    cp: tuple = ()  # context_parallel.current() of the forward: the backward exchanges over the same group
 
 
 def _newton(cfg, x, h0, params):
@@ -188,6 +204,15 @@ def _newton(cfg, x, h0, params):
             break
         h = h + _scan(cfg, _jacobian(cfg, h_prev, x, params), f - h)
         it += 1
+
+    def sequential():
+        if cfg.cp:  # rank after rank, each from the state the previous slice ended with
+            zero = torch.zeros(cfg.state_shape, dtype=h.dtype, device=h.device)
+            return context_parallel.relay(
+                lambda h_in: _sequential(cfg.step, x, params, h_in, cfg.state_shape, h.dtype), zero
+            )
+        return _sequential(cfg.step, x, params, h0, cfg.state_shape, h.dtype, cfg.packed)
+
     info, h_sequential = check_convergence(
         "newton_solve",
         it,
@@ -195,7 +220,7 @@ def _newton(cfg, x, h0, params):
         tol,
         cfg.max_iter,
         cfg.on_fail,
-        lambda: _sequential(cfg.step, x, params, h0, cfg.state_shape, h.dtype, cfg.packed),
+        sequential,
         stacklevel=2,
     )
     return (h if h_sequential is None else h_sequential), info
@@ -223,7 +248,8 @@ class _NewtonFunction(torch.autograd.Function):
     @staticmethod
     @once_differentiable
     def backward(ctx, gh):
-        return _adjoint_backward(ctx, gh)
+        with context_parallel.within(ctx.cfg.cp):
+            return _adjoint_backward(ctx, gh)
 
 
 def _adjoint_backward(ctx, gh):
@@ -235,7 +261,9 @@ def _adjoint_backward(ctx, gh):
     J = _jacobian(cfg, h_prev, x, params)
     if cfg.structure == "block2":
         J = J.transpose(-1, -2)
-    J_next = torch.cat((J[:, 1:], torch.zeros_like(J[:, :1])), 1)
+    # J_{t+1}; past the slice's last position the next rank's first (zero past the sequence's end)
+    last = context_parallel.exchange_halo(J[:, :1], reverse=True) if cfg.cp else torch.zeros_like(J[:, :1])
+    J_next = torch.cat((J[:, 1:], last), 1)
     lam = _scan(cfg, J_next, gh.to(h.dtype), reverse=True)
 
     gx = gp = None
@@ -372,12 +400,18 @@ def newton_solve(
     )
     state_shape = _check_solve_args(op, step, jac, x, params, h0, state_size, structure, packed)
     check_newton_options(op, tol, max_iter, on_fail)
+    if context_parallel.active() and (h0 is not None or packed is not None or x.shape[1] == 0):
+        raise ValueError(
+            f"{op} under context_parallel: no `h0` or `cu_seqlens` (the state enters from the previous rank's slice) "
+            "and no empty slice (give every rank >= 1 position)"
+        )
     if x.shape[1] == 0:
         dtype = torch.promote_types(x.dtype, h0.dtype) if h0 is not None else x.dtype
         h = _empty_solution(step, x, tuple(params), state_shape, dtype)
         info = NewtonInfo(iterations=0, residual=0.0, converged=True, fallback=False)
         return (h, info) if return_info else h
     cfg = _Config(step, jac, structure, state_shape, tol, max_iter, on_fail, backend, packed=packed)
+    cfg.cp = context_parallel.current()
     h = _NewtonFunction.apply(cfg, x, h0, *params)
     return (h, cfg.info) if return_info else h
 
@@ -386,6 +420,7 @@ def sequential_solve(step, x, params=(), h0=None, *, state_size=None, structure=
     """The same recurrence, one step at a time (``step`` on ``[B, 1, ...]`` slices): the slow reference and the
     Newton fallback. Differentiable by plain autograd through the loop. ``cu_seqlens``: as in :func:`newton_solve`."""
     op = "sequential_solve"
+    context_parallel.refuse(op, "it solves step by step; newton_solve runs on slices")
     packed = (
         check_cu_seqlens(op, cu_seqlens, x.shape[0], x.shape[1])
         if isinstance(x, torch.Tensor) and x.dim() >= 2
@@ -407,6 +442,7 @@ def adjoint_solve(solve, step, jac, x, params=(), h0=None, *, state_size=None, s
     ``params``, ``h0``, ``state_size``, ``structure``: as in :func:`newton_solve`; ``step`` and ``jac`` serve the
     backward only. No sequence packing (``cu_seqlens``)."""
     op = "adjoint_solve"
+    context_parallel.refuse(op, "its solve() sees one slice; newton_solve runs on slices")
     if not callable(solve):
         raise TypeError(f"{op}: `solve` must be callable solve() -> states")
     state_shape = _check_solve_args(op, step, jac, x, params, h0, state_size, structure)

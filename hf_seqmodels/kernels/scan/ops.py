@@ -7,15 +7,21 @@ step (``h_{-1}``, or ``h_T`` when reversed; zero if None). Any real ``a`` is fin
 Accumulation is fp32 (fp64 for fp64 inputs); the output has the dtype of ``b``. Differentiable in ``a``, ``b`` and
 ``initial_state``; the backward is itself a scan in the opposite direction. An empty sequence (T = 0) gives the empty
 ``h`` (and a zero gradient for ``initial_state``), computed by the PyTorch implementation on any device.
+
+Inside ``hf_seqmodels.context_parallel`` the input is this rank's slice of the sequence: the slice is scanned from a
+zero state, the ranks exchange each slice's total map and final state for the state entering each slice
+(``kernels/context_parallel.py``, ``exchange_scan_carry``), and each position adds the prefix product of its slice's
+maps applied to that state. No ``initial_state`` or ``cu_seqlens`` there.
 """
 
 from __future__ import annotations
 
 import torch
 
-from .._dispatch import check_same_device, check_tensor, select_backend
+from .. import context_parallel
+from .._dispatch import check_same_device, check_tensor, compute_dtype, select_backend
 from .._varlen import check_cu_seqlens
-from .scan_torch import block2_scan_torch, linear_scan_torch
+from .scan_torch import Block2, Diag, block2_scan_torch, linear_scan_torch
 
 _DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
@@ -66,6 +72,33 @@ def _reset_packed(packed, a, b, initial_state, reverse, apply):
     return a2, b.index_add(1, at, extra.unsqueeze(0))
 
 
+def _context_parallel_scan(op, kind, fn, a, b, initial_state, reverse, packed):
+    """The scan on this rank's slice of the sequence (``fn(a, b, h0, reverse)``: the chosen implementation). The
+    state is affine in the state entering the slice: ``h_t = local_t + P_t h_in`` with ``local`` the scan from a zero
+    state and ``P_t`` the product of the slice's maps up to ``t`` (from ``t`` to the end when reversed); ``P`` at the
+    slice's end is its total map. ``P`` is a cumulative product for elementwise maps; for 2x2 blocks its two columns
+    are the slice's homogeneous scans (``b = 0``) from the unit vectors."""
+    if packed is not None or initial_state is not None:
+        raise ValueError(
+            f"{op} under context_parallel: `cu_seqlens` and `initial_state` are not supported (the state enters "
+            "from the neighbouring rank's slice)"
+        )
+    if b.shape[1] == 0:
+        raise ValueError(f"{op} under context_parallel: this rank's slice is empty; give every rank >= 1 position")
+    dt = compute_dtype(a, b)
+    local = fn(a, b, None, reverse).to(dt)
+    a = a.to(dt)
+    if kind is Diag:
+        P = a.flip(1).cumprod(1).flip(1) if reverse else a.cumprod(1)
+    else:
+        eye = torch.eye(2, dtype=dt, device=b.device).expand(b.shape[0], b.shape[2], 2, 2)
+        zeros = torch.zeros_like(local)
+        P = torch.stack([fn(a, zeros, eye[..., j], reverse) for j in (0, 1)], -1)
+    end = 0 if reverse else -1
+    h_in = context_parallel.exchange_scan_carry(P[:, end], local[:, end], kind, reverse)
+    return (local + kind.apply(P, h_in.unsqueeze(1))).to(b.dtype)
+
+
 def linear_scan(a, b, initial_state=None, reverse=False, backend=None, cu_seqlens=None):
     """Diagonal linear recurrence ``h_t = a_t * h_{t-1} + b_t`` over dim 1 of ``[B, T, D]``; returns ``h``.
 
@@ -75,14 +108,15 @@ def linear_scan(a, b, initial_state=None, reverse=False, backend=None, cu_seqlen
     chosen, packed = _check_scan_args(
         "linear_scan", a, b, initial_state, reverse, backend, (), (), cu_seqlens=cu_seqlens
     )
+    fn = linear_scan_torch
+    if chosen == "triton":
+        from .scan_triton import linear_scan_triton as fn
+    if context_parallel.active():
+        return _context_parallel_scan("linear_scan", Diag, fn, a, b, initial_state, reverse, packed)
     if packed is not None:
         a, b = _reset_packed(packed, a, b, initial_state, reverse, lambda a0, h0: a0 * h0)
         initial_state = None
-    if chosen == "triton":
-        from .scan_triton import linear_scan_triton
-
-        return linear_scan_triton(a, b, initial_state, reverse)
-    return linear_scan_torch(a, b, initial_state, reverse)
+    return fn(a, b, initial_state, reverse)
 
 
 def block2_scan(A, b, initial_state=None, reverse=False, backend=None, cu_seqlens=None):
@@ -91,11 +125,12 @@ def block2_scan(A, b, initial_state=None, reverse=False, backend=None, cu_seqlen
     chosen, packed = _check_scan_args(
         "block2_scan", A, b, initial_state, reverse, backend, (2, 2), (2,), a_name="A", cu_seqlens=cu_seqlens
     )
+    fn = block2_scan_torch
+    if chosen == "triton":
+        from .scan_triton import block2_scan_triton as fn
+    if context_parallel.active():
+        return _context_parallel_scan("block2_scan", Block2, fn, A, b, initial_state, reverse, packed)
     if packed is not None:
         A, b = _reset_packed(packed, A, b, initial_state, reverse, lambda a0, h0: (a0 @ h0.unsqueeze(-1)).squeeze(-1))
         initial_state = None
-    if chosen == "triton":
-        from .scan_triton import block2_scan_triton
-
-        return block2_scan_triton(A, b, initial_state, reverse)
-    return block2_scan_torch(A, b, initial_state, reverse)
+    return fn(A, b, initial_state, reverse)
