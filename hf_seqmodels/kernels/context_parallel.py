@@ -2,8 +2,9 @@
 ``hf_seqmodels.context_parallel`` block (None outside one), and the differentiable exchanges the ops make inside it.
 
 Rank ``r`` of ``W`` holds the ``r``-th contiguous slice of every sequence (slices may differ in length). Each exchange
-is one ``all_gather`` of a small tensor forward and one backward, called by every rank in the same order (the ranks
-run the same layers).
+is one ``all_gather`` of a small tensor forward and one backward (``global_max``: one ``all_reduce``; ``relay``: one
+``all_gather`` per rank boundary), called by every rank in the same order (the ranks run the same layers, and
+decisions that change the work, like Newton's stopping test, are taken from global values).
 
 - :func:`exchange_gla_state`: rank ``r``'s true initial state from every rank's final state from a zero start
   ``S_j`` and total log-decay ``a_j``: ``h_r = sum_{j<r} exp(a_{j+1} + ... + a_{r-1}) * S_j``. Backward, the

@@ -19,7 +19,8 @@ Cases (fp64, sequence lengths not divisible by the rank count, slices of unequal
 - ParaGRU and ParaLSTM models (Newton's iterations on the distributed scans, a global convergence test), left-padded,
   and with one Newton iteration (each rank then falls back to the step-by-step solve from the previous rank's last
   state; checked that it did);
-- refusals: ParaRNN's mode="sequential" and H-Net inside the block raise NotImplementedError naming the layer.
+- refusals: ParaRNN's mode="sequential" and H-Net inside the block raise NotImplementedError naming the layer; a
+  scan given an ``initial_state`` on a slice raises ValueError naming it.
 Rank 0 writes ``DIR/result.json``: the largest relative error of each case over the ranks (or the errors raised).
 """
 
@@ -228,6 +229,15 @@ def check_refusals(group) -> dict:
             out[name] = "no error"
         except NotImplementedError as e:
             out[name] = "ok" if want in str(e) and "context parallelism" in str(e) else f"wrong message: {e}"
+    # a state given to a scan on a slice (it enters from the previous rank): a ValueError naming the argument
+    a = torch.rand(1, 5, 3)
+    try:
+        with context_parallel(group):
+            linear_scan(a, a, initial_state=a[:, 0])
+        out["linear_scan initial_state"] = "no error"
+    except ValueError as e:
+        ok = "linear_scan under context_parallel" in str(e) and "`initial_state`" in str(e)
+        out["linear_scan initial_state"] = "ok" if ok else f"wrong message: {e}"
     return out
 
 

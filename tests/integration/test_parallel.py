@@ -147,7 +147,8 @@ def test_context_parallel_equals_one_process(launches):
 
 @pytest.mark.subprocess
 def test_context_parallel_refuses_by_name(launches):
-    assert _cp_result(launches)["refusals"] == {"paragru": "ok", "hnet": "ok"}  # ParaGRU with mode="sequential"
+    # ParaGRU with mode="sequential"; H-Net; linear_scan given an initial state on a slice
+    assert _cp_result(launches)["refusals"] == {"paragru": "ok", "hnet": "ok", "linear_scan initial_state": "ok"}
 
 
 def test_context_parallel_needs_a_process_group():
