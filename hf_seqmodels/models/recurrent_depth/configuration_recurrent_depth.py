@@ -9,6 +9,8 @@ from transformers import PretrainedConfig
 
 from hf_seqmodels.layers.checks import check_bool, check_choice, check_int, check_number
 
+#: training-time depth distributions of ``sampling_scheme`` (names of the reference's training code)
+SAMPLING_SCHEMES = ("poisson-lognormal-filling", "fixed")
 #: noise schedules of ``test_time_noise_type`` (the reference's ``_maybe_inject_noise``)
 NOISE_TYPES = ("fixed", "geom", "sqrt", "line", "chi")
 
@@ -20,7 +22,6 @@ _FIXED_FIELDS = {
     "nonlin_name": "SiLU",
     "injection_type": "linear",
     "state_init": "like-init",
-    "sampling_scheme": "poisson-lognormal-filling",
 }
 # Fields of a published config.json derived from the others (recomputed, never read).
 _DERIVED_FIELDS = ("head_dim", "effective_expected_depth", "init_values", "padded_vocab_size")
@@ -64,6 +65,8 @@ class RecurrentDepthConfig(PretrainedConfig):
         mean_recurrence: core iterations at inference (the forward's ``num_steps`` default) and the mean of the
             training-time depth distribution.
         mean_backprop_depth: iterations that get gradients in training (the last ones of a sampled depth).
+        sampling_scheme: the training depth: ``"poisson-lognormal-filling"`` (Huginn's: ``1 + Poisson(LogNormal)``
+            with mean ``mean_recurrence + 1``) or ``"fixed"`` (always ``mean_recurrence``, deterministic).
         block_size: the longest sequence (RoPE positions).
         rope_base: RoPE base; rotation of interleaved pairs ``(x[2i], x[2i+1])``.
         norm_eps: RMSNorm epsilon. qk_bias: a learned bias on queries and keys (added before RoPE).
@@ -93,6 +96,7 @@ class RecurrentDepthConfig(PretrainedConfig):
         n_layers: int | None = None,
         mean_recurrence: int = 4,
         mean_backprop_depth: int = 2,
+        sampling_scheme: str = "poisson-lognormal-filling",
         block_size: int = 4096,
         rope_base: float = 50000.0,
         norm_eps: float = 1e-6,
@@ -143,6 +147,7 @@ class RecurrentDepthConfig(PretrainedConfig):
         check_number(where, "init_scale", init_scale, positive=False, minimum=0.0)
         check_number(where, "initializer_range", initializer_range, allow_none=True)
         check_choice(where, "test_time_noise_type", test_time_noise_type, NOISE_TYPES)
+        check_choice(where, "sampling_scheme", sampling_scheme, SAMPLING_SCHEMES)
         for name in ("qk_bias", "bias", "tie_embeddings", "use_cache"):
             check_bool(where, name, locals()[name])
         self.vocab_size = vocab_size
@@ -155,6 +160,7 @@ class RecurrentDepthConfig(PretrainedConfig):
         self.n_layers = total
         self.mean_recurrence = mean_recurrence
         self.mean_backprop_depth = mean_backprop_depth
+        self.sampling_scheme = sampling_scheme
         self.block_size = block_size
         self.rope_base = float(rope_base)
         self.norm_eps = norm_eps

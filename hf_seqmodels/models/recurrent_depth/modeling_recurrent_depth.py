@@ -24,12 +24,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers import GenerationMixin
+from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
 
 from hf_seqmodels.cache import RecurrentCache
 from hf_seqmodels.compat import CACHE_KWARG, pop_cache
 from hf_seqmodels.layers.norm import RMSNorm
-from hf_seqmodels.models.causal_lm import SeqPreTrainedModel, resolve_return_dict
+from hf_seqmodels.models.causal_lm import PACKING_KWARGS, SeqPreTrainedModel, packed_sequences, resolve_return_dict
 
 from .configuration_recurrent_depth import HuginnRavenConfig, RecurrentDepthConfig
 
@@ -120,10 +121,12 @@ class RecurrentDepthCache(RecurrentCache):
 
 class _Context:
     """Where the current tokens are: their cache columns ``[B, S]``, RoPE positions ``[B, S]``, padding mask
-    (``[B, S]`` bool, None when nothing is padded), the cache and its length after this write."""
+    (``[B, S]`` bool, None when nothing is padded), the cache and its length after this write, and the packed
+    sequence of each token (``[1, S]``, None when not packed)."""
 
-    def __init__(self, columns, positions, valid, cache, length):
+    def __init__(self, columns, positions, valid, cache, length, segments=None):
         self.columns, self.positions, self.valid, self.cache, self.length = columns, positions, valid, cache, length
+        self.segments = segments
 
 
 def rotate_pairs(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
@@ -145,6 +148,7 @@ class RecurrentDepthAttention(nn.Module):
         self.Wqkv = nn.Linear(config.n_embd, 3 * config.n_embd, bias=False)
         self.qk_bias = nn.Parameter(torch.zeros(2, 1, self.n_head, self.head_dim)) if config.qk_bias else None
         self.proj = nn.Linear(config.n_embd, config.n_embd, bias=False)
+        self.proj.init_kind = "out"
 
     def forward(self, x, rope, ctx: _Context, slot: str):
         B, S, _ = x.shape
@@ -160,9 +164,14 @@ class RecurrentDepthAttention(nn.Module):
             query_col = ctx.columns[:, :, None]
             mask = ((key_col <= query_col) & key_ok[:, None, :]) | (key_col == query_col)
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask[:, None].to(x.device))
-        elif ctx.valid is not None:
+        elif ctx.valid is not None or ctx.segments is not None:
             col = torch.arange(S, device=x.device)
-            mask = ((col[None, :] <= col[:, None]) & ctx.valid[:, None, :]) | (col[None, :] == col[:, None])
+            mask = (col[None, :] <= col[:, None])[None]
+            if ctx.valid is not None:
+                mask = mask & ctx.valid[:, None, :]
+            if ctx.segments is not None:
+                mask = mask & (ctx.segments[:, :, None] == ctx.segments[:, None, :])
+            mask = mask | (col[None, :] == col[:, None])
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask[:, None])
         else:
             y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
@@ -176,14 +185,16 @@ class GatedMLP(nn.Module):
         super().__init__()
         self.fc = nn.Linear(config.n_embd, 2 * config.intermediate_size, bias=False)
         self.proj = nn.Linear(config.intermediate_size, config.n_embd, bias=False)
+        self.fc.init_kind, self.proj.init_kind = "glu", "out"
 
     def forward(self, x):
         a, b = self.fc(x).chunk(2, dim=-1)
         return self.proj(F.silu(a) * b)
 
 
-class SandwichBlock(nn.Module):
-    """``x = norm_2(x + attn(norm_1(x))); x = norm_4(x + mlp(norm_3(x)))``."""
+class SandwichBlock(GradientCheckpointingLayer):
+    """``x = norm_2(x + attn(norm_1(x))); x = norm_4(x + mlp(norm_3(x)))``. With gradient checkpointing on, every
+    application that runs with gradients is recomputed in the backward pass."""
 
     def __init__(self, config: RecurrentDepthConfig):
         super().__init__()
@@ -276,21 +287,18 @@ class RecurrentDepthPreTrainedModel(SeqPreTrainedModel):
         if isinstance(module, RMSNorm):
             fill(module.weight, 1.0)
         elif isinstance(module, RecurrentDepthAttention):
-            normal(module.Wqkv.weight, std)
-            normal(module.proj.weight, out_std)
             fill(module.qk_bias, 0.0)
-        elif isinstance(module, GatedMLP):
-            half = module.fc.weight.shape[0] // 2
-            normal(module.fc.weight, std, slice(0, half))
-            normal(module.fc.weight, out_std, slice(half, None))
-            normal(module.proj.weight, out_std)
-        elif isinstance(module, RecurrentDepthModel):
-            normal(module.wte.weight, std)
-            normal(module.adapter.weight, std)
-            if module.adapter.bias is not None:
-                fill(module.adapter.bias, 0.0)
-        elif isinstance(module, RecurrentDepthForCausalLM):
-            normal(module.lm_head.weight, std)
+        elif isinstance(module, nn.Embedding):
+            normal(module.weight, std)
+        elif isinstance(module, nn.Linear):
+            kind = getattr(module, "init_kind", "std")  # set where the layer is built: "glu", "out" or the default
+            if kind == "glu":
+                half = module.weight.shape[0] // 2
+                normal(module.weight, std, slice(0, half))
+                normal(module.weight, out_std, slice(half, None))
+            else:
+                normal(module.weight, out_std if kind == "out" else std)
+            fill(module.bias, 0.0)
 
 
 class RecurrentDepthModel(RecurrentDepthPreTrainedModel):
@@ -505,12 +513,15 @@ class RecurrentDepthModel(RecurrentDepthPreTrainedModel):
     def sample_depth(self, generator: torch.Generator | None = None) -> tuple[int, int]:
         """Core steps ``(without gradients, with gradients)``: in training, the reference's Poisson-lognormal
         depth ``p = 1 + Poisson(LogNormal(log(r) - 1/8, 1/2))`` (``r = mean_recurrence``), split as
-        ``(max(p - b, 0), min(p, b))`` with ``b = mean_backprop_depth``; in eval, ``(mean_recurrence, 0)``."""
+        ``(max(p - b, 0), min(p, b))`` with ``b = mean_backprop_depth`` (``sampling_scheme="fixed"``:
+        ``(max(r - b, 0), b)``); in eval, ``(mean_recurrence, 0)``."""
         config = self.config
         if not self.training:
             return config.mean_recurrence, 0
         t = max(config.mean_recurrence - config.mean_backprop_depth, 0)
         s = config.mean_backprop_depth
+        if config.sampling_scheme == "fixed":
+            return t, s
         sigma = 0.5
         mu = math.log(t + s) - sigma**2 / 2
         rate = torch.empty(1).log_normal_(mean=mu, std=sigma, generator=generator)
@@ -543,11 +554,26 @@ class RecurrentDepthModel(RecurrentDepthPreTrainedModel):
         prelude, after the recurrence, and the last one."""
         cache = pop_cache(cache, kwargs)
         self.check_inputs(input_ids, inputs_embeds)
+        B, S = (input_ids if input_ids is not None else inputs_embeds).shape[:2]
+        packed = packed_sequences(B, S, position_ids, kwargs)
+        if packed is not None:
+            if cache is not None or use_cache or (attention_mask is not None and not bool(attention_mask.all())):
+                raise ValueError(
+                    "Packed sequences (position_ids restarting at 0, or cu_seq_lens_q) are for training and scoring: "
+                    "pass no cache, use_cache=False and no padding `attention_mask`"
+                )
+            use_cache, attention_mask = False, None
         cache = self.resolve_cache(cache, use_cache)
         if inputs_embeds is None:
             inputs_embeds = self.wte(input_ids)
-        B, S, _ = inputs_embeds.shape
         ctx = self.context(B, S, inputs_embeds.device, cache, attention_mask, position_ids, cache_position)
+        if packed is not None:
+            device = inputs_embeds.device
+            lengths = torch.tensor(packed.lengths, device=device)
+            ctx.segments = torch.repeat_interleave(torch.arange(packed.N, device=device), lengths)[None]
+            if position_ids is None:  # cu_seq_lens / seq_idx: positions restart with each sequence
+                starts = torch.tensor(packed.offsets[:-1], device=device)
+                ctx.positions = (torch.arange(S, device=device) - starts[ctx.segments[0]])[None]
         embeds = self._prelude(inputs_embeds, ctx)
         rope = self.rope(ctx, embeds.dtype)
         if input_states is None:
@@ -565,10 +591,7 @@ class RecurrentDepthModel(RecurrentDepthPreTrainedModel):
             for step in range(no_grad_steps):
                 state = self._core(state, embeds, rope, ctx, step, generator)
         for step in range(no_grad_steps, no_grad_steps + grad_steps):
-            if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
-                state = self._gradient_checkpointing_func(self._core, state, embeds, rope, ctx, step, generator)
-            else:
-                state = self._core(state, embeds, rope, ctx, step, generator)
+            state = self._core(state, embeds, rope, ctx, step, generator)
         latents = self.ln_f(state)
         hidden = self._coda(state, rope, ctx)
         if output_hidden_states is None:
@@ -609,6 +632,12 @@ class RecurrentDepthForCausalLM(RecurrentDepthPreTrainedModel, GenerationMixin):
 
     def set_output_embeddings(self, new_embeddings):
         self.lm_head = new_embeddings
+
+    @property
+    def model(self) -> RecurrentDepthModel:
+        """The base model, as the package's other causal LMs name it (here under its published name,
+        ``transformer``)."""
+        return self.transformer
 
     # -- the alternative interfaces (the reference's names) ---------------------------------------------------------
     def embed_inputs(self, input_ids=None, position_ids=None, past_key_values=None, **kwargs):
@@ -673,6 +702,7 @@ class RecurrentDepthForCausalLM(RecurrentDepthPreTrainedModel, GenerationMixin):
             init_scale=init_scale,
             generator=generator,
             cache_position=cache_position,
+            **{name: kwargs[name] for name in PACKING_KWARGS if name in kwargs},
         )
         hidden = outputs.last_hidden_state
         if isinstance(logits_to_keep, int) and logits_to_keep > 0:

@@ -562,3 +562,27 @@ def test_bad_arguments_are_named():
         HuginnRavenConfig(mlp_class_name="MLP")
     with pytest.raises(ValueError, match="n_embd"):
         RecurrentDepthConfig(n_embd=30, n_heads=4)
+
+
+def test_default_init_is_the_references():
+    """Truncated normal at +-3 std: std sqrt(2 / (5 E)) for embeddings, qkv, the first half of fc, adapter; that
+    over sqrt(2 * effective depth) for output projections and fc's second half; norms 1, qk_bias 0."""
+    config = RecurrentDepthConfig(n_embd=128, n_heads=4, intermediate_size=256, mean_recurrence=4, tie_embeddings=False)
+    model = RecurrentDepthForCausalLM(config)
+    std = math.sqrt(2 / (5 * 128))
+    out = std / math.sqrt(2 * (1 + 1 + 2 * 4))
+    block = model.transformer.core_block[1]
+    expected = {
+        model.transformer.wte.weight: std,
+        model.lm_head.weight: std,
+        model.transformer.adapter.weight: std,
+        block.attn.Wqkv.weight: std,
+        block.attn.proj.weight: out,
+        block.mlp.fc.weight[:256]: std,
+        block.mlp.fc.weight[256:]: out,
+        block.mlp.proj.weight: out,
+    }
+    for tensor, s in expected.items():
+        assert tensor.abs().max() <= 3 * s * (1 + 1e-6)
+        assert abs(tensor.std().item() / (0.98658 * s) - 1) < 0.05, (tensor.shape, tensor.std().item(), s)
+    assert not block.attn.qk_bias.any() and torch.equal(block.norm_3.weight, torch.ones(128))
