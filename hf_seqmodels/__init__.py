@@ -15,6 +15,13 @@ from .models.liger import LigerConfig, LigerForCausalLM, LigerModel
 from .models.lizard import LizardConfig, LizardForCausalLM, LizardModel
 from .models.pararnn import ParaRNNConfig, ParaRNNForCausalLM, ParaRNNModel
 from .models.plstm import PLSTMConfig, PLSTMForCausalLM, PLSTMModel
+from .models.recurrent_depth import (
+    HuginnRavenConfig,
+    RecurrentDepthCache,
+    RecurrentDepthConfig,
+    RecurrentDepthForCausalLM,
+    RecurrentDepthModel,
+)
 from .models.s4d import S4DConfig, S4DForCausalLM, S4DModel
 from .training import (
     GradientNoiseCallback,
@@ -92,4 +99,9 @@ __all__ = [
     "GAMConfig",
     "GAMModel",
     "GAMForCausalLM",
+    "RecurrentDepthConfig",
+    "RecurrentDepthModel",
+    "RecurrentDepthForCausalLM",
+    "RecurrentDepthCache",
+    "HuginnRavenConfig",
 ]

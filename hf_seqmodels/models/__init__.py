@@ -15,6 +15,12 @@ from .liger import LigerConfig, LigerForCausalLM, LigerModel
 from .lizard import LizardConfig, LizardForCausalLM, LizardModel
 from .pararnn import ParaRNNConfig, ParaRNNForCausalLM, ParaRNNModel
 from .plstm import PLSTMConfig, PLSTMForCausalLM, PLSTMModel
+from .recurrent_depth import (
+    HuginnRavenConfig,
+    RecurrentDepthConfig,
+    RecurrentDepthForCausalLM,
+    RecurrentDepthModel,
+)
 from .s4d import S4DConfig, S4DForCausalLM, S4DModel
 
 for _entry in (
@@ -27,6 +33,8 @@ for _entry in (
     (S4DConfig, S4DModel, S4DForCausalLM),
     (AarenConfig, AarenModel, AarenForCausalLM),
     (GAMConfig, GAMModel, GAMForCausalLM),
+    (RecurrentDepthConfig, RecurrentDepthModel, RecurrentDepthForCausalLM),
+    (HuginnRavenConfig, RecurrentDepthModel, RecurrentDepthForCausalLM),  # a published Huginn folder
 ):
     register_architecture(*_entry)
 
@@ -34,8 +42,11 @@ for _entry in (
 def register_auto_classes() -> None:
     for config_class, model_class, lm_class in ARCHITECTURES:
         AutoConfig.register(config_class.model_type, config_class, exist_ok=True)
-        AutoModel.register(config_class, model_class, exist_ok=True)
-        AutoModelForCausalLM.register(config_class, lm_class, exist_ok=True)
+        for auto, cls in ((AutoModel, model_class), (AutoModelForCausalLM, lm_class)):
+            if cls.config_class is config_class:
+                auto.register(config_class, cls, exist_ok=True)
+            else:  # a config subclass on its parent's models (huginn_raven): register() insists on the class name
+                auto._model_mapping.register(config_class, cls, exist_ok=True)
     register_byte_tokenizer(HNetConfig)
 
 

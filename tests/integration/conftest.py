@@ -24,6 +24,7 @@ from hf_seqmodels import (
     LizardConfig,
     ParaRNNConfig,
     PLSTMConfig,
+    RecurrentDepthConfig,
     S4DConfig,
 )
 
@@ -99,6 +100,22 @@ TINY_CONFIGS = {
         GAMConfig,
         dict(vocab_size=128, hidden_size=32, num_memory_slots=24, conv_kernel_size=3, tie_word_embeddings=True),
     ),
+    # recurrent depth: 1 + 2 x 2 + 1 blocks; deterministic (a zero initial latent state, init_scale 0; training at the
+    # fixed depth, every step with gradients)
+    "recurrent-depth": _tiny(
+        RecurrentDepthConfig,
+        dict(
+            vocab_size=128,
+            n_embd=32,
+            n_heads=2,
+            intermediate_size=48,
+            num_hidden_layers=4,
+            mean_recurrence=2,
+            mean_backprop_depth=2,
+            sampling_scheme="fixed",
+            init_scale=0.0,
+        ),
+    ),
     "hnet": _hnet(["m1", ["T1g1"], "M1"]),
     "hnet-2stage-word": _hnet(
         ["t1", ["m1", ["T1"], "m1"], "m1"],
@@ -111,7 +128,7 @@ TINY_CONFIGS = {
 }
 
 #: one tiny config per architecture for the slower tests (Trainer, PEFT, DDP); their vocab is forced to 256 (bytes)
-TRAIN_CONFIGS = ["gla-conv-tied", "paralstm-tied", "liger", "lizard", "hnet"]
+TRAIN_CONFIGS = ["gla-conv-tied", "paralstm-tied", "liger", "lizard", "hnet", "recurrent-depth"]
 TEXT_VOCAB = 256
 
 

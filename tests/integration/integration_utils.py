@@ -46,10 +46,20 @@ def random_ids(config, *shape):
 
 
 def blocks_of(model):
-    """The residual blocks of a model (``model.model.layers`` for stacked models, every block of an H-Net's stages)."""
+    """The residual blocks of a model (``model.model.layers`` for stacked models, every block of an H-Net's stages,
+    a recurrent-depth model's prelude, core and coda)."""
     from hf_seqmodels.layers.block import DecoderBlock
+    from hf_seqmodels.models.recurrent_depth.modeling_recurrent_depth import SandwichBlock
 
-    return [m for m in model.modules() if isinstance(m, DecoderBlock)]
+    return [m for m in model.modules() if isinstance(m, (DecoderBlock, SandwichBlock))]
+
+
+def block_runs(model) -> int:
+    """Block applications in one training forward: each block once, a recurrent-depth core once per step (its tiny
+    configs train at the fixed depth ``mean_recurrence``)."""
+    config = model.config
+    core = getattr(config, "n_layers_in_recurrent_block", 0) * (getattr(config, "mean_recurrence", 1) - 1)
+    return len(blocks_of(model)) + core
 
 
 # -- real text at byte level (no tokenizer download) --------------------------------------------------------------

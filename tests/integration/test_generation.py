@@ -7,7 +7,15 @@ import random
 
 import pytest
 import torch
-from integration_utils import LOGIT_REL_TOL, assert_logits_close, assert_same_greedy, blocks_of, build_lm, random_ids
+from integration_utils import (
+    LOGIT_REL_TOL,
+    assert_logits_close,
+    assert_same_greedy,
+    block_runs,
+    blocks_of,
+    build_lm,
+    random_ids,
+)
 
 
 def _greedy(model, ids, attention_mask=None, max_new_tokens=8, **kwargs):
@@ -159,7 +167,7 @@ def test_gradient_checkpointing_same_loss_and_gradients(tiny_config, use_reentra
     model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": use_reentrant})
     assert model.is_gradient_checkpointing
     ckpt_loss, ckpt_grads, n_ckpt = loss_and_grads()
-    assert n_plain == len(blocks_of(model)), n_plain
+    assert n_plain == block_runs(model), n_plain
     assert n_ckpt == 2 * n_plain, f"checkpointing did not recompute the blocks ({n_ckpt} runs for {n_plain} blocks)"
     torch.testing.assert_close(ckpt_loss, loss, atol=0, rtol=1e-6)
     assert set(grads) == set(ckpt_grads) == {n for n, p in model.named_parameters() if p.requires_grad}

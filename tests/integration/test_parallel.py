@@ -16,7 +16,7 @@ import sys
 
 import pytest
 import torch
-from integration_utils import HERE, build_lm, memory_model, memory_paths, run_launches, torchrun
+from integration_utils import HERE, blocks_of, build_lm, memory_model, memory_paths, run_launches, torchrun
 from safetensors.torch import load_file
 
 from hf_seqmodels.parallel import block_classes, shard_model
@@ -113,11 +113,9 @@ def test_shard_model_refuses_a_memory_bank():
 
 def test_block_classes_name_every_architectures_blocks(tiny_config):
     """What shard_model wraps: the classes named by _no_split_modules cover every residual block of the model."""
-    from hf_seqmodels.layers.block import DecoderBlock
-
     model = build_lm(tiny_config)
     classes = block_classes(model)
-    blocks = [m for m in model.modules() if isinstance(m, DecoderBlock)]
+    blocks = blocks_of(model)
     assert blocks and all(isinstance(b, classes) for b in blocks), (classes, {type(b).__name__ for b in blocks})
 
 

@@ -49,6 +49,9 @@ from hf_seqmodels import (
     PLSTMConfig,
     PLSTMForCausalLM,
     PLSTMModel,
+    RecurrentDepthConfig,
+    RecurrentDepthForCausalLM,
+    RecurrentDepthModel,
     S4DConfig,
     S4DForCausalLM,
     S4DModel,
@@ -213,6 +216,35 @@ class GAMModelTest(SeqModelTestBase, unittest.TestCase):
     all_model_classes = (GAMModel, GAMForCausalLM)
     config_class = GAMConfig
     config_kwargs = dict(_COMMON, num_memory_slots=16, tie_word_embeddings=True)
+
+
+class RecurrentDepthModelTest(SeqModelTestBase, unittest.TestCase):
+    all_model_classes = (RecurrentDepthModel, RecurrentDepthForCausalLM)
+    config_class = RecurrentDepthConfig
+    # prelude, core and coda of one block each, the core applied twice; deterministic: a zero initial latent state
+    # (init_scale 0) and the fixed training depth
+    # Huginn's field names (hidden_size and num_hidden_layers are aliases of n_embd and n_layers, not stored)
+    config_kwargs = dict(
+        {k: v for k, v in _COMMON.items() if k not in ("hidden_size", "num_hidden_layers")},
+        n_embd=32,
+        n_heads=2,
+        n_layers_in_prelude=1,
+        n_layers_in_recurrent_block=1,
+        n_layers_in_coda=1,
+        mean_recurrence=2,
+        mean_backprop_depth=2,
+        sampling_scheme="fixed",
+        init_scale=0.0,
+    )
+
+    def setUp(self):
+        super().setUp()
+        # hidden_states: the prelude's output, the latent state after the recurrence (ln_f), the coda's output
+        self.model_tester.expected_num_hidden_layers = 3
+
+    def test_num_layers_is_small(self):
+        # a prelude, a recurrent core and a coda: three blocks at the least
+        self.assertLessEqual(self.model_tester.num_hidden_layers, 3)
 
 
 class HNetModelTest(SeqModelTestBase, unittest.TestCase):
