@@ -19,6 +19,10 @@ probability accumulated so far (``h_0 = 0``):
 
 The loop stops when no position has ``h < threshold and n_updates < max_steps``, i.e. when every position halted or
 after ``max_steps`` steps. A position that reaches ``max_steps`` without halting keeps ``remainder = 0`` (as t2t).
+Two points where t2t's "basic" ACT is not Graves' formulation, both kept: the output is the recursive blend above,
+not the weighted sum ``sum_n u_n s_{n+1}`` (t2t's ``act_type="accumulated"``, not implemented here), and a position
+that runs out of steps is not forced to halt at the last one (Graves gives it the remainder there).
+
 The ponder cost of a position is ``n_updates + remainder``; t2t adds ``act_loss_weight * mean(ponder cost)`` to the
 loss (gradient through the remainders only, i.e. through the halting probabilities before the halting step).
 
