@@ -296,3 +296,33 @@ def test_benchmark_script_runs_resumes_and_reports(tmp_path, one_thread):
     row = next(line for line in table.splitlines() if "torch.nn.LSTM" in line)
     assert f"0.01: {best[1e-2]:.2f}" in row and f"0.03: {best[3e-2]:.2f}" in row
     assert "ParaGRU, LM init (xavier_clipped)" in table and (tmp_path / "t.png").stat().st_size > 1000
+
+
+def test_recurrent_depth_scored_at_test_time_core_steps(monkeypatch, one_thread):
+    """``recurrence_steps``: each length is scored again at each test-time depth; the core really runs that many
+    steps per scoring batch (counted on the adapter, which every core step calls once), and the trained depth is
+    restored afterwards. Models without a recurrent core refuse the argument by name."""
+    built, forwards = [], []  # per forward of the classifier: [training?, core steps]
+    make_model = st.make_model
+
+    def recording(*args, **kwargs):
+        model = make_model(*args, **kwargs)
+        built.append(model)
+        model.register_forward_pre_hook(lambda m, _: forwards.append([m.training, 0]))
+        model.model.model.adapter.register_forward_hook(lambda *_: forwards[-1].__setitem__(1, forwards[-1][1] + 1))
+        return model
+
+    monkeypatch.setattr(st, "make_model", recording)
+    common = dict(train_length=5, test_lengths=(5,), steps=2, batch_size=4, d_model=16, num_test=8, progress=False)
+    result = st.train_and_evaluate("parity", "recurrent_depth", recurrence_steps=(1, 3, 7), **common)
+    (model,) = built
+    assert model.model.config.mean_recurrence == 4  # make_mqar_config's, restored after scoring at 1, 3, 7
+    by_steps = result["accuracy"]["5"]["by_steps"]
+    assert list(by_steps) == ["1", "3", "7"] and all(0 <= a <= 1 for a in by_steps.values())
+    # 8 held-out sequences: one batch per scoring; the plain scoring at the trained mean, then 1, 3, 7
+    assert [steps for training, steps in forwards if not training] == [4, 1, 3, 7]
+    monkeypatch.setattr(st, "make_model", make_model)
+    with pytest.raises(ValueError, match="recurrence_steps"):
+        st.train_and_evaluate("parity", "llama", recurrence_steps=(2,), **common)
+    with pytest.raises(ValueError, match="recurrence_steps"):
+        st.train_and_evaluate("parity", "recurrent_depth", recurrence_steps=(0,), **common)

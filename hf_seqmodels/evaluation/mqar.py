@@ -217,6 +217,28 @@ def _gam_config(d_model, layers, vocab_size, heads=1):
     )
 
 
+def _recurrent_depth_config(d_model, layers, vocab_size, heads=1):
+    from hf_seqmodels.models.causal_lm import SeqModelConfig
+    from hf_seqmodels.models.recurrent_depth import RecurrentDepthConfig
+
+    # ``layers`` blocks in the recurrent core between a one-block prelude and a one-block coda (Huginn's layout at
+    # 1 + 4 x 32 + 1 would be prelude 2, core 4, coda 2), 4 core steps on average, gradients through the last 2
+    return RecurrentDepthConfig(
+        vocab_size=vocab_size,
+        n_embd=d_model,
+        n_heads=heads,
+        intermediate_size=SeqModelConfig(hidden_size=d_model).intermediate_size,
+        n_layers_in_prelude=1,
+        n_layers_in_recurrent_block=layers,
+        n_layers_in_coda=1,
+        mean_recurrence=4,
+        mean_backprop_depth=2,
+        tie_embeddings=True,
+        bos_token_id=None,
+        eos_token_id=None,
+    )
+
+
 def _llama_config(d_model, layers, vocab_size, heads=1):
     from transformers import LlamaConfig
 
@@ -251,6 +273,7 @@ MQAR_CONFIGS = {
     "llama": _llama_config,  # softmax attention, the baseline
     "aaren": _aaren_config,
     "gam": _gam_config,
+    "recurrent_depth": _recurrent_depth_config,
 }
 
 

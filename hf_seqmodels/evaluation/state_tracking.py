@@ -151,7 +151,7 @@ class DenseRNNClassifier(torch.nn.Module):
 
 
 DENSE = {"dense-gru": "gru", "dense-lstm": "lstm"}
-MODELS = ("gla", "paragru", "paralstm", "plstm", "s4d", "aaren", "gam", "llama", *DENSE)
+MODELS = ("gla", "paragru", "paralstm", "plstm", "s4d", "aaren", "gam", "recurrent_depth", "llama", *DENSE)
 #: config fields the named ParaRNN models get here unless overridden: recurrent weights U(-0.9, 0.9). A parity flip
 #: needs some unit with ``|a| > 1``; from the LM init (every ``|a|`` below ~0.2 at d 64) Adam has to carry one there
 #: at ~lr per step, and 1-layer ParaLSTM at length 32 often stalled on the way (BENCHMARKS.md, state tracking).
@@ -289,6 +289,7 @@ def train_and_evaluate(
     seed: int = 0,
     device="cpu",
     progress: bool = True,
+    recurrence_steps: tuple[int, ...] | None = None,
     **config_overrides,
 ) -> dict:
     """Train ``config`` from scratch on ``task`` at ``train_length`` and score it at ``test_lengths``
@@ -301,7 +302,9 @@ def train_and_evaluate(
     held-out final-state accuracy at the trained length, the window's mean training loss and, for ParaRNN models,
     Newton statistics of the window's training solves), the final training loss and, for ParaRNN models, Newton
     statistics over all of training and of the scoring at each length (parallel solves, mean and max iterations per
-    solve, solves that fell back to the sequential one).
+    solve, solves that fell back to the sequential one). ``recurrence_steps`` (recurrent-depth models only): also
+    score every length at each of these test-time core steps (``accuracy[length]["by_steps"]``), trained depth or
+    not.
     """
     from tqdm.auto import tqdm
 
@@ -327,6 +330,12 @@ def train_and_evaluate(
         _check_positive("test_lengths", length)
 
     model = make_model(config, st, d_model, layers, heads, seed, **config_overrides).to(device)
+    lm_config = getattr(getattr(model, "model", None), "config", None)
+    if recurrence_steps is not None:
+        if not hasattr(lm_config, "mean_recurrence"):
+            raise ValueError(f"`recurrence_steps` needs a recurrent-depth model (`config`), got {config!r}")
+        for s in recurrence_steps:
+            _check_positive("recurrence_steps", s)
     overrides = _applied_overrides(config, config_overrides)  # for the record
     newton_log = []  # NewtonInfo of every parallel solve, appended by a hook on each ParaRNN mixer
     hooks = [
@@ -407,6 +416,15 @@ def train_and_evaluate(
                 model, *st.data(num_test, length, seed=20_000 + 97 * seed + length), num_classes=st.num_classes
             )
         result["accuracy"][str(length)] = {"last": last, "all": every}
+        if recurrence_steps:
+            trained = lm_config.mean_recurrence
+            by_steps = {}
+            for s in recurrence_steps:  # eval runs mean_recurrence core steps
+                lm_config.mean_recurrence = s
+                data = st.data(num_test, length, seed=20_000 + 97 * seed + length)
+                by_steps[str(s)] = accuracy(model, *data, num_classes=st.num_classes)[0]
+            lm_config.mean_recurrence = trained
+            result["accuracy"][str(length)]["by_steps"] = by_steps
         if hooks:
             result["accuracy"][str(length)]["newton"] = newton_summary(newton_log)
             newton_log.clear()
