@@ -20,7 +20,8 @@ Cases (fp64, sequence lengths not divisible by the rank count, slices of unequal
   and with one Newton iteration (each rank then falls back to the step-by-step solve from the previous rank's last
   state; checked that it did);
 - refusals: ParaRNN's mode="sequential" and H-Net inside the block raise NotImplementedError naming the layer; a
-  scan given an ``initial_state`` on a slice raises ValueError naming it.
+  scan given an ``initial_state`` on a slice raises ValueError naming it;
+- ``cp_train.py``'s ``ContextParallelTrainer`` runs over the 3 ranks (written to ``DIR/trainer``).
 Rank 0 writes ``DIR/result.json``: the largest relative error of each case over the ranks (or the errors raised).
 """
 
@@ -314,6 +315,17 @@ def main() -> int:
         dist.all_reduce(err, op=dist.ReduceOp.MAX)
         result[name] = float(err)
     result["refusals"] = check_refusals(None)
+    # ContextParallelTrainer over all 3 ranks (cp_train.py; test_parallel.py compares it with Trainer in one process)
+    from cp_train import ARCHS, train
+
+    from hf_seqmodels.parallel import ContextParallelTrainer
+
+    for name in ARCHS:
+        try:
+            train(name, Path(args.out) / "trainer", ContextParallelTrainer)
+        except Exception:
+            result[f"trainer {name} error"] = traceback.format_exc()
+            failed += 1
     if rank == 0:
         Path(args.out).mkdir(parents=True, exist_ok=True)
         (Path(args.out) / "result.json").write_text(json.dumps(result, indent=1))
