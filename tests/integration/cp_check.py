@@ -315,17 +315,13 @@ def main() -> int:
         dist.all_reduce(err, op=dist.ReduceOp.MAX)
         result[name] = float(err)
     result["refusals"] = check_refusals(None)
-    # ContextParallelTrainer over all 3 ranks (cp_train.py; test_parallel.py compares it with Trainer in one process)
-    from cp_train import ARCHS, train
+    # ContextParallelTrainer over the 3 ranks (cp_train.py; test_parallel.py compares it with Trainer in one process)
+    import cp_train
 
-    from hf_seqmodels.parallel import ContextParallelTrainer
-
-    for name in ARCHS:
-        try:
-            train(name, Path(args.out) / "trainer", ContextParallelTrainer)
-        except Exception:
-            result[f"trainer {name} error"] = traceback.format_exc()
-            failed += 1
+    trainer_failed = cp_train.train_all(Path(args.out) / "trainer", world)
+    if trainer_failed:
+        result["trainer error"] = f"{trainer_failed} ContextParallelTrainer run(s) failed: see DIR/trainer/*/log.json"
+        failed += trainer_failed
     if rank == 0:
         Path(args.out).mkdir(parents=True, exist_ok=True)
         (Path(args.out) / "result.json").write_text(json.dumps(result, indent=1))

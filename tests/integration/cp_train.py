@@ -1,21 +1,19 @@
-"""``ContextParallelTrainer`` (every sequence split over the ranks) against ``Trainer`` on the whole sequences.
-
-    python -m torch.distributed.run --standalone --nproc_per_node 2 cp_train.py --out DIR
+"""``ContextParallelTrainer`` (every sequence split over the ranks) against ``Trainer`` on the whole sequences, run
+inside the existing launches (no launch of its own): ``fsdp_train.py`` calls ``train_all`` alone (the reference:
+``Trainer``, one process) and under 2 processes, ``cp_check.py`` under 3 (``ContextParallelTrainer``).
 
 ``train(name, out, trainer_class, **trainer_kwargs)`` trains a tiny model of ``ARCHS`` (fp64, O(1) weights) for one
 epoch of 6 rows of 29 tokens (one row left-padded: attention_mask 0 and labels -100 there), batch 2, shuffled: 3 SGD
-steps, the gradient clipping's threshold above their norms (the reference passes
-``compute_loss_func=whole_sequence_loss``). Rank 0 writes ``out/NAME/log.json`` (the logged per-step losses, the
-world size) and ``out/NAME/weights.safetensors`` (the final weights). ``test_parallel.py`` runs it with ``Trainer`` in
-its own process (the reference), under this launch with 2 processes and inside ``cp_check.py``'s launch with 3.
+steps, the gradient clipping's threshold above their norms. Rank 0 writes ``out/NAME/log.json`` (the logged per-step
+losses and the world size, or the error) and ``out/NAME/weights.safetensors`` (the final weights).
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
+import traceback
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -82,18 +80,25 @@ def train(name: str, out: Path, trainer_class, **trainer_kwargs) -> None:
         save_file(weights, str(out / name / "weights.safetensors"))
 
 
-def main() -> None:
+def train_all(out: Path, world: int) -> int:
+    """Every arch of ``ARCHS``: with one process ``Trainer`` (its loss in fp64), else ``ContextParallelTrainer`` over
+    the ``world`` ranks of the default group. Returns how many failed."""
+    from transformers import Trainer
+
     from hf_seqmodels.parallel import ContextParallelTrainer
 
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--out", required=True)
-    out = Path(parser.parse_args().out)
+    failed = 0
     for name in ARCHS:
-        train(name, out, ContextParallelTrainer)
-
-
-if __name__ == "__main__":
-    main()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(0)
+        try:
+            if world == 1:
+                train(name, out, Trainer, compute_loss_func=whole_sequence_loss)
+            else:
+                train(name, out, ContextParallelTrainer)
+        except Exception:
+            failed += 1
+            error = traceback.format_exc()
+            print(f"ContextParallelTrainer run {name} failed:\n{error}", file=sys.stderr, flush=True)
+            if os.environ.get("RANK", "0") == "0":
+                (out / name).mkdir(parents=True, exist_ok=True)
+                (out / name / "log.json").write_text(json.dumps(dict(error=error)))
+    return failed

@@ -1,4 +1,4 @@
-"""Training past one process on the CPU (gloo), four launches started at once (each spends much of its time
+"""Training past one process on the CPU (gloo), three launches started at once (each spends much of its time
 starting Python and importing torch/transformers):
 
 - FSDP (``hf_seqmodels.parallel.shard_model``, torch's ``fully_shard``): ``fsdp_train.py`` alone (one process, an
@@ -7,8 +7,9 @@ starting Python and importing torch/transformers):
   the 2 sharded processes loads into this process with their logits.
 - context parallelism (``hf_seqmodels.context_parallel``): ``cp_check.py`` under torchrun with 3 processes (cases
   over 2 and 3 ranks), against the unsplit run in one process.
-- ``ContextParallelTrainer``: ``cp_train.py`` under torchrun with 2 processes, and inside ``cp_check.py``'s launch
-  with 3, against ``Trainer`` on the whole sequences in this process.
+- ``ContextParallelTrainer`` (``cp_train.py``, inside the launches above): under torchrun with 2 processes
+  (``fsdp_train.py``'s) and 3 (``cp_check.py``'s), against ``Trainer`` on the whole sequences in ``fsdp_train.py``'s
+  one process.
 """
 
 from __future__ import annotations
@@ -26,14 +27,12 @@ from hf_seqmodels.parallel import block_classes, shard_model
 
 @pytest.fixture(scope="module")
 def launches(tmp_path_factory):
-    """{name: dict(dir=..., rc=..., output=...)} for the launches "one" and "two" (fsdp_train.py), "cp"
-    (cp_check.py) and "cp-train" (cp_train.py)."""
+    """{name: dict(dir=..., rc=..., output=...)} for the launches "one" and "two" (fsdp_train.py) and "cp"."""
     root = tmp_path_factory.mktemp("parallel")
     commands = {
         "one": [sys.executable, str(HERE / "fsdp_train.py"), "--out", str(root / "one")],
         "two": [*torchrun(2), str(HERE / "fsdp_train.py"), "--out", str(root / "two")],
         "cp": [*torchrun(3), str(HERE / "cp_check.py"), "--out", str(root / "cp")],
-        "cp-train": [*torchrun(2), str(HERE / "cp_train.py"), "--out", str(root / "cp-train")],
     }
     return {name: dict(run, dir=root / name) for name, run in run_launches(commands, root).items()}
 
@@ -167,27 +166,16 @@ def test_context_parallel_needs_a_process_group():
             pass
 
 
-@pytest.fixture(scope="module")
-def cp_reference(tmp_path_factory):
-    """cp_train.py's runs with transformers' Trainer in this process: one process, the whole sequences."""
-    from cp_train import ARCHS, train, whole_sequence_loss
-    from transformers import Trainer
-
-    out = tmp_path_factory.mktemp("cp-reference")
-    for name in ARCHS:
-        train(name, out, Trainer, compute_loss_func=whole_sequence_loss)
-    return out
-
-
 @pytest.mark.subprocess
 @pytest.mark.parametrize("world", [2, 3])
 @pytest.mark.parametrize("arch", ["gla-conv-tied", "paragru"])
-def test_context_parallel_trainer_equals_one_process(launches, cp_reference, arch, world):
+def test_context_parallel_trainer_equals_one_process(launches, arch, world):
     """One epoch (3 optimizer steps: the batches were not sharded over the ranks) with every sequence split over
     ``world`` processes: the same per-step losses (logged in fp32) and final weights (fp64) as Trainer on the whole
     sequences."""
-    split = launches["cp-train"]["dir"] if world == 2 else launches["cp"]["dir"] / "trainer"
-    one, many, _, _ = _same_training(cp_reference, split, arch, steps=3, weight_rel=1e-10)
+    one_dir = launches["one"]["dir"] / "cp-trainer"
+    split = launches["two"]["dir"] / "cp-trainer" if world == 2 else launches["cp"]["dir"] / "trainer"
+    one, many, _, _ = _same_training(one_dir, split, arch, steps=3, weight_rel=1e-10)
     assert (one["world"], many["world"]) == (1, world)
     assert len(set(one["losses"])) == 3, one["losses"]  # different batches, and the run moved
 
