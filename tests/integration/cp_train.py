@@ -81,8 +81,9 @@ def train(name: str, out: Path, trainer_class, **trainer_kwargs) -> None:
 
 
 def train_all(out: Path, world: int) -> int:
-    """Every arch of ``ARCHS``: with one process ``Trainer`` (its loss in fp64), else ``ContextParallelTrainer`` over
-    the ``world`` ranks of the default group. Returns how many failed."""
+    """Every arch of ``ARCHS``: with one process ``Trainer`` (its loss in fp64) in ``out`` and
+    ``ContextParallelTrainer`` in ``out/alone``, else ``ContextParallelTrainer`` over the ``world`` ranks of the
+    default group. Returns how many failed."""
     from transformers import Trainer
 
     from hf_seqmodels.parallel import ContextParallelTrainer
@@ -92,6 +93,7 @@ def train_all(out: Path, world: int) -> int:
         try:
             if world == 1:
                 train(name, out, Trainer, compute_loss_func=whole_sequence_loss)
+                train(name, out / "alone", ContextParallelTrainer)  # one process: no split, the same training
             else:
                 train(name, out, ContextParallelTrainer)
         except Exception:

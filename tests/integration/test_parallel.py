@@ -167,14 +167,15 @@ def test_context_parallel_needs_a_process_group():
 
 
 @pytest.mark.subprocess
-@pytest.mark.parametrize("world", [2, 3])
+@pytest.mark.parametrize("world", [1, 2, 3])
 @pytest.mark.parametrize("arch", ["gla-conv-tied", "paragru"])
 def test_context_parallel_trainer_equals_one_process(launches, arch, world):
     """One epoch (3 optimizer steps: the batches were not sharded over the ranks) with every sequence split over
-    ``world`` processes: the same per-step losses (logged in fp32) and final weights (fp64) as Trainer on the whole
-    sequences."""
+    ``world`` processes (1: ContextParallelTrainer alone): the same per-step losses (logged in fp32) and final weights
+    (fp64) as Trainer on the whole sequences."""
     one_dir = launches["one"]["dir"] / "cp-trainer"
-    split = launches["two"]["dir"] / "cp-trainer" if world == 2 else launches["cp"]["dir"] / "trainer"
+    dirs = {1: one_dir / "alone", 2: launches["two"]["dir"] / "cp-trainer", 3: launches["cp"]["dir"] / "trainer"}
+    split = dirs[world]
     one, many, _, _ = _same_training(one_dir, split, arch, steps=3, weight_rel=1e-10)
     assert (one["world"], many["world"]) == (1, world)
     assert len(set(one["losses"])) == 3, one["losses"]  # different batches, and the run moved
