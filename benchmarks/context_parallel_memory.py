@@ -1,8 +1,8 @@
 """Context parallelism on the CPU: the longest sequence whose training step fits a fixed memory per process, one
-process (the whole sequence) against 2 processes under ``hf_seqmodels.context_parallel`` (half each, gloo), and the
-exchanges' share of the step time.
+process (the whole sequence) against N processes (``--worlds``, default 1 and 2) under
+``hf_seqmodels.context_parallel`` (a 1/N slice each, gloo), and the exchanges' share of the step time.
 
-    python -m benchmarks.context_parallel_memory [--budget-mib 1024 --hidden 256 --layers 4]
+    python -m benchmarks.context_parallel_memory [--budget-mib 1024 --hidden 256 --layers 4 --worlds 1 2]
 
 Each measurement is a fresh launch (``python`` or ``torch.distributed.run``): a GLA causal LM (short convolutions,
 fp32, batch 1, 1 thread per process) runs one training step (forward, the summed token loss over the total, backward,
@@ -127,13 +127,14 @@ def main() -> None:
     ap.add_argument("--budget-mib", type=float, default=1024)
     ap.add_argument("--start", type=int, default=2048)
     ap.add_argument("--max-seq", type=int, default=1 << 17)
+    ap.add_argument("--worlds", type=int, nargs="+", default=[1, 2], help="process counts to measure")
     args = ap.parse_args()
     if args.measure:
         return measure(args)
     print(f"GLA hidden {args.hidden}, {args.layers} layers, fp32, batch 1; budget {args.budget_mib:.0f} MiB/process")
     print(f"{'procs':>5} {'T':>7} {'peak MiB/proc':>14} {'step s':>8} {'exchange s':>11} {'share':>6}")
     longest = {}
-    for world in (1, 2):
+    for world in args.worlds:
         seq = args.start
         while seq <= args.max_seq:
             r = launch(world, seq, args)

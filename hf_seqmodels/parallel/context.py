@@ -15,7 +15,8 @@
 ``shift_labels`` are the labels shifted by one over the WHOLE sequence (``labels[:, 1:]`` padded with -100 at the
 end) before slicing: the last position of a slice predicts the first token of the next rank's slice, which a
 per-slice ``labels=`` shift would drop. ``n_tokens`` counts the labelled tokens of the whole sequence. (Under DDP
-over the same group, which averages gradients, multiply the loss by the group's size instead of summing.)
+over the same group, which averages gradients, multiply the loss by the group's size instead of summing.) With
+transformers' ``Trainer``: :class:`hf_seqmodels.parallel.ContextParallelTrainer` does all of this.
 
 What runs on a slice: ``chunk_gla`` (every rank runs its slice from a zero state; the ranks exchange each slice's
 final state ``[B, H, K, V]`` and total log-decay, one all_gather, for each rank's true initial state; backward

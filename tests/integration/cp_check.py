@@ -20,7 +20,8 @@ Cases (fp64, sequence lengths not divisible by the rank count, slices of unequal
   and with one Newton iteration (each rank then falls back to the step-by-step solve from the previous rank's last
   state; checked that it did);
 - refusals: ParaRNN's mode="sequential" and H-Net inside the block raise NotImplementedError naming the layer; a
-  scan given an ``initial_state`` on a slice raises ValueError naming it.
+  scan given an ``initial_state`` on a slice raises ValueError naming it;
+- ``cp_train.py``'s ``ContextParallelTrainer`` runs over the 3 ranks (written to ``DIR/trainer``).
 Rank 0 writes ``DIR/result.json``: the largest relative error of each case over the ranks (or the errors raised).
 """
 
@@ -314,6 +315,13 @@ def main() -> int:
         dist.all_reduce(err, op=dist.ReduceOp.MAX)
         result[name] = float(err)
     result["refusals"] = check_refusals(None)
+    # ContextParallelTrainer over the 3 ranks (cp_train.py; test_parallel.py compares it with Trainer in one process)
+    import cp_train
+
+    trainer_failed = cp_train.train_all(Path(args.out) / "trainer", world)
+    if trainer_failed:
+        result["trainer error"] = f"{trainer_failed} ContextParallelTrainer run(s) failed: see DIR/trainer/*/log.json"
+        failed += trainer_failed
     if rank == 0:
         Path(args.out).mkdir(parents=True, exist_ok=True)
         (Path(args.out) / "result.json").write_text(json.dumps(result, indent=1))

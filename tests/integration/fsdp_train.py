@@ -15,6 +15,8 @@ memory bank (frozen anchor; ``memory_optimizer``, AdamW with weight decay), whos
 blocks fetched by one process's rows only and some by no row at all; under 2 processes it trains with DDP
 (``memory-ddp``, ``find_unused_parameters=True``: ``shard_model`` refuses a memory model).
 
+Then ``cp_train.train_all`` (``DIR/cp-trainer``): ``Trainer`` alone, ``ContextParallelTrainer`` under 2 processes.
+
 For each run rank 0 writes ``DIR/<run>/log.json`` (global losses, the final logits on fixed inputs; or the error that
 stopped that run), ``DIR/<run>/weights.safetensors`` (the full final weights, gathered) and, for the architectures,
 ``DIR/<run>/final/`` (``save_pretrained_sharded``: gathered by every rank, written by rank 0).
@@ -31,6 +33,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import cp_train  # noqa: E402
 import torch  # noqa: E402
 import torch.distributed as dist  # noqa: E402
 from conftest import TRAIN_CONFIGS, train_config_for  # noqa: E402
@@ -149,7 +152,8 @@ def main() -> int:
         if rank == 0:
             out.mkdir(parents=True, exist_ok=True)
             (out / "log.json").write_text(json.dumps(report))
-    return failed
+    # ContextParallelTrainer's test (cp_train.py) in the same launches: alone Trainer's reference, else split runs
+    return failed + cp_train.train_all(Path(args.out) / "cp-trainer", world)
 
 
 if __name__ == "__main__":

@@ -7,6 +7,9 @@ starting Python and importing torch/transformers):
   the 2 sharded processes loads into this process with their logits.
 - context parallelism (``hf_seqmodels.context_parallel``): ``cp_check.py`` under torchrun with 3 processes (cases
   over 2 and 3 ranks), against the unsplit run in one process.
+- ``ContextParallelTrainer`` (``cp_train.py``, inside the launches above): under torchrun with 2 processes
+  (``fsdp_train.py``'s) and 3 (``cp_check.py``'s), against ``Trainer`` on the whole sequences in ``fsdp_train.py``'s
+  one process.
 """
 
 from __future__ import annotations
@@ -50,10 +53,10 @@ def test_parallel_launches_exit_cleanly(launches):
         assert run["rc"] == 0, f"launch {name!r} failed (rc={run['rc']}):\n{run['output'][-8000:]}"
 
 
-def _same_training(one_dir, two_dir, run):
+def _same_training(one_dir, two_dir, run, steps=4, weight_rel=1e-5):
     one = _log({"dir": one_dir, "rc": None, "output": ""}, run)
     two = _log({"dir": two_dir, "rc": None, "output": ""}, run)
-    assert len(one["losses"]) == len(two["losses"]) == 4
+    assert len(one["losses"]) == len(two["losses"]) == steps, (one["losses"], two["losses"])
     # the loss of every step (the mean over both halves == over the whole batch), fp32
     torch.testing.assert_close(torch.tensor(two["losses"]), torch.tensor(one["losses"]), rtol=1e-5, atol=0)
     w1 = load_file(str(one_dir / run / "weights.safetensors"))
@@ -61,7 +64,7 @@ def _same_training(one_dir, two_dir, run):
     assert set(w1) == set(w2)
     for k in w1:  # equal within float rounding, relative to each tensor's scale
         diff, scale = float((w2[k] - w1[k]).abs().max()), float(w1[k].abs().max())
-        assert diff <= 1e-5 * scale, f"{k}: max |diff| {diff:.3g} > 1e-5 x scale {scale:.3g}"
+        assert diff <= weight_rel * scale, f"{k}: max |diff| {diff:.3g} > {weight_rel} x scale {scale:.3g}"
     return one, two, w1, w2
 
 
@@ -159,3 +162,54 @@ def test_context_parallel_needs_a_process_group():
     with pytest.raises(RuntimeError, match="context_parallel: torch.distributed is not initialized"):
         with context_parallel():
             pass
+
+
+@pytest.mark.subprocess
+@pytest.mark.parametrize("world", [1, 2, 3])
+@pytest.mark.parametrize("arch", ["gla-conv-tied", "paragru"])
+def test_context_parallel_trainer_equals_one_process(launches, arch, world):
+    """One epoch (3 optimizer steps: the batches were not sharded over the ranks) with every sequence split over
+    ``world`` processes (1: ContextParallelTrainer alone): the same per-step losses (logged in fp32) and final weights
+    (fp64) as Trainer on the whole sequences."""
+    one_dir = launches["one"]["dir"] / "cp-trainer"
+    dirs = {1: one_dir / "alone", 2: launches["two"]["dir"] / "cp-trainer", 3: launches["cp"]["dir"] / "trainer"}
+    split = dirs[world]
+    one, many, _, _ = _same_training(one_dir, split, arch, steps=3, weight_rel=1e-10)
+    assert (one["world"], many["world"]) == (1, world)
+    assert len(set(one["losses"])) == 3, one["losses"]  # different batches, and the run moved
+
+
+def test_context_parallel_trainer_refuses_by_name(tmp_path):
+    from transformers import TrainingArguments
+
+    from hf_seqmodels import GLAConfig
+    from hf_seqmodels.parallel import ContextParallelTrainer
+
+    model = build_lm(GLAConfig(vocab_size=64, hidden_size=16, num_heads=2, num_hidden_layers=1))
+
+    def make(eval_dataset=None, **kw):
+        args = TrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to="none", **kw)
+        return ContextParallelTrainer(model=model, args=args, train_dataset=[], eval_dataset=eval_dataset)
+
+    with pytest.raises(ValueError, match="ContextParallelTrainer: gradient_accumulation_steps=2 is not supported"):
+        make(gradient_accumulation_steps=2)
+    with pytest.raises(ValueError, match="ContextParallelTrainer: eval_strategy='steps' is not supported"):
+        make(eval_dataset=[], eval_strategy="steps", eval_steps=1)
+    with pytest.raises(ValueError, match="ContextParallelTrainer: label_smoothing_factor and compute_loss_func"):
+        make(label_smoothing_factor=0.1)
+    with pytest.raises(NotImplementedError, match="ContextParallelTrainer: evaluation is not supported"):
+        make().evaluate()
+
+
+def test_slice_bounds_split_every_length_in_rank_order():
+    from hf_seqmodels.parallel.trainer import slice_bounds
+
+    for world in range(1, 6):
+        for length in range(world, 40):
+            parts = [slice_bounds(length, world, r) for r in range(world)]
+            assert parts[0][0] == 0 and parts[-1][1] == length, parts
+            assert all(a[1] == b[0] for a, b in zip(parts, parts[1:])), parts  # contiguous, in rank order
+            sizes = [hi - lo for lo, hi in parts]
+            assert max(sizes) - min(sizes) <= 1 and min(sizes) >= 1, sizes
+    with pytest.raises(ValueError, match="a sequence of 2 positions cannot be split over 3 ranks"):
+        slice_bounds(2, 3, 0)
