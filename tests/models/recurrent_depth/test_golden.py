@@ -12,6 +12,7 @@ from golden import forward_case, generation_run, load_golden
 from transformers import AutoConfig, AutoModelForCausalLM
 
 import hf_seqmodels  # noqa: F401  (registers huginn_raven)
+from hf_seqmodels.compat import CACHE_KWARG
 from hf_seqmodels.models.recurrent_depth import RecurrentDepthForCausalLM
 
 FOLDER, META, TENSORS = load_golden()
@@ -75,13 +76,17 @@ def _greedy_replay(model, prompt, num_steps, draws, cache):
     """Greedy decoding whose every forward starts from the reference's recorded initial latent."""
     seq = prompt
     with torch.no_grad():
-        out = model(input_ids=prompt, input_states=draws[0], num_steps=num_steps, past_key_values=cache, use_cache=True)
+        out = model(
+            input_ids=prompt, input_states=draws[0], num_steps=num_steps, use_cache=True, **{CACHE_KWARG: cache}
+        )
         for draw in draws[1:] + [None]:
             token = out.logits[:, -1].argmax(-1, keepdim=True)
             seq = torch.cat([seq, token], 1)
             if draw is None:
                 break
-            out = model(input_ids=token, input_states=draw, num_steps=num_steps, past_key_values=out.past_key_values)
+            out = model(
+                input_ids=token, input_states=draw, num_steps=num_steps, **{CACHE_KWARG: getattr(out, CACHE_KWARG)}
+            )
     return seq
 
 
@@ -101,6 +106,6 @@ def test_greedy_decoding_equals_reference(model, name):
             do_sample=False,
             num_steps=run["num_steps"],
             init_scale=0.0,
-            past_key_values=model.new_cache(core_slots=slots),
+            **{CACHE_KWARG: model.new_cache(core_slots=slots)},
         )
         assert torch.equal(out, want), (out, want)
