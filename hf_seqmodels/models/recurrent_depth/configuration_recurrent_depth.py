@@ -43,10 +43,9 @@ HUGINN_0125 = dict(
     qk_bias=True,
     bias=False,
     tie_embeddings=True,
-    bos_token_id=65504,
-    eos_token_id=65505,
-    pad_token_id=65509,
 )
+#: Huginn-0125's special tokens (its tokenizer's <|begin_text|>, <|end_text|> and <|pad|>)
+HUGINN_0125_TOKENS = dict(bos_token_id=65504, eos_token_id=65505, pad_token_id=65509)
 
 
 class RecurrentDepthConfig(PretrainedConfig):
@@ -208,13 +207,14 @@ class RecurrentDepthConfig(PretrainedConfig):
 
     @classmethod
     def huginn_0125(cls, **kwargs) -> RecurrentDepthConfig:
-        """Huginn-0125's shape (:data:`HUGINN_0125`), fields overridable."""
-        return cls(**{**HUGINN_0125, **kwargs})
+        """Huginn-0125's shape (:data:`HUGINN_0125`) and special tokens, fields overridable."""
+        return cls(**{**HUGINN_0125, **HUGINN_0125_TOKENS, **kwargs})
 
 
 class HuginnRavenConfig(RecurrentDepthConfig):
     """The published Huginn config (``model_type "huginn_raven"``): a Huginn folder loads with the Auto classes
-    after ``import hf_seqmodels``, without remote code, into the same model classes. Defaults: Huginn-0125."""
+    after ``import hf_seqmodels``, without remote code, into the same model classes. Defaults: Huginn-0125's shape
+    (no special tokens, as the reference's ``RavenConfig``)."""
 
     model_type = "huginn_raven"
 

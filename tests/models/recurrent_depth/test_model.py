@@ -586,3 +586,49 @@ def test_default_init_is_the_references():
         assert tensor.abs().max() <= 3 * s * (1 + 1e-6)
         assert abs(tensor.std().item() / (0.98658 * s) - 1) < 0.05, (tensor.shape, tensor.std().item(), s)
     assert not block.attn.qk_bias.any() and torch.equal(block.norm_3.weight, torch.ones(128))
+
+
+def test_rows_write_at_their_own_columns():
+    """cache_position [B, S]: each row writes (or rewrites) its own columns and attends to its own prefix."""
+    model = tiny_model()
+    ids = torch.randint(0, TINY["vocab_size"], (2, 3))
+    new = torch.randint(0, TINY["vocab_size"], (2, 1))
+    states = torch.randn(2, 3, TINY["n_embd"], dtype=torch.float64)
+    new_states = torch.randn(2, 1, TINY["n_embd"], dtype=torch.float64)
+    cache = model.new_cache()
+    model(ids, input_states=states, num_steps=2, cache=cache)
+    columns = torch.tensor([[3], [1]])  # row 0 appends, row 1 overwrites its second token
+    out = model(new, input_states=new_states, num_steps=2, cache=cache, cache_position=columns)
+    row0 = model(
+        torch.cat([ids[:1], new[:1]], 1), input_states=torch.cat([states[:1], new_states[:1]], 1), num_steps=2
+    ).logits[0, -1]
+    row1 = model(
+        torch.cat([ids[1:, :1], new[1:]], 1), input_states=torch.cat([states[1:, :1], new_states[1:]], 1), num_steps=2
+    ).logits[0, -1]
+    torch.testing.assert_close(out.logits[:, 0], torch.stack([row0, row1]), rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("kind", ["fixed", "geom", "sqrt", "line", "chi"])
+def test_test_time_noise_is_the_references_schedule(kind):
+    """Noise before a core step: x (1 - a) + a z (z ~ N(0, 1) from the generator), renormalized by the core's last
+    norm_4; a = n, n / (t + 1), n / sqrt(t + 1), max(n, (r - t) / r), or 2 u n (u ~ U(0, 1)) with
+    n = noise * sqrt(2 / (5 E)) * sqrt(E)."""
+    noisy = tiny_model(test_time_noise=0.7, test_time_noise_type=kind)
+    clean = tiny_model(moved=False)
+    clean.load_state_dict(noisy.state_dict())
+    E, r, step = TINY["n_embd"], TINY["mean_recurrence"], 2
+    ids = torch.randint(0, TINY["vocab_size"], (2, 4))
+    embeds = clean.embed_inputs(ids)
+    state = torch.randn(2, 4, E, dtype=torch.float64)
+    got = noisy.iterate_one_step(embeds, state, step=step, generator=torch.Generator().manual_seed(9))
+    g = torch.Generator().manual_seed(9)
+    n = 0.7 * math.sqrt(2 / (5 * E)) * math.sqrt(E)
+    if kind == "chi":
+        a = 2 * torch.rand(1, generator=g, dtype=torch.float64) * n
+    else:
+        a = {"fixed": n, "geom": n / (step + 1), "sqrt": n / math.sqrt(step + 1), "line": max(n, (r - step) / r)}[kind]
+    z = torch.randn(state.shape, generator=g, dtype=torch.float64)
+    mixed = state * (1 - a) + z * a
+    norm = noisy.transformer.core_block[-1].norm_4
+    mixed = mixed / torch.sqrt(mixed.pow(2).mean(-1, keepdim=True) + norm.variance_epsilon) * norm.weight
+    torch.testing.assert_close(got, clean.iterate_one_step(embeds, mixed, step=step), rtol=1e-10, atol=1e-10)
