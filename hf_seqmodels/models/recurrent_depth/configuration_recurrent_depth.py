@@ -74,6 +74,12 @@ class RecurrentDepthConfig(PretrainedConfig):
             :data:`NOISE_TYPES` (the reference's schedules).
         init_scale: scale of the latent state's random init (the forward's ``init_scale`` default; 0 starts from
             zeros, deterministic).
+        act_threshold: None (default), no ACT; a number in (0, 1]: Adaptive Computation Time over the core steps
+            (Universal Transformers; :mod:`.act`, tensor2tensor's semantics): a halting unit on the state decides per
+            position when to stop, the output is the halting-weighted blend of the states, at most ``num_steps``
+            steps (all with gradients: the truncated depth does not combine with ACT's halting gradients). Decodes
+            without a KV cache (positions halt at different steps).
+        act_loss_weight: the ponder cost's weight in the loss (t2t's ``act_loss_weight``, default 0.01).
         initializer_range: None, the reference's init (truncated normal, std ``sqrt(2 / (5 n_embd))``, the output
             projections divided by ``sqrt(2 * effective depth)``); a number, that std for every weight matrix.
     """
@@ -106,6 +112,8 @@ class RecurrentDepthConfig(PretrainedConfig):
         test_time_noise_type: str = "fixed",
         init_scale: float = 1.0,
         initializer_range: float | None = None,
+        act_threshold: float | None = None,
+        act_loss_weight: float = 0.01,
         use_cache: bool = True,
         pad_token_id: int | None = None,
         bos_token_id: int | None = None,
@@ -145,6 +153,8 @@ class RecurrentDepthConfig(PretrainedConfig):
         check_number(where, "test_time_noise", test_time_noise, positive=False, minimum=0.0)
         check_number(where, "init_scale", init_scale, positive=False, minimum=0.0)
         check_number(where, "initializer_range", initializer_range, allow_none=True)
+        check_number(where, "act_threshold", act_threshold, maximum=1.0, allow_none=True)
+        check_number(where, "act_loss_weight", act_loss_weight, positive=False, minimum=0.0)
         check_choice(where, "test_time_noise_type", test_time_noise_type, NOISE_TYPES)
         check_choice(where, "sampling_scheme", sampling_scheme, SAMPLING_SCHEMES)
         for name in ("qk_bias", "bias", "tie_embeddings", "use_cache"):
@@ -170,6 +180,8 @@ class RecurrentDepthConfig(PretrainedConfig):
         self.test_time_noise_type = test_time_noise_type
         self.init_scale = init_scale
         self.initializer_range = initializer_range
+        self.act_threshold = act_threshold
+        self.act_loss_weight = act_loss_weight
         self.use_cache = use_cache
         super().__init__(
             pad_token_id=pad_token_id,

@@ -32,22 +32,30 @@ from hf_seqmodels.compat import CACHE_KWARG, pop_cache
 from hf_seqmodels.layers.norm import RMSNorm
 from hf_seqmodels.models.causal_lm import PACKING_KWARGS, SeqPreTrainedModel, packed_sequences, resolve_return_dict
 
+from .act import ACTHalting, act_recurrence
 from .configuration_recurrent_depth import HuginnRavenConfig, RecurrentDepthConfig
 
 
 @dataclass
 class RecurrentDepthModelOutput(BaseModelOutputWithPast):
     """``last_hidden_state``: ``ln_f(coda(...))``, the head's input. ``latent_states``: ``ln_f`` of the last core
-    state, detached (what the reference returns)."""
+    state, detached (what the reference returns). ``ponder_cost`` / ``ponder_loss``: ACT's, see
+    :class:`RecurrentDepthCausalLMOutput`."""
 
     latent_states: torch.Tensor | None = None
+    ponder_cost: torch.Tensor | None = None
+    ponder_loss: torch.Tensor | None = None
 
 
 @dataclass
 class RecurrentDepthCausalLMOutput(CausalLMOutputWithPast):
-    """``latent_states``: ``ln_f`` of the last core state, detached (what the reference returns)."""
+    """``latent_states``: ``ln_f`` of the last core state, detached (what the reference returns). With ACT
+    (``config.act_threshold``): ``ponder_cost`` ``[B, S]`` (n_updates + remainder per position) and ``ponder_loss``
+    (its mean over the tokens; ``loss`` includes ``act_loss_weight`` times it)."""
 
     latent_states: torch.Tensor | None = None
+    ponder_cost: torch.Tensor | None = None
+    ponder_loss: torch.Tensor | None = None
 
 
 class RecurrentDepthCache(RecurrentCache):
@@ -262,6 +270,14 @@ class RecurrentDepthPreTrainedModel(SeqPreTrainedModel):
     def resolve_cache(self, cache, use_cache):
         if cache is not None and not isinstance(cache, RecurrentDepthCache):
             raise TypeError(f"`{CACHE_KWARG}` must be a RecurrentDepthCache, got {type(cache).__name__}")
+        if self.config.act_threshold is not None:
+            if cache is not None or use_cache:
+                raise ValueError(
+                    f"act_threshold: a model with ACT runs without a KV cache (positions halt at different core "
+                    f"steps, so a later token's step would read keys no earlier step wrote): pass use_cache=False "
+                    f"and no `{CACHE_KWARG}` (generate(..., use_cache=False) recomputes the prefix each token)"
+                )
+            return None
         return super().resolve_cache(cache, use_cache)
 
     @torch.no_grad()
@@ -284,7 +300,10 @@ class RecurrentDepthPreTrainedModel(SeqPreTrainedModel):
             if param is not None and not getattr(param, "_is_hf_initialized", False):
                 param.fill_(value)
 
-        if isinstance(module, RMSNorm):
+        if isinstance(module, ACTHalting):
+            if not getattr(module.proj.weight, "_is_hf_initialized", False):
+                module.reset_parameters()
+        elif isinstance(module, RMSNorm):
             fill(module.weight, 1.0)
         elif isinstance(module, RecurrentDepthAttention):
             fill(module.qk_bias, 0.0)
@@ -292,6 +311,8 @@ class RecurrentDepthPreTrainedModel(SeqPreTrainedModel):
             normal(module.weight, std)
         elif isinstance(module, nn.Linear):
             kind = getattr(module, "init_kind", "std")  # set where the layer is built: "glu", "out" or the default
+            if kind == "act":
+                return
             if kind == "glu":
                 half = module.weight.shape[0] // 2
                 normal(module.weight, std, slice(0, half))
@@ -316,6 +337,9 @@ class RecurrentDepthModel(RecurrentDepthPreTrainedModel):
         self.core_block = nn.ModuleList(SandwichBlock(config) for _ in range(config.n_layers_in_recurrent_block))
         self.coda = nn.ModuleList(SandwichBlock(config) for _ in range(config.n_layers_in_coda))
         self.ln_f = RMSNorm(config.n_embd, eps=config.norm_eps)
+        if config.act_threshold is not None:
+            self.act_halting = ACTHalting(config.n_embd, config.act_threshold)
+            self.act_halting.proj.init_kind = "act"  # ACTHalting's own init (t2t's), see _init_weights
         self.gradient_checkpointing = False
         self.post_init()
 
@@ -587,11 +611,23 @@ class RecurrentDepthModel(RecurrentDepthPreTrainedModel):
                 )
             state = input_states.to(embeds.dtype).clone()
         no_grad_steps, grad_steps = self.sample_depth() if num_steps is None else _steps_pair(num_steps)
-        with torch.no_grad():
-            for step in range(no_grad_steps):
+        act = None
+        if self.config.act_threshold is not None:
+            mask = None if attention_mask is None else attention_mask[:, -S:]
+            act = act_recurrence(
+                lambda s, step: self._core(s, embeds, rope, ctx, step, generator),
+                state,
+                self.act_halting,
+                no_grad_steps + grad_steps,
+                attention_mask=mask,
+            )
+            state = act.state
+        else:
+            with torch.no_grad():
+                for step in range(no_grad_steps):
+                    state = self._core(state, embeds, rope, ctx, step, generator)
+            for step in range(no_grad_steps, no_grad_steps + grad_steps):
                 state = self._core(state, embeds, rope, ctx, step, generator)
-        for step in range(no_grad_steps, no_grad_steps + grad_steps):
-            state = self._core(state, embeds, rope, ctx, step, generator)
         latents = self.ln_f(state)
         hidden = self._coda(state, rope, ctx)
         if output_hidden_states is None:
@@ -600,6 +636,8 @@ class RecurrentDepthModel(RecurrentDepthPreTrainedModel):
             last_hidden_state=hidden,
             hidden_states=(embeds, latents, hidden) if output_hidden_states else None,
             latent_states=latents.detach(),
+            ponder_cost=None if act is None else act.ponder_cost,
+            ponder_loss=None if act is None else act.ponder_loss,
             **{CACHE_KWARG: cache},
         )
         return out if resolve_return_dict(return_dict, self.config) else out.to_tuple()
@@ -713,11 +751,15 @@ class RecurrentDepthForCausalLM(RecurrentDepthPreTrainedModel, GenerationMixin):
         loss = None
         if labels is not None:
             loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.vocab_size, **kwargs)
+            if outputs.ponder_loss is not None:  # ACT: t2t's act_loss_weight * mean ponder cost
+                loss = loss + self.config.act_loss_weight * outputs.ponder_loss
         out = RecurrentDepthCausalLMOutput(
             loss=loss,
             logits=logits,
             hidden_states=outputs.hidden_states,
             latent_states=outputs.latent_states,
+            ponder_cost=outputs.ponder_cost,
+            ponder_loss=outputs.ponder_loss,
             **{CACHE_KWARG: getattr(outputs, CACHE_KWARG)},
         )
         return out if resolve_return_dict(return_dict, self.config) else out.to_tuple()
