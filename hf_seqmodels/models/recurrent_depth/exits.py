@@ -283,6 +283,9 @@ def generate_with_adaptive_compute(
     init_scale: float | None = None,
     generator: torch.Generator | None = None,
     kv_lookup: str = "latest",
+    min_steps: int = 0,
+    check_criterion_every_n_steps: int = 1,
+    do_not_exit_in_prefill: bool = False,
     **kwargs,
 ):
     """Decode ``input_ids`` ``[B, S]`` (left-padded with ``attention_mask``) with per-token adaptive compute (see
@@ -292,8 +295,11 @@ def generate_with_adaptive_compute(
     ``config.init_scale``) and generator (also used for sampling); ``kv_lookup``: ``"latest"`` or ``"skip"``. Other
     keywords are generation-config fields (``max_new_tokens``, ``do_sample``, ``temperature``, ``top_k``,
     ``top_p``, ``min_p``, ``repetition_penalty``, ``eos_token_id``, ``pad_token_id``, ``return_dict_in_generate``,
-    ``output_scores``) and an empty cache (``past_key_values=model.new_cache(...)``). Returns the sequences, or with
-    ``return_dict_in_generate`` an :class:`AdaptiveComputeGenerateOutput` with ``compute_steps``."""
+    ``output_scores``) and an empty cache (``past_key_values=model.new_cache(...)``). As the reference, the criterion
+    is consulted after step index ``n`` (0-based) only when ``n >= min_steps``, ``(n - min_steps)`` is a multiple of
+    ``check_criterion_every_n_steps``, and, with ``do_not_exit_in_prefill``, not on the prompt. Returns the
+    sequences, or with ``return_dict_in_generate`` an :class:`AdaptiveComputeGenerateOutput` with
+    ``compute_steps``."""
     cache = pop_cache(None, kwargs)
     kwargs.pop("use_cache", None)
     if input_ids is None:
@@ -309,10 +315,14 @@ def generate_with_adaptive_compute(
         raise ValueError("generate with adaptive compute: `input_ids` must be a [batch, seq_len] tensor")
     steps = model.config.mean_recurrence if num_steps is None else num_steps
     check_int("generate", "num_steps", steps)
+    check_int("generate", "min_steps", min_steps, minimum=0)
+    check_int("generate", "check_criterion_every_n_steps", check_criterion_every_n_steps)
     scale = model.config.init_scale if init_scale is None else init_scale
     if isinstance(exit_criterion, str):
         criterion = exit_criterion_from_name(exit_criterion, exit_threshold)
     elif isinstance(exit_criterion, ExitCriterion):
+        if exit_threshold != "auto":
+            raise ValueError("`exit_threshold` goes with a criterion's name; an ExitCriterion object holds its own")
         criterion = exit_criterion
     else:
         raise TypeError(f"`exit_criterion` must be a name in {tuple(EXIT_CRITERIA)} or an ExitCriterion")
@@ -339,7 +349,7 @@ def generate_with_adaptive_compute(
     sequences, tokens = input_ids, input_ids
     unfinished = torch.ones(B, dtype=torch.bool, device=device)
     compute_steps, scores, last_state = [], [], None
-    for _ in range(max_new):
+    for token in range(max_new):
         aux = dict(past_key_values=cache, attention_mask=mask)
         embeds = model.embed_inputs(tokens, **aux)
         columns = cache.last_columns
@@ -357,6 +367,12 @@ def generate_with_adaptive_compute(
             exit_steps = torch.where(running, step + 1, exit_steps)
             if step == steps - 1:
                 break
+            if (
+                step < min_steps
+                or (step - min_steps) % check_criterion_every_n_steps
+                or (do_not_exit_in_prefill and token == 0)
+            ):
+                continue
             logits = model.predict_from_latents(new, **aux)[:, -1] if criterion.needs_logits else None
             stop, _ = criterion.check(new, logits, valid)
             if not bool((running & ~stop).any()):

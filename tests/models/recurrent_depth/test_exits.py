@@ -183,6 +183,39 @@ def test_threshold_that_exits_at_once_takes_one_step(name, kv_lookup):
     assert torch.equal(out.sequences, plain)
 
 
+class Counting(ExitCriterion):
+    """Never exits; counts its checks per token."""
+
+    def __init__(self):
+        self.counts = []
+
+    def init(self, state, valid=None):
+        self.counts.append(0)
+
+    def check(self, state, logits, valid=None):
+        self.counts[-1] += 1
+        return torch.zeros(state.shape[0], dtype=torch.bool), state.new_zeros(state.shape[0])
+
+
+@pytest.mark.parametrize("min_steps,every,steps", [(0, 1, 1), (1, 2, 2), (2, 3, 3), (4, 1, 5), (6, 1, 6)])
+def test_min_steps_and_check_interval(min_steps, every, steps):
+    """The criterion is consulted after step index n >= min_steps with (n - min_steps) % every == 0 (not after the
+    last step, where nothing is left to decide); a criterion that always exits stops at the first such step."""
+    model = tiny_model()
+    ids = torch.randint(3, TINY["vocab_size"], (2, 3))
+    options = dict(min_steps=min_steps, check_criterion_every_n_steps=every, num_steps=6, max_new_tokens=3)
+    counting = Counting()
+    model.generate(ids, exit_criterion=counting, do_sample=False, **options)
+    assert counting.counts == [len(range(min_steps, 5, every))] * 3
+    out = model.generate(ids, exit_criterion="kl", exit_threshold=1e9, return_dict_in_generate=True, **options)
+    assert out.compute_steps.tolist() == [[steps] * 3] * 2
+    out = model.generate(
+        ids, exit_criterion="kl", exit_threshold=1e9, do_not_exit_in_prefill=True, return_dict_in_generate=True,
+        num_steps=6, max_new_tokens=3,
+    )  # fmt: skip
+    assert out.compute_steps.tolist() == [[6, 1, 1]] * 2
+
+
 # -- the keys of skipped applications: an independent fp64 decoder ---------------------------------------------------
 
 
@@ -385,5 +418,9 @@ def test_bad_arguments_are_named():
         model.generate(ids, exit_criterion="argmax-stability", exit_threshold=0.5, max_new_tokens=2)
     with pytest.raises(ValueError, match="kv_lookup"):
         model.generate(ids, exit_criterion="kl", kv_lookup="skip", past_key_values=model.new_cache(2))
+    with pytest.raises(ValueError, match="exit_threshold"):
+        model.generate(ids, exit_criterion=Counting(), exit_threshold=0.1, max_new_tokens=2)
+    with pytest.raises(ValueError, match="min_steps"):
+        model.generate(ids, exit_criterion="kl", min_steps=-1, max_new_tokens=2)
     with pytest.raises(TypeError, match="unexpected"):
         model.generate(ids, exit_criterion="kl", not_an_option=1, max_new_tokens=2)
