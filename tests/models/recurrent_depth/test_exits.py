@@ -405,6 +405,20 @@ def test_batch_rows_decode_as_alone(continuous, kv_lookup):
         assert torch.equal(batch.compute_steps[b], alone.compute_steps[0]), b
 
 
+def test_sampling_is_reproducible_with_a_generator():
+    model = tiny_model(dtype=torch.float32)
+    ids = torch.randint(3, TINY["vocab_size"], (2, 4))
+    outs = [
+        model.generate(
+            ids, exit_criterion="entropy-diff", exit_threshold=0.05, num_steps=5, max_new_tokens=6, do_sample=True,
+            top_k=8, temperature=0.7, generator=torch.Generator().manual_seed(11), return_dict_in_generate=True,
+        )
+        for _ in range(2)
+    ]  # fmt: skip
+    assert torch.equal(outs[0].sequences, outs[1].sequences) and outs[0].sequences.shape == (2, 10)
+    assert torch.equal(outs[0].compute_steps, outs[1].compute_steps)
+
+
 def test_bad_arguments_are_named():
     model = tiny_model()
     ids = torch.randint(3, TINY["vocab_size"], (1, 3))
