@@ -11,10 +11,13 @@ softmax of the last position's logits ``lm_head(ln_f(coda(ln_f(s_n))))``) and th
     "minp-kl"           the same on min-p filtered p (entries < 0.1 max p set to 1/V, renormalized)      (1e-5)
     "argmax-stability"  argmax p_n unchanged for >= thr consecutive steps (counted from the 2nd step)   (5)
     "cosine"            1 - mean over positions of cos(s_n, s_{n-1}) < thr                               (1e-3)
-    "none"              never (fixed ``num_steps``; with ``continuous_compute`` the reference's generate_minimal)
+    "none"              never (fixed ``num_steps``)
 
 ``s_0`` is the token's initial state; with ``continuous_compute`` a new token's recurrence starts from the previous
-token's final state (the prompt starts from the random init).
+token's final state (the prompt starts from the random init). The reference carries the core state itself in its
+adaptive generate, but ``ln_f`` of it (its forward's ``latent_states``) in ``generate_minimal``, where it sends
+``continuous_compute`` without a criterion; ``continuous_state="core"`` or ``"ln_f"`` picks (``model.generate``: as
+the reference, ``"ln_f"`` when no ``exit_criterion`` is given).
 
 Keys and values of core applications a token skipped (later tokens read them) follow ``kv_lookup``: ``"latest"``
 (the reference's ``"latest-m4"``, the lookup its model card pairs with adaptive compute) reads, for core application
@@ -279,6 +282,7 @@ def generate_with_adaptive_compute(
     exit_criterion: str | ExitCriterion = "none",
     exit_threshold="auto",
     continuous_compute: bool = False,
+    continuous_state: str = "core",
     num_steps: int | None = None,
     init_scale: float | None = None,
     generator: torch.Generator | None = None,
@@ -315,6 +319,7 @@ def generate_with_adaptive_compute(
         raise ValueError("generate with adaptive compute: `input_ids` must be a [batch, seq_len] tensor")
     steps = model.config.mean_recurrence if num_steps is None else num_steps
     check_int("generate", "num_steps", steps)
+    check_choice("generate", "continuous_state", continuous_state, ("core", "ln_f"))
     check_int("generate", "min_steps", min_steps, minimum=0)
     check_int("generate", "check_criterion_every_n_steps", check_criterion_every_n_steps)
     scale = model.config.init_scale if init_scale is None else init_scale
@@ -398,6 +403,8 @@ def generate_with_adaptive_compute(
         if not bool(unfinished.any()):
             break
         tokens, last_state = next_tokens[:, None], state[:, -1:]
+        if continuous_state == "ln_f":
+            last_state = model.transformer.ln_f(last_state)
         mask = torch.cat([mask, mask.new_ones(B, 1)], dim=1)
     if not config.return_dict_in_generate:
         return sequences

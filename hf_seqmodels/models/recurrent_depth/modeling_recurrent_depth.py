@@ -664,6 +664,8 @@ class RecurrentDepthForCausalLM(RecurrentDepthPreTrainedModel, GenerationMixin):
         ``continuous_compute=True``: :func:`~hf_seqmodels.models.recurrent_depth.exits.generate_with_adaptive_compute`
         (also takes ``exit_threshold``, ``kv_lookup``; ``return_dict_in_generate`` adds ``compute_steps``)."""
         if exit_criterion is not None or continuous_compute:
+            if exit_criterion is None:  # the reference's generate_minimal: it carries ln_f of the state
+                kwargs.setdefault("continuous_state", "ln_f")
             return generate_with_adaptive_compute(
                 self,
                 *args,

@@ -362,6 +362,15 @@ def test_continuous_compute_starts_from_the_previous_tokens_latent():
     for start in starts[1:]:  # a token's first step starts from the previous token's last state
         torch.testing.assert_close(calls[start][1], calls[start - 1][2][:, -1:], rtol=0, atol=0)
     assert calls[0][1].abs().min() > 0  # the prompt starts from the random init
+    # without a criterion (the reference's generate_minimal) the carried state is ln_f of it
+    calls.clear()
+    model.generate(ids, continuous_compute=True, num_steps=3, max_new_tokens=4, do_sample=False)
+    assert len(calls) == 12
+    weight, eps = model.transformer.ln_f.weight, model.config.norm_eps
+    for start in (3, 6, 9):
+        last = calls[start - 1][2][:, -1:]
+        normed = last / torch.sqrt((last * last).mean(-1, keepdim=True) + eps) * weight
+        torch.testing.assert_close(calls[start][1], normed, rtol=1e-12, atol=1e-12)
     # without continuous compute every token starts from a fresh random state
     calls.clear()
     model.generate(ids, exit_criterion=Scripted(schedule), num_steps=4, max_new_tokens=5, do_sample=False)
