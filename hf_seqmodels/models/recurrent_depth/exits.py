@@ -21,9 +21,12 @@ the reference, ``"ln_f"`` when no ``exit_criterion`` is given).
 
 Keys and values of core applications a token skipped (later tokens read them) follow ``kv_lookup``: ``"latest"``
 (the reference's ``"latest-m4"``, the lookup its model card pairs with adaptive compute) reads, for core application
-``a``, the token's latest application of the same core block, ``a - k * n_layers_in_recurrent_block``;
-``"skip"`` (what the reference's default ``"full"`` lookup amounts to) leaves the token out of that application's
-attention. With a bounded cache (``core_slots``) the same rule writes the slots of the skipped applications.
+``a`` (``a = step * L + block``, ``L = n_layers_in_recurrent_block``) of a token that took ``e`` steps, its last
+application of the same block, ``(e - 1) * L + a % L``; ``"skip"`` (what the reference's default ``"full"`` lookup
+amounts to with missing entries) leaves the token out of that application's attention. Both are written into the
+cache once the token is done. With a bounded cache (``core_slots``, "latest" only) those writes go to the skipped
+applications' slots, so a slot holds the token's last write to it, as the reference's "compress-s<k>" (which itself
+fails on missing entries).
 
 Batches: the reference iterates every row until the last one exits, so rows that exited keep changing the keys that
 later tokens read (its docstring warns of it). Here a row that exited keeps its state, logits and keys as at its exit
