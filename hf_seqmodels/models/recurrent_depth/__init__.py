@@ -1,4 +1,5 @@
 from .configuration_recurrent_depth import HUGINN_0125, HuginnRavenConfig, RecurrentDepthConfig
+from .exits import EXIT_CRITERIA, AdaptiveComputeGenerateOutput, ExitCriterion
 from .modeling_recurrent_depth import (
     RecurrentDepthCache,
     RecurrentDepthCausalLMOutput,
@@ -9,6 +10,9 @@ from .modeling_recurrent_depth import (
 )
 
 __all__ = [
+    "EXIT_CRITERIA",
+    "AdaptiveComputeGenerateOutput",
+    "ExitCriterion",
     "HUGINN_0125",
     "HuginnRavenConfig",
     "RecurrentDepthConfig",

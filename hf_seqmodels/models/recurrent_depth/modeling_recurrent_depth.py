@@ -34,6 +34,7 @@ from hf_seqmodels.models.causal_lm import PACKING_KWARGS, SeqPreTrainedModel, pa
 
 from .act import ACTHalting, act_recurrence
 from .configuration_recurrent_depth import HuginnRavenConfig, RecurrentDepthConfig
+from .exits import generate_with_adaptive_compute
 
 
 @dataclass
@@ -695,6 +696,25 @@ class RecurrentDepthForCausalLM(RecurrentDepthPreTrainedModel, GenerationMixin):
         return _fp32_at_least(
             self.lm_head(self.transformer.decode_latents(latents, position_ids, past_key_values, **kwargs))
         )
+
+    def generate(self, *args, exit_criterion=None, exit_threshold=None, continuous_compute=False, **kwargs):
+        """transformers' ``generate``; with ``exit_criterion`` (per-token adaptive compute) or
+        ``continuous_compute=True``: :func:`~hf_seqmodels.models.recurrent_depth.exits.generate_with_adaptive_compute`
+        (also takes ``exit_threshold``, ``kv_lookup``; ``return_dict_in_generate`` adds ``compute_steps``)."""
+        if exit_criterion is not None or continuous_compute:
+            if exit_criterion is None:  # the reference's generate_minimal: it carries ln_f of the state
+                kwargs.setdefault("continuous_state", "ln_f")
+            return generate_with_adaptive_compute(
+                self,
+                *args,
+                exit_criterion="none" if exit_criterion is None else exit_criterion,
+                exit_threshold="auto" if exit_threshold is None else exit_threshold,
+                continuous_compute=continuous_compute,
+                **kwargs,
+            )
+        if exit_threshold is not None:
+            raise ValueError("`exit_threshold` needs an `exit_criterion`")
+        return super().generate(*args, **kwargs)
 
     def _prepare_cache_for_generation(self, generation_config, model_kwargs, *args, **kwargs):
         cache = pop_cache(None, model_kwargs)
