@@ -82,11 +82,14 @@ def test_forward_loss_and_ponder_cost_equal_the_halting_loop(length, threshold):
 
 
 def test_halting_mix_and_gradients_reach_the_halting_unit():
-    model = make_model(0.9, 6).train()
-    ids = torch.randint(0, 37, (3, 9))
-    out = model(input_ids=ids, labels=ids, num_steps=6, use_cache=False)
-    steps = out.ponder_cost.floor()
-    assert steps.min() < steps.max(), "the weights should give positions halting at different steps"
+    for _ in range(20):  # weights and inputs whose positions halt at different steps (most draws)
+        model = make_model(0.9, 6).train()
+        ids = torch.randint(0, 37, (3, 9))
+        out = model(input_ids=ids, labels=ids, num_steps=6, use_cache=False)
+        steps = out.ponder_cost.floor()
+        if steps.min() < steps.max():
+            break
+    assert steps.min() < steps.max(), "20 draws without a mix of halting steps"
     out.loss.backward()
     halting = model.transformer.act_halting.proj
     assert halting.weight.grad.abs().max() > 0 and halting.bias.grad.abs() > 0
