@@ -85,7 +85,12 @@ class RecurrentDepthConfig(PretrainedConfig):
     """
 
     model_type = "hf_seqmodels_recurrent_depth"
-    attribute_map = {"hidden_size": "n_embd", "num_attention_heads": "n_heads", "num_hidden_layers": "n_layers"}
+    attribute_map = {
+        "hidden_size": "n_embd",
+        "num_attention_heads": "n_heads",
+        "num_hidden_layers": "n_layers",
+        "tie_embeddings": "tie_word_embeddings",  # one field, so setting either name unties both
+    }
     #: the documented default LoRA targets: attention and MLP projections of every block, and the adapter
     lora_target_modules = ["Wqkv", "proj", "fc", "adapter"]
 
@@ -175,7 +180,6 @@ class RecurrentDepthConfig(PretrainedConfig):
         self.norm_eps = norm_eps
         self.qk_bias = qk_bias
         self.bias = bias
-        self.tie_embeddings = tie_embeddings
         self.test_time_noise = test_time_noise
         self.test_time_noise_type = test_time_noise_type
         self.init_scale = init_scale
