@@ -610,8 +610,9 @@ class RecurrentDepthModel(RecurrentDepthPreTrainedModel):
 
 class RecurrentDepthForCausalLM(RecurrentDepthPreTrainedModel, GenerationMixin):
     """The recurrent-depth model and its (tied) head. ``generate()`` takes ``num_steps`` (and ``init_scale``,
-    ``generator``) and passes them to every forward; a constant-memory cache: ``past_key_values=
-    model.new_cache(core_slots=k)``.
+    ``generator``) and passes them to every forward; a constant-memory cache: ``model.new_cache(core_slots=k)`` as its
+    cache; ``continuous_compute=True`` (with a cache): each new token's recurrence starts from the previous token's
+    ``latent_states`` instead of noise (the reference's "continuous compute").
 
     Labels are shifted inside (transformers' convention; the reference takes pre-shifted labels).
     """
@@ -661,6 +662,12 @@ class RecurrentDepthForCausalLM(RecurrentDepthPreTrainedModel, GenerationMixin):
             self.lm_head(self.transformer.decode_latents(latents, position_ids, past_key_values, **kwargs))
         )
 
+    def _update_model_kwargs_for_generation(self, outputs, model_kwargs, *args, **kwargs):
+        model_kwargs = super()._update_model_kwargs_for_generation(outputs, model_kwargs, *args, **kwargs)
+        if model_kwargs.get("continuous_compute"):  # the next token's recurrence starts from this one's latent
+            model_kwargs["input_states"] = outputs.latent_states[:, -1:]
+        return model_kwargs
+
     def _prepare_cache_for_generation(self, generation_config, model_kwargs, *args, **kwargs):
         cache = pop_cache(None, model_kwargs)
         if cache is None and generation_config.use_cache is not False:
@@ -685,11 +692,12 @@ class RecurrentDepthForCausalLM(RecurrentDepthPreTrainedModel, GenerationMixin):
         init_scale=None,
         generator=None,
         cache_position=None,
+        continuous_compute=False,
         **kwargs,
     ):
         """As :meth:`RecurrentDepthModel.forward`, plus labels ``[B, S]`` (-100 ignored, shifted inside). Returns
         fp32 ``logits`` (of the last ``logits_to_keep`` positions if > 0), ``loss``, the cache and
-        ``latent_states``."""
+        ``latent_states``. ``continuous_compute``: a ``generate()`` option (see the class), not used here."""
         cache = pop_cache(cache, kwargs)
         outputs = self.transformer(
             input_ids=input_ids,
