@@ -458,13 +458,16 @@ class RecurrentDepthModel(RecurrentDepthPreTrainedModel):
     def initialize_state(self, embeds, scale: float = 1.0, generator: torch.Generator | None = None):
         """A random latent state shaped like ``embeds``: truncated normal (mean 0, std ``sqrt(2 / (5 n_embd)) *
         scale``, cut at +-3 std) times ``sqrt(n_embd)``, drawn from ``generator`` (seed one for reproducible
-        results; default: torch's global generator); zeros when ``scale`` is 0."""
+        results; default: torch's global generator, which, seeded as the reference's, gives its states); zeros when
+        ``scale`` is 0."""
         std = self.config.init_std * scale
-        state = torch.zeros_like(embeds)
+        # drawn as the reference draws it (a normal draw, overwritten by the truncated one), so that a seed gives the
+        # reference's state
+        state = torch.randn(embeds.shape, generator=generator, dtype=embeds.dtype, device=embeds.device)
         if std > 0:
             nn.init.trunc_normal_(state, mean=0.0, std=std, a=-3 * std, b=3 * std, generator=generator)
-            state = state * self.config.emb_scale
-        return state
+            return state * self.config.emb_scale
+        return state.zero_()
 
     def _inject_noise(self, x, step: int, generator=None):
         """The reference's test-time noise (``config.test_time_noise`` > 0), renormalized by the core's last norm."""
@@ -646,8 +649,9 @@ class RecurrentDepthModel(RecurrentDepthPreTrainedModel):
 
 class RecurrentDepthForCausalLM(RecurrentDepthPreTrainedModel, GenerationMixin):
     """The recurrent-depth model and its (tied) head. ``generate()`` takes ``num_steps`` (and ``init_scale``,
-    ``generator``) and passes them to every forward; a constant-memory cache: ``past_key_values=
-    model.new_cache(core_slots=k)``.
+    ``generator``) and passes them to every forward; a constant-memory cache: ``model.new_cache(core_slots=k)`` as its
+    cache; ``continuous_compute=True`` (with a cache): each new token's recurrence starts from the previous token's
+    ``latent_states`` instead of noise (the reference's "continuous compute").
 
     Labels are shifted inside (transformers' convention; the reference takes pre-shifted labels).
     """

@@ -109,3 +109,20 @@ def test_greedy_decoding_equals_reference(model, name):
             **{CACHE_KWARG: model.new_cache(core_slots=slots)},
         )
         assert torch.equal(out, want), (out, want)
+
+
+@pytest.mark.parametrize("name", ["minimal_steps_3_random_init", "minimal_steps_3_continuous"])
+def test_seeded_generate_equals_reference(model, name):
+    """The latent init draws exactly as the reference's (same generator calls): after the reference's
+    ``torch.manual_seed``, generate() gives its tokens, with fresh latents per token and with continuous compute
+    (each token starts from the previous token's ``ln_f``-ed latent, as the reference's generate_minimal)."""
+    run, want, _ = generation_run(META, TENSORS, name)
+    torch.manual_seed(run["torch_manual_seed"])
+    out = model.generate(
+        TENSORS[run["input_ids"]],
+        max_new_tokens=run["max_new_tokens"],
+        do_sample=False,
+        num_steps=run["num_steps"],
+        continuous_compute=run["continuous_compute"],
+    )
+    assert torch.equal(out, want), (out, want)

@@ -632,3 +632,28 @@ def test_test_time_noise_is_the_references_schedule(kind):
     norm = noisy.transformer.core_block[-1].norm_4
     mixed = mixed / torch.sqrt(mixed.pow(2).mean(-1, keepdim=True) + norm.variance_epsilon) * norm.weight
     torch.testing.assert_close(got, clean.iterate_one_step(embeds, mixed, step=step), rtol=1e-10, atol=1e-10)
+
+
+def test_generate_continuous_compute_chains_the_latents():
+    """continuous_compute: after the prompt (state from noise), each token's recurrence starts from the previous
+    token's latent_states (ln_f of its last state), as the reference's generate_minimal."""
+    model = tiny_model(dtype=torch.float32)
+    ids = torch.randint(3, TINY["vocab_size"], (2, 4))
+    got = model.generate(
+        ids,
+        attention_mask=torch.ones_like(ids),
+        max_new_tokens=4,
+        do_sample=False,
+        num_steps=2,
+        pad_token_id=0,
+        continuous_compute=True,
+        generator=torch.Generator().manual_seed(4),
+    )
+    generator, cache, seq, states = torch.Generator().manual_seed(4), model.new_cache(), ids, None
+    for _ in range(4):
+        out = model(
+            seq if states is None else seq[:, -1:], input_states=states, num_steps=2, cache=cache, generator=generator
+        )
+        states = out.latent_states[:, -1:]
+        seq = torch.cat([seq, out.logits[:, -1].argmax(-1, keepdim=True)], dim=1)
+    assert torch.equal(got, seq)
