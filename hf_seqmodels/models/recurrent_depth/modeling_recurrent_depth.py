@@ -23,14 +23,19 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import GenerationMixin
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
 
 from hf_seqmodels.cache import RecurrentCache
 from hf_seqmodels.compat import CACHE_KWARG, pop_cache
 from hf_seqmodels.layers.norm import RMSNorm
-from hf_seqmodels.models.causal_lm import PACKING_KWARGS, SeqPreTrainedModel, packed_sequences, resolve_return_dict
+from hf_seqmodels.models.causal_lm import (
+    PACKING_KWARGS,
+    SeqForCausalLM,
+    SeqPreTrainedModel,
+    packed_sequences,
+    resolve_return_dict,
+)
 
 from .act import ACTHalting, act_recurrence
 from .configuration_recurrent_depth import HuginnRavenConfig, RecurrentDepthConfig
@@ -647,7 +652,7 @@ class RecurrentDepthModel(RecurrentDepthPreTrainedModel):
         return out if resolve_return_dict(return_dict, self.config) else out.to_tuple()
 
 
-class RecurrentDepthForCausalLM(RecurrentDepthPreTrainedModel, GenerationMixin):
+class RecurrentDepthForCausalLM(SeqForCausalLM, RecurrentDepthPreTrainedModel):
     """The recurrent-depth model and its (tied) head. ``generate()`` takes ``num_steps`` (and ``init_scale``,
     ``generator``) and passes them to every forward; a constant-memory cache: ``model.new_cache(core_slots=k)`` as its
     cache; ``continuous_compute=True`` (with a cache): each new token's recurrence starts from the previous token's
@@ -658,8 +663,10 @@ class RecurrentDepthForCausalLM(RecurrentDepthPreTrainedModel, GenerationMixin):
 
     _tied_weights_keys = {"lm_head.weight": "transformer.wte.weight"}
 
+    base_model_class = RecurrentDepthModel
+
     def __init__(self, config: RecurrentDepthConfig):
-        super().__init__(config)
+        RecurrentDepthPreTrainedModel.__init__(self, config)
         self.transformer = RecurrentDepthModel(config)
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
         self.post_init()
@@ -669,12 +676,6 @@ class RecurrentDepthForCausalLM(RecurrentDepthPreTrainedModel, GenerationMixin):
 
     def set_input_embeddings(self, value):
         self.transformer.wte = value
-
-    def get_output_embeddings(self):
-        return self.lm_head
-
-    def set_output_embeddings(self, new_embeddings):
-        self.lm_head = new_embeddings
 
     @property
     def model(self) -> RecurrentDepthModel:
@@ -720,13 +721,6 @@ class RecurrentDepthForCausalLM(RecurrentDepthPreTrainedModel, GenerationMixin):
             raise ValueError("`exit_threshold` needs an `exit_criterion`")
         return super().generate(*args, **kwargs)
 
-    def _prepare_cache_for_generation(self, generation_config, model_kwargs, *args, **kwargs):
-        cache = pop_cache(None, model_kwargs)
-        if cache is None and generation_config.use_cache is not False:
-            cache = self.new_cache()
-        if cache is not None:
-            model_kwargs[CACHE_KWARG] = cache
-
     def forward(
         self,
         input_ids=None,
@@ -766,12 +760,7 @@ class RecurrentDepthForCausalLM(RecurrentDepthPreTrainedModel, GenerationMixin):
             cache_position=cache_position,
             **{name: kwargs[name] for name in PACKING_KWARGS if name in kwargs},
         )
-        hidden = outputs.last_hidden_state
-        if isinstance(logits_to_keep, int) and logits_to_keep > 0:
-            hidden = hidden[:, -logits_to_keep:]
-        elif isinstance(logits_to_keep, torch.Tensor):
-            hidden = hidden[:, logits_to_keep]
-        logits = _fp32_at_least(self.lm_head(hidden))
+        logits = _fp32_at_least(self.head_logits(outputs.last_hidden_state, logits_to_keep))
         loss = None
         if labels is not None:
             loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.vocab_size, **kwargs)
