@@ -7,8 +7,10 @@ from .modeling_recurrent_depth import (
     RecurrentDepthModelOutput,
     RecurrentDepthPreTrainedModel,
 )
+from .sampler import DiffusionSamplerOutput, diffusion_generate
 
 __all__ = [
+    "DiffusionSamplerOutput",
     "HUGINN_0125",
     "HuginnRavenConfig",
     "RecurrentDepthConfig",
@@ -18,4 +20,5 @@ __all__ = [
     "RecurrentDepthModel",
     "RecurrentDepthModelOutput",
     "RecurrentDepthPreTrainedModel",
+    "diffusion_generate",
 ]

@@ -33,6 +33,7 @@ from hf_seqmodels.layers.norm import RMSNorm
 from hf_seqmodels.models.causal_lm import PACKING_KWARGS, SeqPreTrainedModel, packed_sequences, resolve_return_dict
 
 from .configuration_recurrent_depth import HuginnRavenConfig, RecurrentDepthConfig
+from .sampler import generate_with_sampler
 
 
 @dataclass
@@ -657,6 +658,13 @@ class RecurrentDepthForCausalLM(RecurrentDepthPreTrainedModel, GenerationMixin):
         return _fp32_at_least(
             self.lm_head(self.transformer.decode_latents(latents, position_ids, past_key_values, **kwargs))
         )
+
+    def generate(self, *args, recurrent_sampler: str | None = None, **kwargs):
+        """transformers' ``generate``; ``recurrent_sampler="diffusion"``: the parallel diffusion-forcing sampler
+        (:func:`hf_seqmodels.models.recurrent_depth.sampler.diffusion_generate`, its options as keyword arguments)."""
+        if recurrent_sampler is not None:
+            return generate_with_sampler(self, recurrent_sampler, *args, **kwargs)
+        return super().generate(*args, **kwargs)
 
     def _prepare_cache_for_generation(self, generation_config, model_kwargs, *args, **kwargs):
         cache = pop_cache(None, model_kwargs)
