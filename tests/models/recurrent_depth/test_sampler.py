@@ -141,6 +141,55 @@ def test_degenerate_setting_equals_ordinary_decoding_batch3_padded_with_eos():
     assert len(set(steps.tolist())) > 1 and (want[:, -1] == 1).any()
 
 
+@torch.no_grad()
+def adaptive_loop(model, ids, num_steps, inner, threshold, max_new, generator, core_slots):
+    """An independent per-token loop: each new token iterates its own fresh state, ``inner`` core steps at a time,
+    until the state changed by less than ``threshold`` (relative) in the last block; then the head picks the next
+    token. The diffusion sampler with one position in flight and no noise / ema must do exactly this."""
+    cache = model.new_cache(core_slots=core_slots)
+    out = model(ids, num_steps=num_steps, generator=generator, use_cache=True, **{CACHE_KWARG: cache})
+    seq = torch.cat([ids, out.logits[:, -1].argmax(-1, keepdim=True)], dim=1)
+    blocks = []
+    for pos in range(ids.shape[1], ids.shape[1] + max_new - 1):
+        where = dict(cache_position=torch.tensor([pos]), **{CACHE_KWARG: cache})
+        state = model.initialize_state(torch.zeros(1, 1, model.config.n_embd, dtype=torch.float64), 1.0, generator)
+        for block in range(1, 200):
+            embeds = model.embed_inputs(seq[:, pos : pos + 1], **where)
+            before = state
+            for t in range(inner):
+                state = model.iterate_one_step(embeds, state, step=t, **where)
+            if float((state - before).norm() / state.norm()) < threshold:
+                break
+        blocks.append(block)
+        logits = model.predict_from_latents(state, **where)
+        seq = torch.cat([seq, logits[:, -1].argmax(-1, keepdim=True)], dim=1)
+    return seq, blocks
+
+
+def test_one_position_in_flight_is_per_token_adaptive_compute():
+    """latent-diff with a finite threshold and max_wavefront=1: each token gets as many blocks of inner_recurrence
+    core steps as its latent needs to settle (against the independent loop above; the counts differ per token)."""
+    model = converging_model()
+    ids = torch.randint(3, TINY["vocab_size"], (1, 4))
+    want, blocks = adaptive_loop(model, ids, 4, 2, 0.1, 10, seeded(8), 2)
+    out = diffusion_generate(
+        model,
+        ids,
+        max_new_tokens=10,
+        num_steps=4,
+        inner_recurrence=2,
+        exit_threshold=0.1,
+        core_slots=2,
+        generator=seeded(8),
+        return_dict_in_generate=True,
+        **DEGENERATE,
+    )
+    assert torch.equal(out.sequences, want)
+    assert len(set(blocks)) > 1
+    assert out.statistics["recurrence_per_position"][0, 4:13].tolist() == [2 * b for b in blocks]
+    assert out.statistics["diffusion_steps"] == sum(blocks)
+
+
 def converging_model():
     """The reference's init (small weights): the core contracts, so latents converge and positions freeze at
     different steps under latent-diff."""
