@@ -7,8 +7,10 @@ The model is a small byte-level one (vocab 256), trained for ``--train-steps`` A
 file (``--train-steps 0``: random weights, the reference's init); prompts are windows of the last 10%. Each token's
 latent starts from a random draw, so two ordinary runs with different seeds disagree too: that agreement is printed
 as the floor to read the sampler's against. The sampler runs twice: "latent-diff" (the paper's default: a position
-freezes when its latent changes by less than ``--exit-threshold`` in a step) and "fixed" (every position freezes
-after ``num_steps`` core iterations, so it does the same core work per token as ordinary decoding).
+freezes when its latent changes by less than ``--exit-threshold`` in a step), "fixed" (every position freezes after
+``num_steps`` core iterations, so it does the same core work per token as ordinary decoding), and "latent-diff" with
+two new positions per step (``headway=2``). Every sampler run: ``inner_recurrence`` 4, ``max_wavefront`` 32, the
+reference's noise mixing (0.5, damped) and embedding EMA (0.1).
 
     python -m benchmarks.recurrent_sampler [--train-steps 300] [--threads 2] [--new-tokens 48] [--out results/...]
 """
@@ -82,6 +84,7 @@ def main():
     samplers = {
         "latent-diff": dict(freeze_strategy="latent-diff", exit_threshold=args.exit_threshold),
         "fixed": dict(freeze_strategy="fixed"),
+        "latent-diff, headway 2": dict(freeze_strategy="latent-diff", exit_threshold=args.exit_threshold, headway=2),
     }
     runs = []
     bar = tqdm(total=len(batches) * (2 + len(samplers)), desc="recurrent sampler")

@@ -20,8 +20,10 @@ prefix is read from the KV cache):
    this step, ``||s - s_prev|| / ||s||`` (``s_prev``: its state before the noise of step 2), is below
    ``exit_threshold``; the furthest such position and every position before it freeze (as the reference, the
    furthest exit, not the longest all-below prefix); ``"fixed"``: positions that have had ``num_steps`` core
-   iterations freeze. A frozen position's keys and values stay in the cache for good, and the token it predicts is
-   accepted; the wavefront then starts at the last accepted token;
+   iterations freeze. Only positions whose token is the one accepted for them (this step's prediction of the
+   position before) can freeze, so the frozen cache always belongs to the output text. A frozen position's keys and
+   values stay in the cache for good, and the token it predicts is accepted; the wavefront then starts at the last
+   accepted token;
 5. append up to ``headway`` new positions (fresh :meth:`initialize_state` draws, or with ``continuous_compute`` the
    latest states of the wavefront's last positions): the first takes the last prediction, the others random tokens;
    at most ``max_wavefront`` positions stay in flight.
@@ -41,10 +43,13 @@ gets ``num_steps`` core iterations from a fresh state, then freezes.
 Where this differs from the reference (which is batch 1): a position's convergence freezes its own prediction (the
 reference accepts up to the token *at* the furthest converged position and keeps that position in flight one more
 step, so that its degenerate setting does not reduce to ordinary decoding); the latent change is compared position by
-position (the reference's comparison after a freeze is shifted by the number of positions that froze); freezing comes
-before appending, so a full wavefront grows in the step where its front froze; a freshly started position's noise is
-damped by its own count (0), not by ``num_steps``; the random tokens of ``headway > 1`` are drawn from the vocabulary
-with the row's generator; ``full_prefill=False`` is not supported.
+position (the reference's comparison after a freeze is shifted by the number of positions that froze); a position
+embedded with a token that this step's prediction replaced does not freeze (the reference may freeze its keys with a
+token the text no longer has); freezing comes before appending, so a full wavefront grows in the step where its
+front froze; a freshly started position's noise is damped by its own count (0), not by ``num_steps``; the random
+tokens of ``headway > 1`` are drawn from the vocabulary with the row's generator; ``full_prefill=False`` is not
+supported. So the reference's diffusion-style tokens are not reproduced token for token outside the degenerate
+setting.
 
 Randomness: every draw (initial states, noise, random tokens, sampling) of row ``b`` comes from ``generator[b]`` when
 ``generator`` is a list of one generator per row, so a row gives the same result in any batch as alone; a single
@@ -229,7 +234,8 @@ def diffusion_generate(
     ``return_dict_in_generate``). ``core_slots`` (or ``cache_lookup_strategy="...compress-s<k>"``): the core cache
     slots all iterations share (default ``n_layers_in_recurrent_block``). ``generator``: see the module docstring.
     ``tokenizer`` is not used (the reference reads stop strings from it); ``streamer`` (batch 1) receives accepted
-    tokens as they freeze.
+    tokens as they freeze. A row unfinished after ``max_diffusion_steps`` sampler steps raises a RuntimeError (the
+    reference stops silently).
 
     Returns the sequences ``[B, P + new]``, or with ``return_dict_in_generate`` a :class:`DiffusionSamplerOutput` whose
     ``statistics`` hold ``diffusion_steps`` (sampler steps run), ``num_core_forward_passes`` (batched core
@@ -371,12 +377,17 @@ def diffusion_generate(
             counts[b] = counts[b] + inner_recurrence
             recurrences[b, c : c + n] = counts[b]
             tokens_forward[b] += n * inner_recurrence
-            tokens[b, c + 1 : c + n + 1] = _choose(logits[b, :n], b, rows, gen)
+            predicted = _choose(logits[b, :n], b, rows, gen)
+            tokens[b, c + 1 : c + n + 1] = predicted
             if freeze_strategy == "latent-diff":
                 change = (new - previous[b]).norm(dim=-1) / new.norm(dim=-1)
                 exits = change < threshold
             else:
                 exits = counts[b] >= num_steps
+            # only positions embedded with the token now accepted for them may freeze: the kept cache matches the text
+            stale = (ids[b, 1:n] != predicted[: n - 1]).nonzero()
+            if len(stale):
+                exits[int(stale[0, 0]) + 1 :] = False
             exited = exits.nonzero()
             n_freeze = int(exited[-1, 0]) + 1 if len(exited) else 0
             accepted = range(c + 1, c + 1 + n_freeze)

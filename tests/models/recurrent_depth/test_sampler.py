@@ -337,6 +337,10 @@ def test_freezing_bookkeeping():
         assert steps[0] == 0 and bool((steps[1:] >= steps[:-1]).all()) and int(steps[-1]) == stats["steps_per_row"][b]
         assert len(set(steps[1:].diff().tolist())) > 1  # latent-diff froze different numbers of tokens per step
         assert bool((frozen_at[b, P + m :] == -1).all()) and bool((frozen_at[b, :P] == -1).all())
+        # a position froze only with the token the text has there (its keys belong to the output)
+        for q in range(P, P + m - 1):
+            k = int(frozen_at[b, q + 1])
+            assert torch.equal(out.history[k - 1]["tokens"][b, q], final[b, q]), q
         # each position in flight had a whole number of sampler steps of core iterations
         assert bool((stats["recurrence_per_position"][b, P : P + m - 1] % 2 == 0).all())
     # cache: after position q froze (the token after it was accepted), no valid entry is written at column q again
