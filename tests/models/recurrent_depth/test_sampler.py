@@ -142,22 +142,38 @@ def test_degenerate_setting_equals_ordinary_decoding_batch3_padded_with_eos():
 
 
 @torch.no_grad()
-def adaptive_loop(model, ids, num_steps, inner, threshold, max_new, generator, core_slots):
-    """An independent per-token loop: each new token iterates its own fresh state, ``inner`` core steps at a time,
-    until the state changed by less than ``threshold`` (relative) in the last block; then the head picks the next
-    token. The diffusion sampler with one position in flight and no noise / ema must do exactly this."""
+def adaptive_loop(model, ids, num_steps, inner, threshold, max_new, generator, core_slots, mixing=0.0, ema=0.0):
+    """An independent per-token loop, written from the sampler's equations: each new token starts from a fresh
+    state and runs blocks of ``inner`` core steps; before each block its embedding is ``(1 - ema) e + ema e_old``
+    (``e_old``: its previous block's; none in a token's first block, except the prefill's token: its own) and noise
+    is mixed in, ``s = (1 - m) s + m r`` with ``m = mixing / (1 + core steps so far)``; the token stops when its state
+    changed by less than ``threshold`` (relative to the state before the noise) in the last block; then the head
+    picks the next token."""
     cache = model.new_cache(core_slots=core_slots)
     out = model(ids, num_steps=num_steps, generator=generator, use_cache=True, **{CACHE_KWARG: cache})
     seq = torch.cat([ids, out.logits[:, -1].argmax(-1, keepdim=True)], dim=1)
+    shape = (1, 1, model.config.n_embd)
     blocks = []
     for pos in range(ids.shape[1], ids.shape[1] + max_new - 1):
         where = dict(cache_position=torch.tensor([pos]), **{CACHE_KWARG: cache})
-        state = model.initialize_state(torch.zeros(1, 1, model.config.n_embd, dtype=torch.float64), 1.0, generator)
+        state = model.initialize_state(torch.zeros(shape, dtype=torch.float64), 1.0, generator)
+        old, count = None, 0
         for block in range(1, 200):
             embeds = model.embed_inputs(seq[:, pos : pos + 1], **where)
+            if ema > 0:
+                if old is None and pos == ids.shape[1]:
+                    old = embeds
+                embeds = embeds * (1 - ema) + (ema * old if old is not None else 0)
+                old = embeds
             before = state
+            if mixing > 0:
+                m = mixing / (1 + count)
+                state = state * (1 - m) + m * model.initialize_state(
+                    torch.zeros(shape, dtype=torch.float64), 1.0, generator
+                )
             for t in range(inner):
                 state = model.iterate_one_step(embeds, state, step=t, **where)
+            count += inner
             if float((state - before).norm() / state.norm()) < threshold:
                 break
         blocks.append(block)
@@ -166,12 +182,14 @@ def adaptive_loop(model, ids, num_steps, inner, threshold, max_new, generator, c
     return seq, blocks
 
 
-def test_one_position_in_flight_is_per_token_adaptive_compute():
+@pytest.mark.parametrize("mixing, ema", [(0.0, 0.0), (0.5, 0.1)])
+def test_one_position_in_flight_is_per_token_adaptive_compute(mixing, ema):
     """latent-diff with a finite threshold and max_wavefront=1: each token gets as many blocks of inner_recurrence
-    core steps as its latent needs to settle (against the independent loop above; the counts differ per token)."""
+    core steps as its latent needs to settle (against the independent loop above, with and without the damped noise
+    and the embedding EMA; the counts differ per token)."""
     model = converging_model()
     ids = torch.randint(3, TINY["vocab_size"], (1, 4))
-    want, blocks = adaptive_loop(model, ids, 4, 2, 0.1, 10, seeded(8), 2)
+    want, blocks = adaptive_loop(model, ids, 4, 2, 0.1, 10, seeded(8), 2, mixing, ema)
     out = diffusion_generate(
         model,
         ids,
@@ -182,7 +200,9 @@ def test_one_position_in_flight_is_per_token_adaptive_compute():
         core_slots=2,
         generator=seeded(8),
         return_dict_in_generate=True,
-        **DEGENERATE,
+        max_wavefront=1,
+        state_noise_mixing=mixing,
+        ema_embeds=ema,
     )
     assert torch.equal(out.sequences, want)
     assert len(set(blocks)) > 1
