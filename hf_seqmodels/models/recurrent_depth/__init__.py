@@ -8,10 +8,12 @@ from .modeling_recurrent_depth import (
     RecurrentDepthModelOutput,
     RecurrentDepthPreTrainedModel,
 )
+from .sampler import DiffusionSamplerOutput, diffusion_generate
 
 __all__ = [
     "EXIT_CRITERIA",
     "AdaptiveComputeGenerateOutput",
+    "DiffusionSamplerOutput",
     "ExitCriterion",
     "HUGINN_0125",
     "HuginnRavenConfig",
@@ -22,4 +24,5 @@ __all__ = [
     "RecurrentDepthModel",
     "RecurrentDepthModelOutput",
     "RecurrentDepthPreTrainedModel",
+    "diffusion_generate",
 ]

@@ -40,6 +40,7 @@ from hf_seqmodels.models.causal_lm import (
 from .act import ACTHalting, act_recurrence
 from .configuration_recurrent_depth import HuginnRavenConfig, RecurrentDepthConfig
 from .exits import generate_with_adaptive_compute
+from .sampler import generate_with_sampler
 
 
 @dataclass
@@ -702,10 +703,34 @@ class RecurrentDepthForCausalLM(SeqForCausalLM, RecurrentDepthPreTrainedModel):
             self.lm_head(self.transformer.decode_latents(latents, position_ids, past_key_values, **kwargs))
         )
 
-    def generate(self, *args, exit_criterion=None, exit_threshold=None, continuous_compute=False, **kwargs):
-        """transformers' ``generate``; with ``exit_criterion`` (per-token adaptive compute) or
-        ``continuous_compute=True``: :func:`~hf_seqmodels.models.recurrent_depth.exits.generate_with_adaptive_compute`
-        (also takes ``exit_threshold``, ``kv_lookup``; ``return_dict_in_generate`` adds ``compute_steps``)."""
+    def generate(
+        self,
+        *args,
+        recurrent_sampler: str | None = None,
+        exit_criterion=None,
+        exit_threshold=None,
+        continuous_compute=False,
+        **kwargs,
+    ):
+        """transformers' ``generate``, plus two decoding modes of the reference:
+
+        - ``recurrent_sampler="diffusion"``: the parallel diffusion-forcing sampler
+          (:func:`~hf_seqmodels.models.recurrent_depth.sampler.diffusion_generate`, its options as keyword arguments);
+        - ``exit_criterion`` (per-token adaptive compute) or ``continuous_compute=True``:
+          :func:`~hf_seqmodels.models.recurrent_depth.exits.generate_with_adaptive_compute` (also takes
+          ``exit_threshold``, ``kv_lookup``; ``return_dict_in_generate`` adds ``compute_steps``).
+        """
+        if recurrent_sampler is not None:
+            if exit_criterion is not None:
+                raise ValueError(
+                    "`exit_criterion` (per-token adaptive compute) and `recurrent_sampler` are two decoding modes: "
+                    "pass one of them"
+                )
+            if exit_threshold is not None:
+                kwargs["exit_threshold"] = exit_threshold
+            if continuous_compute:
+                kwargs["continuous_compute"] = True
+            return generate_with_sampler(self, recurrent_sampler, *args, **kwargs)
         if exit_criterion is not None or continuous_compute:
             if exit_criterion is None:  # the reference's generate_minimal: it carries ln_f of the state
                 kwargs.setdefault("continuous_state", "ln_f")
