@@ -440,16 +440,17 @@ def test_unknown_sampler_and_argument():
         model.generate(ids, recurrent_sampler="speculative", max_new_tokens=2)
     with pytest.raises(TypeError, match="headwey"):
         model.generate(ids, recurrent_sampler="diffusion", max_new_tokens=2, headwey=2)
-    # the reference's alias exit_t and its cache strategy name
+    # the reference's alias exit_t and its cache strategy name (a loose threshold: with noise and weights moved off
+    # init the latents of a tiny random model need not settle below a tight one)
     options = dict(max_new_tokens=6, num_steps=2, init_scale=1.0)
     a = model.generate(
         ids,
         recurrent_sampler="diffusion",
-        exit_t=0.5,
+        exit_t=1.5,
         cache_lookup_strategy="latest-m4-compress-s3",
         generator=seeded(1),
         **options,
     )
-    b = diffusion_generate(model, ids, exit_threshold=0.5, core_slots=3, generator=seeded(1), **options)
-    c = diffusion_generate(model, ids, exit_threshold=0.5, core_slots=2, generator=seeded(1), **options)
+    b = diffusion_generate(model, ids, exit_threshold=1.5, core_slots=3, generator=seeded(1), **options)
+    c = diffusion_generate(model, ids, exit_threshold=1.5, core_slots=2, generator=seeded(1), **options)
     assert torch.equal(a, b) and not torch.equal(b, c)
