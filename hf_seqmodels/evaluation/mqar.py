@@ -121,20 +121,24 @@ def mqar_splits(
 # Models
 
 
-def _gla_config(d_model, layers, vocab_size, heads=1):
-    from hf_seqmodels.models.gla import GLAConfig
-
-    # short convolutions as in Zoology's GLA baseline (they let one layer see the previous token)
-    return GLAConfig(
+def _shared_fields(d_model, layers, vocab_size) -> dict:
+    """What every row's config shares: width, depth, vocabulary, tied embeddings (see :data:`MQAR_CONFIGS`), no
+    special tokens."""
+    return dict(
         vocab_size=vocab_size,
         hidden_size=d_model,
         num_hidden_layers=layers,
-        num_heads=heads,
-        use_short_conv=True,
         tie_word_embeddings=True,
         bos_token_id=None,
         eos_token_id=None,
     )
+
+
+def _gla_config(d_model, layers, vocab_size, heads=1):
+    from hf_seqmodels.models.gla import GLAConfig
+
+    # short convolutions as in Zoology's GLA baseline (they let one layer see the previous token)
+    return GLAConfig(**_shared_fields(d_model, layers, vocab_size), num_heads=heads, use_short_conv=True)
 
 
 def _pararnn_config(cell):
@@ -142,17 +146,8 @@ def _pararnn_config(cell):
         from hf_seqmodels.models.pararnn import ParaRNNConfig
 
         # the paper's LM block: short convolution, cell, gated RMSNorm, projection, MLP
-        return ParaRNNConfig(
-            cell=cell,
-            vocab_size=vocab_size,
-            hidden_size=d_model,
-            num_hidden_layers=layers,
-            num_heads=heads,
-            use_short_conv=True,
-            tie_word_embeddings=True,
-            bos_token_id=None,
-            eos_token_id=None,
-        )
+        fields = _shared_fields(d_model, layers, vocab_size)
+        return ParaRNNConfig(cell=cell, **fields, num_heads=heads, use_short_conv=True)
 
     return factory
 
@@ -162,16 +157,11 @@ def _plstm_config(d_model, layers, vocab_size, heads=1):
 
     # GLA's setting: short convolutions on q, k, v; the head widths of a GLA head at this width (expand_k 0.5)
     return PLSTMConfig(
-        vocab_size=vocab_size,
-        hidden_size=d_model,
-        num_hidden_layers=layers,
+        **_shared_fields(d_model, layers, vocab_size),
         num_heads=heads,
         head_k_dim=max(1, d_model // (2 * heads)),
         head_v_dim=max(1, d_model // heads),
         use_short_conv=True,
-        tie_word_embeddings=True,
-        bos_token_id=None,
-        eos_token_id=None,
     )
 
 
@@ -179,42 +169,20 @@ def _s4d_config(d_model, layers, vocab_size, heads=1):
     from hf_seqmodels.models.s4d import S4DConfig
 
     # the reference's S4D-Lin layer (d_state 64); ``heads`` does not apply (one state space per channel)
-    return S4DConfig(
-        vocab_size=vocab_size,
-        hidden_size=d_model,
-        num_hidden_layers=layers,
-        tie_word_embeddings=True,
-        bos_token_id=None,
-        eos_token_id=None,
-    )
+    return S4DConfig(**_shared_fields(d_model, layers, vocab_size))
 
 
 def _aaren_config(d_model, layers, vocab_size, heads=1):
     from hf_seqmodels.models.aaren import AarenConfig
 
-    return AarenConfig(
-        vocab_size=vocab_size,
-        hidden_size=d_model,
-        num_hidden_layers=layers,
-        num_heads=heads,
-        tie_word_embeddings=True,
-        bos_token_id=None,
-        eos_token_id=None,
-    )
+    return AarenConfig(**_shared_fields(d_model, layers, vocab_size), num_heads=heads)
 
 
 def _gam_config(d_model, layers, vocab_size, heads=1):
     from hf_seqmodels.models.gam import GAMConfig
 
     # GAM has no heads; its MLP is the reference's 4x GELU FFN
-    return GAMConfig(
-        vocab_size=vocab_size,
-        hidden_size=d_model,
-        num_hidden_layers=layers,
-        tie_word_embeddings=True,
-        bos_token_id=None,
-        eos_token_id=None,
-    )
+    return GAMConfig(**_shared_fields(d_model, layers, vocab_size))
 
 
 def _recurrent_depth_config(d_model, layers, vocab_size, heads=1):
@@ -247,16 +215,11 @@ def _llama_config(d_model, layers, vocab_size, heads=1):
     # the MLP width of our models, so that only the token mixer differs
     mlp = SeqModelConfig(hidden_size=d_model).intermediate_size
     return LlamaConfig(
-        vocab_size=vocab_size,
-        hidden_size=d_model,
-        num_hidden_layers=layers,
+        **_shared_fields(d_model, layers, vocab_size),
         num_attention_heads=heads,
         num_key_value_heads=heads,
         intermediate_size=mlp,
         max_position_embeddings=4096,
-        tie_word_embeddings=True,
-        bos_token_id=None,
-        eos_token_id=None,
         attn_implementation="sdpa",
     )
 

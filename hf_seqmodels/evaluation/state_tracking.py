@@ -417,13 +417,14 @@ def train_and_evaluate(
             )
         result["accuracy"][str(length)] = {"last": last, "all": every}
         if recurrence_steps:
-            trained = lm_config.mean_recurrence
-            by_steps = {}
-            for s in recurrence_steps:  # eval runs mean_recurrence core steps
-                lm_config.mean_recurrence = s
-                data = st.data(num_test, length, seed=20_000 + 97 * seed + length)
-                by_steps[str(s)] = accuracy(model, *data, num_classes=st.num_classes)[0]
-            lm_config.mean_recurrence = trained
+            trained, by_steps = lm_config.mean_recurrence, {}
+            try:
+                for s in recurrence_steps:  # eval runs mean_recurrence core steps
+                    lm_config.mean_recurrence = s
+                    data = st.data(num_test, length, seed=20_000 + 97 * seed + length)
+                    by_steps[str(s)] = accuracy(model, *data, num_classes=st.num_classes)[0]
+            finally:
+                lm_config.mean_recurrence = trained
             result["accuracy"][str(length)]["by_steps"] = by_steps
         if hooks:
             result["accuracy"][str(length)]["newton"] = newton_summary(newton_log)

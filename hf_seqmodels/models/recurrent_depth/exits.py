@@ -260,7 +260,19 @@ def share_skipped_applications(cache, columns, valid, exit_steps, num_steps: int
         )
 
 
-def _logits_processors(config: GenerationConfig) -> LogitsProcessorList:
+def decoding_config(model, generation_config: GenerationConfig | None, kwargs: dict, where: str) -> GenerationConfig:
+    """A copy of ``generation_config`` (default: the model's) updated with the generation fields in ``kwargs``;
+    any other keyword is an error naming ``where``."""
+    config = copy.deepcopy(generation_config if generation_config is not None else model.generation_config)
+    unused = config.update(**kwargs)
+    if unused:
+        raise TypeError(f"{where}: unexpected keyword arguments {sorted(unused)}")
+    return config
+
+
+def logits_processors(config: GenerationConfig) -> LogitsProcessorList:
+    """transformers' processors for ``config``'s repetition penalty and, when sampling, temperature, top-k, top-p,
+    min-p (in generate()'s order)."""
     processors = LogitsProcessorList()
     if config.repetition_penalty is not None and config.repetition_penalty != 1.0:
         processors.append(RepetitionPenaltyLogitsProcessor(config.repetition_penalty))
@@ -311,10 +323,7 @@ def generate_with_adaptive_compute(
     kwargs.pop("use_cache", None)
     if input_ids is None:
         input_ids = kwargs.pop("inputs", None)
-    config = copy.deepcopy(generation_config if generation_config is not None else model.generation_config)
-    unused = config.update(**kwargs)
-    if unused:
-        raise TypeError(f"generate with adaptive compute: unexpected keyword arguments {sorted(unused)}")
+    config = decoding_config(model, generation_config, kwargs, "generate with adaptive compute")
     if config.num_beams not in (None, 1):
         raise ValueError(f"generate with adaptive compute: `num_beams` must be 1, got {config.num_beams}")
     check_choice("generate", "kv_lookup", kv_lookup, KV_LOOKUPS)
@@ -351,7 +360,7 @@ def generate_with_adaptive_compute(
     eos = config.eos_token_id
     eos = torch.as_tensor([] if eos is None else eos, device=device).long().flatten()
     pad = config.pad_token_id if config.pad_token_id is not None else (int(eos[0]) if len(eos) else 0)
-    processors = _logits_processors(config)
+    processors = logits_processors(config)
     width = model.config.n_layers_in_recurrent_block
 
     sequences, tokens = input_ids, input_ids

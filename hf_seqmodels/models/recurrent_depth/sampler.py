@@ -59,17 +59,17 @@ the core draws batch-wide.
 
 from __future__ import annotations
 
-import copy
 import math
 import re
 from dataclasses import dataclass
 
 import torch
 from transformers import GenerationConfig
-from transformers.generation.logits_process import TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
 from transformers.utils import ModelOutput
 
 from hf_seqmodels.compat import CACHE_KWARG
+
+from .exits import decoding_config, logits_processors
 
 FREEZE_STRATEGIES = ("latent-diff", "fixed")
 SAMPLERS = ("diffusion",)
@@ -153,27 +153,17 @@ class _Rows:
         return torch.randint(0, vocab, (n,), generator=self.generators[row], device=self.device)
 
 
-def _choose(logits, row, rows: _Rows, config: GenerationConfig):
-    """Tokens ``[N]`` from fp32 logits ``[N, V]`` of one row: argmax, or a sample (temperature, top-k, top-p) drawn
-    from the row's generator."""
+def _choose(logits, row, rows: _Rows, config: GenerationConfig, processors):
+    """Tokens ``[N]`` from fp32 logits ``[N, V]`` of one row: argmax, or a sample (``processors``: temperature,
+    top-k, top-p, min-p) drawn from the row's generator."""
     if not config.do_sample:
         return logits.argmax(-1)
-    scores = logits.float()
-    if config.temperature is not None and config.temperature != 1.0:
-        scores = TemperatureLogitsWarper(config.temperature)(None, scores)
-    if config.top_k:
-        scores = TopKLogitsWarper(config.top_k)(None, scores)
-    if config.top_p is not None and config.top_p < 1.0:
-        scores = TopPLogitsWarper(config.top_p)(None, scores)
-    probs = scores.softmax(-1)
+    probs = processors(None, logits.float()).softmax(-1)
     return torch.multinomial(probs, 1, generator=rows.generators[row])[:, 0]
 
 
 def _generation_config(model, generation_config, kwargs):
-    config = copy.deepcopy(generation_config if generation_config is not None else model.generation_config)
-    unused = config.update(**kwargs)
-    if unused:
-        raise TypeError(f"diffusion sampler: unexpected arguments {sorted(unused)}")
+    config = decoding_config(model, generation_config, kwargs, "diffusion sampler")
     if (config.num_beams or 1) != 1 or (config.num_return_sequences or 1) != 1:
         raise ValueError("the diffusion sampler decodes one sequence per row: num_beams and num_return_sequences 1")
     if config.repetition_penalty not in (None, 1.0):
@@ -270,6 +260,7 @@ def diffusion_generate(
     core_slots = _core_slots(model, core_slots, cache_lookup_strategy, num_steps)
     max_new_arg = kwargs.pop("max_new_tokens", None)
     gen = _generation_config(model, generation_config, kwargs)
+    processors = logits_processors(gen)
     B, P = input_ids.shape
     device = input_ids.device
     if max_new_arg is None:
@@ -318,7 +309,7 @@ def diffusion_generate(
     finished, length = [False] * B, [P + 1] * B
     steps_per_row = [0] * B
     for b in range(B):
-        tokens[b, P] = _choose(out.logits[b, -1:].float(), b, rows, gen)[0]
+        tokens[b, P] = _choose(out.logits[b, -1:].float(), b, rows, gen, processors)[0]
         frozen_at[b, P] = 0
         if streamer is not None:
             streamer.put(tokens[b, P : P + 1].cpu())
@@ -377,7 +368,7 @@ def diffusion_generate(
             counts[b] = counts[b] + inner_recurrence
             recurrences[b, c : c + n] = counts[b]
             tokens_forward[b] += n * inner_recurrence
-            predicted = _choose(logits[b, :n], b, rows, gen)
+            predicted = _choose(logits[b, :n], b, rows, gen, processors)
             tokens[b, c + 1 : c + n + 1] = predicted
             if freeze_strategy == "latent-diff":
                 change = (new - previous[b]).norm(dim=-1) / new.norm(dim=-1)
